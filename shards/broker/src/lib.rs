@@ -1,0 +1,9 @@
+//! Pure broker logic for shardmq: sessions, the subscription trie and the retained store.
+//!
+//! Nothing here does I/O, reads a clock or spawns a task: the shard runtime drives these types
+//! and passes time in. That is what makes them testable step by step and fuzzable.
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod retain;
+pub mod topic;
+pub mod trie;
