@@ -4,6 +4,12 @@
 //! and passes time in. That is what makes them testable step by step and fuzzable.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod limits;
+pub mod message;
 pub mod retain;
+pub mod session;
 pub mod topic;
 pub mod trie;
+
+pub use limits::Limits;
+pub use message::Message;

@@ -1,0 +1,909 @@
+//! The per-client state machine: CONNECT acceptance, QoS 0/1/2 in both directions with bounded
+//! windows and queues, subscriptions, will, DISCONNECT.
+//!
+//! Pure: no I/O, no clock. The shard runtime drives it:
+//! - inputs: [`accept_connect`] for a CONNECT, [`Session::attach`] when a connection takes the
+//!   session, [`Session::handle`] for every later packet, [`Session::deliver`] for every message
+//!   routed to it, [`Session::detach`] when the connection goes;
+//! - outputs: bytes appended to the connection's write buffer (`wire`), and [`Action`]s the shard
+//!   must carry out (route a publish, change the subscription trie, send a SUBACK).
+
+use crate::limits::Limits;
+use crate::message::Message;
+use crate::topic::{validate_topic_filter, validate_topic_name, TopicError};
+use bytes::BytesMut;
+use shardmq_codec::{
+    encode, encode_publish, encoded_len, Ack, ByteStr, ConnAck, ConnAckProperties, Connect,
+    Disconnect, DisconnectProperties, LastWill, Packet, Protocol, Publish, PublishProperties, QoS,
+    ReasonCode, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
+};
+use smallvec::SmallVec;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Session Expiry Interval meaning "never expires".
+pub const EXPIRY_NEVER: u32 = u32::MAX;
+
+/// A subscription as the session keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscription {
+    /// Options from SUBSCRIBE (QoS is the granted maximum).
+    pub options: SubscriptionOptions,
+    /// Subscription Identifier, if the SUBSCRIBE carried one.
+    pub id: Option<u32>,
+}
+
+/// Why a connection must close. On MQTT 5.0 the runtime sends DISCONNECT with `reason` first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Close {
+    /// Reason code for the DISCONNECT (5.0 only; 3.x connections just close).
+    pub reason: ReasonCode,
+    /// What the client did, for the `warn!` line.
+    pub why: &'static str,
+}
+
+impl Close {
+    fn new(reason: ReasonCode, why: &'static str) -> Close {
+        Close { reason, why }
+    }
+}
+
+/// What the shard must do after [`Session::handle`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Route this message to matching subscribers (and store it if retained).
+    Publish(Arc<Message>),
+    /// Add `filter` to the shard's subscription trie for this session.
+    Subscribe {
+        /// The topic filter.
+        filter: ByteStr,
+        /// Its options and identifier.
+        subscription: Subscription,
+        /// The session already had this filter (options replaced).
+        existed: bool,
+    },
+    /// Remove `filter` from the shard's trie for this session.
+    Unsubscribe {
+        /// The topic filter.
+        filter: ByteStr,
+    },
+    /// Send this SUBACK once the subscriptions above are routable, then the retained messages.
+    SubAck(SubAck),
+    /// The client sent DISCONNECT; close the connection.
+    Disconnect {
+        /// Reason 0x04: publish the will anyway.
+        publish_will: bool,
+    },
+}
+
+/// Outcome of [`Session::deliver`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Written to the connection.
+    Sent,
+    /// Queued: offline, or the inflight window is full.
+    Queued,
+    /// Not delivered, and why.
+    Dropped(DropReason),
+}
+
+/// Why a message was dropped for one session. Each is counted by the shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Its message expiry interval passed.
+    Expired,
+    /// QoS 0 and the connection's write buffer is full (client not reading).
+    WriteBufferFull,
+    /// The session queue was full; the oldest queued message made room.
+    QueueFull,
+    /// Larger than the client's Maximum Packet Size.
+    TooLarge,
+    /// No Local subscription and the session published it.
+    NoLocal,
+}
+
+/// Parameters of the current connection (not carried across reconnects).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnParams {
+    /// Negotiated keep-alive, seconds (0: none).
+    pub keep_alive_secs: u16,
+    /// Client's Receive Maximum: our QoS 1/2 send quota.
+    pub receive_maximum: u16,
+    /// Client's Maximum Packet Size.
+    pub max_packet_size: u32,
+}
+
+impl ConnParams {
+    /// How long the connection may stay silent: 1.5 × keep-alive (MQTT-3.1.2-24), or none.
+    pub fn read_timeout(&self) -> Option<Duration> {
+        (self.keep_alive_secs > 0)
+            .then(|| Duration::from_millis(u64::from(self.keep_alive_secs) * 1500))
+    }
+}
+
+/// A CONNECT the broker accepts, with everything the runtime needs to open the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// Client identifier (assigned if the client sent none).
+    pub client_id: ByteStr,
+    /// The identifier was assigned by the server.
+    pub assigned: bool,
+    /// Protocol version.
+    pub protocol: Protocol,
+    /// Clean Start / Clean Session.
+    pub clean_start: bool,
+    /// Session expiry interval to use, seconds (capped).
+    pub expiry_secs: u32,
+    /// The client asked for a different expiry than `expiry_secs`.
+    pub expiry_capped: bool,
+    /// Connection parameters.
+    pub params: ConnParams,
+    /// The keep-alive was lowered to the server's maximum.
+    pub keep_alive_capped: bool,
+    /// Will message, validated.
+    pub will: Option<LastWill>,
+}
+
+/// Validates a CONNECT against the spec and `limits`. `Err` is the CONNACK reason code to refuse
+/// with (`to_v3_connack` maps it for 3.x). `assign_id` makes an identifier for a client that sent
+/// none.
+pub fn accept_connect(
+    connect: &Connect,
+    limits: &Limits,
+    assign_id: impl FnOnce() -> ByteStr,
+) -> Result<Accepted, ReasonCode> {
+    let protocol = connect.protocol;
+    let (client_id, assigned) = if connect.client_id.is_empty() {
+        match protocol {
+            // 3.1 requires 1..=23 characters; 3.1.1 allows empty only with Clean Session.
+            Protocol::V3_1 => return Err(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID),
+            Protocol::V3_1_1 if !connect.clean_start => {
+                return Err(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID)
+            }
+            _ => (assign_id(), true),
+        }
+    } else {
+        (connect.client_id.clone(), false)
+    };
+    if client_id.len() > limits.max_client_id_len {
+        return Err(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+    }
+    let requested_expiry = match protocol {
+        Protocol::V5 => connect.properties.session_expiry_interval.unwrap_or(0),
+        _ if connect.clean_start => 0,
+        _ => EXPIRY_NEVER,
+    };
+    let expiry_secs = requested_expiry.min(limits.session_expiry_max_secs);
+    let keep_alive_capped = connect.keep_alive > limits.max_keepalive_secs;
+    let keep_alive_secs = connect.keep_alive.min(limits.max_keepalive_secs);
+    if let Some(will) = &connect.will {
+        match validate_topic_name(&will.topic, limits.max_topic_levels) {
+            Ok(()) => {}
+            Err(_) => return Err(ReasonCode::TOPIC_NAME_INVALID),
+        }
+        if will.retain && !limits.retain_available {
+            return Err(ReasonCode::RETAIN_NOT_SUPPORTED);
+        }
+        if will.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&will.payload).is_err()
+        {
+            return Err(ReasonCode::PAYLOAD_FORMAT_INVALID);
+        }
+    }
+    let props = &connect.properties;
+    if props.authentication_method.is_some() {
+        // No enhanced authentication method is configured on this listener.
+        return Err(ReasonCode::BAD_AUTHENTICATION_METHOD);
+    }
+    Ok(Accepted {
+        client_id,
+        assigned,
+        protocol,
+        clean_start: connect.clean_start,
+        expiry_secs,
+        expiry_capped: expiry_secs != requested_expiry,
+        params: ConnParams {
+            keep_alive_secs,
+            receive_maximum: props.receive_maximum.unwrap_or(u16::MAX),
+            max_packet_size: props.maximum_packet_size.unwrap_or(u32::MAX),
+        },
+        keep_alive_capped,
+        will: connect.will.clone(),
+    })
+}
+
+/// The CONNACK for an accepted CONNECT, announcing the server's limits on MQTT 5.0.
+pub fn connack_for(accepted: &Accepted, session_present: bool, limits: &Limits) -> ConnAck {
+    let mut properties = ConnAckProperties::default();
+    if accepted.protocol.is_v5() {
+        properties.receive_maximum = Some(limits.max_awaiting_rel);
+        properties.maximum_packet_size = Some(limits.max_packet_size);
+        properties.retain_available = Some(limits.retain_available);
+        properties.topic_alias_maximum = Some(0);
+        properties.wildcard_subscription_available = Some(true);
+        properties.subscription_identifiers_available = Some(true);
+        properties.shared_subscription_available = Some(false);
+        if accepted.assigned {
+            properties.assigned_client_identifier = Some(accepted.client_id.clone());
+        }
+        if accepted.keep_alive_capped {
+            properties.server_keep_alive = Some(accepted.params.keep_alive_secs);
+        }
+        if accepted.expiry_capped {
+            properties.session_expiry_interval = Some(accepted.expiry_secs);
+        }
+    }
+    ConnAck {
+        session_present,
+        code: ReasonCode::SUCCESS,
+        properties,
+    }
+}
+
+/// The CONNACK that refuses a client with `code`.
+pub fn connack_refusal(code: ReasonCode) -> ConnAck {
+    ConnAck {
+        session_present: false,
+        code,
+        properties: ConnAckProperties::default(),
+    }
+}
+
+/// The DISCONNECT the server sends on MQTT 5.0 before closing for `reason`.
+pub fn server_disconnect(reason: ReasonCode) -> Packet {
+    Packet::Disconnect(Disconnect {
+        reason,
+        properties: DisconnectProperties::default(),
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OutState {
+    /// PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Published,
+    /// PUBREL sent, waiting for PUBCOMP.
+    Released,
+}
+
+#[derive(Debug, Clone)]
+struct Outgoing {
+    pkid: u16,
+    state: OutState,
+    item: Queued,
+}
+
+#[derive(Debug, Clone)]
+struct Queued {
+    msg: Arc<Message>,
+    qos: QoS,
+    retain: bool,
+    sub_ids: SmallVec<[u32; 1]>,
+}
+
+/// Counters a session keeps for the shard's metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Messages dropped for this session, any reason.
+    pub dropped: u64,
+}
+
+/// One client's session: what survives a reconnect (subscriptions, inflight, queue, QoS 2
+/// state) plus the current connection's parameters. `Send`, so it can move between shards on
+/// takeover.
+#[derive(Debug)]
+pub struct Session {
+    client_id: ByteStr,
+    protocol: Protocol,
+    expiry_secs: u32,
+    subscriptions: ahash::AHashMap<ByteStr, Subscription>,
+    inflight: VecDeque<Outgoing>,
+    queue: VecDeque<Queued>,
+    awaiting_rel: SmallVec<[u16; 4]>,
+    next_pkid: u16,
+    will: Option<LastWill>,
+    conn: Option<ConnParams>,
+    stats: SessionStats,
+}
+
+impl Session {
+    /// A new, empty, detached session.
+    pub fn new(client_id: ByteStr, protocol: Protocol, expiry_secs: u32) -> Session {
+        Session {
+            client_id,
+            protocol,
+            expiry_secs,
+            subscriptions: ahash::AHashMap::new(),
+            inflight: VecDeque::new(),
+            queue: VecDeque::new(),
+            awaiting_rel: SmallVec::new(),
+            next_pkid: 0,
+            will: None,
+            conn: None,
+            stats: SessionStats::default(),
+        }
+    }
+
+    /// Client identifier.
+    pub fn client_id(&self) -> &ByteStr {
+        &self.client_id
+    }
+
+    /// Protocol of the last connection.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// Session expiry interval, seconds ([`EXPIRY_NEVER`] = never).
+    pub fn expiry_secs(&self) -> u32 {
+        self.expiry_secs
+    }
+
+    /// Whether a connection is attached.
+    pub fn is_connected(&self) -> bool {
+        self.conn.is_some()
+    }
+
+    /// Current connection parameters.
+    pub fn conn_params(&self) -> Option<&ConnParams> {
+        self.conn.as_ref()
+    }
+
+    /// The session's subscriptions.
+    pub fn subscriptions(&self) -> impl Iterator<Item = (&ByteStr, &Subscription)> {
+        self.subscriptions.iter()
+    }
+
+    /// The subscription for `filter`, if any.
+    pub fn subscription(&self, filter: &str) -> Option<&Subscription> {
+        self.subscriptions.get(filter)
+    }
+
+    /// Outgoing QoS 1/2 messages awaiting acknowledgement.
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Messages waiting for the window or for the client to come back.
+    pub fn queued_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> SessionStats {
+        self.stats
+    }
+
+    /// Removes and returns the will message (on an abnormal close).
+    pub fn take_will(&mut self) -> Option<LastWill> {
+        self.will.take()
+    }
+
+    /// A connection takes this session: records its parameters, resends unacknowledged
+    /// messages with DUP set and pending PUBRELs (MQTT-4.4.0-1), then fills the window.
+    pub fn attach(
+        &mut self,
+        now: Instant,
+        accepted: &Accepted,
+        limits: &Limits,
+        wire: &mut BytesMut,
+    ) {
+        self.protocol = accepted.protocol;
+        self.expiry_secs = accepted.expiry_secs;
+        self.will = accepted.will.clone();
+        self.conn = Some(accepted.params);
+        let protocol = self.protocol;
+        for out in &self.inflight {
+            match out.state {
+                OutState::Published => {
+                    write_publish(protocol, &out.item, out.pkid, true, now, wire);
+                }
+                OutState::Released => {
+                    encode(&pubrel(out.pkid, ReasonCode::SUCCESS), protocol, wire)
+                }
+            }
+        }
+        self.fill_window(now, limits, wire);
+    }
+
+    /// The connection went away. Subscriptions, inflight and queued messages stay.
+    pub fn detach(&mut self) {
+        self.conn = None;
+    }
+
+    /// Handles one packet from the connected client.
+    pub fn handle(
+        &mut self,
+        now: Instant,
+        packet: Packet,
+        limits: &Limits,
+        wire: &mut BytesMut,
+        actions: &mut Vec<Action>,
+    ) -> Result<(), Close> {
+        let protocol = self.protocol;
+        match packet {
+            Packet::Publish(publish) => self.handle_publish(now, publish, limits, wire, actions),
+            Packet::PubAck(ack) => {
+                match self.inflight_position(ack.pkid, OutState::Published, QoS::AtLeastOnce) {
+                    Some(i) => {
+                        self.inflight.remove(i);
+                        self.fill_window(now, limits, wire);
+                    }
+                    None => {
+                        tracing::debug!(client_id = %self.client_id, pkid = ack.pkid, "PUBACK for unknown packet id")
+                    }
+                }
+                Ok(())
+            }
+            Packet::PubRec(ack) => {
+                match self.inflight_position(ack.pkid, OutState::Published, QoS::ExactlyOnce) {
+                    Some(i) if ack.reason.is_error() => {
+                        // The receiver refused the message: the flow ends here (MQTT-4.3.3).
+                        self.inflight.remove(i);
+                        self.fill_window(now, limits, wire);
+                    }
+                    Some(i) => {
+                        self.inflight[i].state = OutState::Released;
+                        encode(&pubrel(ack.pkid, ReasonCode::SUCCESS), protocol, wire);
+                    }
+                    None => encode(
+                        &pubrel(
+                            ack.pkid,
+                            v5_or_success(protocol, ReasonCode::PACKET_IDENTIFIER_NOT_FOUND),
+                        ),
+                        protocol,
+                        wire,
+                    ),
+                }
+                Ok(())
+            }
+            Packet::PubRel(ack) => {
+                let reason = match self.awaiting_rel.iter().position(|&p| p == ack.pkid) {
+                    Some(i) => {
+                        self.awaiting_rel.swap_remove(i);
+                        ReasonCode::SUCCESS
+                    }
+                    None => v5_or_success(protocol, ReasonCode::PACKET_IDENTIFIER_NOT_FOUND),
+                };
+                encode(&Packet::PubComp(ack_with(ack.pkid, reason)), protocol, wire);
+                Ok(())
+            }
+            Packet::PubComp(ack) => {
+                match self.inflight_position(ack.pkid, OutState::Released, QoS::ExactlyOnce) {
+                    Some(i) => {
+                        self.inflight.remove(i);
+                        self.fill_window(now, limits, wire);
+                    }
+                    None => {
+                        tracing::debug!(client_id = %self.client_id, pkid = ack.pkid, "PUBCOMP for unknown packet id")
+                    }
+                }
+                Ok(())
+            }
+            Packet::Subscribe(sub) => {
+                self.handle_subscribe(sub, limits, actions);
+                Ok(())
+            }
+            Packet::Unsubscribe(unsub) => {
+                self.handle_unsubscribe(unsub, wire, actions);
+                Ok(())
+            }
+            Packet::PingReq => {
+                encode(&Packet::PingResp, protocol, wire);
+                Ok(())
+            }
+            Packet::Disconnect(d) => {
+                if let Some(expiry) = d.properties.session_expiry_interval {
+                    if self.expiry_secs == 0 && expiry != 0 {
+                        // MQTT-3.14.2-2: cannot turn a zero expiry into a non-zero one.
+                        return Err(Close::new(
+                            ReasonCode::PROTOCOL_ERROR,
+                            "DISCONNECT sets session expiry after 0",
+                        ));
+                    }
+                    self.expiry_secs = expiry.min(limits.session_expiry_max_secs);
+                }
+                actions.push(Action::Disconnect {
+                    publish_will: d.reason == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE,
+                });
+                Ok(())
+            }
+            Packet::Connect(_) => Err(Close::new(ReasonCode::PROTOCOL_ERROR, "second CONNECT")),
+            Packet::Auth(_) => Err(Close::new(
+                ReasonCode::PROTOCOL_ERROR,
+                "AUTH without an authentication method",
+            )),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                Err(Close::new(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "server-to-client packet sent by a client",
+                ))
+            }
+        }
+    }
+
+    fn handle_publish(
+        &mut self,
+        now: Instant,
+        publish: Publish,
+        limits: &Limits,
+        wire: &mut BytesMut,
+        actions: &mut Vec<Action>,
+    ) -> Result<(), Close> {
+        let protocol = self.protocol;
+        if publish.properties.topic_alias.is_some() {
+            // Topic Alias Maximum is announced as 0 (MQTT-3.3.2-9).
+            return Err(Close::new(
+                ReasonCode::TOPIC_ALIAS_INVALID,
+                "topic alias above Topic Alias Maximum 0",
+            ));
+        }
+        match validate_topic_name(&publish.topic, limits.max_topic_levels) {
+            Ok(()) => {}
+            Err(TopicError::Empty) => {
+                return Err(Close::new(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "empty topic without alias",
+                ))
+            }
+            Err(_) => {
+                return Err(Close::new(
+                    ReasonCode::TOPIC_NAME_INVALID,
+                    "invalid PUBLISH topic",
+                ))
+            }
+        }
+        if publish.retain && !limits.retain_available {
+            return Err(Close::new(
+                ReasonCode::RETAIN_NOT_SUPPORTED,
+                "retain not available",
+            ));
+        }
+        if publish.qos == QoS::ExactlyOnce && self.awaiting_rel.contains(&publish.pkid) {
+            // A resent QoS 2 PUBLISH we already own: acknowledge again, do not route twice.
+            encode(
+                &Packet::PubRec(ack_with(publish.pkid, ReasonCode::SUCCESS)),
+                protocol,
+                wire,
+            );
+            return Ok(());
+        }
+        if publish.qos == QoS::ExactlyOnce
+            && self.awaiting_rel.len() >= usize::from(limits.max_awaiting_rel)
+        {
+            return Err(Close::new(
+                ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                "more QoS 2 in flight than Receive Maximum",
+            ));
+        }
+        let bad_format = publish.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&publish.payload).is_err();
+        let reason = if bad_format {
+            ReasonCode::PAYLOAD_FORMAT_INVALID
+        } else {
+            ReasonCode::SUCCESS
+        };
+        let pkid = publish.pkid;
+        let qos = publish.qos;
+        if !bad_format {
+            let mut properties = publish.properties;
+            properties.topic_alias = None;
+            properties.subscription_identifiers.clear();
+            let expires_at = properties
+                .message_expiry_interval
+                .map(|s| now + Duration::from_secs(u64::from(s)));
+            actions.push(Action::Publish(Arc::new(Message {
+                topic: publish.topic,
+                payload: publish.payload,
+                qos,
+                retain: publish.retain,
+                properties,
+                expires_at,
+                publisher: self.client_id.clone(),
+            })));
+        } else {
+            tracing::warn!(client_id = %self.client_id, "payload is not UTF-8 although its format indicator says so");
+        }
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => encode(
+                &Packet::PubAck(ack_with(pkid, v5_or_success(protocol, reason))),
+                protocol,
+                wire,
+            ),
+            QoS::ExactlyOnce => {
+                if !reason.is_error() {
+                    self.awaiting_rel.push(pkid);
+                }
+                encode(
+                    &Packet::PubRec(ack_with(pkid, v5_or_success(protocol, reason))),
+                    protocol,
+                    wire,
+                )
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_subscribe(&mut self, sub: Subscribe, limits: &Limits, actions: &mut Vec<Action>) {
+        let mut reasons = Vec::with_capacity(sub.filters.len());
+        let id = sub.properties.subscription_identifier;
+        for f in sub.filters {
+            let reason = if f.filter.starts_with("$share/") || f.filter.starts_with("$queue/") {
+                failure(
+                    self.protocol,
+                    ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED,
+                )
+            } else if validate_topic_filter(&f.filter, limits.max_topic_levels).is_err() {
+                failure(self.protocol, ReasonCode::TOPIC_FILTER_INVALID)
+            } else {
+                let existed = self.subscriptions.contains_key(f.filter.as_str());
+                if !existed
+                    && limits.max_subscriptions > 0
+                    && self.subscriptions.len() >= limits.max_subscriptions
+                {
+                    failure(self.protocol, ReasonCode::QUOTA_EXCEEDED)
+                } else {
+                    let filter = f.filter.detach();
+                    let subscription = Subscription {
+                        options: f.options,
+                        id,
+                    };
+                    self.subscriptions.insert(filter.clone(), subscription);
+                    actions.push(Action::Subscribe {
+                        filter,
+                        subscription,
+                        existed,
+                    });
+                    ReasonCode(f.options.qos as u8)
+                }
+            };
+            reasons.push(reason);
+        }
+        actions.push(Action::SubAck(SubAck {
+            pkid: sub.pkid,
+            reasons,
+            properties: Default::default(),
+        }));
+    }
+
+    fn handle_unsubscribe(
+        &mut self,
+        unsub: Unsubscribe,
+        wire: &mut BytesMut,
+        actions: &mut Vec<Action>,
+    ) {
+        let mut reasons = Vec::with_capacity(unsub.filters.len());
+        for filter in unsub.filters {
+            match self.subscriptions.remove_entry(filter.as_str()) {
+                Some((filter, _)) => {
+                    actions.push(Action::Unsubscribe { filter });
+                    reasons.push(ReasonCode::SUCCESS);
+                }
+                None => reasons.push(ReasonCode::NO_SUBSCRIPTION_EXISTED),
+            }
+        }
+        if !self.protocol.is_v5() {
+            reasons.clear();
+        }
+        let ack = UnsubAck {
+            pkid: unsub.pkid,
+            reasons,
+            properties: Default::default(),
+        };
+        encode(&Packet::UnsubAck(ack), self.protocol, wire);
+    }
+
+    /// Removes every subscription, returning the filters (for a clean start or an ended session).
+    pub fn clear_subscriptions(&mut self) -> Vec<ByteStr> {
+        self.subscriptions.drain().map(|(f, _)| f).collect()
+    }
+
+    /// Delivers a routed message at `qos` (already the minimum of the message's QoS and the
+    /// subscription's). `wire` is the connection's write buffer, `None` when offline.
+    pub fn deliver(
+        &mut self,
+        now: Instant,
+        msg: &Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        sub_ids: &[u32],
+        limits: &Limits,
+        wire: Option<&mut BytesMut>,
+    ) -> Delivery {
+        if msg.is_expired(now) {
+            return self.dropped(DropReason::Expired);
+        }
+        let item = Queued {
+            msg: msg.clone(),
+            qos,
+            retain,
+            sub_ids: SmallVec::from_slice(sub_ids),
+        };
+        let (Some(conn), Some(wire)) = (self.conn, wire) else {
+            return self.enqueue(item, limits);
+        };
+        if too_large(self.protocol, &item, now, conn.max_packet_size) {
+            return self.dropped(DropReason::TooLarge);
+        }
+        if qos == QoS::AtMostOnce {
+            if wire.len() >= limits.max_write_buffer_bytes {
+                return self.dropped(DropReason::WriteBufferFull);
+            }
+            write_publish(self.protocol, &item, 0, false, now, wire);
+            return Delivery::Sent;
+        }
+        if !self.queue.is_empty() || self.inflight.len() >= self.window(limits) {
+            return self.enqueue(item, limits);
+        }
+        self.send_inflight(now, item, wire);
+        Delivery::Sent
+    }
+
+    fn window(&self, limits: &Limits) -> usize {
+        let client = self.conn.map_or(u16::MAX, |c| c.receive_maximum);
+        usize::from(limits.max_inflight.min(client))
+    }
+
+    fn enqueue(&mut self, item: Queued, limits: &Limits) -> Delivery {
+        let mut result = Delivery::Queued;
+        if self.queue.len() >= limits.max_queued_messages {
+            // Policy: the newest message wins; drop the oldest queued one (QoS 0 first).
+            let victim = self
+                .queue
+                .iter()
+                .position(|q| q.qos == QoS::AtMostOnce)
+                .unwrap_or(0);
+            self.queue.remove(victim);
+            self.stats.dropped += 1;
+            result = Delivery::Dropped(DropReason::QueueFull);
+        }
+        if limits.max_queued_messages > 0 {
+            self.queue.push_back(item);
+        }
+        result
+    }
+
+    fn dropped(&mut self, reason: DropReason) -> Delivery {
+        self.stats.dropped += 1;
+        Delivery::Dropped(reason)
+    }
+
+    fn send_inflight(&mut self, now: Instant, item: Queued, wire: &mut BytesMut) {
+        let pkid = self.next_free_pkid();
+        write_publish(self.protocol, &item, pkid, false, now, wire);
+        self.inflight.push_back(Outgoing {
+            pkid,
+            state: OutState::Published,
+            item,
+        });
+    }
+
+    /// Moves queued messages to the connection while the window has room.
+    fn fill_window(&mut self, now: Instant, limits: &Limits, wire: &mut BytesMut) {
+        let Some(conn) = self.conn else { return };
+        while let Some(item) = self.queue.pop_front() {
+            if item.msg.is_expired(now) {
+                self.stats.dropped += 1;
+                continue;
+            }
+            if too_large(self.protocol, &item, now, conn.max_packet_size) {
+                self.stats.dropped += 1;
+                continue;
+            }
+            if item.qos == QoS::AtMostOnce {
+                write_publish(self.protocol, &item, 0, false, now, wire);
+                continue;
+            }
+            if self.inflight.len() >= self.window(limits) {
+                self.queue.push_front(item);
+                break;
+            }
+            self.send_inflight(now, item, wire);
+        }
+    }
+
+    fn next_free_pkid(&mut self) -> u16 {
+        assert!(
+            self.inflight.len() < usize::from(u16::MAX),
+            "inflight window exceeds packet id space"
+        );
+        loop {
+            self.next_pkid = self.next_pkid.wrapping_add(1).max(1);
+            let candidate = self.next_pkid;
+            if !self.inflight.iter().any(|o| o.pkid == candidate) {
+                return candidate;
+            }
+        }
+    }
+
+    fn inflight_position(&self, pkid: u16, state: OutState, qos: QoS) -> Option<usize> {
+        self.inflight
+            .iter()
+            .position(|o| o.pkid == pkid && o.state == state && o.item.qos == qos)
+    }
+}
+
+fn failure(protocol: Protocol, v5: ReasonCode) -> ReasonCode {
+    if protocol.is_v5() {
+        v5
+    } else {
+        ReasonCode::UNSPECIFIED_ERROR
+    }
+}
+
+fn v5_or_success(protocol: Protocol, v5: ReasonCode) -> ReasonCode {
+    if protocol.is_v5() {
+        v5
+    } else {
+        ReasonCode::SUCCESS
+    }
+}
+
+fn ack_with(pkid: u16, reason: ReasonCode) -> Ack {
+    Ack {
+        pkid,
+        reason,
+        properties: Default::default(),
+    }
+}
+
+fn pubrel(pkid: u16, reason: ReasonCode) -> Packet {
+    Packet::PubRel(ack_with(pkid, reason))
+}
+
+fn outgoing_publish(
+    protocol: Protocol,
+    item: &Queued,
+    pkid: u16,
+    dup: bool,
+    now: Instant,
+) -> Publish {
+    let msg = &item.msg;
+    let properties = if protocol.is_v5() {
+        let mut p = msg.properties.clone();
+        p.message_expiry_interval = msg.remaining_expiry_secs(now);
+        p.subscription_identifiers = item.sub_ids.clone();
+        p
+    } else {
+        PublishProperties::default()
+    };
+    Publish {
+        dup,
+        qos: item.qos,
+        retain: item.retain,
+        topic: msg.topic.clone(),
+        pkid,
+        properties,
+        payload: msg.payload.clone(),
+    }
+}
+
+fn write_publish(
+    protocol: Protocol,
+    item: &Queued,
+    pkid: u16,
+    dup: bool,
+    now: Instant,
+    wire: &mut BytesMut,
+) {
+    encode_publish(
+        &outgoing_publish(protocol, item, pkid, dup, now),
+        protocol,
+        wire,
+    );
+}
+
+/// Whether the PUBLISH for `item` exceeds the client's Maximum Packet Size. Clients that set
+/// none (every 3.x client) skip the sizing entirely.
+fn too_large(protocol: Protocol, item: &Queued, now: Instant, max: u32) -> bool {
+    if max == u32::MAX {
+        return false;
+    }
+    // Packet id 1 stands for any non-zero id: the length is the same.
+    let pkid = u16::from(item.qos != QoS::AtMostOnce);
+    encoded_len(
+        &Packet::Publish(outgoing_publish(protocol, item, pkid, false, now)),
+        protocol,
+    ) > max as usize
+}

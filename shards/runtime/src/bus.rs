@@ -1,0 +1,163 @@
+//! What shards say to each other. Messages travel in batches (`Vec<ShardMsg>`) over glommio's
+//! bounded channel mesh; one batch per destination per event-loop turn.
+
+use shardmq_broker::session::Session;
+use shardmq_broker::Message;
+use shardmq_codec::ByteStr;
+use std::sync::Arc;
+
+/// Index of a shard within the node, 0-based.
+pub type ShardId = usize;
+
+/// Most shards one node runs: [`ShardSet`] is one machine word.
+pub const MAX_SHARDS: usize = 64;
+
+/// A set of shards, as the routing replica stores it per filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ShardSet(u64);
+
+impl ShardSet {
+    /// No shard.
+    pub const EMPTY: ShardSet = ShardSet(0);
+
+    /// This set plus `shard`.
+    pub fn with(self, shard: ShardId) -> ShardSet {
+        assert!(shard < MAX_SHARDS);
+        ShardSet(self.0 | 1 << shard)
+    }
+
+    /// This set without `shard`.
+    pub fn without(self, shard: ShardId) -> ShardSet {
+        assert!(shard < MAX_SHARDS);
+        ShardSet(self.0 & !(1 << shard))
+    }
+
+    /// Union.
+    pub fn union(self, other: ShardSet) -> ShardSet {
+        ShardSet(self.0 | other.0)
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Whether `shard` is in the set.
+    pub fn contains(self, shard: ShardId) -> bool {
+        shard < MAX_SHARDS && self.0 & (1 << shard) != 0
+    }
+
+    /// The shards, ascending.
+    pub fn iter(self) -> impl Iterator<Item = ShardId> {
+        let mut bits = self.0;
+        std::iter::from_fn(move || {
+            if bits == 0 {
+                return None;
+            }
+            let i = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            Some(i)
+        })
+    }
+}
+
+/// One message between shards.
+#[derive(Debug)]
+pub(crate) enum ShardMsg {
+    /// Deliver to the receiving shard's local subscribers.
+    Publish(Arc<Message>),
+    /// `shard` has its first subscriber to `filter`; acknowledge with `RouteAck` if `sync`.
+    RouteAdd {
+        /// The filter.
+        filter: ByteStr,
+        /// Shard that subscribes.
+        shard: ShardId,
+        /// Token to acknowledge, when the subscriber's SUBACK waits for every replica.
+        sync: Option<u64>,
+    },
+    /// `shard` has no subscriber to `filter` any more.
+    RouteDel {
+        /// The filter.
+        filter: ByteStr,
+        /// Shard that unsubscribed.
+        shard: ShardId,
+    },
+    /// A replica applied a synced `RouteAdd`.
+    RouteAck {
+        /// The sync token.
+        token: u64,
+    },
+    /// Set (or clear, with `None`) the retained message of `topic` in the replica.
+    Retain {
+        /// The topic.
+        topic: ByteStr,
+        /// The message, detached from any read buffer.
+        msg: Option<Arc<Message>>,
+    },
+    /// To the registry owner of `client_id`: a connection on `shard` claims it.
+    Claim {
+        /// Client identifier.
+        client_id: ByteStr,
+        /// Claiming shard.
+        shard: ShardId,
+        /// Claim token.
+        token: u64,
+        /// Clean start: the old session is discarded.
+        clean_start: bool,
+    },
+    /// To the registry owner: the session registered under `token` ended.
+    Release {
+        /// Client identifier.
+        client_id: ByteStr,
+        /// Shard that held it.
+        shard: ShardId,
+        /// Its registration token.
+        token: u64,
+    },
+    /// To the shard holding `client_id`: close its connection and hand the session to `to`.
+    Takeover {
+        /// Client identifier.
+        client_id: ByteStr,
+        /// Claiming shard.
+        to: ShardId,
+        /// The claim's token.
+        token: u64,
+        /// Clean start: drop the session instead of sending it.
+        discard: bool,
+    },
+    /// To the claiming shard: the claim is granted, with the previous session if kept.
+    Handoff {
+        /// Client identifier.
+        client_id: ByteStr,
+        /// The claim's token.
+        token: u64,
+        /// The previous session, if any and not discarded.
+        session: Option<Box<Session>>,
+    },
+}
+
+/// A batch of messages for one destination.
+pub(crate) type Batch = Vec<ShardMsg>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_set_ops() {
+        let s = ShardSet::EMPTY.with(0).with(5).with(63);
+        assert_eq!(s.iter().collect::<Vec<_>>(), vec![0, 5, 63]);
+        assert!(s.contains(5) && !s.contains(4));
+        let s = s.without(5);
+        assert_eq!(s.iter().collect::<Vec<_>>(), vec![0, 63]);
+        assert!(ShardSet::EMPTY.is_empty());
+        assert_eq!(
+            ShardSet::EMPTY
+                .with(1)
+                .union(ShardSet::EMPTY.with(2))
+                .iter()
+                .count(),
+            2
+        );
+    }
+}

@@ -1,0 +1,1008 @@
+//! One shard's state: its connections, the sessions they own, its subscription trie, its
+//! replica of the node's routing table and retained store, and its partition of the client
+//! registry. Single-threaded: every method runs on the shard's own executor, never across an
+//! `.await`.
+
+use crate::bus::{ShardId, ShardMsg, ShardSet};
+use crate::RuntimeConfig;
+use bytes::{Bytes, BytesMut};
+use shardmq_broker::retain::RetainedStore;
+use shardmq_broker::session::{
+    accept_connect, connack_for, connack_refusal, server_disconnect, Accepted, Action, Close,
+    Delivery, Session, Subscription, EXPIRY_NEVER,
+};
+use shardmq_broker::trie::SubscriptionTrie;
+use shardmq_broker::{Limits, Message};
+use shardmq_codec::{
+    encode, ByteStr, Connect, Packet, Protocol, PublishProperties, QoS, ReasonCode, RetainHandling,
+    SubAck,
+};
+use slab::Slab;
+use smallvec::SmallVec;
+use std::collections::{BTreeSet, VecDeque};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::{Duration, Instant};
+use tracing::{debug, trace, warn};
+
+/// Key of a connection in the shard's slab.
+pub(crate) type ConnKey = usize;
+/// Key of a session in the shard's slab.
+pub(crate) type SessionKey = usize;
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Accepted; only CONNECT may come.
+    AwaitConnect,
+    /// CONNECT accepted; waiting for the registry and, on takeover, the old session.
+    Claiming,
+    /// Session attached; packets flow.
+    Active,
+    /// Flush what is written, then close.
+    Closing,
+}
+
+/// A connection as the shard sees it. The driver task owns the socket; the shard owns the
+/// write buffer so routing can append to it without touching the task.
+pub(crate) struct Conn {
+    pub(crate) id: u64,
+    pub(crate) phase: Phase,
+    pub(crate) out: BytesMut,
+    pub(crate) waker: Option<Waker>,
+    pub(crate) session: Option<SessionKey>,
+    pub(crate) protocol: Option<Protocol>,
+    /// Read timeout the driver should apply (connect timeout, then 1.5 × keep-alive).
+    pub(crate) read_timeout: Option<Duration>,
+    /// Set when the node is over `max_connections`: the CONNECT is refused.
+    over_limit: bool,
+    /// The connection ended with a DISCONNECT from the client (no will, unless asked).
+    graceful: Option<bool>,
+}
+
+struct SessionSlot {
+    session: Session,
+    conn: Option<ConnKey>,
+    /// Registration token in the owner shard's registry.
+    reg_token: u64,
+    /// When an offline session expires.
+    expires_at: Option<Instant>,
+}
+
+struct PendingConnect {
+    conn: ConnKey,
+    conn_id: u64,
+    accepted: Accepted,
+}
+
+struct RouteSync {
+    conn: ConnKey,
+    conn_id: u64,
+    session: SessionKey,
+    remaining: usize,
+    ack: SubAck,
+    retained: Vec<(ByteStr, Subscription, bool)>,
+}
+
+/// An entry of this shard's partition of the node-wide client registry.
+#[derive(Debug, Clone, Copy)]
+struct RegEntry {
+    shard: ShardId,
+    token: u64,
+}
+
+/// Per-shard counters, read by `$SYS` publishing and tests.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ShardStats {
+    pub(crate) messages_in: u64,
+    pub(crate) messages_out: u64,
+    pub(crate) messages_dropped: u64,
+    pub(crate) bytes_in: u64,
+}
+
+type Subscribers = SmallVec<[(u32, Subscription); 1]>;
+
+/// The shard.
+pub(crate) struct Shard {
+    pub(crate) id: ShardId,
+    nshards: usize,
+    pub(crate) cfg: Arc<RuntimeConfig>,
+    limits: Limits,
+    started: Instant,
+    pub(crate) conns: Slab<Conn>,
+    sessions: Slab<SessionSlot>,
+    by_client: ahash::AHashMap<ByteStr, SessionKey>,
+    subs: SubscriptionTrie<Subscribers>,
+    routes: SubscriptionTrie<ShardSet>,
+    retained: RetainedStore<Arc<Message>>,
+    registry: ahash::AHashMap<ByteStr, RegEntry>,
+    pending_connects: ahash::AHashMap<u64, PendingConnect>,
+    /// Takeovers that arrived while this shard's own claim for the client was in flight.
+    deferred_takeovers: ahash::AHashMap<ByteStr, (ShardId, u64, bool)>,
+    route_syncs: ahash::AHashMap<u64, RouteSync>,
+    offline: BTreeSet<(Instant, SessionKey, u64)>,
+    next_token: u64,
+    next_conn_id: u64,
+    /// Messages for other shards, per destination, sent in batches by the flusher.
+    pub(crate) outbox: Vec<Vec<ShardMsg>>,
+    pub(crate) flush_waker: Option<Waker>,
+    /// Readers parked while the outbox is over its bound.
+    pub(crate) blocked_readers: Vec<Waker>,
+    local: VecDeque<ShardMsg>,
+    hasher: ahash::RandomState,
+    pub(crate) connections: Arc<AtomicUsize>,
+    pub(crate) stats: ShardStats,
+    /// Shard-owned read buffer: idle connections hold none.
+    pub(crate) read_scratch: Vec<u8>,
+    match_scratch: Vec<(u32, Subscription)>,
+    actions_scratch: Vec<Action>,
+}
+
+impl Shard {
+    pub(crate) fn new(
+        id: ShardId,
+        cfg: Arc<RuntimeConfig>,
+        connections: Arc<AtomicUsize>,
+        hasher: ahash::RandomState,
+    ) -> Shard {
+        let nshards = cfg.cpus.len();
+        Shard {
+            id,
+            nshards,
+            limits: cfg.limits.clone(),
+            cfg,
+            started: Instant::now(),
+            conns: Slab::new(),
+            sessions: Slab::new(),
+            by_client: Default::default(),
+            subs: SubscriptionTrie::new(),
+            routes: SubscriptionTrie::new(),
+            retained: RetainedStore::new(),
+            registry: Default::default(),
+            pending_connects: Default::default(),
+            deferred_takeovers: Default::default(),
+            route_syncs: Default::default(),
+            offline: BTreeSet::new(),
+            next_token: 0,
+            next_conn_id: 0,
+            outbox: (0..nshards).map(|_| Vec::new()).collect(),
+            flush_waker: None,
+            blocked_readers: Vec::new(),
+            local: VecDeque::new(),
+            hasher,
+            connections,
+            stats: ShardStats::default(),
+            read_scratch: vec![0; 64 * 1024],
+            match_scratch: Vec::new(),
+            actions_scratch: Vec::new(),
+        }
+    }
+
+    fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        (self.next_token << 8) | self.id as u64
+    }
+
+    fn owner_of(&self, client_id: &str) -> ShardId {
+        let mut h = self.hasher.build_hasher();
+        client_id.hash(&mut h);
+        (h.finish() % self.nshards as u64) as ShardId
+    }
+
+    /// Queues `msg` for shard `to` (handled in place, after the current step, if `to` is us).
+    fn send(&mut self, to: ShardId, msg: ShardMsg) {
+        if to == self.id {
+            self.local.push_back(msg);
+            return;
+        }
+        let q = &mut self.outbox[to];
+        q.push(msg);
+        if q.len() == 1 {
+            if let Some(w) = self.flush_waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    fn broadcast(&mut self, msg: impl Fn() -> ShardMsg) {
+        for to in 0..self.nshards {
+            self.send(to, msg());
+        }
+    }
+
+    /// True while some destination has more queued than the bound: readers pause.
+    pub(crate) fn congested(&self) -> bool {
+        let bound = self.cfg.channel_capacity * self.cfg.batch_max;
+        self.outbox.iter().any(|q| q.len() >= bound)
+    }
+
+    /// Handles messages this shard sent to itself. Every entry point ends with it.
+    pub(crate) fn drain_local(&mut self, now: Instant) {
+        while let Some(msg) = self.local.pop_front() {
+            self.handle_msg(now, msg);
+        }
+    }
+
+    fn wake_conn(conn: &mut Conn) {
+        if let Some(w) = conn.waker.take() {
+            w.wake();
+        }
+    }
+
+    // ---- connections -------------------------------------------------------------------
+
+    /// Registers an accepted connection.
+    pub(crate) fn open_conn(&mut self) -> (ConnKey, u64) {
+        let n = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        self.next_conn_id += 1;
+        let id = self.next_conn_id;
+        let key = self.conns.insert(Conn {
+            id,
+            phase: Phase::AwaitConnect,
+            out: BytesMut::new(),
+            waker: None,
+            session: None,
+            protocol: None,
+            read_timeout: Some(self.cfg.connect_timeout),
+            over_limit: n > self.cfg.max_connections,
+            graceful: None,
+        });
+        (key, id)
+    }
+
+    /// Writes a v5 DISCONNECT (if the protocol has one) and moves the connection to Closing.
+    pub(crate) fn close_conn(&mut self, key: ConnKey, close: Close) {
+        let conn = &mut self.conns[key];
+        if conn.phase == Phase::Closing {
+            return;
+        }
+        if conn.protocol == Some(Protocol::V5) && conn.phase == Phase::Active {
+            encode(
+                &server_disconnect(close.reason),
+                Protocol::V5,
+                &mut conn.out,
+            );
+        }
+        conn.phase = Phase::Closing;
+        Self::wake_conn(conn);
+    }
+
+    /// The driver is done with the connection: detach the session, publish the will unless
+    /// the client said goodbye, start the expiry clock or end the session.
+    pub(crate) fn conn_closed(&mut self, now: Instant, key: ConnKey) {
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+        let conn = self.conns.remove(key);
+        let Some(skey) = conn.session else { return };
+        let slot = &mut self.sessions[skey];
+        slot.conn = None;
+        slot.session.detach();
+        let will = match conn.graceful {
+            Some(false) => {
+                slot.session.take_will();
+                None
+            }
+            _ => slot.session.take_will(),
+        };
+        let expiry = slot.session.expiry_secs();
+        if let Some(will) = will {
+            let msg = will_message(will, slot.session.client_id().clone(), now);
+            debug!(shard = self.id, client_id = %msg.publisher, "publishing will");
+            self.route(now, Arc::new(msg));
+        }
+        if expiry == 0 {
+            self.end_session(skey);
+        } else if expiry != EXPIRY_NEVER {
+            let at = now + Duration::from_secs(u64::from(expiry));
+            let slot = &mut self.sessions[skey];
+            slot.expires_at = Some(at);
+            self.offline.insert((at, skey, slot.reg_token));
+        }
+        self.drain_local(now);
+    }
+
+    /// Removes a session for good: its subscriptions leave the trie, the registry forgets it.
+    fn end_session(&mut self, skey: SessionKey) {
+        let mut slot = self.sessions.remove(skey);
+        let client_id = slot.session.client_id().clone();
+        debug!(shard = self.id, client_id = %client_id, "session ended");
+        self.by_client.remove(&client_id);
+        if let Some(at) = slot.expires_at {
+            self.offline.remove(&(at, skey, slot.reg_token));
+        }
+        for filter in slot.session.clear_subscriptions() {
+            self.trie_remove(&filter, skey);
+        }
+        let owner = self.owner_of(&client_id);
+        let me = self.id;
+        self.send(
+            owner,
+            ShardMsg::Release {
+                client_id,
+                shard: me,
+                token: slot.reg_token,
+            },
+        );
+    }
+
+    /// Takes a session off this shard (takeover), returning it with its subscriptions
+    /// cleared from this shard's trie but kept in the session itself.
+    fn extract_session(&mut self, skey: SessionKey) -> Session {
+        let slot = self.sessions.remove(skey);
+        self.by_client.remove(slot.session.client_id());
+        if let Some(at) = slot.expires_at {
+            self.offline.remove(&(at, skey, slot.reg_token));
+        }
+        let filters: Vec<ByteStr> = slot
+            .session
+            .subscriptions()
+            .map(|(f, _)| f.clone())
+            .collect();
+        for filter in filters {
+            self.trie_remove(&filter, skey);
+        }
+        slot.session
+    }
+
+    /// Expires offline sessions whose time has come.
+    pub(crate) fn expire_sessions(&mut self, now: Instant) {
+        while let Some(&(at, skey, token)) = self.offline.first() {
+            if at > now {
+                break;
+            }
+            self.offline.pop_first();
+            let live = self
+                .sessions
+                .get(skey)
+                .is_some_and(|s| s.reg_token == token && s.conn.is_none());
+            if live {
+                self.sessions[skey].expires_at = None;
+                self.end_session(skey);
+            }
+        }
+        self.drain_local(now);
+    }
+
+    // ---- packets -----------------------------------------------------------------------
+
+    /// One decoded packet from connection `key`.
+    pub(crate) fn on_packet(&mut self, now: Instant, key: ConnKey, packet: Packet) {
+        self.stats.messages_in += u64::from(matches!(packet, Packet::Publish(_)));
+        let conn = &mut self.conns[key];
+        match conn.phase {
+            Phase::AwaitConnect => match packet {
+                Packet::Connect(connect) => self.on_connect(now, key, &connect),
+                other => {
+                    warn!(
+                        shard = self.id,
+                        packet = other.name(),
+                        "first packet is not CONNECT; closing"
+                    );
+                    self.close_conn(
+                        key,
+                        Close {
+                            reason: ReasonCode::PROTOCOL_ERROR,
+                            why: "first packet not CONNECT",
+                        },
+                    );
+                }
+            },
+            Phase::Claiming | Phase::Closing => {
+                debug!(shard = self.id, "packet while not active ignored");
+            }
+            Phase::Active => {
+                let Some(skey) = conn.session else { return };
+                let mut actions = std::mem::take(&mut self.actions_scratch);
+                let slot = &mut self.sessions[skey];
+                let result =
+                    slot.session
+                        .handle(now, packet, &self.limits, &mut conn.out, &mut actions);
+                if let Err(close) = result {
+                    warn!(shard = self.id, client_id = %slot.session.client_id(), reason = ?close.reason, why = close.why, "protocol violation; disconnecting");
+                    actions.clear();
+                    self.actions_scratch = actions;
+                    self.close_conn(key, close);
+                    return;
+                }
+                self.run_actions(now, key, skey, &mut actions);
+                actions.clear();
+                self.actions_scratch = actions;
+            }
+        }
+        self.drain_local(now);
+    }
+
+    /// The decoder rejected the byte stream: answer as the spec says and close.
+    pub(crate) fn on_decode_error(&mut self, key: ConnKey, reason: ReasonCode, what: &str) {
+        let conn = &mut self.conns[key];
+        warn!(shard = self.id, conn = conn.id, reason = ?reason, error = what, "bad packet; closing");
+        if conn.phase == Phase::AwaitConnect && reason == ReasonCode::UNSUPPORTED_PROTOCOL_VERSION {
+            // MQTT-3.1.2-2: CONNACK 0x84 (3.x: return code 1), then close.
+            // The level is one we do not speak, so answer in the 3.1.1 layout (return code 1).
+            encode(
+                &Packet::ConnAck(connack_refusal(reason)),
+                Protocol::V3_1_1,
+                &mut conn.out,
+            );
+        }
+        self.close_conn(
+            key,
+            Close {
+                reason,
+                why: "decode error",
+            },
+        );
+    }
+
+    fn on_connect(&mut self, now: Instant, key: ConnKey, connect: &Connect) {
+        let id = self.id;
+        let conn = &mut self.conns[key];
+        conn.protocol = Some(connect.protocol);
+        let refuse = |conn: &mut Conn, code: ReasonCode| {
+            encode(
+                &Packet::ConnAck(connack_refusal(code)),
+                connect.protocol,
+                &mut conn.out,
+            );
+            conn.phase = Phase::Closing;
+        };
+        if conn.over_limit {
+            warn!(shard = id, client_id = %connect.client_id, "max_connections reached; refusing");
+            refuse(conn, ReasonCode::SERVER_BUSY);
+            return;
+        }
+        let conn_id = conn.id;
+        let counter = self.next_conn_id;
+        let accepted = match accept_connect(connect, &self.limits, || {
+            ByteStr::from(format!("shardmq-{id}-{conn_id}-{counter:x}"))
+        }) {
+            Ok(a) => a,
+            Err(code) => {
+                warn!(shard = id, client_id = %connect.client_id, reason = ?code, "CONNECT refused");
+                refuse(conn, code);
+                return;
+            }
+        };
+        trace!(shard = id, client_id = %accepted.client_id, "CONNECT accepted; claiming");
+        conn.phase = Phase::Claiming;
+        conn.read_timeout = None;
+        let token = self.token();
+        let client_id = accepted.client_id.clone();
+        let clean_start = accepted.clean_start;
+        self.pending_connects.insert(
+            token,
+            PendingConnect {
+                conn: key,
+                conn_id,
+                accepted,
+            },
+        );
+        let owner = self.owner_of(&client_id);
+        self.send(
+            owner,
+            ShardMsg::Claim {
+                client_id,
+                shard: id,
+                token,
+                clean_start,
+            },
+        );
+        let _ = now;
+    }
+
+    fn run_actions(
+        &mut self,
+        now: Instant,
+        key: ConnKey,
+        skey: SessionKey,
+        actions: &mut Vec<Action>,
+    ) {
+        let mut sync: Option<(u64, usize)> = None;
+        let mut retained = Vec::new();
+        for action in actions.drain(..) {
+            match action {
+                Action::Publish(msg) => self.route(now, msg),
+                Action::Subscribe {
+                    filter,
+                    subscription,
+                    existed,
+                } => {
+                    let new_route = self.trie_insert(&filter, skey, subscription);
+                    if new_route && self.nshards > 1 {
+                        let token = match sync {
+                            Some((t, ref mut n)) => {
+                                *n += self.nshards - 1;
+                                t
+                            }
+                            None => {
+                                let t = self.token();
+                                sync = Some((t, self.nshards - 1));
+                                t
+                            }
+                        };
+                        self.announce_route(&filter, Some(token));
+                    } else if new_route {
+                        self.announce_route(&filter, None);
+                    }
+                    retained.push((filter, subscription, existed));
+                }
+                Action::Unsubscribe { filter } => self.trie_remove(&filter, skey),
+                Action::SubAck(ack) => {
+                    let conn_id = self.conns[key].id;
+                    let rs = RouteSync {
+                        conn: key,
+                        conn_id,
+                        session: skey,
+                        remaining: 0,
+                        ack,
+                        retained: std::mem::take(&mut retained),
+                    };
+                    match sync.take() {
+                        Some((token, remaining)) => {
+                            self.route_syncs
+                                .insert(token, RouteSync { remaining, ..rs });
+                        }
+                        None => self.finish_subscribe(now, rs),
+                    }
+                }
+                Action::Disconnect { publish_will } => {
+                    let conn = &mut self.conns[key];
+                    conn.graceful = Some(publish_will);
+                    conn.phase = Phase::Closing;
+                }
+            }
+        }
+    }
+
+    /// Sends the SUBACK, then the retained messages the new subscriptions ask for.
+    fn finish_subscribe(&mut self, now: Instant, rs: RouteSync) {
+        let Some(conn) = self.conns.get_mut(rs.conn) else {
+            return;
+        };
+        if conn.id != rs.conn_id || conn.session != Some(rs.session) {
+            return;
+        }
+        let protocol = self.sessions[rs.session].session.protocol();
+        encode(&Packet::SubAck(rs.ack), protocol, &mut conn.out);
+        Self::wake_conn(conn);
+        for (filter, sub, existed) in rs.retained {
+            let send = match sub.options.retain_handling {
+                RetainHandling::OnSubscribe => true,
+                RetainHandling::OnNewSubscribe => !existed,
+                RetainHandling::Never => false,
+            };
+            if !send {
+                continue;
+            }
+            let mut found = Vec::new();
+            self.retained
+                .for_each_match(&filter, |_, m| found.push(m.clone()));
+            let ids: SmallVec<[u32; 1]> = sub.id.into_iter().collect();
+            for msg in found {
+                let qos = msg.qos.min(sub.options.qos);
+                self.deliver_to(now, rs.session as u32, &msg, qos, true, &ids);
+            }
+        }
+    }
+
+    // ---- routing -----------------------------------------------------------------------
+
+    /// Adds a subscriber to the local trie. True if the filter is new on this shard.
+    fn trie_insert(&mut self, filter: &ByteStr, skey: SessionKey, sub: Subscription) -> bool {
+        let set = self.subs.entry_or_insert_with(filter, SmallVec::new);
+        let was_empty = set.is_empty();
+        match set.iter_mut().find(|(k, _)| *k == skey as u32) {
+            Some(entry) => entry.1 = sub,
+            None => set.push((skey as u32, sub)),
+        }
+        was_empty
+    }
+
+    /// Removes a subscriber; when the filter has none left here, tells every shard.
+    fn trie_remove(&mut self, filter: &ByteStr, skey: SessionKey) {
+        let Some(set) = self.subs.get_mut(filter) else {
+            return;
+        };
+        set.retain(|(k, _)| *k != skey as u32);
+        if set.is_empty() {
+            self.subs.remove(filter);
+            let me = self.id;
+            let f = filter.clone();
+            self.broadcast(|| ShardMsg::RouteDel {
+                filter: f.clone(),
+                shard: me,
+            });
+        }
+    }
+
+    fn announce_route(&mut self, filter: &ByteStr, sync: Option<u64>) {
+        let me = self.id;
+        for to in 0..self.nshards {
+            let sync = if to == me { None } else { sync };
+            self.send(
+                to,
+                ShardMsg::RouteAdd {
+                    filter: filter.clone(),
+                    shard: me,
+                    sync,
+                },
+            );
+        }
+    }
+
+    /// Routes a published message: retained store, then every shard with a matching filter.
+    pub(crate) fn route(&mut self, now: Instant, msg: Arc<Message>) {
+        if msg.retain {
+            let stored = if msg.payload.is_empty() {
+                None
+            } else {
+                Some(msg.detached())
+            };
+            let topic = msg.topic.clone();
+            self.broadcast(|| ShardMsg::Retain {
+                topic: topic.clone(),
+                msg: stored.clone(),
+            });
+        }
+        let mut targets = ShardSet::EMPTY;
+        self.routes
+            .for_each_match(&msg.topic, |set| targets = targets.union(*set));
+        for shard in targets.iter() {
+            if shard == self.id {
+                self.deliver_local(now, &msg);
+            } else {
+                self.send(shard, ShardMsg::Publish(msg.clone()));
+            }
+        }
+    }
+
+    /// Delivers to this shard's subscribers: one copy per session, at the highest matching QoS,
+    /// with every matching subscription identifier.
+    fn deliver_local(&mut self, now: Instant, msg: &Arc<Message>) {
+        let mut matches = std::mem::take(&mut self.match_scratch);
+        matches.clear();
+        self.subs
+            .for_each_match(&msg.topic, |set| matches.extend(set.iter().copied()));
+        if matches.len() > 1 {
+            matches.sort_unstable_by_key(|(k, _)| *k);
+        }
+        let mut i = 0;
+        while i < matches.len() {
+            let (skey, first) = matches[i];
+            let mut qos = first.options.qos;
+            let mut rap = first.options.retain_as_published;
+            let mut no_local = first.options.no_local;
+            let mut ids: SmallVec<[u32; 1]> = first.id.into_iter().collect();
+            let mut j = i + 1;
+            while j < matches.len() && matches[j].0 == skey {
+                let s = matches[j].1;
+                qos = qos.max(s.options.qos);
+                rap |= s.options.retain_as_published;
+                no_local &= s.options.no_local;
+                ids.extend(s.id);
+                j += 1;
+            }
+            i = j;
+            if no_local
+                && self
+                    .sessions
+                    .get(skey as usize)
+                    .is_some_and(|s| *s.session.client_id() == msg.publisher)
+            {
+                continue;
+            }
+            self.deliver_to(now, skey, msg, msg.qos.min(qos), rap && msg.retain, &ids);
+        }
+        self.match_scratch = matches;
+    }
+
+    fn deliver_to(
+        &mut self,
+        now: Instant,
+        skey: u32,
+        msg: &Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        ids: &[u32],
+    ) {
+        let Some(slot) = self.sessions.get_mut(skey as usize) else {
+            return;
+        };
+        let ckey = slot.conn.filter(|&c| self.conns[c].phase == Phase::Active);
+        let had_out = ckey.is_some_and(|c| !self.conns[c].out.is_empty());
+        let wire = ckey.map(|c| &mut self.conns[c].out);
+        match slot
+            .session
+            .deliver(now, msg, qos, retain, ids, &self.limits, wire)
+        {
+            Delivery::Sent => {
+                self.stats.messages_out += 1;
+                if let (Some(c), false) = (ckey, had_out) {
+                    Self::wake_conn(&mut self.conns[c]);
+                }
+            }
+            Delivery::Queued => {}
+            Delivery::Dropped(reason) => {
+                self.stats.messages_dropped += 1;
+                trace!(shard = self.id, client_id = %slot.session.client_id(), ?reason, "message dropped");
+            }
+        }
+    }
+
+    // ---- cross-shard messages ---------------------------------------------------------
+
+    /// Handles one message from another shard (or from this one, via `send`).
+    pub(crate) fn handle_msg(&mut self, now: Instant, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Publish(m) => self.deliver_local(now, &m),
+            ShardMsg::RouteAdd {
+                filter,
+                shard,
+                sync,
+            } => {
+                let set = self
+                    .routes
+                    .entry_or_insert_with(&filter, || ShardSet::EMPTY);
+                *set = set.with(shard);
+                if let Some(token) = sync {
+                    self.send(shard, ShardMsg::RouteAck { token });
+                }
+            }
+            ShardMsg::RouteDel { filter, shard } => {
+                if let Some(set) = self.routes.get_mut(&filter) {
+                    *set = set.without(shard);
+                    if set.is_empty() {
+                        self.routes.remove(&filter);
+                    }
+                }
+            }
+            ShardMsg::RouteAck { token } => {
+                if let Some(rs) = self.route_syncs.get_mut(&token) {
+                    rs.remaining -= 1;
+                    if rs.remaining == 0 {
+                        let rs = self.route_syncs.remove(&token).expect("present");
+                        self.finish_subscribe(now, rs);
+                    }
+                }
+            }
+            ShardMsg::Retain { topic, msg } => match msg {
+                Some(m) => {
+                    self.retained.insert(&topic, m);
+                }
+                None => {
+                    self.retained.remove(&topic);
+                }
+            },
+            ShardMsg::Claim {
+                client_id,
+                shard,
+                token,
+                clean_start,
+            } => {
+                let prev = self
+                    .registry
+                    .insert(client_id.clone(), RegEntry { shard, token });
+                match prev {
+                    Some(p) => self.send(
+                        p.shard,
+                        ShardMsg::Takeover {
+                            client_id,
+                            to: shard,
+                            token,
+                            discard: clean_start,
+                        },
+                    ),
+                    None => self.send(
+                        shard,
+                        ShardMsg::Handoff {
+                            client_id,
+                            token,
+                            session: None,
+                        },
+                    ),
+                }
+            }
+            ShardMsg::Release {
+                client_id,
+                shard,
+                token,
+            } => {
+                if self
+                    .registry
+                    .get(&client_id)
+                    .is_some_and(|e| e.shard == shard && e.token == token)
+                {
+                    self.registry.remove(&client_id);
+                }
+            }
+            ShardMsg::Takeover {
+                client_id,
+                to,
+                token,
+                discard,
+            } => self.takeover(now, client_id, to, token, discard),
+            ShardMsg::Handoff {
+                client_id,
+                token,
+                session,
+            } => self.handoff(now, client_id, token, session),
+        }
+    }
+
+    /// Another connection claimed `client_id`: kick ours and hand the session over.
+    fn takeover(
+        &mut self,
+        now: Instant,
+        client_id: ByteStr,
+        to: ShardId,
+        token: u64,
+        discard: bool,
+    ) {
+        if self
+            .pending_connects
+            .values()
+            .any(|p| p.accepted.client_id == client_id)
+        {
+            // Our own claim is still in flight: run this takeover once it lands.
+            self.deferred_takeovers
+                .insert(client_id, (to, token, discard));
+            return;
+        }
+        let session = match self.by_client.get(&client_id).copied() {
+            Some(skey) => {
+                if let Some(ckey) = self.sessions[skey].conn {
+                    debug!(shard = self.id, client_id = %client_id, "session taken over");
+                    self.close_conn(
+                        ckey,
+                        Close {
+                            reason: ReasonCode::SESSION_TAKEN_OVER,
+                            why: "taken over",
+                        },
+                    );
+                    // The old connection ends abnormally from the client's view: its will goes.
+                    let will = self.sessions[skey].session.take_will();
+                    let conn = &mut self.conns[ckey];
+                    conn.session = None;
+                    if let Some(will) = will {
+                        self.route(now, Arc::new(will_message(will, client_id.clone(), now)));
+                    }
+                }
+                let mut session = self.extract_session(skey);
+                session.detach();
+                (!discard).then(|| Box::new(session))
+            }
+            None => None,
+        };
+        self.send(
+            to,
+            ShardMsg::Handoff {
+                client_id,
+                token,
+                session,
+            },
+        );
+    }
+
+    /// The registry answered our claim: install the session and send CONNACK.
+    fn handoff(&mut self, now: Instant, client_id: ByteStr, token: u64, old: Option<Box<Session>>) {
+        let Some(pc) = self.pending_connects.remove(&token) else {
+            return;
+        };
+        let conn_alive = self
+            .conns
+            .get(pc.conn)
+            .is_some_and(|c| c.id == pc.conn_id && c.phase == Phase::Claiming);
+        let accepted = pc.accepted;
+        let session_present = !accepted.clean_start && old.is_some();
+        let mut session = match old {
+            Some(s) if !accepted.clean_start => *s,
+            _ => Session::new(client_id.clone(), accepted.protocol, accepted.expiry_secs),
+        };
+        let skey = self.sessions.vacant_key();
+        let filters: Vec<(ByteStr, Subscription)> = session
+            .subscriptions()
+            .map(|(f, s)| (f.clone(), *s))
+            .collect();
+        if !conn_alive {
+            // The connection died while claiming: keep what it inherited, as an offline session.
+            session.detach();
+        }
+        self.sessions.insert(SessionSlot {
+            session,
+            conn: None,
+            reg_token: token,
+            expires_at: None,
+        });
+        self.by_client.insert(client_id.clone(), skey);
+        for (filter, sub) in filters {
+            if self.trie_insert(&filter, skey, sub) {
+                self.announce_route(&filter, None);
+            }
+        }
+        if conn_alive {
+            let conn = &mut self.conns[pc.conn];
+            conn.phase = Phase::Active;
+            conn.session = Some(skey);
+            conn.read_timeout = accepted.params.read_timeout();
+            let protocol = accepted.protocol;
+            encode(
+                &Packet::ConnAck(connack_for(&accepted, session_present, &self.limits)),
+                protocol,
+                &mut conn.out,
+            );
+            self.sessions[skey].conn = Some(pc.conn);
+            self.sessions[skey]
+                .session
+                .attach(now, &accepted, &self.limits, &mut conn.out);
+            Self::wake_conn(conn);
+            debug!(shard = self.id, client_id = %client_id, session_present, "client connected");
+        } else if self.sessions[skey].session.expiry_secs() == 0 {
+            self.end_session(skey);
+        } else if self.sessions[skey].session.expiry_secs() != EXPIRY_NEVER {
+            let at =
+                now + Duration::from_secs(u64::from(self.sessions[skey].session.expiry_secs()));
+            self.sessions[skey].expires_at = Some(at);
+            self.offline.insert((at, skey, token));
+        }
+        if let Some((to, t, discard)) = self.deferred_takeovers.remove(&client_id) {
+            self.takeover(now, client_id, to, t, discard);
+        }
+    }
+
+    // ---- housekeeping ------------------------------------------------------------------
+
+    /// Publishes this shard's `$SYS` figures as retained messages.
+    pub(crate) fn publish_sys(&mut self, now: Instant) {
+        let base = format!("$SYS/brokers/{}/shards/{}", self.cfg.node_name, self.id);
+        let figures = [
+            ("connections", self.conns.len().to_string()),
+            ("sessions", self.sessions.len().to_string()),
+            ("subscriptions", self.subs.len().to_string()),
+            ("messages/received", self.stats.messages_in.to_string()),
+            ("messages/sent", self.stats.messages_out.to_string()),
+            ("messages/dropped", self.stats.messages_dropped.to_string()),
+            (
+                "uptime_secs",
+                now.duration_since(self.started).as_secs().to_string(),
+            ),
+        ];
+        for (name, value) in figures {
+            let msg = Message {
+                topic: ByteStr::from(format!("{base}/{name}")),
+                payload: Bytes::from(value),
+                qos: QoS::AtMostOnce,
+                retain: true,
+                properties: PublishProperties::default(),
+                expires_at: None,
+                publisher: ByteStr::default(),
+            };
+            self.route(now, Arc::new(msg));
+        }
+        self.drain_local(now);
+    }
+}
+
+/// The message a will becomes when it is published.
+fn will_message(will: shardmq_codec::LastWill, publisher: ByteStr, now: Instant) -> Message {
+    let p = will.properties;
+    Message {
+        topic: will.topic,
+        payload: will.payload,
+        qos: will.qos,
+        retain: will.retain,
+        expires_at: p
+            .message_expiry_interval
+            .map(|s| now + Duration::from_secs(u64::from(s))),
+        properties: PublishProperties {
+            payload_format_indicator: p.payload_format_indicator,
+            message_expiry_interval: p.message_expiry_interval,
+            content_type: p.content_type,
+            response_topic: p.response_topic,
+            correlation_data: p.correlation_data,
+            user_properties: p.user_properties,
+            ..Default::default()
+        },
+        publisher,
+    }
+}

@@ -1,0 +1,60 @@
+//! Starting a node from its configuration.
+
+use crate::config::Config;
+use crate::cpus::online_cpus;
+use anyhow::Context;
+use shardmq_broker::Limits;
+use shardmq_shards::{Node, RuntimeConfig, MAX_SHARDS};
+use std::time::Duration;
+
+/// Translates the validated configuration into the data plane's terms.
+pub(crate) fn runtime_config(config: &Config) -> anyhow::Result<RuntimeConfig> {
+    let cpus = config
+        .node
+        .cpus
+        .resolve(&online_cpus())
+        .context("node.cpus")?;
+    anyhow::ensure!(
+        cpus.len() <= MAX_SHARDS,
+        "node.cpus: at most {MAX_SHARDS} shards per node, {} given",
+        cpus.len()
+    );
+    let m = &config.mqtt;
+    let limits = Limits {
+        max_packet_size: m.max_packet_size,
+        max_client_id_len: usize::from(m.max_client_id_len),
+        max_inflight: m.max_inflight,
+        max_queued_messages: m.max_queued_messages as usize,
+        max_awaiting_rel: m.max_awaiting_rel,
+        max_topic_levels: usize::from(m.max_topic_levels),
+        max_subscriptions: m.max_subscriptions as usize,
+        session_expiry_max_secs: m.session_expiry_max_secs,
+        max_keepalive_secs: m.max_keepalive_secs,
+        retain_available: m.retain_available,
+        max_write_buffer_bytes: usize::try_from(m.max_write_buffer_bytes).unwrap_or(usize::MAX),
+    };
+    limits.validate().map_err(anyhow::Error::msg)?;
+    Ok(RuntimeConfig {
+        node_name: config.node.name.clone(),
+        cpus,
+        bind: config.listener.bind,
+        backlog: config.listener.backlog,
+        max_connections: usize::try_from(config.listener.max_connections).unwrap_or(usize::MAX),
+        connect_timeout: Duration::from_millis(m.connect_timeout_ms),
+        limits,
+        channel_capacity: config.shard.channel_capacity as usize,
+        batch_max: config.shard.batch_max as usize,
+        sys_interval: (config.sys.interval_ms > 0)
+            .then(|| Duration::from_millis(config.sys.interval_ms)),
+    })
+}
+
+/// Runs the broker node described by `config` until the process is stopped.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let rt = runtime_config(&config)?;
+    tracing::info!(node = %rt.node_name, cpus = ?rt.cpus, bind = %rt.bind, "starting shardmq {}", env!("CARGO_PKG_VERSION"));
+    let node = Node::start(rt).context("starting the data plane")?;
+    tracing::info!("shardmq ready");
+    node.join();
+    Ok(())
+}
