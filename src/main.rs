@@ -1,1 +1,102 @@
-fn main() {}
+//! The `shardmq` command: runs a broker node, or checks a configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use shardmq::config::{self, Config, LogFormat};
+use shardmq::cpus;
+use tracing_subscriber::EnvFilter;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// A clustered MQTT broker: io_uring, thread-per-core.
+///
+/// Settings come from the built-in defaults (see config/shardmq.toml), then the file given with
+/// --config, then SHARDMQ_<SECTION>__<KEY> environment variables
+/// (e.g. SHARDMQ_LISTENER__BIND=127.0.0.1:1884).
+#[derive(Debug, Parser)]
+#[command(name = "shardmq", version, about)]
+struct Cli {
+    /// TOML configuration file; keys it lacks keep their defaults.
+    #[arg(long, short, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the broker (the default when no command is given).
+    Run,
+    /// Load and validate the configuration, then print the effective settings.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    match try_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // The chain without a backtrace: configuration errors are the user's, not ours.
+            eprintln!("error: {error}");
+            for cause in error.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn try_main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = load(&cli)?;
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            install_tracing(&config)?;
+            shardmq::run(config)
+        }
+        Command::CheckConfig => check_config(&config),
+    }
+}
+
+fn load(cli: &Cli) -> anyhow::Result<Config> {
+    config::load(cli.config.as_deref()).context("invalid configuration")
+}
+
+/// Prints the effective configuration and the CPUs it resolves to; fails if those CPUs are not
+/// usable here.
+fn check_config(config: &Config) -> anyhow::Result<()> {
+    let online = cpus::online_cpus();
+    let shard_cpus = config
+        .node
+        .cpus
+        .resolve(&online)
+        .context("invalid configuration")?;
+    // TODO: print as TOML once `toml` is a normal dependency of this package.
+    println!("{config:#?}");
+    println!(
+        "# node.cpus resolves to {shard_cpus:?}: {} shard(s)",
+        shard_cpus.len()
+    );
+    Ok(())
+}
+
+/// Installs the global tracing subscriber: `RUST_LOG` if set, else `log.level`.
+fn install_tracing(config: &Config) -> anyhow::Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directive) if !directive.trim().is_empty() => {
+            EnvFilter::try_new(&directive).with_context(|| format!("RUST_LOG={directive:?}"))?
+        }
+        _ => EnvFilter::try_new(&config.log.level).context("log.level")?,
+    };
+    match config.log.format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
+    }
+    Ok(())
+}

@@ -1,0 +1,857 @@
+//! The broker's configuration: built-in defaults, then a TOML file, then `SHARDMQ_*`
+//! environment variables.
+//!
+//! The defaults are `config/shardmq.toml`, embedded in the binary, so the broker runs with no
+//! file at all. Environment variables are named `SHARDMQ_<SECTION>__<KEY>` (a double underscore
+//! between section and key): `SHARDMQ_LISTENER__BIND=127.0.0.1:1884`, `SHARDMQ_NODE__CPUS=0-1`,
+//! `SHARDMQ_MQTT__MAX_INFLIGHT=64`. Unknown keys are refused, and every error names the key it is
+//! about (`mqtt.max_inflight: ...`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::cpus::CpuSpec;
+
+/// The documented example configuration, which is also the built-in defaults.
+pub const DEFAULTS_TOML: &str = include_str!("../config/shardmq.toml");
+
+/// Prefix of the environment variables that override settings.
+pub const ENV_PREFIX: &str = "SHARDMQ_";
+
+/// Separator between section and key in environment variable names.
+pub const ENV_SEPARATOR: &str = "__";
+
+/// The whole configuration of one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[node]`: identity and CPUs.
+    pub node: NodeConfig,
+    /// `[listener]`: the MQTT TCP listener.
+    pub listener: ListenerConfig,
+    /// `[mqtt]`: protocol limits.
+    pub mqtt: MqttConfig,
+    /// `[shard]`: cross-shard traffic.
+    pub shard: ShardConfig,
+    /// `[sys]`: `$SYS` topics.
+    pub sys: SysConfig,
+    /// `[log]`: logging.
+    pub log: LogConfig,
+}
+
+/// `[node]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Node name, used in `$SYS` topics and logs. Not empty.
+    pub name: String,
+    /// CPUs to run one shard each on.
+    pub cpus: CpuSpec,
+}
+
+/// `[listener]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Address the MQTT TCP listener binds (on every shard, with `SO_REUSEPORT`).
+    #[serde(deserialize_with = "socket_addr")]
+    pub bind: SocketAddr,
+    /// Connections on the whole node; beyond it new clients are refused with CONNACK 0x89
+    /// Server busy (MQTT 3.x return code 3). At least 1.
+    pub max_connections: u64,
+    /// `listen(2)` backlog, 1..=`i32::MAX`.
+    pub backlog: u32,
+}
+
+/// `[mqtt]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Largest packet accepted, in bytes, 2..=268435460 (v5 CONNACK Maximum Packet Size).
+    pub max_packet_size: u32,
+    /// Longest client identifier accepted, in bytes, 23..=65535 (MQTT requires at least 23).
+    pub max_client_id_len: u16,
+    /// Outgoing QoS 1/2 window per session, 1..=65535.
+    pub max_inflight: u16,
+    /// Per-session queue of pending or offline messages before dropping. At least 1.
+    pub max_queued_messages: u32,
+    /// Inbound QoS 2 messages awaiting PUBREL per session (server Receive Maximum), 1..=65535.
+    pub max_awaiting_rel: u16,
+    /// Most levels in a topic name or filter. At least 1.
+    pub max_topic_levels: u16,
+    /// Subscriptions per client; 0 = unlimited.
+    pub max_subscriptions: u32,
+    /// Cap on the session expiry interval a client may ask for.
+    pub session_expiry_max_secs: u32,
+    /// Cap on the client keep alive (v5 Server Keep Alive), 1..=65535.
+    pub max_keepalive_secs: u16,
+    /// Time allowed between accept and a complete CONNECT. At least 1.
+    pub connect_timeout_ms: u64,
+    /// Whether retained messages are stored and delivered.
+    pub retain_available: bool,
+    /// Outbound bytes buffered per connection before QoS 0 drops and QoS 1/2 backpressure.
+    /// At least 1.
+    pub max_write_buffer_bytes: u64,
+}
+
+/// `[shard]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardConfig {
+    /// Cross-shard batches in flight per pair of shards. At least 1.
+    pub channel_capacity: u32,
+    /// Messages per cross-shard batch. At least 1.
+    pub batch_max: u32,
+}
+
+/// `[sys]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SysConfig {
+    /// `$SYS` publish interval; 0 disables `$SYS` topics.
+    pub interval_ms: u64,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing_subscriber::EnvFilter` directive. `RUST_LOG` wins if set.
+    pub level: String,
+    /// Log line format.
+    pub format: LogFormat,
+}
+
+/// Log line format. JSON would need tracing-subscriber's `json` feature, which this build does
+/// not enable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+}
+
+impl<'de> Deserialize<'de> for LogFormat {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        match text.as_str() {
+            "text" => Ok(Self::Text),
+            _ => Err(serde::de::Error::custom(format!(
+                "{text:?} is not an available log format; expected \"text\" \
+                 (\"json\" needs tracing-subscriber's `json` feature, not in this build)"
+            ))),
+        }
+    }
+}
+
+/// Why the configuration cannot be loaded. Each message starts with the key it is about, where
+/// there is one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The configuration file could not be read or is not valid TOML.
+    File {
+        /// The file as given.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A key that the schema does not have.
+    UnknownKey {
+        /// Dotted key, e.g. `mqtt.max_inflightt`.
+        key: String,
+        /// Where it came from: a file path or "the environment".
+        origin: Option<String>,
+        /// Keys of the same section, to help with typos.
+        expected: Vec<String>,
+    },
+    /// A value of the wrong type, unparsable, or out of range.
+    Value {
+        /// Dotted key, e.g. `listener.bind`.
+        key: String,
+        /// What is wrong with the value.
+        message: String,
+        /// Where it came from, when known: a file path or "the environment".
+        origin: Option<String>,
+    },
+    /// Anything else the configuration library reports.
+    Other(String),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let from = |f: &mut fmt::Formatter<'_>, origin: &Option<String>| match origin {
+            Some(origin) => write!(f, " (from {origin})"),
+            None => Ok(()),
+        };
+        match self {
+            Self::File { path, message } => write!(f, "configuration file {path}: {message}"),
+            Self::UnknownKey {
+                key,
+                origin,
+                expected,
+            } => {
+                write!(f, "{key}: unknown key")?;
+                from(f, origin)?;
+                if !expected.is_empty() {
+                    write!(f, "; expected one of: {}", expected.join(", "))?;
+                }
+                Ok(())
+            }
+            Self::Value {
+                key,
+                message,
+                origin,
+            } => {
+                write!(f, "{key}: {message}")?;
+                from(f, origin)
+            }
+            Self::Other(message) => write!(f, "configuration: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    fn value(key: &str, message: impl Into<String>) -> Self {
+        Self::Value {
+            key: key.to_owned(),
+            message: message.into(),
+            origin: None,
+        }
+    }
+}
+
+/// Loads the configuration: the embedded defaults, then `path` if given, then the process's
+/// `SHARDMQ_*` environment variables; then validates it. See [`load_from`].
+pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    load_from(path, std::env::vars())
+}
+
+/// Loads the configuration from the embedded defaults, then `path` if given, then the
+/// `SHARDMQ_*` variables among `env` (others are ignored); then validates it.
+///
+/// Environment values are strings parsed as a boolean, an integer or a float where they look
+/// like one, else kept as strings (so `SHARDMQ_NODE__CPUS=0-1` stays a string of ranges).
+pub fn load_from<I>(path: Option<&Path>, env: I) -> Result<Config, ConfigError>
+where
+    I: IntoIterator<Item = (String, String)>,
+{
+    use config::{Environment, File, FileFormat};
+
+    let env: config::Map<String, String> = env
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+        .collect();
+    let mut builder =
+        config::Config::builder().add_source(File::from_str(DEFAULTS_TOML, FileFormat::Toml));
+    if let Some(path) = path {
+        // Checked here for a plain message; the library's names the path twice.
+        std::fs::metadata(path).map_err(|e| ConfigError::File {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
+    }
+    builder = builder.add_source(
+        Environment::with_prefix(ENV_PREFIX.trim_end_matches('_'))
+            .prefix_separator("_")
+            .separator(ENV_SEPARATOR)
+            .try_parsing(true)
+            .source(Some(env)),
+    );
+    let merged = builder.build().map_err(|e| from_config_error(e, path))?;
+
+    let known = config::Config::builder()
+        .add_source(File::from_str(DEFAULTS_TOML, FileFormat::Toml))
+        .build()
+        .map_err(|e| from_config_error(e, None))?;
+    check_known_keys(&cache_table(&known)?, &cache_table(&merged)?, "")
+        .map_err(|e| name_origin(e, path))?;
+
+    let config: Config = merged
+        .try_deserialize()
+        .map_err(|e| name_origin(from_config_error(e, path), path))?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// The merged key/value tree of a built `config::Config`, values keeping their origin.
+fn cache_table(config: &config::Config) -> Result<BTreeMap<String, config::Value>, ConfigError> {
+    config::Source::collect(config)
+        .map(|map| map.into_iter().collect())
+        .map_err(|e| ConfigError::Other(e.to_string()))
+}
+
+fn to_table(map: config::Map<String, config::Value>) -> BTreeMap<String, config::Value> {
+    map.into_iter().collect()
+}
+
+/// Refuses any key in `given` that `known` (the defaults, which list every key) lacks.
+fn check_known_keys(
+    known: &BTreeMap<String, config::Value>,
+    given: &BTreeMap<String, config::Value>,
+    prefix: &str,
+) -> Result<(), ConfigError> {
+    for (name, value) in given {
+        let key = format!("{prefix}{name}");
+        let Some(known_value) = known.get(name) else {
+            return Err(ConfigError::UnknownKey {
+                key,
+                origin: origin_of(value),
+                expected: known.keys().cloned().collect(),
+            });
+        };
+        if let (Ok(known_table), Ok(given_table)) =
+            (known_value.clone().into_table(), value.clone().into_table())
+        {
+            check_known_keys(
+                &to_table(known_table),
+                &to_table(given_table),
+                &format!("{key}."),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Where `value` came from: its own origin, or for a table the origin of its first entry.
+fn origin_of(value: &config::Value) -> Option<String> {
+    if let Some(origin) = value.origin() {
+        return Some(origin.to_owned());
+    }
+    let table = value.clone().into_table().ok()?;
+    table.values().find_map(origin_of)
+}
+
+/// The environment variable that sets `key`: `mqtt.max_inflight` gives
+/// `SHARDMQ_MQTT__MAX_INFLIGHT`.
+pub fn env_var_name(key: &str) -> String {
+    format!(
+        "{ENV_PREFIX}{}",
+        key.replace('.', ENV_SEPARATOR).to_uppercase()
+    )
+}
+
+/// Replaces the library's origin names: the file as the user gave it, and the environment
+/// variable by its name.
+fn name_origin(error: ConfigError, path: Option<&Path>) -> ConfigError {
+    let rename = |key: &str, origin: Option<String>| match origin.as_deref() {
+        Some("the environment") => Some(format!("environment variable {}", env_var_name(key))),
+        Some(_) => path.map(|path| path.display().to_string()).or(origin),
+        None => None,
+    };
+    match error {
+        ConfigError::UnknownKey {
+            key,
+            origin,
+            expected,
+        } => ConfigError::UnknownKey {
+            origin: rename(&key, origin),
+            key,
+            expected,
+        },
+        ConfigError::Value {
+            key,
+            message,
+            origin,
+        } => ConfigError::Value {
+            origin: rename(&key, origin),
+            key,
+            message,
+        },
+        other => other,
+    }
+}
+
+/// Turns the configuration library's error into ours, moving the key to the front.
+fn from_config_error(error: config::ConfigError, path: Option<&Path>) -> ConfigError {
+    match error {
+        config::ConfigError::Type {
+            origin,
+            unexpected,
+            expected,
+            key,
+        } => ConfigError::Value {
+            key: key.unwrap_or_default(),
+            message: format!("invalid type: {unexpected}, expected {expected}"),
+            origin,
+        },
+        config::ConfigError::At { error, origin, key } => match key {
+            Some(key) => ConfigError::Value {
+                key,
+                message: error.to_string(),
+                origin,
+            },
+            None => ConfigError::Other(error.to_string()),
+        },
+        config::ConfigError::NotFound(key) => ConfigError::value(&key, "missing"),
+        config::ConfigError::FileParse { uri, cause } => ConfigError::File {
+            path: match (uri, path) {
+                (Some(_), Some(path)) => path.display().to_string(),
+                (Some(uri), None) => uri,
+                (None, _) => "(embedded defaults)".to_owned(),
+            },
+            message: cause.to_string(),
+        },
+        config::ConfigError::Foreign(cause) => match path {
+            Some(path) => ConfigError::File {
+                path: path.display().to_string(),
+                message: cause.to_string(),
+            },
+            None => ConfigError::Other(cause.to_string()),
+        },
+        other => ConfigError::Other(other.to_string()),
+    }
+}
+
+/// Parses a socket address with an error that shows the value.
+fn socket_addr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.trim().parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a socket address (expected IP:PORT, e.g. \"0.0.0.0:1883\" or \"[::]:1883\")"
+        ))
+    })
+}
+
+impl Default for Config {
+    /// The embedded defaults (`config/shardmq.toml`), without environment overrides.
+    fn default() -> Self {
+        load_from(None, std::iter::empty()).expect("the embedded defaults are valid")
+    }
+}
+
+impl Config {
+    /// Largest `mqtt.max_packet_size`: the MQTT Remaining Length limit plus the fixed header.
+    pub const MAX_PACKET_SIZE_LIMIT: u32 = 268_435_460;
+
+    /// Checks value ranges and relations between values; each error names its key.
+    /// `node.cpus` is checked for syntax and duplicates only: whether its CPUs are online is
+    /// [`CpuSpec::resolve`]'s job at start-up.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let Self {
+            node,
+            listener,
+            mqtt,
+            shard,
+            sys: _,
+            log,
+        } = self;
+        if node.name.trim().is_empty() {
+            return Err(ConfigError::value("node.name", "must not be empty"));
+        }
+        node.cpus.check().map_err(|e| {
+            let text = e.to_string();
+            ConfigError::value(
+                "node.cpus",
+                text.strip_prefix("node.cpus: ").unwrap_or(&text),
+            )
+        })?;
+
+        const U16: u64 = u16::MAX as u64;
+        const U32: u64 = u32::MAX as u64;
+        const ANY: u64 = u64::MAX;
+        const PACKET: u64 = Config::MAX_PACKET_SIZE_LIMIT as u64;
+        let (l, m, s) = (listener, mqtt, shard);
+        let ranges: [(&str, u64, u64, u64); 13] = [
+            ("listener.max_connections", l.max_connections, 1, ANY),
+            ("listener.backlog", l.backlog.into(), 1, i32::MAX as u64),
+            ("mqtt.max_packet_size", m.max_packet_size.into(), 2, PACKET),
+            (
+                "mqtt.max_client_id_len",
+                m.max_client_id_len.into(),
+                23,
+                U16,
+            ),
+            ("mqtt.max_inflight", m.max_inflight.into(), 1, U16),
+            (
+                "mqtt.max_queued_messages",
+                m.max_queued_messages.into(),
+                1,
+                U32,
+            ),
+            ("mqtt.max_awaiting_rel", m.max_awaiting_rel.into(), 1, U16),
+            ("mqtt.max_topic_levels", m.max_topic_levels.into(), 1, U16),
+            (
+                "mqtt.max_keepalive_secs",
+                m.max_keepalive_secs.into(),
+                1,
+                U16,
+            ),
+            ("mqtt.connect_timeout_ms", m.connect_timeout_ms, 1, ANY),
+            (
+                "mqtt.max_write_buffer_bytes",
+                m.max_write_buffer_bytes,
+                1,
+                ANY,
+            ),
+            ("shard.channel_capacity", s.channel_capacity.into(), 1, U32),
+            ("shard.batch_max", s.batch_max.into(), 1, U32),
+        ];
+        for (key, value, min, max) in ranges {
+            if !(min..=max).contains(&value) {
+                return Err(ConfigError::value(
+                    key,
+                    format!("{value} is out of range {min}..={max}"),
+                ));
+            }
+        }
+
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log.level) {
+            return Err(ConfigError::value(
+                "log.level",
+                format!("{:?} is not a tracing filter directive: {e}", log.level),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn defaults() -> Config {
+        load_from(None, env(&[])).expect("defaults load")
+    }
+
+    /// A temporary TOML file, removed on drop.
+    struct TempToml(PathBuf);
+
+    impl TempToml {
+        fn new(name: &str, text: &str) -> Self {
+            let path = std::env::temp_dir().join(format!(
+                "shardmq-config-test-{}-{name}.toml",
+                std::process::id()
+            ));
+            let mut file = std::fs::File::create(&path).expect("create temp file");
+            file.write_all(text.as_bytes()).expect("write temp file");
+            Self(path)
+        }
+    }
+
+    impl Drop for TempToml {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn err_text(path: Option<&Path>, vars: &[(&str, &str)]) -> String {
+        load_from(path, env(vars))
+            .expect_err("configuration must be refused")
+            .to_string()
+    }
+
+    /// The error for a configuration file holding `text`; the file's name contains `name`.
+    fn file_err_text(name: &str, text: &str) -> String {
+        let file = TempToml::new(name, text);
+        err_text(Some(&file.0), &[])
+    }
+
+    #[test]
+    fn defaults_have_the_documented_values() {
+        let c = defaults();
+        assert_eq!(c.node.name, "shardmq@127.0.0.1");
+        assert_eq!(c.node.cpus, CpuSpec::All);
+        assert_eq!(c.listener.bind, "0.0.0.0:1883".parse().unwrap());
+        assert_eq!(c.listener.max_connections, 1_000_000);
+        assert_eq!(c.listener.backlog, 4096);
+        assert_eq!(c.mqtt.max_packet_size, 1_048_576);
+        assert_eq!(c.mqtt.max_client_id_len, 65535);
+        assert_eq!(c.mqtt.max_inflight, 32);
+        assert_eq!(c.mqtt.max_queued_messages, 1000);
+        assert_eq!(c.mqtt.max_awaiting_rel, 100);
+        assert_eq!(c.mqtt.max_topic_levels, 128);
+        assert_eq!(c.mqtt.max_subscriptions, 0);
+        assert_eq!(c.mqtt.session_expiry_max_secs, u32::MAX);
+        assert_eq!(c.mqtt.max_keepalive_secs, 65535);
+        assert_eq!(c.mqtt.connect_timeout_ms, 10_000);
+        assert!(c.mqtt.retain_available);
+        assert_eq!(c.mqtt.max_write_buffer_bytes, 1_048_576);
+        assert_eq!(c.shard.channel_capacity, 1024);
+        assert_eq!(c.shard.batch_max, 256);
+        assert_eq!(c.sys.interval_ms, 1000);
+        assert_eq!(c.log.level, "info");
+        assert_eq!(c.log.format, LogFormat::Text);
+        assert_eq!(Config::default(), c);
+    }
+
+    #[test]
+    fn example_file_equals_defaults() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/shardmq.toml");
+        assert_eq!(load_from(Some(&example), env(&[])).unwrap(), defaults());
+        let direct: Config = toml::from_str(DEFAULTS_TOML).expect("example parses as Config");
+        assert_eq!(direct, defaults());
+    }
+
+    #[test]
+    fn example_file_lists_every_key() {
+        // The unknown-key check trusts the defaults to list every key of the schema.
+        let from_file: toml::Table = toml::from_str(DEFAULTS_TOML).unwrap();
+        let from_schema = toml::Table::try_from(defaults()).unwrap();
+        let keys = |t: &toml::Table| -> Vec<String> {
+            t.iter()
+                .flat_map(|(section, v)| {
+                    let table = v.as_table().expect("sections are tables");
+                    table.keys().map(move |k| format!("{section}.{k}"))
+                })
+                .collect()
+        };
+        assert_eq!(keys(&from_file), keys(&from_schema));
+    }
+
+    #[test]
+    fn test_config_file_overrides_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/config/override.toml");
+        let c = load_from(Some(&path), env(&[])).unwrap();
+        assert_eq!(c.node.name, "test@10.0.0.1");
+        assert_eq!(c.node.cpus, CpuSpec::List(vec![0]));
+        assert_eq!(c.listener.bind, "127.0.0.1:18830".parse().unwrap());
+        assert_eq!(c.mqtt.max_inflight, 16);
+        assert!(!c.mqtt.retain_available);
+        assert_eq!(c.sys.interval_ms, 0);
+        // Untouched keys keep their defaults.
+        let d = defaults();
+        assert_eq!(c.listener.backlog, d.listener.backlog);
+        assert_eq!(c.shard, d.shard);
+        assert_eq!(c.log, d.log);
+    }
+
+    #[test]
+    fn file_override_of_cpus_list() {
+        let file = TempToml::new("cpus-list", "[node]\ncpus = [1, 0]\n");
+        let c = load_from(Some(&file.0), env(&[])).unwrap();
+        assert_eq!(c.node.cpus, CpuSpec::List(vec![1, 0]));
+    }
+
+    #[test]
+    fn env_overrides_file_and_defaults() {
+        let file = TempToml::new("env-over-file", "[mqtt]\nmax_inflight = 16\n");
+        let c = load_from(
+            Some(&file.0),
+            env(&[
+                ("SHARDMQ_MQTT__MAX_INFLIGHT", "64"),
+                ("SHARDMQ_LISTENER__BIND", "127.0.0.1:1884"),
+                ("SHARDMQ_NODE__CPUS", "0-1"),
+                ("SHARDMQ_MQTT__RETAIN_AVAILABLE", "false"),
+                ("SHARDMQ_NODE__NAME", "edge@10.1.2.3"),
+                ("SHARDMQ_LOG__LEVEL", "debug,shardmq=trace"),
+                ("UNRELATED", "x"),
+                ("SHARDMQ", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.mqtt.max_inflight, 64);
+        assert_eq!(c.listener.bind, "127.0.0.1:1884".parse().unwrap());
+        assert_eq!(c.node.cpus, CpuSpec::List(vec![0, 1]));
+        assert!(!c.mqtt.retain_available);
+        assert_eq!(c.node.name, "edge@10.1.2.3");
+        assert_eq!(c.log.level, "debug,shardmq=trace");
+    }
+
+    #[test]
+    fn env_var_names_follow_the_keys() {
+        assert_eq!(
+            env_var_name("mqtt.max_inflight"),
+            "SHARDMQ_MQTT__MAX_INFLIGHT"
+        );
+        assert_eq!(env_var_name("node.cpus"), "SHARDMQ_NODE__CPUS");
+    }
+
+    #[test]
+    fn env_cpus_accepts_all_one_id_and_lists() {
+        let cpus = |value: &str| {
+            load_from(None, env(&[("SHARDMQ_NODE__CPUS", value)]))
+                .map(|c| c.node.cpus)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(cpus("all"), Ok(CpuSpec::All));
+        assert_eq!(cpus("3"), Ok(CpuSpec::List(vec![3])));
+        assert_eq!(cpus(" 1 , 2 "), Ok(CpuSpec::List(vec![1, 2])));
+        let err = cpus("3-1").unwrap_err();
+        assert!(err.starts_with("node.cpus: "), "{err}");
+        assert!(err.contains("reversed"), "{err}");
+        let err = cpus("0,0").unwrap_err();
+        assert!(err.starts_with("node.cpus: "), "{err}");
+        assert!(err.contains("more than once"), "{err}");
+    }
+
+    #[test]
+    fn env_number_that_is_not_a_number_names_the_key() {
+        let err = err_text(None, &[("SHARDMQ_MQTT__MAX_INFLIGHT", "lots")]);
+        assert!(err.starts_with("mqtt.max_inflight: invalid type"), "{err}");
+        assert!(
+            err.ends_with("(from environment variable SHARDMQ_MQTT__MAX_INFLIGHT)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key() {
+        let err = err_text(None, &[("SHARDMQ_MQTT__MAX_INFLIGHTT", "1")]);
+        assert!(err.starts_with("mqtt.max_inflightt: unknown key"), "{err}");
+        assert!(err.contains("max_inflight,"), "{err}");
+
+        let err = err_text(None, &[("SHARDMQ_MQTT_MAX_INFLIGHT", "1")]);
+        assert!(err.starts_with("mqtt_max_inflight: unknown key"), "{err}");
+        assert!(err.contains("SHARDMQ_MQTT_MAX_INFLIGHT"), "{err}");
+
+        let err = file_err_text("unknown-section", "[cluster]\nrole = \"core\"\n");
+        assert!(err.starts_with("cluster: unknown key"), "{err}");
+        assert!(err.contains("unknown-section"), "names the file: {err}");
+
+        let err = file_err_text("unknown-key", "[listener]\nport = 1883\n");
+        assert!(err.starts_with("listener.port: unknown key"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let file = TempToml::new("bad-type", "[mqtt]\nmax_inflight = \"x\"\n");
+        let err = err_text(Some(&file.0), &[]);
+        assert!(err.starts_with("mqtt.max_inflight: invalid type"), "{err}");
+        let from = format!("(from {})", file.0.display());
+        assert!(err.ends_with(&from), "names the file as given: {err}");
+
+        let err = err_text(None, &[("SHARDMQ_LISTENER__BIND", "x")]);
+        assert!(
+            err.starts_with("listener.bind: \"x\" is not a socket address"),
+            "{err}"
+        );
+
+        let err = file_err_text("bad-section", "mqtt = 3\n");
+        assert!(err.starts_with("mqtt: invalid type"), "{err}");
+
+        let err = err_text(None, &[("SHARDMQ_LOG__FORMAT", "json")]);
+        assert!(err.starts_with("log.format: "), "{err}");
+        assert!(err.contains("text"), "{err}");
+
+        let err = file_err_text("bad-cpus", "[node]\ncpus = [0, -1]\n");
+        assert!(err.starts_with("node.cpus"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "SHARDMQ_MQTT__MAX_INFLIGHT",
+                "0",
+                "mqtt.max_inflight: 0 is out of range 1..=65535",
+            ),
+            ("SHARDMQ_MQTT__MAX_INFLIGHT", "65536", "mqtt.max_inflight: "),
+            (
+                "SHARDMQ_MQTT__MAX_PACKET_SIZE",
+                "1",
+                "mqtt.max_packet_size: 1 is out of range",
+            ),
+            (
+                "SHARDMQ_MQTT__MAX_PACKET_SIZE",
+                "268435461",
+                "mqtt.max_packet_size: ",
+            ),
+            (
+                "SHARDMQ_MQTT__MAX_AWAITING_REL",
+                "0",
+                "mqtt.max_awaiting_rel: ",
+            ),
+            (
+                "SHARDMQ_MQTT__MAX_CLIENT_ID_LEN",
+                "22",
+                "mqtt.max_client_id_len: ",
+            ),
+            (
+                "SHARDMQ_MQTT__MAX_QUEUED_MESSAGES",
+                "0",
+                "mqtt.max_queued_messages: ",
+            ),
+            (
+                "SHARDMQ_MQTT__MAX_TOPIC_LEVELS",
+                "0",
+                "mqtt.max_topic_levels: ",
+            ),
+            (
+                "SHARDMQ_MQTT__MAX_KEEPALIVE_SECS",
+                "0",
+                "mqtt.max_keepalive_secs: ",
+            ),
+            (
+                "SHARDMQ_MQTT__CONNECT_TIMEOUT_MS",
+                "0",
+                "mqtt.connect_timeout_ms: ",
+            ),
+            (
+                "SHARDMQ_MQTT__MAX_WRITE_BUFFER_BYTES",
+                "0",
+                "mqtt.max_write_buffer_bytes: ",
+            ),
+            (
+                "SHARDMQ_MQTT__SESSION_EXPIRY_MAX_SECS",
+                "-1",
+                "mqtt.session_expiry_max_secs: ",
+            ),
+            (
+                "SHARDMQ_LISTENER__MAX_CONNECTIONS",
+                "0",
+                "listener.max_connections: ",
+            ),
+            ("SHARDMQ_LISTENER__BACKLOG", "0", "listener.backlog: "),
+            (
+                "SHARDMQ_LISTENER__BACKLOG",
+                "2147483648",
+                "listener.backlog: ",
+            ),
+            (
+                "SHARDMQ_SHARD__CHANNEL_CAPACITY",
+                "0",
+                "shard.channel_capacity: ",
+            ),
+            ("SHARDMQ_SHARD__BATCH_MAX", "0", "shard.batch_max: "),
+            ("SHARDMQ_NODE__NAME", " ", "node.name: must not be empty"),
+            ("SHARDMQ_LOG__LEVEL", "info,[", "log.level: "),
+        ];
+        for (var, value, expected) in cases {
+            let err = err_text(None, &[(var, value)]);
+            assert!(err.starts_with(expected), "{var}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn limits_at_their_bounds_are_accepted() {
+        let c = load_from(
+            None,
+            env(&[
+                ("SHARDMQ_MQTT__MAX_PACKET_SIZE", "268435460"),
+                ("SHARDMQ_MQTT__MAX_INFLIGHT", "65535"),
+                ("SHARDMQ_MQTT__MAX_CLIENT_ID_LEN", "23"),
+                ("SHARDMQ_SYS__INTERVAL_MS", "0"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.mqtt.max_packet_size, Config::MAX_PACKET_SIZE_LIMIT);
+        assert_eq!(c.mqtt.max_inflight, 65535);
+    }
+
+    #[test]
+    fn missing_file_and_bad_toml_are_reported_with_the_path() {
+        let missing = Path::new("/nonexistent/shardmq.toml");
+        let err = err_text(Some(missing), &[]);
+        assert!(err.contains("/nonexistent/shardmq.toml"), "{err}");
+
+        let err = file_err_text("bad-syntax", "[mqtt\nmax_inflight = 1\n");
+        assert!(err.contains("bad-syntax"), "{err}");
+    }
+}

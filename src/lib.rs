@@ -1,0 +1,12 @@
+//! shardmq: a clustered MQTT broker, thread-per-core on io_uring.
+//!
+//! This crate is the node: configuration, CPU selection, and start-up of the data plane
+//! (`shards/`) and the control plane.
+
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod config;
+pub mod cpus;
+mod node;
+
+pub use node::run;
