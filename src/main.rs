@@ -75,8 +75,7 @@ fn check_config(config: &Config) -> anyhow::Result<()> {
         .cpus
         .resolve(&online)
         .context("invalid configuration")?;
-    // TODO: print as TOML once `toml` is a normal dependency of this package.
-    println!("{config:#?}");
+    print!("{}", toml::to_string_pretty(config)?);
     println!(
         "# node.cpus resolves to {shard_cpus:?}: {} shard(s)",
         shard_cpus.len()

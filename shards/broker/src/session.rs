@@ -301,7 +301,7 @@ pub struct Session {
     queue: VecDeque<Queued>,
     awaiting_rel: SmallVec<[u16; 4]>,
     next_pkid: u16,
-    will: Option<LastWill>,
+    will: Option<Box<LastWill>>,
     conn: Option<ConnParams>,
     stats: SessionStats,
 }
@@ -376,7 +376,7 @@ impl Session {
 
     /// Removes and returns the will message (on an abnormal close).
     pub fn take_will(&mut self) -> Option<LastWill> {
-        self.will.take()
+        self.will.take().map(|w| *w)
     }
 
     /// A connection takes this session: records its parameters, resends unacknowledged
@@ -390,7 +390,7 @@ impl Session {
     ) {
         self.protocol = accepted.protocol;
         self.expiry_secs = accepted.expiry_secs;
-        self.will = accepted.will.clone();
+        self.will = accepted.will.clone().map(Box::new);
         self.conn = Some(accepted.params);
         let protocol = self.protocol;
         for out in &self.inflight {
