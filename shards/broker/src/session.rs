@@ -701,6 +701,7 @@ impl Session {
 
     /// Delivers a routed message at `qos` (already the minimum of the message's QoS and the
     /// subscription's). `wire` is the connection's write buffer, `None` when offline.
+    #[allow(clippy::too_many_arguments)] // each input is one the spec makes distinct
     pub fn deliver(
         &mut self,
         now: Instant,

@@ -20,7 +20,6 @@ use shardmq_codec::{
 use slab::Slab;
 use smallvec::SmallVec;
 use std::collections::{BTreeSet, VecDeque};
-use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Waker;
@@ -186,9 +185,7 @@ impl Shard {
     }
 
     fn owner_of(&self, client_id: &str) -> ShardId {
-        let mut h = self.hasher.build_hasher();
-        client_id.hash(&mut h);
-        (h.finish() % self.nshards as u64) as ShardId
+        (self.hasher.hash_one(client_id) % self.nshards as u64) as ShardId
     }
 
     /// Queues `msg` for shard `to` (handled in place, after the current step, if `to` is us).
