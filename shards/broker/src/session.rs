@@ -637,7 +637,7 @@ impl Session {
             } else if validate_topic_filter(&f.filter, limits.max_topic_levels).is_err() {
                 failure(self.protocol, ReasonCode::TOPIC_FILTER_INVALID)
             } else {
-                let existed = self.subscriptions.contains_key(f.filter.as_str());
+                let existed = self.subscriptions.contains_key(&f.filter);
                 if !existed
                     && limits.max_subscriptions > 0
                     && self.subscriptions.len() >= limits.max_subscriptions
@@ -675,7 +675,7 @@ impl Session {
     ) {
         let mut reasons = Vec::with_capacity(unsub.filters.len());
         for filter in unsub.filters {
-            match self.subscriptions.remove_entry(filter.as_str()) {
+            match self.subscriptions.remove_entry(&filter) {
                 Some((filter, _)) => {
                     actions.push(Action::Unsubscribe { filter });
                     reasons.push(ReasonCode::SUCCESS);
