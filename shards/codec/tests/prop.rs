@@ -220,9 +220,9 @@ fn connack(proto: Protocol) -> impl Strategy<Value = Packet> {
             },
         );
     let codes = if proto.is_v5() { CONNACK } else { CONNACK_V3 };
-    (any::<bool>(), reason(codes), v5_only(proto, props)).prop_map(|(sp, code, properties)| {
+    (any::<bool>(), reason(codes), v5_only(proto, props)).prop_map(move |(sp, code, properties)| {
         Packet::ConnAck(ConnAck {
-            session_present: sp && code == ReasonCode::SUCCESS,
+            session_present: sp && code == ReasonCode::SUCCESS && proto != Protocol::V3_1,
             code,
             properties,
         })

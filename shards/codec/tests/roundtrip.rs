@@ -162,3 +162,29 @@ fn v5_shortest_forms() {
         puback(ReasonCode::SUCCESS)
     );
 }
+
+/// Writes fuzz seeds (one per sample packet and protocol, plus whole 5.0 and 3.1.1 sessions)
+/// when `SHARDMQ_FUZZ_SEEDS` names a folder; see fuzz/README.md. A no-op otherwise.
+#[test]
+fn write_fuzz_seeds() {
+    let Some(dir) = std::env::var_os("SHARDMQ_FUZZ_SEEDS") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // The fuzz target picks the protocol from the first byte: 0 -> 3.1, 1 -> 3.1.1, 2 -> 5.0.
+    for (selector, proto) in [
+        (0u8, Protocol::V3_1),
+        (1, Protocol::V3_1_1),
+        (2, Protocol::V5),
+    ] {
+        let mut session = BytesMut::new();
+        for (i, p) in samples(proto).iter().enumerate() {
+            let mut buf = BytesMut::from(&[selector][..]);
+            encode(p, proto, &mut buf);
+            encode(p, proto, &mut session);
+            std::fs::write(dir.join(format!("{selector}-{i}")), &buf).unwrap();
+        }
+        std::fs::write(dir.join(format!("session-{selector}")), &session).unwrap();
+    }
+}

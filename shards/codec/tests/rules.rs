@@ -478,7 +478,10 @@ fn reason_codes_must_be_allowed_on_the_packet() {
     assert!(is_protocol_error(decode(&pkt(0x20, &[0, 6]), V3))); // 3.x CONNACK
     assert!(is_malformed(decode(&pkt(0x20, &[2, 0]), V3))); // CONNACK reserved flag
     assert!(is_protocol_error(decode(&pkt(0x20, &[1, 5]), V3))); // session present + failure
-                                                                 // Empty reason lists.
+                                                                 // 3.1 has no Session Present: the byte is ignored.
+    let p = ok(decode(&pkt(0x20, &[0xFF, 0]), Protocol::V3_1));
+    assert!(matches!(p, Packet::ConnAck(c) if !c.session_present));
+    // Empty reason lists.
     assert!(is_protocol_error(decode(&pkt(0x90, &[0, 1]), V3)));
     assert!(is_protocol_error(decode(&pkt(0xB0, &[0, 1, 0]), V5)));
 }

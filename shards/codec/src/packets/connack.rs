@@ -1,4 +1,5 @@
 //! CONNACK (§3.2): acknowledge flags, reason code (3.x: return code), 5.0 properties.
+//! On 3.1 the flags byte is reserved: written as 0, ignored when read.
 
 use super::allowed;
 use crate::error::{malformed, protocol, Result};
@@ -10,10 +11,11 @@ use bytes::{BufMut, BytesMut};
 
 pub(crate) fn read(r: &mut Reader, proto: Protocol) -> Result<ConnAck> {
     let flags = r.u8()?;
-    if flags & 0xFE != 0 {
+    // 3.1 has no Session Present: the whole byte is reserved and unused, so it is ignored.
+    let session_present = proto != Protocol::V3_1 && flags & 0x01 != 0;
+    if proto != Protocol::V3_1 && flags & 0xFE != 0 {
         return Err(malformed("CONNACK reserved flag set"));
     }
-    let session_present = flags & 0x01 != 0;
     let raw = r.u8()?;
     let (code, properties) = if proto.is_v5() {
         if !allowed::connack(raw) {
@@ -50,7 +52,8 @@ pub(crate) fn write(c: &ConnAck, proto: Protocol, buf: &mut BytesMut) {
     let (remaining, plen) = layout(c, proto);
     buf.reserve(total_len(remaining));
     put_header(buf, 0x20, remaining);
-    buf.put_u8(u8::from(c.session_present));
+    // 3.1 has no Session Present flag.
+    buf.put_u8(u8::from(c.session_present && proto != Protocol::V3_1));
     if proto.is_v5() {
         buf.put_u8(c.code.0);
         properties::write(buf, &c.properties, plen);

@@ -103,7 +103,7 @@ pub fn samples(proto: Protocol) -> Vec<Packet> {
     let mut out = vec![
         Packet::Connect(Box::new(connect(proto))),
         Packet::ConnAck(ConnAck {
-            session_present: true,
+            session_present: proto != Protocol::V3_1,
             code: ReasonCode::SUCCESS,
             properties: if v5 {
                 ConnAckProperties {
