@@ -175,8 +175,15 @@ pub fn accept_connect(
         _ => EXPIRY_NEVER,
     };
     let expiry_secs = requested_expiry.min(limits.session_expiry_max_secs);
-    let keep_alive_capped = connect.keep_alive > limits.max_keepalive_secs;
-    let keep_alive_secs = connect.keep_alive.min(limits.max_keepalive_secs);
+    // Only 5.0 can tell the client about a lower keep-alive (Server Keep Alive). A 3.x client
+    // keeps pinging at the interval it asked for, so lowering it would disconnect a client that
+    // behaves exactly as it said it would.
+    let keep_alive_capped = protocol.is_v5() && connect.keep_alive > limits.max_keepalive_secs;
+    let keep_alive_secs = if keep_alive_capped {
+        limits.max_keepalive_secs
+    } else {
+        connect.keep_alive
+    };
     if let Some(will) = &connect.will {
         match validate_topic_name(&will.topic, limits.max_topic_levels) {
             Ok(()) => {}
