@@ -158,8 +158,18 @@ impl fmt::Debug for ReasonCode {
 
 /// A UTF-8 string as MQTT defines it (§1.5.4): valid UTF-8, no U+0000, at most 65,535 bytes.
 /// Zero-copy: it shares the receive buffer through `Bytes`.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+///
+/// `Hash`, `Eq` and `Ord` agree with `str`'s, so a `ByteStr`-keyed map can be searched with
+/// a `&str` (the `Borrow<str>` contract).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct ByteStr(Bytes);
+
+impl std::hash::Hash for ByteStr {
+    /// Hashes as the `str` it holds (a derived hash would hash it as `[u8]`, which differs).
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
 
 /// Why bytes are not an MQTT UTF-8 string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

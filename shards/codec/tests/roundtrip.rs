@@ -188,3 +188,14 @@ fn write_fuzz_seeds() {
         std::fs::write(dir.join(format!("session-{selector}")), &session).unwrap();
     }
 }
+
+#[test]
+fn byte_str_hashes_like_str() {
+    use std::collections::HashMap;
+    let mut map = HashMap::new();
+    map.insert(ByteStr::from("a/b"), 1);
+    assert_eq!(map.get("a/b"), Some(&1));
+    let mut set = std::collections::BTreeSet::new();
+    set.insert(ByteStr::from("x"));
+    assert!(set.contains("x"));
+}
