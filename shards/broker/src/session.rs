@@ -400,6 +400,14 @@ impl Session {
         self.will = accepted.will.clone().map(Box::new);
         self.conn = Some(accepted.params);
         let protocol = self.protocol;
+        // A PUBLISH too large for this connection is discarded as if it had been sent
+        // (MQTT-3.1.2-25); the previous connection may have allowed larger packets.
+        let max = accepted.params.max_packet_size;
+        let before = self.inflight.len();
+        self.inflight.retain(|out| {
+            out.state == OutState::Released || !too_large(protocol, &out.item, now, max)
+        });
+        self.stats.dropped += (before - self.inflight.len()) as u64;
         for out in &self.inflight {
             match out.state {
                 OutState::Published => {
