@@ -836,12 +836,15 @@ impl Shard {
         token: u64,
         discard: bool,
     ) {
+        // A claim of ours still in flight for this client, other than the one this takeover
+        // answers (when the old session lives on the claiming shard, the takeover comes back
+        // here for that very claim, and deferring it would wait for itself).
         if self
             .pending_connects
-            .values()
-            .any(|p| p.accepted.client_id == client_id)
+            .iter()
+            .any(|(&t, p)| t != token && p.accepted.client_id == client_id)
         {
-            // Our own claim is still in flight: run this takeover once it lands.
+            // An earlier claim of ours is still in flight: run this takeover once it lands.
             self.deferred_takeovers
                 .insert(client_id, (to, token, discard));
             return;
