@@ -20,7 +20,8 @@ pub struct Limits {
     pub max_subscriptions: usize,
     /// Cap on the session expiry interval a client may ask for, seconds.
     pub session_expiry_max_secs: u32,
-    /// Cap on the keep-alive a client may ask for, seconds (announced as Server Keep Alive).
+    /// Cap on the keep-alive an MQTT 5.0 client may ask for, seconds (announced as Server Keep
+    /// Alive). 3.x clients cannot be told, so their keep-alive is used as asked.
     pub max_keepalive_secs: u16,
     /// Whether retained messages are supported.
     pub retain_available: bool,

@@ -84,6 +84,8 @@ pub enum Delivery {
     Sent,
     /// Queued: offline, or the inflight window is full.
     Queued,
+    /// Queued, and an older queued message was dropped to make room (counted in stats).
+    Displaced,
     /// Not delivered, and why.
     Dropped(DropReason),
 }
@@ -95,7 +97,7 @@ pub enum DropReason {
     Expired,
     /// QoS 0 and the connection's write buffer is full (client not reading).
     WriteBufferFull,
-    /// The session queue was full; the oldest queued message made room.
+    /// The session queue was full and the message was QoS 0 (or the queue has size 0).
     QueueFull,
     /// Larger than the client's Maximum Packet Size.
     TooLarge,
@@ -461,6 +463,13 @@ impl Session {
                         self.inflight[i].state = OutState::Released;
                         encode(&pubrel(ack.pkid, ReasonCode::SUCCESS), protocol, wire);
                     }
+                    None if self
+                        .inflight_position(ack.pkid, OutState::Released, QoS::ExactlyOnce)
+                        .is_some() =>
+                    {
+                        // A repeated PUBREC (our PUBREL was lost): release again.
+                        encode(&pubrel(ack.pkid, ReasonCode::SUCCESS), protocol, wire);
+                    }
                     None => encode(
                         &pubrel(
                             ack.pkid,
@@ -762,21 +771,26 @@ impl Session {
     }
 
     fn enqueue(&mut self, item: Queued, limits: &Limits) -> Delivery {
+        if limits.max_queued_messages == 0 {
+            return self.dropped(DropReason::QueueFull);
+        }
         let mut result = Delivery::Queued;
         if self.queue.len() >= limits.max_queued_messages {
-            // Policy: the newest message wins; drop the oldest queued one (QoS 0 first).
-            let victim = self
-                .queue
-                .iter()
-                .position(|q| q.qos == QoS::AtMostOnce)
-                .unwrap_or(0);
-            self.queue.remove(victim);
+            // Policy: QoS 0 messages go first (a queued one, else the incoming one); among
+            // QoS 1/2 the newest wins and the oldest queued message makes room.
+            match self.queue.iter().position(|q| q.qos == QoS::AtMostOnce) {
+                Some(i) => {
+                    self.queue.remove(i);
+                }
+                None if item.qos == QoS::AtMostOnce => return self.dropped(DropReason::QueueFull),
+                None => {
+                    self.queue.pop_front();
+                }
+            }
             self.stats.dropped += 1;
-            result = Delivery::Dropped(DropReason::QueueFull);
+            result = Delivery::Displaced;
         }
-        if limits.max_queued_messages > 0 {
-            self.queue.push_back(item);
-        }
+        self.queue.push_back(item);
         result
     }
 

@@ -909,17 +909,16 @@ fn full_queue_drops_qos0_first_then_the_oldest() {
     assert_eq!(c.session.queued_len(), 3);
     assert_eq!(c.session.stats().dropped, 0);
 
-    // Full: the QoS 0 message C makes room for E, then the oldest, B, for F.
+    // Full: the QoS 0 message C makes room for E, then the oldest, B, for F; an incoming
+    // QoS 0 message is the one dropped when no queued QoS 0 message is left.
+    assert_eq!(c.push_offline(b"E", QoS::AtLeastOnce), Delivery::Displaced);
+    assert_eq!(c.push_offline(b"F", QoS::AtLeastOnce), Delivery::Displaced);
     assert_eq!(
-        c.push_offline(b"E", QoS::AtLeastOnce),
-        Delivery::Dropped(DropReason::QueueFull)
-    );
-    assert_eq!(
-        c.push_offline(b"F", QoS::AtLeastOnce),
+        c.push_offline(b"G", QoS::AtMostOnce),
         Delivery::Dropped(DropReason::QueueFull)
     );
     assert_eq!(c.session.queued_len(), 3);
-    assert_eq!(c.session.stats().dropped, 2);
+    assert_eq!(c.session.stats().dropped, 3);
 
     c.reattach(connect(Protocol::V5, "c1"));
     let mut got = Vec::new();
@@ -937,7 +936,7 @@ fn full_queue_drops_qos0_first_then_the_oldest() {
         got,
         vec![(b'A', true), (b'D', false), (b'E', false), (b'F', false)]
     );
-    assert_eq!(c.session.stats().dropped, 2);
+    assert_eq!(c.session.stats().dropped, 3);
 }
 
 #[test]
@@ -1699,7 +1698,7 @@ impl Model {
         self.delivered += 1;
         let dropped_now = self.session.stats().dropped;
         match result {
-            Delivery::Dropped(DropReason::QueueFull) => {
+            Delivery::Dropped(DropReason::QueueFull) | Delivery::Displaced => {
                 assert_eq!(dropped_now, dropped + 1);
                 assert_eq!(
                     self.session.queued_len(),
@@ -1746,6 +1745,9 @@ impl Model {
                         self.inflight.get_mut(&pkid).expect("in flight").stage = Stage::Released;
                         Some(ack(pkid))
                     }
+                } else if matches!(entry, Some((QoS::ExactlyOnce, Stage::Released))) {
+                    // A repeated PUBREC: the session releases again.
+                    Some(ack(pkid))
                 } else if self.protocol.is_v5() {
                     Some(not_found(pkid))
                 } else {
@@ -1916,4 +1918,19 @@ proptest! {
         prop_assert_eq!(model.session.inflight_len(), 0);
         prop_assert_eq!(model.session.queued_len(), 0);
     }
+}
+
+#[test]
+fn a_repeated_pubrec_releases_again() {
+    let mut c = Client::new(Protocol::V5, Limits::default());
+    c.push(b"a", QoS::ExactlyOnce);
+    c.sent();
+    c.handle_ok(Packet::PubRec(ack(1)));
+    assert_eq!(c.sent(), vec![Packet::PubRel(ack(1))]);
+    // Our PUBREL was lost and the client repeats PUBREC: PUBREL again, still in flight.
+    c.handle_ok(Packet::PubRec(ack(1)));
+    assert_eq!(c.sent(), vec![Packet::PubRel(ack(1))]);
+    assert_eq!(c.session.inflight_len(), 1);
+    c.handle_ok(Packet::PubComp(ack(1)));
+    assert_eq!(c.session.inflight_len(), 0);
 }

@@ -720,6 +720,7 @@ impl Shard {
                 }
             }
             Delivery::Queued => {}
+            Delivery::Displaced => self.stats.messages_dropped += 1,
             Delivery::Dropped(reason) => {
                 self.stats.messages_dropped += 1;
                 trace!(shard = self.id, client_id = %slot.session.client_id(), ?reason, "message dropped");
