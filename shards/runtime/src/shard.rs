@@ -85,6 +85,18 @@ struct RouteSync {
     retained: Vec<(ByteStr, Subscription, bool)>,
 }
 
+/// A CONNACK held until every shard routes the subscriptions the session brought along.
+struct ConnectSync {
+    conn: ConnKey,
+    conn_id: u64,
+    session: SessionKey,
+    /// The session's registration token: a takeover while waiting replaces the session.
+    reg_token: u64,
+    remaining: usize,
+    accepted: Accepted,
+    session_present: bool,
+}
+
 /// An entry of this shard's partition of the node-wide client registry.
 #[derive(Debug, Clone, Copy)]
 struct RegEntry {
@@ -121,6 +133,7 @@ pub(crate) struct Shard {
     /// Takeovers that arrived while this shard's own claim for the client was in flight.
     deferred_takeovers: ahash::AHashMap<ByteStr, (ShardId, u64, bool)>,
     route_syncs: ahash::AHashMap<u64, RouteSync>,
+    connect_syncs: ahash::AHashMap<u64, ConnectSync>,
     offline: BTreeSet<(Instant, SessionKey, u64)>,
     next_token: u64,
     next_conn_id: u64,
@@ -163,6 +176,7 @@ impl Shard {
             pending_connects: Default::default(),
             deferred_takeovers: Default::default(),
             route_syncs: Default::default(),
+            connect_syncs: Default::default(),
             offline: BTreeSet::new(),
             next_token: 0,
             next_conn_id: 0,
@@ -762,6 +776,12 @@ impl Shard {
                         let rs = self.route_syncs.remove(&token).expect("present");
                         self.finish_subscribe(now, rs);
                     }
+                } else if let Some(cs) = self.connect_syncs.get_mut(&token) {
+                    cs.remaining -= 1;
+                    if cs.remaining == 0 {
+                        let cs = self.connect_syncs.remove(&token).expect("present");
+                        self.finish_connect(now, cs);
+                    }
                 }
             }
             ShardMsg::Retain { topic, msg } => match msg {
@@ -896,7 +916,7 @@ impl Shard {
             .is_some_and(|c| c.id == pc.conn_id && c.phase == Phase::Claiming);
         let accepted = pc.accepted;
         let session_present = !accepted.clean_start && old.is_some();
-        let mut session = match old {
+        let session = match old {
             Some(s) if !accepted.clean_start => *s,
             _ => Session::new(client_id.clone(), accepted.protocol, accepted.expiry_secs),
         };
@@ -905,10 +925,6 @@ impl Shard {
             .subscriptions()
             .map(|(f, s)| (f.clone(), *s))
             .collect();
-        if !conn_alive {
-            // The connection died while claiming: keep what it inherited, as an offline session.
-            session.detach();
-        }
         self.sessions.insert(SessionSlot {
             session,
             conn: None,
@@ -916,38 +932,89 @@ impl Shard {
             expires_at: None,
         });
         self.by_client.insert(client_id.clone(), skey);
+        // The inherited subscriptions become routable everywhere before CONNACK, so a publish
+        // sent after it (from any shard) reaches this session here, not the shard it left.
+        let sync = self.token();
+        let mut remaining = 0;
         for (filter, sub) in filters {
             if self.trie_insert(&filter, skey, sub) {
-                self.announce_route(&filter, None);
+                let synced = conn_alive && self.nshards > 1;
+                self.announce_route(&filter, synced.then_some(sync));
+                remaining += if synced { self.nshards - 1 } else { 0 };
             }
         }
-        if conn_alive {
-            let conn = &mut self.conns[pc.conn];
-            conn.phase = Phase::Active;
-            conn.session = Some(skey);
-            conn.read_timeout = accepted.params.read_timeout();
-            let protocol = accepted.protocol;
-            encode(
-                &Packet::ConnAck(connack_for(&accepted, session_present, &self.limits)),
-                protocol,
-                &mut conn.out,
-            );
-            self.sessions[skey].conn = Some(pc.conn);
-            self.sessions[skey]
-                .session
-                .attach(now, &accepted, &self.limits, &mut conn.out);
-            Self::wake_conn(conn);
-            debug!(shard = self.id, client_id = %client_id, session_present, "client connected");
-        } else if self.sessions[skey].session.expiry_secs() == 0 {
-            self.end_session(skey);
-        } else if self.sessions[skey].session.expiry_secs() != EXPIRY_NEVER {
-            let at =
-                now + Duration::from_secs(u64::from(self.sessions[skey].session.expiry_secs()));
-            self.sessions[skey].expires_at = Some(at);
-            self.offline.insert((at, skey, token));
+        let cs = ConnectSync {
+            conn: pc.conn,
+            conn_id: pc.conn_id,
+            session: skey,
+            reg_token: token,
+            remaining,
+            accepted,
+            session_present,
+        };
+        if !conn_alive {
+            self.orphan_session(now, skey);
+        } else if remaining > 0 {
+            self.connect_syncs.insert(sync, cs);
+        } else {
+            self.finish_connect(now, cs);
         }
         if let Some((to, t, discard)) = self.deferred_takeovers.remove(&client_id) {
             self.takeover(now, client_id, to, t, discard);
+        }
+    }
+
+    /// Attaches the connection to its session and sends CONNACK, then whatever the session
+    /// had in flight or queued.
+    fn finish_connect(&mut self, now: Instant, cs: ConnectSync) {
+        let ours = self
+            .sessions
+            .get(cs.session)
+            .is_some_and(|s| s.reg_token == cs.reg_token && s.conn.is_none());
+        if !ours {
+            // Taken over while the routes were syncing: this connection lost the race.
+            if let Some(conn) = self.conns.get_mut(cs.conn).filter(|c| c.id == cs.conn_id) {
+                conn.phase = Phase::Closing;
+                Self::wake_conn(conn);
+            }
+            return;
+        }
+        let alive = self
+            .conns
+            .get(cs.conn)
+            .is_some_and(|c| c.id == cs.conn_id && c.phase == Phase::Claiming);
+        if !alive {
+            self.orphan_session(now, cs.session);
+            return;
+        }
+        let conn = &mut self.conns[cs.conn];
+        let accepted = cs.accepted;
+        conn.phase = Phase::Active;
+        conn.session = Some(cs.session);
+        conn.read_timeout = accepted.params.read_timeout();
+        let connack = connack_for(&accepted, cs.session_present, &self.limits);
+        encode(&Packet::ConnAck(connack), accepted.protocol, &mut conn.out);
+        let slot = &mut self.sessions[cs.session];
+        slot.conn = Some(cs.conn);
+        slot.session
+            .attach(now, &accepted, &self.limits, &mut conn.out);
+        Self::wake_conn(conn);
+        debug!(shard = self.id, client_id = %accepted.client_id, session_present = cs.session_present, "client connected");
+    }
+
+    /// A session whose connection died before CONNACK: it lives on offline, or ends now if it
+    /// has no expiry.
+    fn orphan_session(&mut self, now: Instant, skey: SessionKey) {
+        let slot = &mut self.sessions[skey];
+        slot.session.detach();
+        match slot.session.expiry_secs() {
+            0 => self.end_session(skey),
+            EXPIRY_NEVER => {}
+            secs => {
+                let at = now + Duration::from_secs(u64::from(secs));
+                slot.expires_at = Some(at);
+                self.offline.insert((at, skey, slot.reg_token));
+            }
         }
     }
 
