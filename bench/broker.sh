@@ -1,0 +1,92 @@
+# Shared by the measure-*.sh scripts (sourced, not run): build, start and watch a broker.
+# Expects ROOT (the repository) and WORK (a scratch directory) to be set.
+
+BROKER="$ROOT/target/release/shardmq"
+BENCH="$ROOT/target/release/shardmq-bench"
+BROKER_PID=""
+BENCH_PID=""
+
+# Stops what the script started; installed as the EXIT trap.
+cleanup() {
+  local pid
+  for pid in "$BENCH_PID" "$BROKER_PID"; do
+    if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -9 "$pid" 2>/dev/null || true
+    fi
+  done
+}
+
+build() {
+  echo "building release binaries..." >&2
+  (cd "$ROOT" && timeout 1800 cargo build --release -q -p shardmq -p shardmq-bench)
+}
+
+# A TCP port nobody listens on.
+free_port() {
+  local port
+  for _ in $(seq 100); do
+    port=$((18000 + RANDOM % 2000))
+    if [[ -z "$(ss -Htln "sport = :$port")" ]]; then
+      echo "$port"
+      return 0
+    fi
+  done
+  echo "no free port found" >&2
+  return 1
+}
+
+# Starts the broker on 127.0.0.1:$PORT with $SYS publishing off, logging warnings to
+# $WORK/broker.log; sets BROKER_PID. BROKER_CPUS (e.g. "0") pins it to fewer shards.
+start_broker() {
+  PORT=$(free_port)
+  local env=(RUST_LOG=warn SHARDMQ_LISTENER__BIND="127.0.0.1:$PORT" SHARDMQ_SYS__INTERVAL_MS=0)
+  if [[ -n "${BROKER_CPUS:-}" ]]; then env+=(SHARDMQ_NODE__CPUS="$BROKER_CPUS"); fi
+  env "${env[@]}" "$BROKER" >"$WORK/broker.log" 2>&1 &
+  BROKER_PID=$!
+  for _ in $(seq 100); do
+    if ! kill -0 "$BROKER_PID" 2>/dev/null; then
+      echo "broker exited at start-up:" >&2
+      cat "$WORK/broker.log" >&2
+      return 1
+    fi
+    if [[ -n "$(ss -Htln "sport = :$PORT")" ]]; then
+      echo "broker pid $BROKER_PID listening on 127.0.0.1:$PORT (log: $WORK/broker.log)" >&2
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "broker did not listen on $PORT within 10s" >&2
+  return 1
+}
+
+# Fails if the broker died; prints its log.
+check_broker() {
+  if ! kill -0 "$BROKER_PID" 2>/dev/null; then
+    echo "the broker (pid $BROKER_PID) died; its log:" >&2
+    cat "$WORK/broker.log" >&2
+    return 1
+  fi
+}
+
+# Resident set of a process, in KiB.
+rss_kib() {
+  awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"
+}
+
+# Open descriptors of a process.
+fd_count() {
+  ls "/proc/$1/fd" | wc -l
+}
+
+# Waits up to $3 seconds for a line matching $1 in file $2.
+wait_for_line() {
+  local pattern=$1 file=$2 secs=$3
+  for _ in $(seq $((secs * 10))); do
+    if grep -q -- "$pattern" "$file" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "no line matching '$pattern' in $file within ${secs}s" >&2
+  return 1
+}
