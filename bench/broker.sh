@@ -39,11 +39,19 @@ free_port() {
 
 # Starts the broker on 127.0.0.1:$PORT with $SYS publishing off, logging warnings to
 # $WORK/broker.log; sets BROKER_PID. BROKER_CPUS (e.g. "0") pins it to fewer shards.
+# BROKER_KIND=mosquitto starts Debian's mosquitto instead (the peer in docs/performance.md),
+# anonymous, no connection limit, persistence off; its log is $WORK/broker.log too.
 start_broker() {
   PORT=$(free_port)
-  local env=(RUST_LOG=warn SHARDMQ_LISTENER__BIND="127.0.0.1:$PORT" SHARDMQ_SYS__INTERVAL_MS=0)
-  if [[ -n "${BROKER_CPUS:-}" ]]; then env+=(SHARDMQ_NODE__CPUS="$BROKER_CPUS"); fi
-  env "${env[@]}" "$BROKER" >"$WORK/broker.log" 2>&1 &
+  if [[ "${BROKER_KIND:-shardmq}" == mosquitto ]]; then
+    printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_connections -1\npersistence false\nset_tcp_nodelay true\nlog_dest stderr\nlog_type error\nlog_type warning\n' \
+      "$PORT" >"$WORK/mosquitto.conf"
+    mosquitto -c "$WORK/mosquitto.conf" >"$WORK/broker.log" 2>&1 &
+  else
+    local env=(RUST_LOG=warn SHARDMQ_LISTENER__BIND="127.0.0.1:$PORT" SHARDMQ_SYS__INTERVAL_MS=0)
+    if [[ -n "${BROKER_CPUS:-}" ]]; then env+=(SHARDMQ_NODE__CPUS="$BROKER_CPUS"); fi
+    env "${env[@]}" "$BROKER" >"$WORK/broker.log" 2>&1 &
+  fi
   BROKER_PID=$!
   for _ in $(seq 100); do
     if ! kill -0 "$BROKER_PID" 2>/dev/null; then

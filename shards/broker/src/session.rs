@@ -166,7 +166,9 @@ pub fn accept_connect(
             _ => (assign_id(), true),
         }
     } else {
-        (connect.client_id.clone(), false)
+        // Detached: the session outlives the CONNECT's read buffer (which also holds the
+        // password); keeping a slice of it would pin all of it.
+        (connect.client_id.detach(), false)
     };
     if client_id.len() > limits.max_client_id_len {
         return Err(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
@@ -218,7 +220,11 @@ pub fn accept_connect(
             max_packet_size: props.maximum_packet_size.unwrap_or(u32::MAX),
         },
         keep_alive_capped,
-        will: connect.will.clone(),
+        will: connect.will.as_ref().map(|w| LastWill {
+            topic: w.topic.detach(),
+            payload: bytes::Bytes::copy_from_slice(&w.payload),
+            ..w.clone()
+        }),
     })
 }
 

@@ -19,8 +19,6 @@ use tracing::{debug, warn};
 
 /// Read/decode/write rounds before the driver yields to other tasks.
 const ROUNDS_MAX: usize = 16;
-/// A write buffer that drained keeps its allocation only up to this size.
-const IDLE_WRITE_CAPACITY_MAX: usize = 16 * 1024;
 /// A client whose socket accepts no bytes for this long is disconnected (as EMQX's
 /// `send_timeout`): a stuck subscriber cannot pin its buffers forever.
 const SEND_TIMEOUT: Duration = Duration::from_secs(15);
@@ -85,7 +83,8 @@ impl Future for ConnDriver {
                     Poll::Pending => break,
                 }
             }
-            if conn.out.is_empty() && conn.out.capacity() > IDLE_WRITE_CAPACITY_MAX {
+            if conn.out.is_empty() && conn.out.capacity() > 0 {
+                // An idle connection keeps no write buffer.
                 conn.out = BytesMut::new();
             }
             let unwritten = conn.out.len();
