@@ -203,21 +203,29 @@ fn format_ranges(cpus: &[usize]) -> String {
     }
 }
 
-/// The online CPUs of this machine, ascending. Reads `/sys/devices/system/cpu/online`; if that
-/// fails, the calling thread's affinity mask (`sched_getaffinity`); if that fails too,
-/// `0..available_parallelism`.
-///
-/// Note: the online set can be wider than this process's affinity mask (`taskset`, cpusets).
+/// The CPUs this process may run on, ascending: the online CPUs of the machine
+/// (`/sys/devices/system/cpu/online`) that are also in the process's affinity mask
+/// (`sched_getaffinity`: `taskset`, cgroup cpusets, systemd `CPUAffinity`). If only one of the
+/// two can be read, that one; if neither, `0..available_parallelism`.
 pub fn online_cpus() -> Vec<usize> {
-    if let Some(cpus) = std::fs::read_to_string("/sys/devices/system/cpu/online")
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online")
         .ok()
         .and_then(|text| parse_ranges(text.trim()).ok())
-        .filter(|cpus| !cpus.is_empty())
-    {
-        return cpus;
-    }
-    if let Some(cpus) = affinity_cpus() {
-        return cpus;
+        .filter(|cpus| !cpus.is_empty());
+    match (online, affinity_cpus()) {
+        (Some(online), Some(allowed)) => {
+            let both: Vec<usize> = online
+                .iter()
+                .copied()
+                .filter(|c| allowed.contains(c))
+                .collect();
+            if !both.is_empty() {
+                return both;
+            }
+            return allowed;
+        }
+        (Some(cpus), None) | (None, Some(cpus)) => return cpus,
+        (None, None) => {}
     }
     let count = std::thread::available_parallelism().map_or(1, |n| n.get());
     (0..count).collect()

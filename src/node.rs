@@ -1,7 +1,7 @@
 //! Starting a node from its configuration.
 
 use crate::config::Config;
-use crate::cpus::online_cpus;
+use crate::cpus::{online_cpus, CpuSpec};
 use anyhow::Context;
 use shardmq_broker::Limits;
 use shardmq_shards::{Node, RuntimeConfig, MAX_SHARDS};
@@ -9,11 +9,18 @@ use std::time::Duration;
 
 /// Translates the validated configuration into the data plane's terms.
 pub(crate) fn runtime_config(config: &Config) -> anyhow::Result<RuntimeConfig> {
-    let cpus = config
+    let mut cpus = config
         .node
         .cpus
         .resolve(&online_cpus())
         .context("node.cpus")?;
+    if config.node.cpus == CpuSpec::All && cpus.len() > MAX_SHARDS {
+        tracing::warn!(
+            usable = cpus.len(),
+            "node.cpus = \"all\": a node runs at most {MAX_SHARDS} shards; using the first {MAX_SHARDS} CPUs"
+        );
+        cpus.truncate(MAX_SHARDS);
+    }
     anyhow::ensure!(
         cpus.len() <= MAX_SHARDS,
         "node.cpus: at most {MAX_SHARDS} shards per node, {} given",

@@ -17,7 +17,7 @@ use bus::Batch;
 use conn::ConnDriver;
 use glommio::channels::channel_mesh::{MeshBuilder, Receivers, Senders};
 use glommio::net::TcpListener;
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::{Latency, LocalExecutorBuilder, Placement, Shares, TaskQueueHandle};
 use shard::Shard;
 use shardmq_broker::Limits;
 use std::cell::RefCell;
@@ -86,9 +86,13 @@ impl Node {
             let connections = connections.clone();
             let hasher = hasher.clone();
             let ready = ready_tx.clone();
-            let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("shard-{i}"))
-                .io_memory(512 * 1024)
+                .io_memory(512 * 1024);
+            if cfg!(debug_assertions) {
+                builder = builder.detect_stalls(Some(Box::new(StallLogger)));
+            }
+            let handle = builder
                 .spawn(move || async move {
                     let listener = match listen(&cfg) {
                         Ok(l) => l,
@@ -165,15 +169,75 @@ fn listen(cfg: &RuntimeConfig) -> io::Result<TcpListener> {
     Ok(unsafe { TcpListener::from_raw_fd(sock.into_raw_fd()) })
 }
 
+/// The shard's task queues: CPU shares say what wins when the shard is saturated.
+#[derive(Clone, Copy)]
+struct Queues {
+    /// Connection drivers and the accept loop.
+    connections: TaskQueueHandle,
+    /// Cross-shard receivers and the flusher: a stalled bus stalls every shard.
+    bus: TaskQueueHandle,
+    /// Expiry and `$SYS`.
+    housekeeping: TaskQueueHandle,
+}
+
+impl Queues {
+    fn create() -> Queues {
+        let ex = glommio::executor();
+        Queues {
+            connections: ex.create_task_queue(
+                Shares::Static(1000),
+                Latency::NotImportant,
+                "connections",
+            ),
+            bus: ex.create_task_queue(
+                Shares::Static(1000),
+                Latency::Matters(Duration::from_millis(1)),
+                "bus",
+            ),
+            housekeeping: ex.create_task_queue(
+                Shares::Static(100),
+                Latency::NotImportant,
+                "housekeeping",
+            ),
+        }
+    }
+}
+
+fn spawn_into(queue: TaskQueueHandle, fut: impl std::future::Future<Output = ()> + 'static) {
+    match glommio::spawn_local_into(fut, queue) {
+        Ok(task) => {
+            task.detach();
+        }
+        Err(e) => error!(error = %e, "cannot spawn into task queue"),
+    }
+}
+
+/// Reports a stalled task queue in debug builds (glommio logs it, with a backtrace, through
+/// the `log` facade, which the binary's subscriber receives): a task that runs too long delays
+/// every client of the shard.
+#[derive(Debug)]
+struct StallLogger;
+
+impl glommio::StallDetectionHandler for StallLogger {
+    fn threshold(
+        &self,
+        _queue: TaskQueueHandle,
+        _max_expected_runtime: Duration,
+    ) -> Option<Duration> {
+        Some(Duration::from_millis(50))
+    }
+}
+
 async fn serve(
     shard: Rc<RefCell<Shard>>,
     listener: TcpListener,
     senders: Senders<Batch>,
     mut receivers: Receivers<Batch>,
 ) {
+    let queues = Queues::create();
     for (peer, stream) in receivers.streams() {
         let shard = shard.clone();
-        glommio::spawn_local(async move {
+        spawn_into(queues.bus, async move {
             while let Some(batch) = stream.recv().await {
                 let now = Instant::now();
                 let mut s = shard.borrow_mut();
@@ -183,15 +247,16 @@ async fn serve(
                 s.drain_local(now);
             }
             debug!(peer, "channel from peer closed");
-        })
-        .detach();
+        });
     }
-    glommio::spawn_local(flusher(shard.clone(), senders)).detach();
-    glommio::spawn_local(housekeeping(shard.clone())).detach();
-    accept_loop(shard, listener).await;
+    spawn_into(queues.bus, flusher(shard.clone(), senders));
+    spawn_into(queues.housekeeping, housekeeping(shard.clone()));
+    let accept = accept_loop(shard, listener, queues.connections);
+    spawn_into(queues.connections, accept);
+    futures_lite::future::pending::<()>().await;
 }
 
-async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener) {
+async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener, queue: TaskQueueHandle) {
     let max_packet_size = shard.borrow().cfg.limits.max_packet_size;
     loop {
         match listener.accept().await {
@@ -200,8 +265,10 @@ async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener) {
                     debug!(error = %e, "set_nodelay failed");
                 }
                 let (key, _) = shard.borrow_mut().open_conn();
-                glommio::spawn_local(ConnDriver::new(shard.clone(), stream, key, max_packet_size))
-                    .detach();
+                spawn_into(
+                    queue,
+                    ConnDriver::new(shard.clone(), stream, key, max_packet_size),
+                );
             }
             Err(e) => {
                 // EMFILE/ENFILE: out of descriptors. Back off instead of spinning.
