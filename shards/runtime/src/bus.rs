@@ -125,6 +125,12 @@ pub(crate) enum ShardMsg {
         /// Clean start: drop the session instead of sending it.
         discard: bool,
     },
+    /// To a claiming shard: a newer claim for the same client overtook this one before it
+    /// completed; close its connection.
+    Superseded {
+        /// The overtaken claim's token.
+        token: u64,
+    },
     /// To the claiming shard: the claim is granted, with the previous session if kept.
     Handoff {
         /// Client identifier.

@@ -834,6 +834,15 @@ impl Shard {
                     self.registry.remove(&client_id);
                 }
             }
+            ShardMsg::Superseded { token } => {
+                if let Some(pc) = self.pending_connects.remove(&token) {
+                    if let Some(conn) = self.conns.get_mut(pc.conn).filter(|c| c.id == pc.conn_id) {
+                        debug!(shard = self.id, client_id = %pc.accepted.client_id, "claim superseded before CONNACK; closing");
+                        conn.phase = Phase::Closing;
+                        Self::wake_conn(conn);
+                    }
+                }
+            }
             ShardMsg::Takeover {
                 client_id,
                 to,
@@ -866,8 +875,14 @@ impl Shard {
             .any(|(&t, p)| t != token && p.accepted.client_id == client_id)
         {
             // An earlier claim of ours is still in flight: run this takeover once it lands.
-            self.deferred_takeovers
-                .insert(client_id, (to, token, discard));
+            // A takeover already waiting here belongs to a claim this newer one supersedes
+            // (the registry now names the newer claimer): that connection lost the race
+            // before its CONNACK and is closed, as if taken over at once.
+            if let Some((old_to, old_token, _)) =
+                self.deferred_takeovers.insert(client_id, (to, token, discard))
+            {
+                self.send(old_to, ShardMsg::Superseded { token: old_token });
+            }
             return;
         }
         let session = match self.by_client.get(&client_id).copied() {
