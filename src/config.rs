@@ -96,6 +96,9 @@ pub struct MqttConfig {
     /// Outbound bytes buffered per connection before QoS 0 drops and QoS 1/2 backpressure.
     /// At least 1.
     pub max_write_buffer_bytes: u64,
+    /// Topic aliases a v5 client may set per connection (CONNACK Topic Alias Maximum), 0..=65535;
+    /// 0 refuses aliases.
+    pub max_topic_alias: u16,
 }
 
 /// `[shard]`.
@@ -583,6 +586,7 @@ mod tests {
         assert_eq!(c.mqtt.connect_timeout_ms, 10_000);
         assert!(c.mqtt.retain_available);
         assert_eq!(c.mqtt.max_write_buffer_bytes, 1_048_576);
+        assert_eq!(c.mqtt.max_topic_alias, 65535);
         assert_eq!(c.shard.channel_capacity, 1024);
         assert_eq!(c.shard.batch_max, 256);
         assert_eq!(c.sys.interval_ms, 1000);

@@ -39,6 +39,7 @@ pub(crate) fn runtime_config(config: &Config) -> anyhow::Result<RuntimeConfig> {
         max_keepalive_secs: m.max_keepalive_secs,
         retain_available: m.retain_available,
         max_write_buffer_bytes: usize::try_from(m.max_write_buffer_bytes).unwrap_or(usize::MAX),
+        max_topic_alias: m.max_topic_alias,
     };
     limits.validate().map_err(anyhow::Error::msg)?;
     Ok(RuntimeConfig {
@@ -47,6 +48,7 @@ pub(crate) fn runtime_config(config: &Config) -> anyhow::Result<RuntimeConfig> {
         bind: config.listener.bind,
         backlog: config.listener.backlog,
         max_connections: usize::try_from(config.listener.max_connections).unwrap_or(usize::MAX),
+        max_connection_rate: config.listener.max_connection_rate,
         connect_timeout: Duration::from_millis(m.connect_timeout_ms),
         limits,
         channel_capacity: config.shard.channel_capacity as usize,

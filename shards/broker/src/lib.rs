@@ -4,6 +4,7 @@
 //! and passes time in. That is what makes them testable step by step and fuzzable.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod alias;
 pub mod limits;
 pub mod message;
 pub mod retain;

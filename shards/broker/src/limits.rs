@@ -27,6 +27,9 @@ pub struct Limits {
     pub retain_available: bool,
     /// Outbound bytes buffered per connection; beyond it QoS 0 messages are dropped.
     pub max_write_buffer_bytes: usize,
+    /// Topic aliases a client may set per connection (announced as CONNACK Topic Alias
+    /// Maximum); 0 refuses aliases.
+    pub max_topic_alias: u16,
 }
 
 impl Default for Limits {
@@ -43,6 +46,7 @@ impl Default for Limits {
             max_keepalive_secs: u16::MAX,
             retain_available: true,
             max_write_buffer_bytes: 1024 * 1024,
+            max_topic_alias: 65535,
         }
     }
 }

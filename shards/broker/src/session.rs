@@ -8,6 +8,7 @@
 //! - outputs: bytes appended to the connection's write buffer (`wire`), and [`Action`]s the shard
 //!   must carry out (route a publish, change the subscription trie, send a SUBACK).
 
+use crate::alias::{AliasError, InboundAliases, OutAlias, OutboundAliases};
 use crate::limits::Limits;
 use crate::message::Message;
 use crate::topic::{validate_topic_filter, validate_topic_name, TopicError};
@@ -114,6 +115,8 @@ pub struct ConnParams {
     pub receive_maximum: u16,
     /// Client's Maximum Packet Size.
     pub max_packet_size: u32,
+    /// Client's Topic Alias Maximum: how many aliases we may assign to it (0 on 3.x).
+    pub topic_alias_max: u16,
 }
 
 impl ConnParams {
@@ -218,6 +221,7 @@ pub fn accept_connect(
             keep_alive_secs,
             receive_maximum: props.receive_maximum.unwrap_or(u16::MAX),
             max_packet_size: props.maximum_packet_size.unwrap_or(u32::MAX),
+            topic_alias_max: props.topic_alias_maximum.unwrap_or(0),
         },
         keep_alive_capped,
         will: connect.will.as_ref().map(|w| LastWill {
@@ -235,7 +239,7 @@ pub fn connack_for(accepted: &Accepted, session_present: bool, limits: &Limits) 
         properties.receive_maximum = Some(limits.max_awaiting_rel);
         properties.maximum_packet_size = Some(limits.max_packet_size);
         properties.retain_available = Some(limits.retain_available);
-        properties.topic_alias_maximum = Some(0);
+        properties.topic_alias_maximum = Some(limits.max_topic_alias);
         properties.wildcard_subscription_available = Some(true);
         properties.subscription_identifiers_available = Some(true);
         properties.shared_subscription_available = Some(false);
@@ -318,6 +322,9 @@ pub struct Session {
     next_pkid: u16,
     will: Option<Box<LastWill>>,
     conn: Option<ConnParams>,
+    /// Topic aliases of the current connection (reset on attach and detach, never carried).
+    aliases_in: InboundAliases,
+    aliases_out: OutboundAliases,
     stats: SessionStats,
 }
 
@@ -335,6 +342,8 @@ impl Session {
             next_pkid: 0,
             will: None,
             conn: None,
+            aliases_in: InboundAliases::default(),
+            aliases_out: OutboundAliases::default(),
             stats: SessionStats::default(),
         }
     }
@@ -407,6 +416,13 @@ impl Session {
         self.expiry_secs = accepted.expiry_secs;
         self.will = accepted.will.clone().map(Box::new);
         self.conn = Some(accepted.params);
+        // A new connection starts with no topic aliases in either direction (MQTT-3.3.2-7).
+        self.aliases_in = InboundAliases::default();
+        self.aliases_out = OutboundAliases::new(if accepted.protocol.is_v5() {
+            accepted.params.topic_alias_max
+        } else {
+            0
+        });
         let protocol = self.protocol;
         // A PUBLISH too large for this connection is discarded as if it had been sent
         // (MQTT-3.1.2-25); the previous connection may have allowed larger packets.
@@ -419,7 +435,7 @@ impl Session {
         for out in &self.inflight {
             match out.state {
                 OutState::Published => {
-                    write_publish(protocol, &out.item, out.pkid, true, now, wire);
+                    write_publish(protocol, &out.item, out.pkid, true, now, None, wire);
                 }
                 OutState::Released => {
                     encode(&pubrel(out.pkid, ReasonCode::SUCCESS), protocol, wire)
@@ -432,6 +448,8 @@ impl Session {
     /// The connection went away. Subscriptions, inflight and queued messages stay.
     pub fn detach(&mut self) {
         self.conn = None;
+        self.aliases_in = InboundAliases::default();
+        self.aliases_out = OutboundAliases::default();
     }
 
     /// Handles one packet from the connected client.
@@ -561,12 +579,29 @@ impl Session {
         actions: &mut Vec<Action>,
     ) -> Result<(), Close> {
         let protocol = self.protocol;
-        if publish.properties.topic_alias.is_some() {
-            // Topic Alias Maximum is announced as 0 (MQTT-3.3.2-9).
-            return Err(Close::new(
-                ReasonCode::TOPIC_ALIAS_INVALID,
-                "topic alias above Topic Alias Maximum 0",
-            ));
+        let mut publish = publish;
+        // Aliases are resolved first: validation and routing see the real topic.
+        let alias = publish.properties.topic_alias;
+        let max_alias = if protocol.is_v5() {
+            limits.max_topic_alias
+        } else {
+            0
+        };
+        match self.aliases_in.resolve(&publish.topic, alias, max_alias) {
+            Ok(topic) => publish.topic = topic,
+            Err(AliasError::Invalid) => {
+                // MQTT-3.3.2-8, -9: 0 or above the Topic Alias Maximum we announced.
+                return Err(Close::new(
+                    ReasonCode::TOPIC_ALIAS_INVALID,
+                    "topic alias 0 or above Topic Alias Maximum",
+                ));
+            }
+            Err(AliasError::Unknown) => {
+                return Err(Close::new(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "empty topic with an unknown topic alias",
+                ))
+            }
         }
         match validate_topic_name(&publish.topic, limits.max_topic_levels) {
             Ok(()) => {}
@@ -754,14 +789,14 @@ impl Session {
         let (Some(conn), Some(wire)) = (self.conn, wire) else {
             return self.enqueue(item, limits);
         };
-        if too_large(self.protocol, &item, now, conn.max_packet_size) {
+        if too_large(self.protocol, &item, now, self.send_max(conn)) {
             return self.dropped(DropReason::TooLarge);
         }
         if qos == QoS::AtMostOnce {
             if wire.len() >= limits.max_write_buffer_bytes {
                 return self.dropped(DropReason::WriteBufferFull);
             }
-            write_publish(self.protocol, &item, 0, false, now, wire);
+            self.write_new(now, &item, 0, wire);
             return Delivery::Sent;
         }
         if !self.queue.is_empty() || self.inflight.len() >= self.window(limits) {
@@ -769,6 +804,21 @@ impl Session {
         }
         self.send_inflight(now, item, wire);
         Delivery::Sent
+    }
+
+    /// Writes the first transmission of `item`, with a topic alias where the client takes them.
+    fn write_new(&mut self, now: Instant, item: &Queued, pkid: u16, wire: &mut BytesMut) {
+        let aliases = Some(&mut self.aliases_out);
+        write_publish(self.protocol, item, pkid, false, now, aliases, wire);
+    }
+
+    /// The client's Maximum Packet Size less what a topic alias property may add.
+    fn send_max(&self, conn: ConnParams) -> u32 {
+        if conn.max_packet_size == u32::MAX {
+            return u32::MAX;
+        }
+        conn.max_packet_size
+            .saturating_sub(self.aliases_out.overhead() as u32)
     }
 
     fn window(&self, limits: &Limits) -> usize {
@@ -807,7 +857,7 @@ impl Session {
 
     fn send_inflight(&mut self, now: Instant, item: Queued, wire: &mut BytesMut) {
         let pkid = self.next_free_pkid();
-        write_publish(self.protocol, &item, pkid, false, now, wire);
+        self.write_new(now, &item, pkid, wire);
         self.inflight.push_back(Outgoing {
             pkid,
             state: OutState::Published,
@@ -823,12 +873,12 @@ impl Session {
                 self.stats.dropped += 1;
                 continue;
             }
-            if too_large(self.protocol, &item, now, conn.max_packet_size) {
+            if too_large(self.protocol, &item, now, self.send_max(conn)) {
                 self.stats.dropped += 1;
                 continue;
             }
             if item.qos == QoS::AtMostOnce {
-                write_publish(self.protocol, &item, 0, false, now, wire);
+                self.write_new(now, &item, 0, wire);
                 continue;
             }
             if self.inflight.len() >= self.window(limits) {
@@ -915,19 +965,27 @@ fn outgoing_publish(
     }
 }
 
+/// Writes the PUBLISH for `item`. With `aliases`, the topic is replaced by an alias the client
+/// knows (or sent along with a new one); resends pass `None` and carry the full topic.
 fn write_publish(
     protocol: Protocol,
     item: &Queued,
     pkid: u16,
     dup: bool,
     now: Instant,
+    aliases: Option<&mut OutboundAliases>,
     wire: &mut BytesMut,
 ) {
-    encode_publish(
-        &outgoing_publish(protocol, item, pkid, dup, now),
-        protocol,
-        wire,
-    );
+    let mut publish = outgoing_publish(protocol, item, pkid, dup, now);
+    match aliases.map_or(OutAlias::None, |a| a.alias_for(&publish.topic)) {
+        OutAlias::None => {}
+        OutAlias::Assign(alias) => publish.properties.topic_alias = Some(alias),
+        OutAlias::Reuse(alias) => {
+            publish.properties.topic_alias = Some(alias);
+            publish.topic = ByteStr::default();
+        }
+    }
+    encode_publish(&publish, protocol, wire);
 }
 
 /// Whether the PUBLISH for `item` exceeds the client's Maximum Packet Size. Clients that set

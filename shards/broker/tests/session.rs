@@ -346,7 +346,7 @@ fn v5_empty_client_id_is_assigned_and_announced() {
     assert_eq!(p.receive_maximum, Some(limits.max_awaiting_rel));
     assert_eq!(p.maximum_packet_size, Some(limits.max_packet_size));
     assert_eq!(p.retain_available, Some(true));
-    assert_eq!(p.topic_alias_maximum, Some(0));
+    assert_eq!(p.topic_alias_maximum, Some(limits.max_topic_alias));
     assert_eq!(p.shared_subscription_available, Some(false));
     assert_eq!(p.server_keep_alive, None);
     assert_eq!(p.session_expiry_interval, None);
@@ -486,6 +486,7 @@ fn read_timeout_is_one_and_a_half_keep_alives() {
         keep_alive_secs,
         receive_maximum: 10,
         max_packet_size: 1000,
+        topic_alias_max: 0,
     };
     assert_eq!(params(0).read_timeout(), None);
     assert_eq!(params(1).read_timeout(), Some(Duration::from_millis(1500)));
@@ -695,15 +696,130 @@ fn publish_to_an_invalid_topic_closes() {
     );
 }
 
+fn aliased(topic: &str, alias: u16) -> Packet {
+    let mut p = inbound(QoS::AtMostOnce, 0, topic, b"x");
+    p.properties.topic_alias = Some(alias);
+    Packet::Publish(p)
+}
+
+fn routed_topic(actions: &[Action]) -> String {
+    match actions {
+        [Action::Publish(m)] => {
+            assert_eq!(m.properties.topic_alias, None, "aliases are not forwarded");
+            m.topic.to_string()
+        }
+        other => panic!("expected one Publish action, got {other:?}"),
+    }
+}
+
 #[test]
-fn publish_with_a_topic_alias_closes() {
+fn topic_alias_is_resolved_before_routing() {
+    let mut c = Client::new(Protocol::V5, limits_with(|l| l.max_topic_alias = 4));
+    assert_eq!(routed_topic(&c.handle_ok(aliased("a/b", 4))), "a/b");
+    assert_eq!(routed_topic(&c.handle_ok(aliased("", 4))), "a/b");
+    assert_eq!(routed_topic(&c.handle_ok(aliased("c", 4))), "c", "remap");
+    assert_eq!(routed_topic(&c.handle_ok(aliased("", 4))), "c");
+}
+
+#[test]
+fn topic_alias_zero_or_above_the_maximum_closes_with_0x94() {
+    for (max, alias) in [(4, 0), (4, 5), (0, 1)] {
+        let mut c = Client::new(Protocol::V5, limits_with(|l| l.max_topic_alias = max));
+        assert_eq!(
+            c.closes(aliased("a", alias)),
+            ReasonCode::TOPIC_ALIAS_INVALID,
+            "max {max} alias {alias}"
+        );
+    }
+}
+
+#[test]
+fn empty_topic_with_an_unknown_alias_is_a_protocol_error() {
     let mut c = Client::new(Protocol::V5, Limits::default());
-    let mut p = inbound(QoS::AtLeastOnce, 1, "a", b"x");
-    p.properties.topic_alias = Some(1);
+    assert_eq!(c.closes(aliased("", 1)), ReasonCode::PROTOCOL_ERROR);
+}
+
+#[test]
+fn aliased_topic_is_still_validated() {
+    let mut c = Client::new(Protocol::V5, Limits::default());
+    assert_eq!(c.closes(aliased("a/+", 1)), ReasonCode::TOPIC_NAME_INVALID);
+}
+
+#[test]
+fn inbound_aliases_do_not_survive_a_reconnect() {
+    let mut c = Client::new(Protocol::V5, Limits::default());
+    c.handle_ok(aliased("a", 1));
+    c.session.detach();
+    c.reattach(connect(Protocol::V5, "c1"));
+    assert_eq!(c.closes(aliased("", 1)), ReasonCode::PROTOCOL_ERROR);
+}
+
+fn connect_with_alias_max(max: u16) -> Connect {
+    let mut c = connect(Protocol::V5, "c1");
+    c.properties.topic_alias_maximum = Some(max);
+    c
+}
+
+#[test]
+fn outgoing_topics_get_aliases_up_to_the_client_maximum() {
+    let mut c = Client::with(connect_with_alias_max(1), Limits::default());
+    c.deliver(&message("x/1", b"a"), QoS::AtMostOnce);
+    c.deliver(&message("x/1", b"b"), QoS::AtLeastOnce);
+    c.deliver(&message("x/2", b"c"), QoS::AtMostOnce);
+    c.deliver(&message("x/2", b"d"), QoS::AtMostOnce);
+    let sent: Vec<(String, Option<u16>)> = c
+        .sent_publishes()
+        .into_iter()
+        .map(|p| (p.topic.to_string(), p.properties.topic_alias))
+        .collect();
     assert_eq!(
-        c.closes(Packet::Publish(p)),
-        ReasonCode::TOPIC_ALIAS_INVALID
+        sent,
+        [
+            ("x/1".to_string(), Some(1)),
+            (String::new(), Some(1)),
+            ("x/2".to_string(), Some(1)),
+            (String::new(), Some(1)),
+        ]
     );
+}
+
+#[test]
+fn no_outgoing_aliases_without_a_client_maximum_or_on_3_1_1() {
+    for mut c in [
+        Client::new(Protocol::V5, Limits::default()),
+        Client::new(Protocol::V3_1_1, Limits::default()),
+    ] {
+        c.deliver(&message("x/1", b"a"), QoS::AtMostOnce);
+        c.deliver(&message("x/1", b"b"), QoS::AtMostOnce);
+        for p in c.sent_publishes() {
+            assert_eq!(p.topic.as_str(), "x/1");
+            assert_eq!(p.properties.topic_alias, None);
+        }
+    }
+}
+
+#[test]
+fn resend_after_reconnect_carries_the_full_topic() {
+    let mut c = Client::with(connect_with_alias_max(10), Limits::default());
+    c.deliver(&message("x/1", b"a"), QoS::AtLeastOnce);
+    c.deliver(&message("x/1", b"b"), QoS::AtLeastOnce);
+    let first = c.sent_publishes();
+    assert_eq!(first[1].topic.as_str(), "", "second send uses the alias");
+    c.session.detach();
+    c.reattach(connect_with_alias_max(10));
+    let resent = c.sent_publishes();
+    assert_eq!(resent.len(), 2);
+    for p in &resent {
+        assert!(p.dup);
+        assert_eq!(p.topic.as_str(), "x/1", "a resend names its topic");
+        assert_eq!(p.properties.topic_alias, None);
+    }
+    // The new connection's table starts empty: the next send assigns again.
+    c.handle_ok(Packet::PubAck(ack(resent[0].pkid)));
+    c.deliver(&message("x/1", b"c"), QoS::AtMostOnce);
+    let p = c.sent_one_publish();
+    assert_eq!(p.topic.as_str(), "x/1");
+    assert_eq!(p.properties.topic_alias, Some(1));
 }
 
 #[test]

@@ -412,10 +412,12 @@ property_set!(ConnAckProperties, "CONNACK", {
     USER_PROPERTY => user_properties: User,
 });
 
+// Topic Alias 0 decodes: the receiver refuses it with 0x94 Topic Alias invalid (MQTT-3.3.2-8),
+// which is the session's call, not a malformed packet.
 property_set!(PublishProperties, "PUBLISH", {
     PAYLOAD_FORMAT_INDICATOR => payload_format_indicator: Flag,
     MESSAGE_EXPIRY_INTERVAL => message_expiry_interval: U32,
-    TOPIC_ALIAS => topic_alias: U16NonZero,
+    TOPIC_ALIAS => topic_alias: U16,
     RESPONSE_TOPIC => response_topic: Str,
     CORRELATION_DATA => correlation_data: Bin,
     SUBSCRIPTION_IDENTIFIER => subscription_identifiers: SubIds,
