@@ -6,7 +6,11 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use shardmq_codec::{ByteStr, Connect, Packet, Protocol, Publish, PublishProperties, QoS as Q};
+use shardmq_codec::{
+    ByteStr, Connect, Disconnect, LastWill, Packet, Protocol, Publish, PublishProperties, QoS as Q,
+    ReasonCode, WillProperties,
+};
+use std::time::{Duration, Instant};
 
 /// A QoS 0 PUBLISH with `topic` (possibly empty) and `alias`.
 fn aliased(topic: &str, alias: Option<u16>, payload: &'static [u8]) -> Packet {
@@ -191,4 +195,127 @@ async fn v3_clients_never_get_aliases() {
         assert_eq!(p.topic.as_str(), "v3/t");
         assert_eq!(&p.payload[..], payload);
     }
+}
+
+// ---- will delay ---------------------------------------------------------------------------
+
+/// A v5 CONNECT with a QoS 1 will on `topic` delayed by `delay_secs`, and a session expiry.
+fn with_will(client_id: &str, topic: &str, delay_secs: u32, expiry_secs: u32) -> Connect {
+    let mut c = connect_packet(Protocol::V5, client_id, false, 0);
+    c.properties.session_expiry_interval = Some(expiry_secs);
+    c.will = Some(LastWill {
+        topic: ByteStr::from(topic),
+        payload: Bytes::from_static(b"gone"),
+        qos: Q::AtLeastOnce,
+        retain: false,
+        properties: WillProperties {
+            will_delay_interval: Some(delay_secs),
+            ..Default::default()
+        },
+    });
+    c
+}
+
+/// A subscriber to `topic`.
+async fn watcher(broker: &Broker, client_id: &str, topic: &str) -> Raw {
+    let (mut raw, _) = Raw::connect(broker.port, Protocol::V5, client_id, true).await;
+    assert_eq!(raw.subscribe(1, &[(topic, Q::AtLeastOnce)]).await, vec![1]);
+    raw
+}
+
+/// Waits for the will on the watcher; returns how long it took.
+async fn will_arrives(watcher: &mut Raw, within: Duration) -> Duration {
+    let t0 = Instant::now();
+    match watcher.next(within).await {
+        Next::Packet(Packet::Publish(p)) => assert_eq!(&p.payload[..], b"gone"),
+        other => panic!("expected the will within {within:?}, got {other:?}"),
+    }
+    t0.elapsed()
+}
+
+#[tokio::test]
+async fn will_is_published_after_its_delay() {
+    let broker = Broker::start();
+    let mut w = watcher(&broker, "wd-watch", "wd/1").await;
+    let (client, _) = Raw::connect_with(broker.port, with_will("wd-1", "wd/1", 2, 60)).await;
+    drop(client);
+    let waited = will_arrives(&mut w, Duration::from_secs(5)).await;
+    assert!(
+        waited >= Duration::from_millis(1700),
+        "will published after {waited:?}, before its 2 s delay"
+    );
+}
+
+#[tokio::test]
+async fn session_expiry_shorter_than_the_delay_publishes_the_will_when_the_session_ends() {
+    let broker = Broker::start();
+    let mut w = watcher(&broker, "wd-exp-watch", "wd/exp").await;
+    let (client, _) = Raw::connect_with(broker.port, with_will("wd-exp", "wd/exp", 60, 1)).await;
+    drop(client);
+    let waited = will_arrives(&mut w, Duration::from_secs(4)).await;
+    assert!(waited >= Duration::from_millis(700), "after {waited:?}");
+
+    // Session expiry 0: the session ends with the connection, so the will goes at once.
+    let (client, _) = Raw::connect_with(broker.port, with_will("wd-exp0", "wd/exp", 60, 0)).await;
+    drop(client);
+    let waited = will_arrives(&mut w, Duration::from_secs(1)).await;
+    assert!(waited < Duration::from_millis(700), "after {waited:?}");
+}
+
+#[tokio::test]
+async fn a_reconnect_before_the_delay_cancels_the_will() {
+    let broker = Broker::start();
+    let mut w = watcher(&broker, "wd-re-watch", "wd/re/+").await;
+    // Several clients, so that with two shards some reconnects land on the other shard.
+    let mut resumed = Vec::new();
+    for i in 0..6 {
+        let id = format!("wd-re-{i}");
+        let topic = format!("wd/re/{i}");
+        let (client, _) = Raw::connect_with(broker.port, with_will(&id, &topic, 2, 60)).await;
+        drop(client);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut again = connect_packet(Protocol::V5, &id, false, 0);
+        again.properties.session_expiry_interval = Some(60);
+        let (raw, ack) = Raw::connect_with(broker.port, again).await;
+        assert!(ack.session_present);
+        resumed.push(raw);
+    }
+    w.expect_silence(Duration::from_secs(3)).await;
+
+    // Clean Start ends the session, and with it the wait: the will goes at once.
+    let (client, _) =
+        Raw::connect_with(broker.port, with_will("wd-clean", "wd/re/c", 30, 60)).await;
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (_raw, ack) = Raw::connect_with(broker.port, v5("wd-clean")).await;
+    assert!(!ack.session_present);
+    let waited = will_arrives(&mut w, Duration::from_secs(2)).await;
+    assert!(waited < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn takeover_of_a_live_connection_keeps_a_delayed_will_back() {
+    let broker = Broker::start();
+    let mut w = watcher(&broker, "wd-take-watch", "wd/take").await;
+    let (_old, _) = Raw::connect_with(broker.port, with_will("wd-take", "wd/take", 1, 60)).await;
+    let mut again = connect_packet(Protocol::V5, "wd-take", false, 0);
+    again.properties.session_expiry_interval = Some(60);
+    let (_new, ack) = Raw::connect_with(broker.port, again).await;
+    assert!(ack.session_present);
+    w.expect_silence(Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn disconnect_with_will_publishes_it_after_the_delay() {
+    let broker = Broker::start();
+    let mut w = watcher(&broker, "wd-dc-watch", "wd/dc").await;
+    let (mut client, _) = Raw::connect_with(broker.port, with_will("wd-dc", "wd/dc", 1, 60)).await;
+    client
+        .send(&Packet::Disconnect(Disconnect {
+            reason: ReasonCode::DISCONNECT_WITH_WILL_MESSAGE,
+            properties: Default::default(),
+        }))
+        .await;
+    let waited = will_arrives(&mut w, Duration::from_secs(4)).await;
+    assert!(waited >= Duration::from_millis(700), "after {waited:?}");
 }

@@ -11,6 +11,7 @@ pub mod retain;
 pub mod session;
 pub mod topic;
 pub mod trie;
+pub mod will;
 
 pub use limits::Limits;
 pub use message::Message;

@@ -12,10 +12,11 @@ use shardmq_broker::session::{
     Delivery, Session, Subscription, EXPIRY_NEVER,
 };
 use shardmq_broker::trie::SubscriptionTrie;
+use shardmq_broker::will::{will_delay, DelayedWills};
 use shardmq_broker::{Limits, Message};
 use shardmq_codec::{
-    encode, ByteStr, Connect, Packet, Protocol, PublishProperties, QoS, ReasonCode, RetainHandling,
-    SubAck,
+    encode, ByteStr, Connect, LastWill, Packet, Protocol, PublishProperties, QoS, ReasonCode,
+    RetainHandling, SubAck,
 };
 use slab::Slab;
 use smallvec::SmallVec;
@@ -135,6 +136,8 @@ pub(crate) struct Shard {
     route_syncs: ahash::AHashMap<u64, RouteSync>,
     connect_syncs: ahash::AHashMap<u64, ConnectSync>,
     offline: BTreeSet<(Instant, SessionKey, u64)>,
+    /// Wills waiting for their Will Delay Interval, by client id.
+    delayed_wills: DelayedWills<LastWill>,
     next_token: u64,
     next_conn_id: u64,
     /// Messages for other shards, per destination, sent in batches by the flusher.
@@ -178,6 +181,7 @@ impl Shard {
             route_syncs: Default::default(),
             connect_syncs: Default::default(),
             offline: BTreeSet::new(),
+            delayed_wills: DelayedWills::default(),
             next_token: 0,
             next_conn_id: 0,
             outbox: (0..nshards).map(|_| Vec::new()).collect(),
@@ -298,9 +302,8 @@ impl Shard {
         };
         let expiry = slot.session.expiry_secs();
         if let Some(will) = will {
-            let msg = will_message(will, slot.session.client_id().clone(), now);
-            debug!(shard = self.id, client_id = %msg.publisher, "publishing will");
-            self.route(now, Arc::new(msg));
+            let client_id = slot.session.client_id().clone();
+            self.publish_will_after(now, client_id, will, expiry);
         }
         if expiry == 0 {
             self.end_session(skey);
@@ -356,8 +359,42 @@ impl Shard {
         slot.session
     }
 
-    /// Expires offline sessions whose time has come.
+    /// Publishes `will` now, or after its Will Delay Interval cut to the session expiry
+    /// `expiry_secs` (MQTT 5.0 §3.1.3.2.2); a reconnect before then cancels it (`takeover`).
+    fn publish_will_after(
+        &mut self,
+        now: Instant,
+        client_id: ByteStr,
+        will: LastWill,
+        expiry_secs: u32,
+    ) {
+        let delay_secs = will.properties.will_delay_interval.unwrap_or(0);
+        match will_delay(delay_secs, expiry_secs) {
+            None => self.publish_will(now, client_id, will),
+            Some(delay) => {
+                debug!(shard = self.id, client_id = %client_id, ?delay, "will delayed");
+                let replaced = self
+                    .delayed_wills
+                    .schedule(client_id.clone(), now + delay, will);
+                if let Some(old) = replaced {
+                    self.publish_will(now, client_id, old);
+                }
+            }
+        }
+    }
+
+    fn publish_will(&mut self, now: Instant, client_id: ByteStr, will: LastWill) {
+        let msg = will_message(will, client_id, now);
+        debug!(shard = self.id, client_id = %msg.publisher, "publishing will");
+        self.route(now, Arc::new(msg));
+    }
+
+    /// Expires offline sessions whose time has come, after publishing the delayed wills that
+    /// are due (a will is never due later than its session's end).
     pub(crate) fn expire_sessions(&mut self, now: Instant) {
+        while let Some((client_id, will)) = self.delayed_wills.pop_due(now) {
+            self.publish_will(now, client_id, will);
+        }
         while let Some(&(at, skey, token)) = self.offline.first() {
             if at > now {
                 break;
@@ -896,12 +933,25 @@ impl Shard {
                             why: "taken over",
                         },
                     );
-                    // The old connection ends abnormally from the client's view: its will goes.
+                    // The old connection ends abnormally from the client's view: its will goes,
+                    // unless the session continues (no Clean Start) and the will has a delay
+                    // (MQTT 5.0 §3.1.3.2.2).
                     let will = self.sessions[skey].session.take_will();
                     let conn = &mut self.conns[ckey];
                     conn.session = None;
                     if let Some(will) = will {
-                        self.route(now, Arc::new(will_message(will, client_id.clone(), now)));
+                        if discard || will.properties.will_delay_interval.unwrap_or(0) == 0 {
+                            self.publish_will(now, client_id.clone(), will);
+                        }
+                    }
+                }
+                // The client is back before its delayed will went out: cancelled, unless the
+                // session ends here (Clean Start), which publishes it.
+                if let Some(will) = self.delayed_wills.cancel(&client_id) {
+                    if discard {
+                        self.publish_will(now, client_id.clone(), will);
+                    } else {
+                        debug!(shard = self.id, client_id = %client_id, "delayed will cancelled");
                     }
                 }
                 let mut session = self.extract_session(skey);
@@ -1067,7 +1117,7 @@ impl Shard {
 }
 
 /// The message a will becomes when it is published.
-fn will_message(will: shardmq_codec::LastWill, publisher: ByteStr, now: Instant) -> Message {
+fn will_message(will: LastWill, publisher: ByteStr, now: Instant) -> Message {
     let p = will.properties;
     Message {
         topic: will.topic,
