@@ -9,6 +9,7 @@ pub mod limits;
 pub mod message;
 pub mod retain;
 pub mod session;
+pub mod shared;
 pub mod topic;
 pub mod trie;
 pub mod will;

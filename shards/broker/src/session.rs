@@ -11,6 +11,7 @@
 use crate::alias::{AliasError, InboundAliases, OutAlias, OutboundAliases};
 use crate::limits::Limits;
 use crate::message::Message;
+use crate::shared;
 use crate::topic::{validate_topic_filter, validate_topic_name, TopicError};
 use bytes::BytesMut;
 use shardmq_codec::{
@@ -242,7 +243,7 @@ pub fn connack_for(accepted: &Accepted, session_present: bool, limits: &Limits) 
         properties.topic_alias_maximum = Some(limits.max_topic_alias);
         properties.wildcard_subscription_available = Some(true);
         properties.subscription_identifiers_available = Some(true);
-        properties.shared_subscription_available = Some(false);
+        properties.shared_subscription_available = Some(true);
         if accepted.assigned {
             properties.assigned_client_identifier = Some(accepted.client_id.clone());
         }
@@ -298,6 +299,9 @@ struct Queued {
     qos: QoS,
     retain: bool,
     sub_ids: SmallVec<[u32; 1]>,
+    /// The shared subscription (`$share/...` filter) that chose this session, if one did: the
+    /// message goes back to its group if the session ends before the client has it.
+    shared: Option<ByteStr>,
 }
 
 /// Counters a session keeps for the shard's metrics.
@@ -528,10 +532,7 @@ impl Session {
                 }
                 Ok(())
             }
-            Packet::Subscribe(sub) => {
-                self.handle_subscribe(sub, limits, actions);
-                Ok(())
-            }
+            Packet::Subscribe(sub) => self.handle_subscribe(sub, limits, actions),
             Packet::Unsubscribe(unsub) => {
                 self.handle_unsubscribe(unsub, wire, actions);
                 Ok(())
@@ -690,16 +691,31 @@ impl Session {
         Ok(())
     }
 
-    fn handle_subscribe(&mut self, sub: Subscribe, limits: &Limits, actions: &mut Vec<Action>) {
+    fn handle_subscribe(
+        &mut self,
+        sub: Subscribe,
+        limits: &Limits,
+        actions: &mut Vec<Action>,
+    ) -> Result<(), Close> {
+        if sub
+            .filters
+            .iter()
+            .any(|f| f.options.no_local && shared::is_shared(&f.filter))
+        {
+            // MQTT-3.8.3-4.
+            return Err(Close::new(
+                ReasonCode::PROTOCOL_ERROR,
+                "No Local on a shared subscription",
+            ));
+        }
         let mut reasons = Vec::with_capacity(sub.filters.len());
         let id = sub.properties.subscription_identifier;
         for f in sub.filters {
-            let reason = if f.filter.starts_with("$share/") || f.filter.starts_with("$queue/") {
-                failure(
-                    self.protocol,
-                    ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED,
-                )
-            } else if validate_topic_filter(&f.filter, limits.max_topic_levels).is_err() {
+            let valid = match shared::parse_shared(&f.filter, limits.max_topic_levels) {
+                Some(parsed) => parsed.is_ok(),
+                None => validate_topic_filter(&f.filter, limits.max_topic_levels).is_ok(),
+            };
+            let reason = if !valid {
                 failure(self.protocol, ReasonCode::TOPIC_FILTER_INVALID)
             } else {
                 let existed = self.subscriptions.contains_key(&f.filter);
@@ -730,6 +746,7 @@ impl Session {
             reasons,
             properties: Default::default(),
         }));
+        Ok(())
     }
 
     fn handle_unsubscribe(
@@ -777,6 +794,59 @@ impl Session {
         limits: &Limits,
         wire: Option<&mut BytesMut>,
     ) -> Delivery {
+        self.deliver_tagged(now, msg, qos, retain, sub_ids, None, limits, wire)
+    }
+
+    /// Delivers a message that the shared subscription `filter` (`$share/...`) chose this
+    /// session for, at `qos` (the minimum of the message's and the subscription's). Until the
+    /// client has it, [`Session::take_shared_pending`] can give it back to the group.
+    #[allow(clippy::too_many_arguments)] // as `deliver`
+    pub fn deliver_shared(
+        &mut self,
+        now: Instant,
+        msg: &Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        sub_ids: &[u32],
+        filter: &ByteStr,
+        limits: &Limits,
+        wire: Option<&mut BytesMut>,
+    ) -> Delivery {
+        let shared = Some(filter.clone());
+        self.deliver_tagged(now, msg, qos, retain, sub_ids, shared, limits, wire)
+    }
+
+    /// Takes back the QoS 1/2 messages shared subscriptions chose this session for that the
+    /// client does not have yet: queued ones, and inflight ones not acknowledged (a QoS 2
+    /// message the client answered with PUBREC stays). For a session that ends, so that its
+    /// group can give them to another member. Returns (shared filter, message) pairs.
+    pub fn take_shared_pending(&mut self) -> Vec<(ByteStr, Arc<Message>)> {
+        let mut taken = Vec::new();
+        let mut take = |item: &Queued| match &item.shared {
+            Some(filter) if item.qos != QoS::AtMostOnce => {
+                taken.push((filter.clone(), item.msg.clone()));
+                false
+            }
+            _ => true,
+        };
+        self.inflight
+            .retain(|out| out.state == OutState::Released || take(&out.item));
+        self.queue.retain(|item| take(item));
+        taken
+    }
+
+    #[allow(clippy::too_many_arguments)] // as `deliver`
+    fn deliver_tagged(
+        &mut self,
+        now: Instant,
+        msg: &Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        sub_ids: &[u32],
+        shared: Option<ByteStr>,
+        limits: &Limits,
+        wire: Option<&mut BytesMut>,
+    ) -> Delivery {
         if msg.is_expired(now) {
             return self.dropped(DropReason::Expired);
         }
@@ -785,6 +855,7 @@ impl Session {
             qos,
             retain,
             sub_ids: SmallVec::from_slice(sub_ids),
+            shared,
         };
         let (Some(conn), Some(wire)) = (self.conn, wire) else {
             return self.enqueue(item, limits);

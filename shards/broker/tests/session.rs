@@ -347,7 +347,7 @@ fn v5_empty_client_id_is_assigned_and_announced() {
     assert_eq!(p.maximum_packet_size, Some(limits.max_packet_size));
     assert_eq!(p.retain_available, Some(true));
     assert_eq!(p.topic_alias_maximum, Some(limits.max_topic_alias));
-    assert_eq!(p.shared_subscription_available, Some(false));
+    assert_eq!(p.shared_subscription_available, Some(true));
     assert_eq!(p.server_keep_alive, None);
     assert_eq!(p.session_expiry_interval, None);
 
@@ -1344,12 +1344,12 @@ fn subscribe_grants_the_requested_qos_and_keeps_the_identifier() {
 }
 
 #[test]
-fn invalid_and_shared_filters_are_refused_one_by_one() {
+fn invalid_filters_are_refused_one_by_one() {
     let filters = [
         ("a/#/b", QoS::AtLeastOnce),
         ("a/b+", QoS::AtLeastOnce),
         ("", QoS::AtLeastOnce),
-        ("$share/g/a", QoS::AtLeastOnce),
+        ("$share/g/", QoS::AtLeastOnce),
         ("ok/#", QoS::AtLeastOnce),
     ];
     let mut c = Client::new(Protocol::V5, Limits::default());
@@ -1360,7 +1360,7 @@ fn invalid_and_shared_filters_are_refused_one_by_one() {
             ReasonCode::TOPIC_FILTER_INVALID,
             ReasonCode::TOPIC_FILTER_INVALID,
             ReasonCode::TOPIC_FILTER_INVALID,
-            ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED,
+            ReasonCode::TOPIC_FILTER_INVALID,
             ReasonCode::GRANTED_QOS_1,
         ]
     );
@@ -1379,6 +1379,133 @@ fn invalid_and_shared_filters_are_refused_one_by_one() {
             ReasonCode::GRANTED_QOS_1,
         ]
     );
+}
+
+#[test]
+fn shared_subscriptions_are_granted_to_v5_and_v311_clients() {
+    for protocol in [Protocol::V5, Protocol::V3_1_1] {
+        let filters = [
+            ("$share/g/a/+", QoS::AtLeastOnce),
+            ("$queue/q", QoS::ExactlyOnce),
+            ("$share/other/#", QoS::AtMostOnce),
+        ];
+        let mut c = Client::new(protocol, Limits::default());
+        let actions = c.handle_ok(subscribe(1, &filters, None));
+        assert_eq!(
+            suback(&actions).reasons,
+            vec![
+                ReasonCode::GRANTED_QOS_1,
+                ReasonCode::GRANTED_QOS_2,
+                ReasonCode::SUCCESS
+            ],
+            "{protocol:?}"
+        );
+        let subscribed: Vec<&str> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Subscribe { filter, .. } => Some(filter.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            subscribed,
+            vec!["$share/g/a/+", "$queue/q", "$share/other/#"]
+        );
+        let actions = c.handle_ok(unsubscribe(2, &["$queue/q"]));
+        assert!(
+            matches!(&actions[..], [Action::Unsubscribe { filter }] if filter.as_str() == "$queue/q")
+        );
+    }
+}
+
+#[test]
+fn malformed_shared_filters_are_refused_with_topic_filter_invalid() {
+    let filters = [
+        ("$share//a", QoS::AtLeastOnce),
+        ("$share/g+/a", QoS::AtLeastOnce),
+        ("$share/g", QoS::AtLeastOnce),
+        ("$share/g/", QoS::AtLeastOnce),
+        ("$queue/", QoS::AtLeastOnce),
+        ("$share/g/a/#/b", QoS::AtLeastOnce),
+    ];
+    let mut c = Client::new(Protocol::V5, Limits::default());
+    let actions = c.handle_ok(subscribe(1, &filters, None));
+    assert_eq!(
+        suback(&actions).reasons,
+        vec![ReasonCode::TOPIC_FILTER_INVALID; 6]
+    );
+    assert_eq!(c.session.subscriptions().count(), 0);
+}
+
+#[test]
+fn no_local_on_a_shared_subscription_is_a_protocol_error() {
+    // MQTT-3.8.3-4.
+    let mut c = Client::new(Protocol::V5, Limits::default());
+    let mut packet = subscribe(
+        1,
+        &[
+            ("plain", QoS::AtLeastOnce),
+            ("$share/g/t", QoS::AtLeastOnce),
+        ],
+        None,
+    );
+    let Packet::Subscribe(sub) = &mut packet else {
+        unreachable!()
+    };
+    sub.filters[1].options.no_local = true;
+    assert_eq!(c.closes(packet), ReasonCode::PROTOCOL_ERROR);
+    assert_eq!(c.session.subscriptions().count(), 0, "nothing subscribed");
+    // No Local on an ordinary subscription is fine.
+    let mut packet = subscribe(2, &[("plain", QoS::AtLeastOnce)], None);
+    let Packet::Subscribe(sub) = &mut packet else {
+        unreachable!()
+    };
+    sub.filters[0].options.no_local = true;
+    c.handle_ok(packet);
+}
+
+#[test]
+fn shared_messages_the_client_does_not_have_are_given_back() {
+    let mut c = Client::with(connect_with(Protocol::V5, Some(2), None), Limits::default());
+    let group = ByteStr::from("$share/g/t");
+    let shared = |c: &mut Client, payload: &[u8], qos: QoS| {
+        c.session.deliver_shared(
+            c.now,
+            &message("t", payload),
+            qos,
+            false,
+            &[],
+            &group,
+            &c.limits,
+            Some(&mut c.wire),
+        )
+    };
+    assert_eq!(shared(&mut c, b"s1", QoS::AtLeastOnce), Delivery::Sent);
+    assert_eq!(shared(&mut c, b"s2", QoS::ExactlyOnce), Delivery::Sent);
+    assert_eq!(shared(&mut c, b"s3", QoS::AtLeastOnce), Delivery::Queued);
+    assert_eq!(shared(&mut c, b"s4", QoS::AtMostOnce), Delivery::Sent);
+    assert_eq!(c.push(b"plain", QoS::AtLeastOnce), Delivery::Queued);
+    assert_eq!(shared(&mut c, b"s5", QoS::AtLeastOnce), Delivery::Queued);
+    let sent = c.sent_publishes();
+    assert_eq!(sent.len(), 3);
+    // s2 (QoS 2) is received by the client: it stays with this session.
+    c.handle_ok(Packet::PubRec(ack(2)));
+    c.sent();
+    let taken: Vec<(String, Vec<u8>)> = c
+        .session
+        .take_shared_pending()
+        .into_iter()
+        .map(|(f, m)| (f.to_string(), m.payload.to_vec()))
+        .collect();
+    let expect = |p: &[u8]| ("$share/g/t".to_owned(), p.to_vec());
+    assert_eq!(taken, vec![expect(b"s1"), expect(b"s3"), expect(b"s5")]);
+    assert_eq!(c.session.inflight_len(), 1, "the released QoS 2 message");
+    assert_eq!(
+        c.session.queued_len(),
+        1,
+        "the ordinary subscription's message"
+    );
+    assert!(c.session.take_shared_pending().is_empty());
 }
 
 #[test]
