@@ -15,6 +15,7 @@ use std::path::Path;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::cpus::CpuSpec;
+use shardmq_broker::shared::SharedStrategy;
 
 /// The documented example configuration, which is also the built-in defaults.
 pub const DEFAULTS_TOML: &str = include_str!("../config/shardmq.toml");
@@ -99,6 +100,28 @@ pub struct MqttConfig {
     /// Topic aliases a v5 client may set per connection (CONNACK Topic Alias Maximum), 0..=65535;
     /// 0 refuses aliases.
     pub max_topic_alias: u16,
+    /// How a shared subscription group (`$share/{group}/...`, `$queue/...`) picks the one
+    /// member each message goes to: "round_robin", "sticky", "hash_topic" or "hash_clientid".
+    #[serde(with = "shared_strategy")]
+    pub shared_strategy: SharedStrategy,
+}
+
+/// `mqtt.shared_strategy` as its configuration name.
+mod shared_strategy {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use shardmq_broker::shared::SharedStrategy;
+
+    pub(super) fn serialize<S: Serializer>(s: &SharedStrategy, to: S) -> Result<S::Ok, S::Error> {
+        to.serialize_str(s.as_str())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        from: D,
+    ) -> Result<SharedStrategy, D::Error> {
+        String::deserialize(from)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// `[shard]`.
@@ -587,6 +610,7 @@ mod tests {
         assert!(c.mqtt.retain_available);
         assert_eq!(c.mqtt.max_write_buffer_bytes, 1_048_576);
         assert_eq!(c.mqtt.max_topic_alias, 65535);
+        assert_eq!(c.mqtt.shared_strategy, SharedStrategy::RoundRobin);
         assert_eq!(c.shard.channel_capacity, 1024);
         assert_eq!(c.shard.batch_max, 256);
         assert_eq!(c.sys.interval_ms, 1000);
@@ -739,6 +763,21 @@ mod tests {
 
         let err = file_err_text("bad-section", "mqtt = 3\n");
         assert!(err.starts_with("mqtt: invalid type"), "{err}");
+
+        let err = err_text(None, &[("SHARDMQ_MQTT__SHARED_STRATEGY", "random")]);
+        assert!(err.starts_with("mqtt.shared_strategy: "), "{err}");
+        assert!(
+            err.contains("round_robin, sticky, hash_topic, hash_clientid"),
+            "{err}"
+        );
+        let c = load_from(
+            None,
+            env(&[("SHARDMQ_MQTT__SHARED_STRATEGY", "hash_clientid")]),
+        );
+        assert_eq!(
+            c.expect("hash_clientid accepted").mqtt.shared_strategy,
+            SharedStrategy::HashClientId
+        );
 
         let err = err_text(None, &[("SHARDMQ_LOG__FORMAT", "json")]);
         assert!(err.starts_with("log.format: "), "{err}");

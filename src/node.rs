@@ -51,6 +51,7 @@ pub(crate) fn runtime_config(config: &Config) -> anyhow::Result<RuntimeConfig> {
         max_connection_rate: config.listener.max_connection_rate,
         connect_timeout: Duration::from_millis(m.connect_timeout_ms),
         limits,
+        shared_strategy: m.shared_strategy,
         channel_capacity: config.shard.channel_capacity as usize,
         batch_max: config.shard.batch_max as usize,
         sys_interval: (config.sys.interval_ms > 0)

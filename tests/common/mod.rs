@@ -906,6 +906,31 @@ impl V5 {
     }
 }
 
+// ---- shards ---------------------------------------------------------------------------------
+
+/// A raw MQTT 5.0 connection known to be served by `shard`. The broker names a client that
+/// sends an empty identifier `shardmq-<shard>-<conn>-<n>`; connections are opened until the
+/// kernel's SO_REUSEPORT spreading lands one on `shard` (bounded).
+pub async fn connect_on_shard(port: u16, shard: usize) -> (Raw, String) {
+    for _ in 0..64 {
+        let (raw, ack) = Raw::connect_with(port, connect_packet(Protocol::V5, "", true, 0)).await;
+        let id = ack
+            .properties
+            .assigned_client_identifier
+            .expect("assigned client identifier")
+            .to_string();
+        let on: usize = id
+            .split('-')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("assigned id {id:?} does not name its shard"));
+        if on == shard {
+            return (raw, id);
+        }
+    }
+    panic!("64 connections and none on shard {shard}: SO_REUSEPORT spreading broken?");
+}
+
 // ---- $SYS -----------------------------------------------------------------------------------
 
 /// Reads the retained `$SYS/brokers/+/shards/+/connections` figures: shard id → connections.

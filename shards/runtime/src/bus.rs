@@ -2,6 +2,7 @@
 //! bounded channel mesh; one batch per destination per event-loop turn.
 
 use shardmq_broker::session::Session;
+use shardmq_broker::shared::{MemberCounts, SharedKey};
 use shardmq_broker::Message;
 use shardmq_codec::ByteStr;
 use std::sync::Arc;
@@ -75,6 +76,29 @@ pub(crate) enum ShardMsg {
         /// Token to acknowledge, when the subscriber's SUBACK waits for every replica.
         sync: Option<u64>,
     },
+    /// One message of a shared group for the receiving shard to give one of its members, or to
+    /// pass on to a shard that has one.
+    SharedPublish(Box<SharedPublish>),
+    /// `shard`'s members of a shared group are now `counts`; acknowledge with `RouteAck` if
+    /// `sync` (sent like `RouteAdd`, in order, so the latest counts win).
+    SharedRoute {
+        /// The group and its filter.
+        key: Box<SharedKey>,
+        /// Shard whose members these are.
+        shard: ShardId,
+        /// Its members online and offline.
+        counts: MemberCounts,
+        /// Token to acknowledge, when a SUBACK or CONNACK waits for every replica.
+        sync: Option<u64>,
+    },
+    /// To the shard itself: a member of the group ended before its client had `msg`; place it
+    /// again, with another member.
+    SharedRedispatch {
+        /// The group and its filter.
+        key: Box<SharedKey>,
+        /// The message.
+        msg: Arc<Message>,
+    },
     /// `shard` has no subscriber to `filter` any more.
     RouteDel {
         /// The filter.
@@ -140,6 +164,21 @@ pub(crate) enum ShardMsg {
         /// The previous session, if any and not discarded.
         session: Option<Box<Session>>,
     },
+}
+
+/// A message placed with a shared group, on its way to the shard of the member it goes to.
+#[derive(Debug)]
+pub(crate) struct SharedPublish {
+    /// The group and its filter.
+    pub(crate) key: SharedKey,
+    /// The message.
+    pub(crate) msg: Arc<Message>,
+    /// The member's slot among the shard's online (or, if not `online`, offline) members.
+    pub(crate) slot: u32,
+    /// The hash the strategy placed the message by (topic or publisher), for a further pick.
+    pub(crate) hash: u64,
+    /// Shards that found no member for it: never picked again, which bounds the hops.
+    pub(crate) tried: ShardSet,
 }
 
 /// A batch of messages for one destination.

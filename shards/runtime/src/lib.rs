@@ -49,6 +49,8 @@ pub struct RuntimeConfig {
     pub connect_timeout: Duration,
     /// Per-client MQTT limits.
     pub limits: Limits,
+    /// How a shared subscription's group picks the member for each message.
+    pub shared_strategy: shardmq_broker::shared::SharedStrategy,
     /// Batches in flight per shard pair.
     pub channel_capacity: usize,
     /// Messages per batch.

@@ -11,6 +11,7 @@ use shardmq_broker::session::{
     accept_connect, connack_for, connack_refusal, server_disconnect, Accepted, Action, Close,
     Delivery, Session, Subscription, EXPIRY_NEVER,
 };
+use shardmq_broker::shared::{is_shared, LocalGroup, SharedKey};
 use shardmq_broker::trie::SubscriptionTrie;
 use shardmq_broker::will::{will_delay, DelayedWills};
 use shardmq_broker::{Limits, Message};
@@ -26,6 +27,8 @@ use std::sync::Arc;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 use tracing::{debug, trace, warn};
+
+mod shared;
 
 /// Key of a connection in the shard's slab.
 pub(crate) type ConnKey = usize;
@@ -152,6 +155,11 @@ pub(crate) struct Shard {
     /// Shard-owned read buffer: idle connections hold none.
     pub(crate) read_scratch: Vec<u8>,
     match_scratch: Vec<(u32, Subscription)>,
+    /// This shard's members of each shared group, with the `$share/{group}/{filter}` name their
+    /// messages are tagged with.
+    shared_local: ahash::AHashMap<SharedKey, (ByteStr, LocalGroup)>,
+    /// Replica of every shard's members of each shared group, by filter.
+    shared_routes: SubscriptionTrie<shared::FilterGroups>,
     actions_scratch: Vec<Action>,
 }
 
@@ -193,6 +201,8 @@ impl Shard {
             stats: ShardStats::default(),
             read_scratch: vec![0; 64 * 1024],
             match_scratch: Vec::new(),
+            shared_local: Default::default(),
+            shared_routes: SubscriptionTrie::new(),
             actions_scratch: Vec::new(),
         }
     }
@@ -305,6 +315,9 @@ impl Shard {
             let client_id = slot.session.client_id().clone();
             self.publish_will_after(now, client_id, will, expiry);
         }
+        if expiry != 0 {
+            self.shared_set_online(skey, false);
+        }
         if expiry == 0 {
             self.end_session(skey);
         } else if expiry != EXPIRY_NEVER {
@@ -328,6 +341,7 @@ impl Shard {
         for filter in slot.session.clear_subscriptions() {
             self.trie_remove(&filter, skey);
         }
+        self.redispatch_shared(&mut slot.session);
         let owner = self.owner_of(&client_id);
         let me = self.id;
         self.send(
@@ -616,6 +630,8 @@ impl Shard {
         Self::wake_conn(conn);
         for (filter, sub, existed) in rs.retained {
             let send = match sub.options.retain_handling {
+                // A shared subscription gets no retained messages (MQTT 5.0 §4.8.2).
+                _ if is_shared(&filter) => false,
                 RetainHandling::OnSubscribe => true,
                 RetainHandling::OnNewSubscribe => !existed,
                 RetainHandling::Never => false,
@@ -637,7 +653,11 @@ impl Shard {
     // ---- routing -----------------------------------------------------------------------
 
     /// Adds a subscriber to the local trie. True if the filter is new on this shard.
+    /// A shared subscription joins its group instead: true if the group's members changed.
     fn trie_insert(&mut self, filter: &ByteStr, skey: SessionKey, sub: Subscription) -> bool {
+        if let Some(key) = SharedKey::of(filter) {
+            return self.shared_join(key, skey, sub);
+        }
         let set = self.subs.entry_or_insert_with(filter, SmallVec::new);
         let was_empty = set.is_empty();
         match set.iter_mut().find(|(k, _)| *k == skey as u32) {
@@ -649,6 +669,9 @@ impl Shard {
 
     /// Removes a subscriber; when the filter has none left here, tells every shard.
     fn trie_remove(&mut self, filter: &ByteStr, skey: SessionKey) {
+        if let Some(key) = SharedKey::of(filter) {
+            return self.shared_leave(key, skey);
+        }
         let Some(set) = self.subs.get_mut(filter) else {
             return;
         };
@@ -665,6 +688,9 @@ impl Shard {
     }
 
     fn announce_route(&mut self, filter: &ByteStr, sync: Option<u64>) {
+        if let Some(key) = SharedKey::of(filter) {
+            return self.announce_shared(key, sync);
+        }
         let me = self.id;
         for to in 0..self.nshards {
             let sync = if to == me { None } else { sync };
@@ -702,6 +728,9 @@ impl Shard {
             } else {
                 self.send(shard, ShardMsg::Publish(msg.clone()));
             }
+        }
+        if !self.shared_routes.is_empty() {
+            self.route_shared(now, &msg);
         }
     }
 
@@ -785,6 +814,19 @@ impl Shard {
     pub(crate) fn handle_msg(&mut self, now: Instant, msg: ShardMsg) {
         match msg {
             ShardMsg::Publish(m) => self.deliver_local(now, &m),
+            ShardMsg::SharedPublish(sp) => self.shared_deliver(now, *sp),
+            ShardMsg::SharedRoute {
+                key,
+                shard,
+                counts,
+                sync,
+            } => {
+                self.apply_shared_route(&key, shard, counts);
+                if let Some(token) = sync {
+                    self.send(shard, ShardMsg::RouteAck { token });
+                }
+            }
+            ShardMsg::SharedRedispatch { key, msg } => self.shared_dispatch(now, *key, msg),
             ShardMsg::RouteAdd {
                 filter,
                 shard,
@@ -956,6 +998,9 @@ impl Shard {
                 }
                 let mut session = self.extract_session(skey);
                 session.detach();
+                if discard {
+                    self.redispatch_shared(&mut session);
+                }
                 (!discard).then(|| Box::new(session))
             }
             None => None,
@@ -1065,6 +1110,7 @@ impl Shard {
             .attach(now, &accepted, &self.limits, &mut conn.out);
         Self::wake_conn(conn);
         debug!(shard = self.id, client_id = %accepted.client_id, session_present = cs.session_present, "client connected");
+        self.shared_set_online(cs.session, true);
     }
 
     /// A session whose connection died before CONNACK: it lives on offline, or ends now if it
