@@ -231,14 +231,18 @@ scenario_shared_subscription() {
 }
 
 scenario_topic_alias() {
-    local t="alias/$ver/t"
-    sub_bg "$work/sub" -q 1 -t "$t" -F "$fmt"
+    local t="alias/$ver/a/rather/long/topic/name"
+    # Client to broker only: libmosquitto 2.0.11 drops the connection ("protocol error") on an
+    # alias-only PUBLISH from the broker, so the subscriber does not allow aliases (-D connect
+    # topic-alias-maximum); MQTT.js and rumqttc cover the broker-to-client direction.
+    sub_bg "$work/sub" -q 1 -t "$t" -F 'MSG|%t|%p'
     # mosquitto_pub sends the topic with the alias the first time, then the alias alone.
     pub -d -q 1 -t "$t" -D publish topic-alias 1 --repeat 3 -m aliased >"$work/pub" 2>&1 ||
         fail "mosquitto_pub with a topic alias: $(cat "$work/pub")"
     grep -qE "sending PUBLISH \(d0, q1, r0, m3, '(\(null\))?'" "$work/pub" ||
         fail "mosquitto_pub did not send an alias-only PUBLISH: $(cat "$work/pub")"
-    wait_for "$work/sub" "^MSG\\|$t\\|" 3 || fail "expected 3 messages on $t: subscriber: $(cat "$work/sub"); publisher: $(cat "$work/pub")"
+    wait_for "$work/sub" "^MSG\\|$t\\|aliased$" 3 ||
+        fail "expected 3 messages on $t: subscriber: $(cat "$work/sub"); publisher: $(cat "$work/pub")"
 }
 
 scenario_message_expiry() {

@@ -296,19 +296,27 @@ scenario('v5', 'shared_subscription', async ({ open, id }) => {
 });
 
 scenario('v5', 'topic_alias', async ({ open, id }) => {
-  const t = 'alias/v5/t';
-  const sub = await open(id('alias-sub'));
+  // Client to broker: the publisher sets alias 1 with the topic, then sends the alias alone.
+  // Broker to client: the subscriber allows 10 aliases; MQTT.js resolves those the broker uses.
+  const t = 'alias/v5/a/rather/long/topic/name';
+  const sub = await open(id('alias-sub'), { properties: { topicAliasMaximum: 10 } });
   await sub.subscribe(t, 1);
   const p = await open(id('alias-pub'));
   const max = p.connack.properties?.topicAliasMaximum ?? 0;
   assert.ok(max >= 1, `CONNACK Topic Alias Maximum is ${max}: MQTT.js may not send aliases`);
   await p.publish(t, 'first', { qos: 1, properties: { topicAlias: 1 } });
   await p.publish('', 'by-alias', { qos: 1, properties: { topicAlias: 1 } });
-  for (const want of ['first', 'by-alias']) {
+  await p.publish(t, 'by-topic', { qos: 1 });
+  let aliasOnly = 0;
+  for (const want of ['first', 'by-alias', 'by-topic']) {
     const m = await sub.next();
     assert.equal(m.topic, t);
     assert.equal(m.payload.toString(), want);
+    const alias = m.packet.properties?.topicAlias;
+    if (alias !== undefined) assert.ok(alias >= 1 && alias <= 10, `broker used alias ${alias}, allowed 1..10`);
+    if (m.packet.topic.length === 0) aliasOnly++;
   }
+  assert.ok(aliasOnly >= 1, 'the broker sent no alias-only PUBLISH to a subscriber allowing 10 aliases');
 });
 
 scenario('v5', 'message_expiry', async ({ open, id }) => {
