@@ -64,6 +64,10 @@ pub struct ListenerConfig {
     /// Connections on the whole node; beyond it new clients are refused with CONNACK 0x89
     /// Server busy (MQTT 3.x return code 3). At least 1.
     pub max_connections: u64,
+    /// CONNECTs admitted per second on the whole node (each shard admits its equal share,
+    /// token bucket with one second of burst); beyond it CONNACK 0x9F Connection rate exceeded
+    /// (MQTT 3.x return code 3). 0 = unlimited.
+    pub max_connection_rate: u32,
     /// `listen(2)` backlog, 1..=`i32::MAX`.
     pub backlog: u32,
 }
@@ -596,6 +600,7 @@ mod tests {
         assert_eq!(c.node.cpus, CpuSpec::All);
         assert_eq!(c.listener.bind, "0.0.0.0:1883".parse().unwrap());
         assert_eq!(c.listener.max_connections, 1_000_000);
+        assert_eq!(c.listener.max_connection_rate, 0);
         assert_eq!(c.listener.backlog, 4096);
         assert_eq!(c.mqtt.max_packet_size, 1_048_576);
         assert_eq!(c.mqtt.max_client_id_len, 65535);

@@ -7,6 +7,7 @@
 pub mod alias;
 pub mod limits;
 pub mod message;
+pub mod rate;
 pub mod retain;
 pub mod session;
 pub mod shared;

@@ -309,6 +309,9 @@ struct Queued {
 pub struct SessionStats {
     /// Messages dropped for this session, any reason.
     pub dropped: u64,
+    /// PUBLISHes written to the client for the first time (resends with DUP not counted),
+    /// whether sent at once or later from the queue.
+    pub sent: u64,
 }
 
 /// One client's session: what survives a reconnect (subscriptions, inflight, queue, QoS 2
@@ -868,6 +871,7 @@ impl Session {
                 return self.dropped(DropReason::WriteBufferFull);
             }
             self.write_new(now, &item, 0, wire);
+            self.stats.sent += 1;
             return Delivery::Sent;
         }
         if !self.queue.is_empty() || self.inflight.len() >= self.window(limits) {
@@ -929,6 +933,7 @@ impl Session {
     fn send_inflight(&mut self, now: Instant, item: Queued, wire: &mut BytesMut) {
         let pkid = self.next_free_pkid();
         self.write_new(now, &item, pkid, wire);
+        self.stats.sent += 1;
         self.inflight.push_back(Outgoing {
             pkid,
             state: OutState::Published,
@@ -950,6 +955,7 @@ impl Session {
             }
             if item.qos == QoS::AtMostOnce {
                 self.write_new(now, &item, 0, wire);
+                self.stats.sent += 1;
                 continue;
             }
             if self.inflight.len() >= self.window(limits) {

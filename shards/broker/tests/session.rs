@@ -1077,6 +1077,31 @@ fn a_zero_queue_drops_what_cannot_be_sent() {
 }
 
 #[test]
+fn sent_counts_first_transmissions_from_the_queue_too_but_not_resends() {
+    let mut c = Client::new(Protocol::V5, limits_with(|l| l.max_inflight = 1));
+    assert_eq!(c.push(b"a", QoS::AtLeastOnce), Delivery::Sent);
+    assert_eq!(c.push(b"b", QoS::AtLeastOnce), Delivery::Queued);
+    assert_eq!(c.push(b"c", QoS::AtLeastOnce), Delivery::Queued);
+    assert_eq!(c.push(b"-", QoS::AtMostOnce), Delivery::Sent);
+    assert_eq!(c.session.stats().sent, 2);
+    // Each PUBACK lets the next queued message out through the window.
+    c.handle_ok(Packet::PubAck(ack(1)));
+    assert_eq!(c.session.stats().sent, 3);
+    c.session.detach();
+    assert_eq!(c.push_offline(b"q", QoS::AtMostOnce), Delivery::Queued);
+    // The reconnect resends b with DUP (not counted), then c waits for the window, and the
+    // queued QoS 0 message goes out behind it... once c is acknowledged.
+    c.reattach(connect(Protocol::V5, "c1"));
+    let resent: Vec<bool> = c.sent_publishes().iter().map(|p| p.dup).collect();
+    assert_eq!(resent, vec![true]);
+    assert_eq!(c.session.stats().sent, 3);
+    c.handle_ok(Packet::PubAck(ack(2)));
+    let got: Vec<u8> = c.sent_publishes().iter().map(|p| p.payload[0]).collect();
+    assert_eq!(got, vec![b'c', b'q']);
+    assert_eq!(c.session.stats().sent, 5);
+}
+
+#[test]
 fn reconnect_resends_inflight_then_pubrels_then_drains_the_queue() {
     let mut c = Client::new(Protocol::V5, limits_with(|l| l.max_inflight = 3));
     c.push(b"a", QoS::AtLeastOnce);

@@ -1,6 +1,7 @@
 //! What shards say to each other. Messages travel in batches (`Vec<ShardMsg>`) over glommio's
 //! bounded channel mesh; one batch per destination per event-loop turn.
 
+use crate::sys::ShardFigures;
 use shardmq_broker::session::Session;
 use shardmq_broker::shared::{MemberCounts, SharedKey};
 use shardmq_broker::Message;
@@ -67,6 +68,13 @@ impl ShardSet {
 pub(crate) enum ShardMsg {
     /// Deliver to the receiving shard's local subscribers.
     Publish(Arc<Message>),
+    /// To shard 0, at each `$SYS` interval: `shard`'s figures, for the node's totals.
+    Figures {
+        /// Reporting shard.
+        shard: ShardId,
+        /// Its snapshot.
+        figures: ShardFigures,
+    },
     /// `shard` has its first subscriber to `filter`; acknowledge with `RouteAck` if `sync`.
     RouteAdd {
         /// The filter.

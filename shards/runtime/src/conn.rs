@@ -79,7 +79,10 @@ impl Future for ConnDriver {
             while !conn.out.is_empty() {
                 match Pin::new(&mut this.stream).poll_write(cx, &conn.out) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return finish(shard, now, key),
-                    Poll::Ready(Ok(n)) => conn.out.advance(n),
+                    Poll::Ready(Ok(n)) => {
+                        conn.out.advance(n);
+                        shard.stats.bytes_out += n as u64;
+                    }
                     Poll::Pending => break,
                 }
             }

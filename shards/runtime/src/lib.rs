@@ -10,6 +10,7 @@
 mod bus;
 mod conn;
 mod shard;
+mod sys;
 
 pub use bus::{ShardId, ShardSet, MAX_SHARDS};
 
@@ -45,6 +46,9 @@ pub struct RuntimeConfig {
     pub backlog: u32,
     /// Node-wide connection limit.
     pub max_connections: usize,
+    /// Node-wide CONNECTs admitted per second, shared equally between shards; 0 = unlimited.
+    /// Beyond it: CONNACK 0x9F Connection rate exceeded (MQTT 3.x return code 3).
+    pub max_connection_rate: u32,
     /// Time allowed between accept and CONNECT.
     pub connect_timeout: Duration,
     /// Per-client MQTT limits.
@@ -324,18 +328,22 @@ async fn flusher(shard: Rc<RefCell<Shard>>, senders: Senders<Batch>) {
     }
 }
 
-/// Once a second: expire offline sessions; at the `$SYS` interval, publish shard figures.
+/// Every 250 ms (or the `$SYS` interval, if shorter): expire offline sessions; at the `$SYS`
+/// interval, publish the shard's figures (and, on shard 0, the node's).
 async fn housekeeping(shard: Rc<RefCell<Shard>>) {
     let sys_interval = shard.borrow().cfg.sys_interval;
+    let tick = sys_interval.map_or(Duration::from_millis(250), |i| {
+        i.clamp(Duration::from_millis(10), Duration::from_millis(250))
+    });
     let mut next_sys = Instant::now();
     loop {
-        glommio::timer::sleep(Duration::from_millis(250)).await;
+        glommio::timer::sleep(tick).await;
         let now = Instant::now();
         let mut s = shard.borrow_mut();
         s.expire_sessions(now);
         if let Some(interval) = sys_interval {
             if now >= next_sys {
-                s.publish_sys(now);
+                s.publish_sys(now, std::time::SystemTime::now());
                 next_sys = now + interval;
             }
         }

@@ -4,12 +4,14 @@
 //! `.await`.
 
 use crate::bus::{ShardId, ShardMsg, ShardSet};
+use crate::sys::{NodeFigures, ShardFigures};
 use crate::RuntimeConfig;
 use bytes::{Bytes, BytesMut};
+use shardmq_broker::rate::TokenBucket;
 use shardmq_broker::retain::RetainedStore;
 use shardmq_broker::session::{
     accept_connect, connack_for, connack_refusal, server_disconnect, Accepted, Action, Close,
-    Delivery, Session, Subscription, EXPIRY_NEVER,
+    Delivery, Session, SessionStats, Subscription, EXPIRY_NEVER,
 };
 use shardmq_broker::shared::{is_shared, LocalGroup, SharedKey};
 use shardmq_broker::trie::SubscriptionTrie;
@@ -25,7 +27,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Waker;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, trace, warn};
 
 mod shared;
@@ -111,10 +113,27 @@ struct RegEntry {
 /// Per-shard counters, read by `$SYS` publishing and tests.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct ShardStats {
+    /// PUBLISH packets from clients.
     pub(crate) messages_in: u64,
+    /// PUBLISHes written to clients for the first time, at once or later from a session's
+    /// queue (the sessions' `SessionStats::sent`, added up step by step).
     pub(crate) messages_out: u64,
+    /// Messages dropped for subscribers (the sessions' `SessionStats::dropped`).
     pub(crate) messages_dropped: u64,
+    /// Bytes read from client sockets.
     pub(crate) bytes_in: u64,
+    /// Bytes written to client sockets.
+    pub(crate) bytes_out: u64,
+    /// Subscriptions (session, filter) in this shard's trie.
+    pub(crate) subscriptions: u64,
+}
+
+impl ShardStats {
+    /// Adds what one session step sent and dropped, from its counters before and after.
+    fn count_session(&mut self, before: SessionStats, after: SessionStats) {
+        self.messages_out += after.sent - before.sent;
+        self.messages_dropped += after.dropped - before.dropped;
+    }
 }
 
 type Subscribers = SmallVec<[(u32, Subscription); 1]>;
@@ -152,6 +171,10 @@ pub(crate) struct Shard {
     hasher: ahash::RandomState,
     pub(crate) connections: Arc<AtomicUsize>,
     pub(crate) stats: ShardStats,
+    /// Shard 0 only: the latest `$SYS` snapshot of every shard, for the node's totals.
+    node_figures: Option<NodeFigures>,
+    /// This shard's share of `listener.max_connection_rate`; `None` when unlimited.
+    connect_rate: Option<TokenBucket>,
     /// Shard-owned read buffer: idle connections hold none.
     pub(crate) read_scratch: Vec<u8>,
     match_scratch: Vec<(u32, Subscription)>,
@@ -171,6 +194,7 @@ impl Shard {
         hasher: ahash::RandomState,
     ) -> Shard {
         let nshards = cfg.cpus.len();
+        let cfg_rate = cfg.max_connection_rate;
         Shard {
             id,
             nshards,
@@ -199,6 +223,8 @@ impl Shard {
             hasher,
             connections,
             stats: ShardStats::default(),
+            node_figures: (id == 0).then(|| NodeFigures::new(nshards)),
+            connect_rate: (cfg_rate > 0).then(|| TokenBucket::share_of(cfg_rate, nshards)),
             read_scratch: vec![0; 64 * 1024],
             match_scratch: Vec::new(),
             shared_local: Default::default(),
@@ -457,9 +483,12 @@ impl Shard {
                 let Some(skey) = conn.session else { return };
                 let mut actions = std::mem::take(&mut self.actions_scratch);
                 let slot = &mut self.sessions[skey];
+                let before = slot.session.stats();
                 let result =
                     slot.session
                         .handle(now, packet, &self.limits, &mut conn.out, &mut actions);
+                // An acknowledgement frees the window: queued messages go out here.
+                self.stats.count_session(before, slot.session.stats());
                 if let Err(close) = result {
                     warn!(shard = self.id, client_id = %slot.session.client_id(), reason = ?close.reason, why = close.why, "protocol violation; disconnecting");
                     actions.clear();
@@ -513,6 +542,13 @@ impl Shard {
             warn!(shard = id, client_id = %connect.client_id, "max_connections reached; refusing");
             refuse(conn, ReasonCode::SERVER_BUSY);
             return;
+        }
+        if let Some(bucket) = &mut self.connect_rate {
+            if !bucket.try_take(now) {
+                warn!(shard = id, client_id = %connect.client_id, "max_connection_rate exceeded; refusing");
+                refuse(conn, ReasonCode::CONNECTION_RATE_EXCEEDED);
+                return;
+            }
         }
         let conn_id = conn.id;
         let counter = self.next_conn_id;
@@ -662,7 +698,10 @@ impl Shard {
         let was_empty = set.is_empty();
         match set.iter_mut().find(|(k, _)| *k == skey as u32) {
             Some(entry) => entry.1 = sub,
-            None => set.push((skey as u32, sub)),
+            None => {
+                set.push((skey as u32, sub));
+                self.stats.subscriptions += 1;
+            }
         }
         was_empty
     }
@@ -675,7 +714,9 @@ impl Shard {
         let Some(set) = self.subs.get_mut(filter) else {
             return;
         };
+        let before = set.len();
         set.retain(|(k, _)| *k != skey as u32);
+        self.stats.subscriptions -= (before - set.len()) as u64;
         if set.is_empty() {
             self.subs.remove(filter);
             let me = self.id;
@@ -789,20 +830,19 @@ impl Shard {
         let ckey = slot.conn.filter(|&c| self.conns[c].phase == Phase::Active);
         let had_out = ckey.is_some_and(|c| !self.conns[c].out.is_empty());
         let wire = ckey.map(|c| &mut self.conns[c].out);
-        match slot
+        let before = slot.session.stats();
+        let delivery = slot
             .session
-            .deliver(now, msg, qos, retain, ids, &self.limits, wire)
-        {
+            .deliver(now, msg, qos, retain, ids, &self.limits, wire);
+        self.stats.count_session(before, slot.session.stats());
+        match delivery {
             Delivery::Sent => {
-                self.stats.messages_out += 1;
                 if let (Some(c), false) = (ckey, had_out) {
                     Self::wake_conn(&mut self.conns[c]);
                 }
             }
-            Delivery::Queued => {}
-            Delivery::Displaced => self.stats.messages_dropped += 1,
+            Delivery::Queued | Delivery::Displaced => {}
             Delivery::Dropped(reason) => {
-                self.stats.messages_dropped += 1;
                 trace!(shard = self.id, client_id = %slot.session.client_id(), ?reason, "message dropped");
             }
         }
@@ -814,6 +854,7 @@ impl Shard {
     pub(crate) fn handle_msg(&mut self, now: Instant, msg: ShardMsg) {
         match msg {
             ShardMsg::Publish(m) => self.deliver_local(now, &m),
+            ShardMsg::Figures { shard, figures } => self.record_figures(shard, figures),
             ShardMsg::SharedPublish(sp) => self.shared_deliver(now, *sp),
             ShardMsg::SharedRoute {
                 key,
@@ -1106,8 +1147,11 @@ impl Shard {
         encode(&Packet::ConnAck(connack), accepted.protocol, &mut conn.out);
         let slot = &mut self.sessions[cs.session];
         slot.conn = Some(cs.conn);
+        let before = slot.session.stats();
         slot.session
             .attach(now, &accepted, &self.limits, &mut conn.out);
+        // The queue an offline session kept goes out here.
+        self.stats.count_session(before, slot.session.stats());
         Self::wake_conn(conn);
         debug!(shard = self.id, client_id = %accepted.client_id, session_present = cs.session_present, "client connected");
         self.shared_set_online(cs.session, true);
@@ -1131,34 +1175,80 @@ impl Shard {
 
     // ---- housekeeping ------------------------------------------------------------------
 
-    /// Publishes this shard's `$SYS` figures as retained messages.
-    pub(crate) fn publish_sys(&mut self, now: Instant) {
+    /// Publishes this shard's `$SYS` figures as retained messages and sends its snapshot to
+    /// shard 0; shard 0 then publishes the node's totals from the latest snapshot of every
+    /// shard. `wall` is the wall-clock time for `datetime`.
+    pub(crate) fn publish_sys(&mut self, now: Instant, wall: SystemTime) {
+        let figures = self.figures();
         let base = format!("$SYS/brokers/{}/shards/{}", self.cfg.node_name, self.id);
-        let figures = [
-            ("connections", self.conns.len().to_string()),
-            ("sessions", self.sessions.len().to_string()),
-            ("subscriptions", self.subs.len().to_string()),
-            ("messages/received", self.stats.messages_in.to_string()),
-            ("messages/sent", self.stats.messages_out.to_string()),
-            ("messages/dropped", self.stats.messages_dropped.to_string()),
-            (
-                "uptime_secs",
-                now.duration_since(self.started).as_secs().to_string(),
-            ),
+        let uptime = now.duration_since(self.started);
+        let per_shard = [
+            ("connections", figures.connections),
+            ("sessions", figures.sessions),
+            ("subscriptions", figures.subscriptions),
+            ("messages/received", figures.messages_received),
+            ("messages/sent", figures.messages_sent),
+            ("messages/dropped", figures.messages_dropped),
+            ("bytes/received", figures.bytes_received),
+            ("bytes/sent", figures.bytes_sent),
+            ("uptime_secs", uptime.as_secs()),
         ];
-        for (name, value) in figures {
-            let msg = Message {
-                topic: ByteStr::from(format!("{base}/{name}")),
-                payload: Bytes::from(value),
-                qos: QoS::AtMostOnce,
-                retain: true,
-                properties: PublishProperties::default(),
-                expires_at: None,
-                publisher: ByteStr::default(),
-            };
-            self.route(now, Arc::new(msg));
+        for (name, value) in per_shard {
+            self.publish_sys_topic(now, format!("{base}/{name}"), value.to_string());
+        }
+        let me = self.id;
+        self.send(0, ShardMsg::Figures { shard: me, figures });
+        self.drain_local(now);
+        let Some(node) = &mut self.node_figures else {
+            return;
+        };
+        let Some(totals) = node.totals() else {
+            return;
+        };
+        let max = node.connections_max();
+        let name = self.cfg.node_name.clone();
+        self.publish_sys_topic(now, "$SYS/brokers".to_string(), name.clone());
+        for (topic, value) in crate::sys::node_topics(&totals, max, uptime, wall) {
+            self.publish_sys_topic(now, format!("$SYS/brokers/{name}/{topic}"), value);
         }
         self.drain_local(now);
+    }
+
+    /// This shard's `$SYS` snapshot.
+    fn figures(&self) -> ShardFigures {
+        ShardFigures {
+            connections: self.conns.len() as u64,
+            sessions: self.sessions.len() as u64,
+            subscriptions: self.stats.subscriptions,
+            topics: self.routes.len() as u64,
+            retained: self.retained.len() as u64,
+            messages_received: self.stats.messages_in,
+            messages_sent: self.stats.messages_out,
+            messages_dropped: self.stats.messages_dropped,
+            bytes_received: self.stats.bytes_in,
+            bytes_sent: self.stats.bytes_out,
+        }
+    }
+
+    /// A shard's snapshot arrived (shard 0 only).
+    fn record_figures(&mut self, shard: ShardId, figures: ShardFigures) {
+        self.node_figures
+            .as_mut()
+            .expect("$SYS snapshots go to shard 0")
+            .record(shard, figures);
+    }
+
+    fn publish_sys_topic(&mut self, now: Instant, topic: String, payload: String) {
+        let msg = Message {
+            topic: ByteStr::from(topic),
+            payload: Bytes::from(payload),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            properties: PublishProperties::default(),
+            expires_at: None,
+            publisher: ByteStr::default(),
+        };
+        self.route(now, Arc::new(msg));
     }
 }
 
