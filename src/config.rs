@@ -42,6 +42,37 @@ pub struct Config {
     pub sys: SysConfig,
     /// `[log]`: logging.
     pub log: LogConfig,
+    /// `[auth]`: MQTT 5.0 enhanced authentication.
+    pub auth: AuthConfig,
+}
+
+/// `[auth]`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Shared secret of the `SHARDMQ-HMAC-SHA256` enhanced authentication method; empty = the
+    /// method is not offered (CONNACK 0x8C Bad authentication method). Printed redacted.
+    #[serde(serialize_with = "redacted")]
+    pub hmac_secret: String,
+}
+
+/// Serializes a secret as `"<redacted>"` (empty stays empty), so `check-config` never prints it.
+fn redacted<S: serde::Serializer>(secret: &str, to: S) -> Result<S::Ok, S::Error> {
+    to.serialize_str(if secret.is_empty() { "" } else { "<redacted>" })
+}
+
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the secret itself.
+        let shown = if self.hmac_secret.is_empty() {
+            ""
+        } else {
+            "<set>"
+        };
+        f.debug_struct("AuthConfig")
+            .field("hmac_secret", &shown)
+            .finish()
+    }
 }
 
 /// `[node]`.
@@ -70,6 +101,13 @@ pub struct ListenerConfig {
     pub max_connection_rate: u32,
     /// `listen(2)` backlog, 1..=`i32::MAX`.
     pub backlog: u32,
+    /// Server Reference of the node's new home (MQTT 5.0 §4.11); empty = none. Armed only: the
+    /// move happens on SIGUSR2, after which connected clients get DISCONNECT 0x9D Server moved
+    /// and new CONNECTs CONNACK 0x9D (MQTT 3.x: closed / return code 3).
+    pub moved_to: String,
+    /// Server Reference to send every new client to, from start-up: CONNACK 0x9C Use another
+    /// server (MQTT 3.x return code 3); empty = none.
+    pub use_another_server: String,
 }
 
 /// `[mqtt]`.
@@ -472,6 +510,7 @@ impl Config {
             shard,
             sys: _,
             log,
+            auth: _,
         } = self;
         if node.name.trim().is_empty() {
             return Err(ConfigError::value("node.name", "must not be empty"));
@@ -602,6 +641,9 @@ mod tests {
         assert_eq!(c.listener.max_connections, 1_000_000);
         assert_eq!(c.listener.max_connection_rate, 0);
         assert_eq!(c.listener.backlog, 4096);
+        assert_eq!(c.listener.moved_to, "");
+        assert_eq!(c.listener.use_another_server, "");
+        assert_eq!(c.auth.hmac_secret, "");
         assert_eq!(c.mqtt.max_packet_size, 1_048_576);
         assert_eq!(c.mqtt.max_client_id_len, 65535);
         assert_eq!(c.mqtt.max_inflight, 32);
@@ -622,6 +664,29 @@ mod tests {
         assert_eq!(c.log.level, "info");
         assert_eq!(c.log.format, LogFormat::Text);
         assert_eq!(Config::default(), c);
+    }
+
+    #[test]
+    fn hmac_secret_and_redirection_come_from_the_environment_and_the_secret_is_never_shown() {
+        let c = load_from(
+            None,
+            env(&[
+                ("SHARDMQ_AUTH__HMAC_SECRET", "hunter2"),
+                ("SHARDMQ_LISTENER__MOVED_TO", "b.example:1883"),
+                ("SHARDMQ_LISTENER__USE_ANOTHER_SERVER", "c.example:1883"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(c.auth.hmac_secret, "hunter2");
+        assert_eq!(c.listener.moved_to, "b.example:1883");
+        assert_eq!(c.listener.use_another_server, "c.example:1883");
+        let printed = toml::to_string_pretty(&c).expect("serializes");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(
+            printed.contains("hmac_secret = \"<redacted>\""),
+            "{printed}"
+        );
+        assert!(!format!("{c:?}").contains("hunter2"));
     }
 
     #[test]

@@ -3,8 +3,11 @@
 use crate::config::Config;
 use crate::cpus::{online_cpus, CpuSpec};
 use anyhow::Context;
+use shardmq_broker::auth::{Authenticators, HmacSha256Auth};
+use shardmq_broker::redirect::Redirect;
 use shardmq_broker::Limits;
-use shardmq_shards::{Node, RuntimeConfig, MAX_SHARDS};
+use shardmq_shards::{MoveTrigger, Node, RuntimeConfig, MAX_SHARDS};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Translates the validated configuration into the data plane's terms.
@@ -56,12 +59,53 @@ pub(crate) fn runtime_config(config: &Config) -> anyhow::Result<RuntimeConfig> {
         batch_max: config.shard.batch_max as usize,
         sys_interval: (config.sys.interval_ms > 0)
             .then(|| Duration::from_millis(config.sys.interval_ms)),
+        authenticators: authenticators(config),
+        redirect: Redirect::new(
+            &config.listener.moved_to,
+            &config.listener.use_another_server,
+        ),
+        move_trigger: MoveTrigger::default(),
     })
+}
+
+/// The enhanced authentication methods `[auth]` offers.
+fn authenticators(config: &Config) -> Authenticators {
+    let mut methods = Authenticators::new();
+    if !config.auth.hmac_secret.is_empty() {
+        methods.register(Arc::new(HmacSha256Auth::new([&config.auth.hmac_secret])));
+    }
+    methods
+}
+
+/// SIGUSR2 moves the node's clients to `listener.moved_to`: a small thread waits for the signal
+/// and pulls the data plane's move trigger, which the shards read in their housekeeping (no lock
+/// on the message path). Without `moved_to` the signal is logged and ignored.
+fn watch_move_signal(trigger: MoveTrigger, armed: bool) -> anyhow::Result<()> {
+    use signal_hook::{consts::SIGUSR2, iterator::Signals};
+    let mut signals = Signals::new([SIGUSR2]).context("installing the SIGUSR2 handler")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                if armed {
+                    tracing::warn!("SIGUSR2: moving every client to listener.moved_to");
+                    trigger.pull();
+                } else {
+                    tracing::warn!("SIGUSR2 ignored: listener.moved_to is not set");
+                }
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(())
 }
 
 /// Runs the broker node described by `config` until the process is stopped.
 pub fn run(config: Config) -> anyhow::Result<()> {
     let rt = runtime_config(&config)?;
+    watch_move_signal(
+        rt.move_trigger.clone(),
+        !config.listener.moved_to.is_empty(),
+    )?;
     tracing::info!(node = %rt.node_name, cpus = ?rt.cpus, bind = %rt.bind, "starting shardmq {}", env!("CARGO_PKG_VERSION"));
     let node = Node::start(rt).context("starting the data plane")?;
     tracing::info!("shardmq ready");

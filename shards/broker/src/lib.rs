@@ -5,9 +5,11 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod alias;
+pub mod auth;
 pub mod limits;
 pub mod message;
 pub mod rate;
+pub mod redirect;
 pub mod retain;
 pub mod session;
 pub mod shared;

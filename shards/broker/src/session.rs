@@ -206,11 +206,8 @@ pub fn accept_connect(
             return Err(ReasonCode::PAYLOAD_FORMAT_INVALID);
         }
     }
+    // An Authentication Method is checked by `auth::Authenticators::begin`, not here.
     let props = &connect.properties;
-    if props.authentication_method.is_some() {
-        // No enhanced authentication method is configured on this listener.
-        return Err(ReasonCode::BAD_AUTHENTICATION_METHOD);
-    }
     Ok(Accepted {
         client_id,
         assigned,

@@ -94,7 +94,7 @@ impl Future for ConnDriver {
             match conn.phase {
                 Phase::Closing if unwritten == 0 => return finish(shard, now, key),
                 Phase::Closing | Phase::Claiming => return Poll::Pending,
-                Phase::AwaitConnect | Phase::Active => {}
+                Phase::AwaitConnect | Phase::Authenticating | Phase::Active => {}
             }
             // 2. Decode what is buffered.
             let mut progressed = false;

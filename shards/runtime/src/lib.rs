@@ -61,6 +61,32 @@ pub struct RuntimeConfig {
     pub batch_max: usize,
     /// `$SYS` publish interval; `None` disables it.
     pub sys_interval: Option<Duration>,
+    /// MQTT 5.0 enhanced authentication methods offered (empty: CONNACK 0x8C to any).
+    pub authenticators: shardmq_broker::auth::Authenticators,
+    /// Server redirection (`listener.moved_to`, `listener.use_another_server`).
+    pub redirect: shardmq_broker::redirect::Redirect,
+    /// Pulled to move the node's clients to `redirect`'s `moved_to` (SIGUSR2 in the binary).
+    pub move_trigger: MoveTrigger,
+}
+
+/// Moves a node's clients elsewhere when pulled: from the next housekeeping tick (≤ 250 ms)
+/// every shard sends its connected clients away (MQTT 5.0: DISCONNECT 0x9D with the Server
+/// Reference `listener.moved_to`; 3.x: closed), and new CONNECTs are refused with CONNACK 0x9D.
+/// A one-way switch: cheap to share between threads, no lock (one atomic, read by the shards at
+/// CONNECT and in housekeeping).
+#[derive(Debug, Clone, Default)]
+pub struct MoveTrigger(Arc<std::sync::atomic::AtomicBool>);
+
+impl MoveTrigger {
+    /// Moves the node (again: no effect).
+    pub fn pull(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the node has been moved.
+    pub fn pulled(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// A running data plane.
@@ -341,6 +367,7 @@ async fn housekeeping(shard: Rc<RefCell<Shard>>) {
         let now = Instant::now();
         let mut s = shard.borrow_mut();
         s.expire_sessions(now);
+        s.move_clients_if_moved();
         if let Some(interval) = sys_interval {
             if now >= next_sys {
                 s.publish_sys(now, std::time::SystemTime::now());

@@ -7,6 +7,7 @@ use crate::bus::{ShardId, ShardMsg, ShardSet};
 use crate::sys::{NodeFigures, ShardFigures};
 use crate::RuntimeConfig;
 use bytes::{Bytes, BytesMut};
+use shardmq_broker::auth::{AuthExchange, AuthOutcome, Nonce};
 use shardmq_broker::rate::TokenBucket;
 use shardmq_broker::retain::RetainedStore;
 use shardmq_broker::session::{
@@ -42,6 +43,8 @@ pub(crate) type SessionKey = usize;
 pub(crate) enum Phase {
     /// Accepted; only CONNECT may come.
     AwaitConnect,
+    /// CONNECT with an Authentication Method accepted; only AUTH may come (MQTT 5.0 §4.12).
+    Authenticating,
     /// CONNECT accepted; waiting for the registry and, on takeover, the old session.
     Claiming,
     /// Session attached; packets flow.
@@ -65,6 +68,15 @@ pub(crate) struct Conn {
     over_limit: bool,
     /// The connection ended with a DISCONNECT from the client (no will, unless asked).
     graceful: Option<bool>,
+    /// Enhanced authentication, for connections whose CONNECT named a method.
+    auth: Option<Box<ConnAuth>>,
+}
+
+/// A connection's enhanced authentication: the exchange (kept for re-authentication) and,
+/// while it runs before CONNACK, the accepted CONNECT waiting for it.
+struct ConnAuth {
+    exchange: AuthExchange,
+    accepted: Option<Accepted>,
 }
 
 struct SessionSlot {
@@ -184,6 +196,8 @@ pub(crate) struct Shard {
     /// Replica of every shard's members of each shared group, by filter.
     shared_routes: SubscriptionTrie<shared::FilterGroups>,
     actions_scratch: Vec<Action>,
+    /// This shard has sent its clients to `listener.moved_to` (the node's move trigger).
+    moved: bool,
 }
 
 impl Shard {
@@ -230,6 +244,7 @@ impl Shard {
             shared_local: Default::default(),
             shared_routes: SubscriptionTrie::new(),
             actions_scratch: Vec::new(),
+            moved: false,
         }
     }
 
@@ -299,6 +314,7 @@ impl Shard {
             read_timeout: Some(self.cfg.connect_timeout),
             over_limit: n > self.cfg.max_connections,
             graceful: None,
+            auth: None,
         });
         (key, id)
     }
@@ -476,8 +492,12 @@ impl Shard {
                     );
                 }
             },
+            Phase::Authenticating => self.on_connect_auth(key, packet),
             Phase::Claiming | Phase::Closing => {
                 debug!(shard = self.id, "packet while not active ignored");
+            }
+            Phase::Active if conn.auth.is_some() && matches!(packet, Packet::Auth(_)) => {
+                self.on_reauth(key, packet)
             }
             Phase::Active => {
                 let Some(skey) = conn.session else { return };
@@ -538,6 +558,13 @@ impl Shard {
             );
             conn.phase = Phase::Closing;
         };
+        let moved = self.cfg.move_trigger.pulled();
+        if let Some(ack) = self.cfg.redirect.connack(moved, connect.protocol) {
+            debug!(shard = id, client_id = %connect.client_id, reason = ?ack.code, "redirecting");
+            encode(&Packet::ConnAck(ack), connect.protocol, &mut conn.out);
+            conn.phase = Phase::Closing;
+            return;
+        }
         if conn.over_limit {
             warn!(shard = id, client_id = %connect.client_id, "max_connections reached; refusing");
             refuse(conn, ReasonCode::SERVER_BUSY);
@@ -562,6 +589,45 @@ impl Shard {
                 return;
             }
         };
+        match self.cfg.authenticators.begin(connect, random_nonce) {
+            Ok(None) => {}
+            Ok(Some((exchange, outcome))) => {
+                let mut auth = Box::new(ConnAuth {
+                    exchange,
+                    accepted: None,
+                });
+                match outcome {
+                    AuthOutcome::Challenge(challenge) => {
+                        trace!(shard = id, client_id = %accepted.client_id, "CONNECT accepted; authenticating");
+                        encode(&Packet::Auth(challenge), Protocol::V5, &mut conn.out);
+                        auth.accepted = Some(accepted);
+                        conn.auth = Some(auth);
+                        conn.phase = Phase::Authenticating;
+                        return;
+                    }
+                    AuthOutcome::Success(_) => conn.auth = Some(auth),
+                    AuthOutcome::Fail(code) => {
+                        warn!(shard = id, client_id = %connect.client_id, reason = ?code, "authentication failed");
+                        refuse(conn, code);
+                        return;
+                    }
+                }
+            }
+            Err(code) => {
+                warn!(shard = id, client_id = %connect.client_id, reason = ?code, "authentication method not offered");
+                refuse(conn, code);
+                return;
+            }
+        }
+        self.claim(key, accepted);
+        let _ = now;
+    }
+
+    /// Asks the registry for the client id of an accepted (and authenticated) CONNECT.
+    fn claim(&mut self, key: ConnKey, accepted: Accepted) {
+        let id = self.id;
+        let conn = &mut self.conns[key];
+        let conn_id = conn.id;
         trace!(shard = id, client_id = %accepted.client_id, "CONNECT accepted; claiming");
         conn.phase = Phase::Claiming;
         conn.read_timeout = None;
@@ -586,7 +652,81 @@ impl Shard {
                 clean_start,
             },
         );
-        let _ = now;
+    }
+
+    /// A packet while the CONNECT's authentication exchange runs: only AUTH may come.
+    fn on_connect_auth(&mut self, key: ConnKey, packet: Packet) {
+        let id = self.id;
+        let conn = &mut self.conns[key];
+        let auth = conn
+            .auth
+            .as_mut()
+            .expect("an authenticating connection has an exchange");
+        let step = match packet {
+            Packet::Auth(a) => auth.exchange.on_auth(&a, random_nonce),
+            _ => Err(Close {
+                reason: ReasonCode::PROTOCOL_ERROR,
+                why: "packet other than AUTH while authenticating",
+            }),
+        };
+        let code = match step {
+            Ok(AuthOutcome::Challenge(challenge)) => {
+                encode(&Packet::Auth(challenge), Protocol::V5, &mut conn.out);
+                return;
+            }
+            Ok(AuthOutcome::Success(_)) => {
+                let accepted = auth
+                    .accepted
+                    .take()
+                    .expect("the CONNECT waits for its authentication");
+                debug!(shard = id, client_id = %accepted.client_id, method = %auth.exchange.method(), "authenticated");
+                self.claim(key, accepted);
+                return;
+            }
+            Ok(AuthOutcome::Fail(code)) => {
+                warn!(shard = id, reason = ?code, "authentication failed; refusing");
+                code
+            }
+            Err(close) => {
+                warn!(shard = id, reason = ?close.reason, why = close.why, "protocol violation while authenticating; refusing");
+                close.reason
+            }
+        };
+        // Before CONNACK the refusal is a CONNACK (MQTT 5.0 §4.13.1); only 5.0 authenticates.
+        encode(
+            &Packet::ConnAck(connack_refusal(code)),
+            Protocol::V5,
+            &mut conn.out,
+        );
+        conn.phase = Phase::Closing;
+    }
+
+    /// AUTH from an authenticated, connected client: re-authentication (MQTT 5.0 §4.12.1).
+    fn on_reauth(&mut self, key: ConnKey, packet: Packet) {
+        let Packet::Auth(a) = packet else {
+            unreachable!("only AUTH is routed here")
+        };
+        let id = self.id;
+        let conn = &mut self.conns[key];
+        let auth = conn
+            .auth
+            .as_mut()
+            .expect("re-authentication needs an exchange");
+        let close = match auth.exchange.on_auth(&a, random_nonce) {
+            Ok(AuthOutcome::Challenge(reply) | AuthOutcome::Success(Some(reply))) => {
+                trace!(shard = id, reason = ?reply.reason, "re-authentication step");
+                encode(&Packet::Auth(reply), Protocol::V5, &mut conn.out);
+                return;
+            }
+            Ok(AuthOutcome::Success(None)) => return,
+            Ok(AuthOutcome::Fail(reason)) => Close {
+                reason,
+                why: "re-authentication failed",
+            },
+            Err(close) => close,
+        };
+        warn!(shard = id, reason = ?close.reason, why = close.why, "re-authentication refused; disconnecting");
+        self.close_conn(key, close);
     }
 
     fn run_actions(
@@ -1143,7 +1283,10 @@ impl Shard {
         conn.phase = Phase::Active;
         conn.session = Some(cs.session);
         conn.read_timeout = accepted.params.read_timeout();
-        let connack = connack_for(&accepted, cs.session_present, &self.limits);
+        let mut connack = connack_for(&accepted, cs.session_present, &self.limits);
+        if let Some(auth) = &mut conn.auth {
+            auth.exchange.complete_connack(&mut connack);
+        }
         encode(&Packet::ConnAck(connack), accepted.protocol, &mut conn.out);
         let slot = &mut self.sessions[cs.session];
         slot.conn = Some(cs.conn);
@@ -1174,6 +1317,46 @@ impl Shard {
     }
 
     // ---- housekeeping ------------------------------------------------------------------
+
+    /// Once the node is moved (its move trigger pulled, `listener.moved_to` set), sends every
+    /// client of this shard away, once: connected MQTT 5.0 clients get DISCONNECT 0x9D with the
+    /// Server Reference, 3.x ones are closed; a client still before its CONNACK gets CONNACK
+    /// 0x9D (3.x: return code 3). Wills are published, as for any server-side close. New
+    /// CONNECTs are refused in `on_connect`.
+    pub(crate) fn move_clients_if_moved(&mut self) {
+        if self.moved || !self.cfg.move_trigger.pulled() {
+            return;
+        }
+        self.moved = true;
+        let Some(disconnect) = self.cfg.redirect.disconnect() else {
+            return;
+        };
+        let mut moved = 0usize;
+        for (_, conn) in self.conns.iter_mut() {
+            let Some(protocol) = conn.protocol else {
+                // No CONNECT yet: refused with CONNACK 0x9D when it comes.
+                continue;
+            };
+            match conn.phase {
+                Phase::AwaitConnect | Phase::Closing => continue,
+                Phase::Active if protocol.is_v5() => encode(&disconnect, protocol, &mut conn.out),
+                Phase::Active => {}
+                Phase::Authenticating | Phase::Claiming => {
+                    if let Some(ack) = self.cfg.redirect.connack(true, protocol) {
+                        encode(&Packet::ConnAck(ack), protocol, &mut conn.out);
+                    }
+                }
+            }
+            conn.phase = Phase::Closing;
+            Self::wake_conn(conn);
+            moved += 1;
+        }
+        tracing::info!(
+            shard = self.id,
+            clients = moved,
+            "node moved; clients sent to listener.moved_to"
+        );
+    }
 
     /// Publishes this shard's `$SYS` figures as retained messages and sends its snapshot to
     /// shard 0; shard 0 then publishes the node's totals from the latest snapshot of every
@@ -1274,4 +1457,11 @@ fn will_message(will: LastWill, publisher: ByteStr, now: Instant) -> Message {
         },
         publisher,
     }
+}
+
+/// A fresh nonce for an authentication exchange, from the operating system.
+fn random_nonce() -> Nonce {
+    let mut nonce = Nonce::default();
+    getrandom::fill(&mut nonce).expect("the operating system's random source works");
+    nonce
 }
