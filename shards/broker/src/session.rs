@@ -118,6 +118,9 @@ pub struct ConnParams {
     pub max_packet_size: u32,
     /// Client's Topic Alias Maximum: how many aliases we may assign to it (0 on 3.x).
     pub topic_alias_max: u16,
+    /// Client's Request Problem Information (5.0; absent means 1): whether the server's
+    /// DISCONNECT carries a Reason String.
+    pub request_problem_information: bool,
 }
 
 impl ConnParams {
@@ -220,6 +223,7 @@ pub fn accept_connect(
             receive_maximum: props.receive_maximum.unwrap_or(u16::MAX),
             max_packet_size: props.maximum_packet_size.unwrap_or(u32::MAX),
             topic_alias_max: props.topic_alias_maximum.unwrap_or(0),
+            request_problem_information: props.request_problem_information != Some(0),
         },
         keep_alive_capped,
         will: connect.will.as_ref().map(|w| LastWill {
@@ -273,6 +277,25 @@ pub fn server_disconnect(reason: ReasonCode) -> Packet {
         reason,
         properties: DisconnectProperties::default(),
     })
+}
+
+/// The DISCONNECT the server sends on MQTT 5.0 before closing for `close`, with `close.why` as
+/// its Reason String unless the connection (`params`) asked for no problem information
+/// (MQTT 5.0 §3.1.2.11.7) or the string would make the packet larger than the client's Maximum
+/// Packet Size (MQTT-3.14.2-3).
+pub fn server_disconnect_for(close: Close, params: Option<&ConnParams>) -> Packet {
+    let mut packet = server_disconnect(close.reason);
+    if params.is_some_and(|p| !p.request_problem_information) {
+        return packet;
+    }
+    if let Packet::Disconnect(d) = &mut packet {
+        d.properties.reason_string = Some(ByteStr::from_static(close.why));
+    }
+    let max = params.map_or(u32::MAX, |p| p.max_packet_size);
+    if encoded_len(&packet, Protocol::V5) > max as usize {
+        return server_disconnect(close.reason);
+    }
+    packet
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

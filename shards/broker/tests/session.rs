@@ -8,8 +8,8 @@
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use shardmq_broker::session::{
-    accept_connect, connack_for, Accepted, Action, Close, ConnParams, Delivery, DropReason,
-    Session, EXPIRY_NEVER,
+    accept_connect, connack_for, server_disconnect_for, Accepted, Action, Close, ConnParams,
+    Delivery, DropReason, Session, EXPIRY_NEVER,
 };
 use shardmq_broker::{Limits, Message};
 use shardmq_codec::{
@@ -487,6 +487,7 @@ fn read_timeout_is_one_and_a_half_keep_alives() {
         receive_maximum: 10,
         max_packet_size: 1000,
         topic_alias_max: 0,
+        request_problem_information: true,
     };
     assert_eq!(params(0).read_timeout(), None);
     assert_eq!(params(1).read_timeout(), Some(Duration::from_millis(1500)));
@@ -567,6 +568,38 @@ fn the_clients_receive_maximum_and_packet_size_become_connection_parameters() {
     let a = accept(&connect(Protocol::V3_1_1, "c1"), &Limits::default()).expect("accepted");
     assert_eq!(a.params.receive_maximum, u16::MAX);
     assert_eq!(a.params.max_packet_size, u32::MAX);
+}
+
+#[test]
+fn server_disconnect_carries_the_reason_string_unless_the_client_declined_it() {
+    let close = Close {
+        reason: ReasonCode::PROTOCOL_ERROR,
+        why: "second CONNECT",
+    };
+    let reason_string = |params: Option<&ConnParams>| match server_disconnect_for(close, params) {
+        Packet::Disconnect(d) => {
+            assert_eq!(d.reason, ReasonCode::PROTOCOL_ERROR);
+            d.properties.reason_string.map(|s| s.to_string())
+        }
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    };
+    let mut c = connect(Protocol::V5, "c1");
+    let params = accept(&c, &Limits::default()).expect("accepted").params;
+    assert!(params.request_problem_information, "absent means 1");
+    assert_eq!(
+        reason_string(Some(&params)).as_deref(),
+        Some("second CONNECT")
+    );
+    assert_eq!(reason_string(None).as_deref(), Some("second CONNECT"));
+    c.properties.request_problem_information = Some(0);
+    let params = accept(&c, &Limits::default()).expect("accepted").params;
+    assert!(!params.request_problem_information);
+    assert_eq!(reason_string(Some(&params)), None);
+    // MQTT-3.14.2-3: not when it would exceed the client's Maximum Packet Size.
+    c.properties.request_problem_information = None;
+    c.properties.maximum_packet_size = Some(10);
+    let params = accept(&c, &Limits::default()).expect("accepted").params;
+    assert_eq!(reason_string(Some(&params)), None);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ use shardmq_broker::auth::{AuthExchange, AuthOutcome, Nonce};
 use shardmq_broker::rate::TokenBucket;
 use shardmq_broker::retain::RetainedStore;
 use shardmq_broker::session::{
-    accept_connect, connack_for, connack_refusal, server_disconnect, Accepted, Action, Close,
+    accept_connect, connack_for, connack_refusal, server_disconnect_for, Accepted, Action, Close,
     Delivery, Session, SessionStats, Subscription, EXPIRY_NEVER,
 };
 use shardmq_broker::shared::{is_shared, LocalGroup, SharedKey};
@@ -326,8 +326,12 @@ impl Shard {
             return;
         }
         if conn.protocol == Some(Protocol::V5) && conn.phase == Phase::Active {
+            let params = conn
+                .session
+                .and_then(|s| self.sessions.get(s))
+                .and_then(|slot| slot.session.conn_params());
             encode(
-                &server_disconnect(close.reason),
+                &server_disconnect_for(close, params),
                 Protocol::V5,
                 &mut conn.out,
             );
