@@ -303,6 +303,46 @@ async fn overlapping_subscriptions_give_one_copy_with_every_matching_identifier(
     assert_eq!((&p.payload[..], ids(&p)), (&b"r"[..], vec![11]));
 }
 
+#[tokio::test]
+async fn a_no_local_subscription_adds_nothing_to_a_copy_of_the_clients_own_message() {
+    let broker = Broker::start();
+    let mut me = connect(&broker, v5("nl-mixed")).await;
+    let no_local = SubscriptionOptions {
+        qos: Q::AtLeastOnce,
+        no_local: true,
+        retain_as_published: true,
+        ..Default::default()
+    };
+    assert_eq!(subscribe(&mut me, 1, "nl/#", no_local, Some(3)).await, 1);
+    assert_eq!(
+        subscribe(&mut me, 2, "nl/t", opts(Q::AtMostOnce), Some(4)).await,
+        0
+    );
+    // Its own retained QoS 1 message comes through the second subscription only: QoS 0, no
+    // retain flag, identifier 4 alone.
+    me.publish("nl/t", b"own", Q::AtLeastOnce, 1, true).await;
+    let mut own = None;
+    while own.is_none() {
+        match me.next(Duration::from_secs(2)).await {
+            Next::Packet(Packet::Publish(p)) => own = Some(p),
+            Next::Packet(_) => {}
+            other => panic!("no copy of the client's own message: {other:?}"),
+        }
+    }
+    let p = own.expect("set above");
+    assert_eq!(&p.payload[..], b"own");
+    assert_eq!(
+        p.qos,
+        Q::AtMostOnce,
+        "the No Local subscription's QoS must not count"
+    );
+    assert!(
+        !p.retain,
+        "the No Local subscription's Retain As Published must not count"
+    );
+    assert_eq!(p.properties.subscription_identifiers.to_vec(), vec![4]);
+}
+
 // ---- the client's limits ------------------------------------------------------------------
 
 #[tokio::test]

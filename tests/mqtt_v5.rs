@@ -72,7 +72,11 @@ async fn connack_announces_the_configured_limits() {
     let p = &ack.properties;
     assert_eq!(p.maximum_packet_size, Some(4096));
     assert_eq!(p.receive_maximum, Some(7));
-    assert_eq!(p.topic_alias_maximum, Some(65535), "mqtt.max_topic_alias default");
+    assert_eq!(
+        p.topic_alias_maximum,
+        Some(65535),
+        "mqtt.max_topic_alias default"
+    );
     assert_eq!(
         p.server_keep_alive,
         Some(30),

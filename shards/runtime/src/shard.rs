@@ -931,30 +931,33 @@ impl Shard {
         }
         let mut i = 0;
         while i < matches.len() {
-            let (skey, first) = matches[i];
-            let mut qos = first.options.qos;
-            let mut rap = first.options.retain_as_published;
-            let mut no_local = first.options.no_local;
-            let mut ids: SmallVec<[u32; 1]> = first.id.into_iter().collect();
-            let mut j = i + 1;
+            let skey = matches[i].0;
+            let mut j = i;
             while j < matches.len() && matches[j].0 == skey {
-                let s = matches[j].1;
-                qos = qos.max(s.options.qos);
-                rap |= s.options.retain_as_published;
-                no_local &= s.options.no_local;
-                ids.extend(s.id);
                 j += 1;
             }
-            i = j;
-            if no_local
-                && self
-                    .sessions
-                    .get(skey as usize)
-                    .is_some_and(|s| *s.session.client_id() == msg.publisher)
-            {
-                continue;
+            let own = self
+                .sessions
+                .get(skey as usize)
+                .is_some_and(|s| *s.session.client_id() == msg.publisher);
+            // One copy per session, from the subscriptions that allow it (a No Local one does
+            // not, for the publisher's own messages): the highest QoS, Retain As Published if
+            // any asks for it, and every such subscription's identifier.
+            let mut grant: Option<(QoS, bool)> = None;
+            let mut ids: SmallVec<[u32; 1]> = SmallVec::new();
+            for &(_, sub) in &matches[i..j] {
+                if own && sub.options.no_local {
+                    continue;
+                }
+                let (qos, rap) = grant.get_or_insert((sub.options.qos, false));
+                *qos = (*qos).max(sub.options.qos);
+                *rap |= sub.options.retain_as_published;
+                ids.extend(sub.id);
             }
-            self.deliver_to(now, skey, msg, msg.qos.min(qos), rap && msg.retain, &ids);
+            i = j;
+            if let Some((qos, rap)) = grant {
+                self.deliver_to(now, skey, msg, msg.qos.min(qos), rap && msg.retain, &ids);
+            }
         }
         self.match_scratch = matches;
     }
@@ -998,7 +1001,6 @@ impl Shard {
     pub(crate) fn handle_msg(&mut self, now: Instant, msg: ShardMsg) {
         match msg {
             ShardMsg::Publish(m) => self.deliver_local(now, &m),
-            ShardMsg::Figures { shard, figures } => self.record_figures(shard, figures),
             ShardMsg::SharedPublish(sp) => self.shared_deliver(now, *sp),
             ShardMsg::SharedRoute {
                 key,
@@ -1012,6 +1014,7 @@ impl Shard {
                 }
             }
             ShardMsg::SharedRedispatch { key, msg } => self.shared_dispatch(now, *key, msg),
+            ShardMsg::Figures { shard, figures } => self.record_figures(shard, figures),
             ShardMsg::RouteAdd {
                 filter,
                 shard,
@@ -1142,8 +1145,9 @@ impl Shard {
             // A takeover already waiting here belongs to a claim this newer one supersedes
             // (the registry now names the newer claimer): that connection lost the race
             // before its CONNACK and is closed, as if taken over at once.
-            if let Some((old_to, old_token, _)) =
-                self.deferred_takeovers.insert(client_id, (to, token, discard))
+            if let Some((old_to, old_token, _)) = self
+                .deferred_takeovers
+                .insert(client_id, (to, token, discard))
             {
                 self.send(old_to, ShardMsg::Superseded { token: old_token });
             }
