@@ -492,15 +492,14 @@ impl Session {
         match packet {
             Packet::Publish(publish) => self.handle_publish(now, publish, limits, wire, actions),
             Packet::PubAck(ack) => {
-                match self.inflight_position(ack.pkid, OutState::Published, QoS::AtLeastOnce) {
-                    Some(i) => {
-                        self.inflight.remove(i);
-                        self.fill_window(now, limits, wire);
-                    }
-                    None => {
-                        tracing::debug!(client_id = %self.client_id, pkid = ack.pkid, "PUBACK for unknown packet id")
-                    }
-                }
+                self.complete(
+                    now,
+                    ack.pkid,
+                    OutState::Published,
+                    QoS::AtLeastOnce,
+                    limits,
+                    wire,
+                );
                 Ok(())
             }
             Packet::PubRec(ack) => {
@@ -544,15 +543,14 @@ impl Session {
                 Ok(())
             }
             Packet::PubComp(ack) => {
-                match self.inflight_position(ack.pkid, OutState::Released, QoS::ExactlyOnce) {
-                    Some(i) => {
-                        self.inflight.remove(i);
-                        self.fill_window(now, limits, wire);
-                    }
-                    None => {
-                        tracing::debug!(client_id = %self.client_id, pkid = ack.pkid, "PUBCOMP for unknown packet id")
-                    }
-                }
+                self.complete(
+                    now,
+                    ack.pkid,
+                    OutState::Released,
+                    QoS::ExactlyOnce,
+                    limits,
+                    wire,
+                );
                 Ok(())
             }
             Packet::Subscribe(sub) => self.handle_subscribe(sub, limits, actions),
@@ -996,6 +994,28 @@ impl Session {
             let candidate = self.next_pkid;
             if !self.inflight.iter().any(|o| o.pkid == candidate) {
                 return candidate;
+            }
+        }
+    }
+
+    /// The final acknowledgement (PUBACK, PUBCOMP) of an outgoing message: frees its slot and
+    /// lets the next queued message in. An unknown packet id is ignored (MQTT-4.3).
+    fn complete(
+        &mut self,
+        now: Instant,
+        pkid: u16,
+        state: OutState,
+        qos: QoS,
+        limits: &Limits,
+        wire: &mut BytesMut,
+    ) {
+        match self.inflight_position(pkid, state, qos) {
+            Some(i) => {
+                self.inflight.remove(i);
+                self.fill_window(now, limits, wire);
+            }
+            None => {
+                tracing::debug!(client_id = %self.client_id, pkid, ?qos, "acknowledgement for an unknown packet id")
             }
         }
     }
