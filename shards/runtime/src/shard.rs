@@ -825,7 +825,7 @@ impl Shard {
             let ids: SmallVec<[u32; 1]> = sub.id.into_iter().collect();
             for msg in found {
                 let qos = msg.qos.min(sub.options.qos);
-                self.deliver_to(now, rs.session as u32, &msg, qos, true, &ids);
+                self.deliver_to(now, rs.session as u32, &msg, qos, true, &ids, None);
             }
         }
     }
@@ -956,13 +956,24 @@ impl Shard {
             }
             i = j;
             if let Some((qos, rap)) = grant {
-                self.deliver_to(now, skey, msg, msg.qos.min(qos), rap && msg.retain, &ids);
+                self.deliver_to(
+                    now,
+                    skey,
+                    msg,
+                    msg.qos.min(qos),
+                    rap && msg.retain,
+                    &ids,
+                    None,
+                );
             }
         }
         self.match_scratch = matches;
     }
 
-    fn deliver_to(
+    /// Hands `msg` to session `skey` (as a member of shared group `shared`, if given), counts
+    /// what the session did with it, and wakes the connection if it has new bytes to write.
+    #[allow(clippy::too_many_arguments)] // the delivery's inputs, as Session::deliver takes them
+    pub(super) fn deliver_to(
         &mut self,
         now: Instant,
         skey: u32,
@@ -970,6 +981,7 @@ impl Shard {
         qos: QoS,
         retain: bool,
         ids: &[u32],
+        shared: Option<&ByteStr>,
     ) {
         let Some(slot) = self.sessions.get_mut(skey as usize) else {
             return;
@@ -978,9 +990,15 @@ impl Shard {
         let had_out = ckey.is_some_and(|c| !self.conns[c].out.is_empty());
         let wire = ckey.map(|c| &mut self.conns[c].out);
         let before = slot.session.stats();
-        let delivery = slot
-            .session
-            .deliver(now, msg, qos, retain, ids, &self.limits, wire);
+        let delivery = match shared {
+            None => slot
+                .session
+                .deliver(now, msg, qos, retain, ids, &self.limits, wire),
+            Some(tag) => {
+                slot.session
+                    .deliver_shared(now, msg, qos, retain, ids, tag, &self.limits, wire)
+            }
+        };
         self.stats.count_session(before, slot.session.stats());
         match delivery {
             Delivery::Sent => {

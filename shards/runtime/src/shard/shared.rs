@@ -9,9 +9,9 @@
 //! session) the same way. A member that ends before its client has the group's QoS 1/2 messages
 //! hands them back (`SharedRedispatch`), and they are placed again with the members left.
 
-use super::{Phase, SessionKey, Shard};
+use super::{SessionKey, Shard};
 use crate::bus::{ShardId, ShardMsg, ShardSet, SharedPublish};
-use shardmq_broker::session::{Delivery, Session, Subscription};
+use shardmq_broker::session::{Session, Subscription};
 use shardmq_broker::shared::{GroupRoute, MemberCounts, Pick, SharedKey, SharedStrategy};
 use shardmq_broker::Message;
 use shardmq_codec::ByteStr;
@@ -259,36 +259,9 @@ impl Shard {
         tag: ByteStr,
         msg: &Arc<Message>,
     ) {
-        let Some(slot) = self.sessions.get_mut(skey as usize) else {
-            return;
-        };
-        let ckey = slot.conn.filter(|&c| self.conns[c].phase == Phase::Active);
-        let had_out = ckey.is_some_and(|c| !self.conns[c].out.is_empty());
-        let wire = ckey.map(|c| &mut self.conns[c].out);
         let ids: SmallVec<[u32; 1]> = sub.id.into_iter().collect();
-        let delivery = slot.session.deliver_shared(
-            now,
-            msg,
-            msg.qos.min(sub.options.qos),
-            sub.options.retain_as_published && msg.retain,
-            &ids,
-            &tag,
-            &self.limits,
-            wire,
-        );
-        match delivery {
-            Delivery::Sent => {
-                self.stats.messages_out += 1;
-                if let (Some(c), false) = (ckey, had_out) {
-                    Self::wake_conn(&mut self.conns[c]);
-                }
-            }
-            Delivery::Queued => {}
-            Delivery::Displaced => self.stats.messages_dropped += 1,
-            Delivery::Dropped(reason) => {
-                self.stats.messages_dropped += 1;
-                trace!(shard = self.id, client_id = %slot.session.client_id(), ?reason, "shared message dropped");
-            }
-        }
+        let qos = msg.qos.min(sub.options.qos);
+        let retain = sub.options.retain_as_published && msg.retain;
+        self.deliver_to(now, skey, msg, qos, retain, &ids, Some(&tag));
     }
 }
