@@ -15,9 +15,10 @@ use crate::shared;
 use crate::topic::{validate_topic_filter, validate_topic_name, TopicError};
 use bytes::BytesMut;
 use shardmq_codec::{
-    encode, encode_publish, encoded_len, Ack, ByteStr, ConnAck, ConnAckProperties, Connect,
-    Disconnect, DisconnectProperties, LastWill, Packet, Protocol, Publish, PublishProperties, QoS,
-    ReasonCode, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
+    encode, encode_publish, encoded_len, Ack, AckProperties, ByteStr, ConnAck, ConnAckProperties,
+    Connect, Disconnect, DisconnectProperties, LastWill, Packet, Protocol, Publish,
+    PublishProperties, QoS, ReasonCode, SubAck, Subscribe, SubscriptionOptions, UnsubAck,
+    Unsubscribe,
 };
 use smallvec::SmallVec;
 use std::collections::VecDeque;
@@ -691,22 +692,19 @@ impl Session {
         } else {
             tracing::warn!(client_id = %self.client_id, "payload is not UTF-8 although its format indicator says so");
         }
+        let mut ack = ack_with(pkid, v5_or_success(protocol, reason));
+        if bad_format {
+            ack.properties.reason_string =
+                self.problem_text("payload is not UTF-8 but its Payload Format Indicator is 1");
+        }
         match qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => encode(
-                &Packet::PubAck(ack_with(pkid, v5_or_success(protocol, reason))),
-                protocol,
-                wire,
-            ),
+            QoS::AtLeastOnce => encode(&Packet::PubAck(ack), protocol, wire),
             QoS::ExactlyOnce => {
                 if !reason.is_error() {
                     self.awaiting_rel.push(pkid);
                 }
-                encode(
-                    &Packet::PubRec(ack_with(pkid, v5_or_success(protocol, reason))),
-                    protocol,
-                    wire,
-                )
+                encode(&Packet::PubRec(ack), protocol, wire)
             }
         }
         Ok(())
@@ -730,6 +728,7 @@ impl Session {
             ));
         }
         let mut reasons = Vec::with_capacity(sub.filters.len());
+        let mut problem = None;
         let id = sub.properties.subscription_identifier;
         for f in sub.filters {
             let valid = match shared::parse_shared(&f.filter, limits.max_topic_levels) {
@@ -737,6 +736,7 @@ impl Session {
                 None => validate_topic_filter(&f.filter, limits.max_topic_levels).is_ok(),
             };
             let reason = if !valid {
+                problem.get_or_insert("a topic filter is invalid");
                 failure(self.protocol, ReasonCode::TOPIC_FILTER_INVALID)
             } else {
                 let existed = self.subscriptions.contains_key(&f.filter);
@@ -744,6 +744,7 @@ impl Session {
                     && limits.max_subscriptions > 0
                     && self.subscriptions.len() >= limits.max_subscriptions
                 {
+                    problem.get_or_insert("mqtt.max_subscriptions reached");
                     failure(self.protocol, ReasonCode::QUOTA_EXCEEDED)
                 } else {
                     let filter = f.filter.detach();
@@ -762,10 +763,14 @@ impl Session {
             };
             reasons.push(reason);
         }
+        let properties = AckProperties {
+            reason_string: problem.and_then(|text| self.problem_text(text)),
+            ..Default::default()
+        };
         actions.push(Action::SubAck(SubAck {
             pkid: sub.pkid,
             reasons,
-            properties: Default::default(),
+            properties,
         }));
         Ok(())
     }
@@ -996,6 +1001,13 @@ impl Session {
                 return candidate;
             }
         }
+    }
+
+    /// A Reason String for an acknowledgement, if the client is on 5.0 and did not turn problem
+    /// information off (MQTT-3.1.2-29).
+    fn problem_text(&self, text: &'static str) -> Option<ByteStr> {
+        let wanted = self.conn.is_some_and(|c| c.request_problem_information);
+        (self.protocol.is_v5() && wanted).then(|| ByteStr::from_static(text))
     }
 
     /// The final acknowledgement (PUBACK, PUBCOMP) of an outgoing message: frees its slot and

@@ -877,23 +877,19 @@ fn payload_not_matching_its_format_indicator_is_refused_and_not_routed() {
         Packet::Publish(p)
     };
 
+    // Refused with 0x99 and a Reason String saying why.
+    let refused = |pkid| {
+        let mut a = ack_with(pkid, ReasonCode::PAYLOAD_FORMAT_INVALID);
+        a.properties.reason_string = Some(ByteStr::from_static(
+            "payload is not UTF-8 but its Payload Format Indicator is 1",
+        ));
+        a
+    };
     assert!(c.handle_ok(bad(QoS::AtLeastOnce, 1)).is_empty());
-    assert_eq!(
-        c.sent(),
-        vec![Packet::PubAck(ack_with(
-            1,
-            ReasonCode::PAYLOAD_FORMAT_INVALID
-        ))]
-    );
+    assert_eq!(c.sent(), vec![Packet::PubAck(refused(1))]);
 
     assert!(c.handle_ok(bad(QoS::ExactlyOnce, 2)).is_empty());
-    assert_eq!(
-        c.sent(),
-        vec![Packet::PubRec(ack_with(
-            2,
-            ReasonCode::PAYLOAD_FORMAT_INVALID
-        ))]
-    );
+    assert_eq!(c.sent(), vec![Packet::PubRec(refused(2))]);
     // The refused QoS 2 message holds no packet id.
     c.handle_ok(Packet::PubRel(ack(2)));
     assert_eq!(c.sent(), vec![Packet::PubComp(not_found(2))]);
@@ -1422,6 +1418,18 @@ fn invalid_filters_are_refused_one_by_one() {
     );
     assert_eq!(actions.len(), 2, "one Subscribe, one SubAck");
     assert_eq!(c.session.subscriptions().count(), 1);
+    assert_eq!(
+        suback(&actions).properties.reason_string.as_deref(),
+        Some("a topic filter is invalid"),
+        "a SUBACK with a failure says why on 5.0"
+    );
+    let mut c = Client::new(Protocol::V3_1_1, Limits::default());
+    let actions = c.handle_ok(subscribe(1, &filters, None));
+    assert_eq!(
+        suback(&actions).properties.reason_string,
+        None,
+        "3.1.1 has no properties"
+    );
 
     let mut c = Client::new(Protocol::V3_1_1, Limits::default());
     let actions = c.handle_ok(subscribe(1, &filters, None));
