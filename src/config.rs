@@ -14,7 +14,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::cpus::CpuSpec;
+use crate::cpus::{ControlCpu, CpuSpec};
 use shardmq_broker::shared::SharedStrategy;
 
 /// The documented example configuration, which is also the built-in defaults.
@@ -83,6 +83,9 @@ pub struct NodeConfig {
     pub name: String,
     /// CPUs to run one shard each on.
     pub cpus: CpuSpec,
+    /// CPU of the control plane (for now: the main thread, pinned once the shards have
+    /// started); `none` = unpinned. Must be online and in the affinity mask at start.
+    pub control_cpu: ControlCpu,
 }
 
 /// `[listener]`.
@@ -637,6 +640,7 @@ mod tests {
         let c = defaults();
         assert_eq!(c.node.name, "shardmq@127.0.0.1");
         assert_eq!(c.node.cpus, CpuSpec::All);
+        assert_eq!(c.node.control_cpu, ControlCpu::None);
         assert_eq!(c.listener.bind, "0.0.0.0:1883".parse().unwrap());
         assert_eq!(c.listener.max_connections, 1_000_000);
         assert_eq!(c.listener.max_connection_rate, 0);
@@ -787,6 +791,33 @@ mod tests {
         let err = cpus("0,0").unwrap_err();
         assert!(err.starts_with("node.cpus: "), "{err}");
         assert!(err.contains("more than once"), "{err}");
+    }
+
+    #[test]
+    fn control_cpu_comes_from_file_and_environment() {
+        let control = |vars: &[(&str, &str)]| {
+            load_from(None, env(vars))
+                .map(|c| c.node.control_cpu)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(control(&[]), Ok(ControlCpu::None));
+        assert_eq!(
+            control(&[("SHARDMQ_NODE__CONTROL_CPU", "3")]),
+            Ok(ControlCpu::Cpu(3))
+        );
+        assert_eq!(
+            control(&[("SHARDMQ_NODE__CONTROL_CPU", "none")]),
+            Ok(ControlCpu::None)
+        );
+        let err = control(&[("SHARDMQ_NODE__CONTROL_CPU", "0-1")]).unwrap_err();
+        assert!(err.starts_with("node.control_cpu: "), "{err}");
+        let err = control(&[("SHARDMQ_NODE__CONTROL_CPU", "-1")]).unwrap_err();
+        assert!(err.starts_with("node.control_cpu: "), "{err}");
+        let file = TempToml::new("control-cpu", "[node]\ncontrol_cpu = 1\n");
+        let c = load_from(Some(&file.0), env(&[])).unwrap();
+        assert_eq!(c.node.control_cpu, ControlCpu::Cpu(1));
+        let printed = toml::to_string_pretty(&c).unwrap();
+        assert!(printed.contains("control_cpu = 1"), "{printed}");
     }
 
     #[test]

@@ -145,7 +145,7 @@ fn check_list(cpus: &[usize]) -> Result<(), CpuError> {
 
 /// Parses `"0-3,6"` into `[0, 1, 2, 3, 6]`, keeping the written order. Does not check for
 /// duplicates.
-fn parse_ranges(input: &str) -> Result<Vec<usize>, CpuError> {
+pub(crate) fn parse_ranges(input: &str) -> Result<Vec<usize>, CpuError> {
     let syntax = |reason: String| CpuError::Syntax {
         input: input.to_owned(),
         reason,
@@ -180,7 +180,7 @@ fn parse_ranges(input: &str) -> Result<Vec<usize>, CpuError> {
 }
 
 /// Formats CPU ids as ascending ranges: `[0, 1, 2, 3, 6]` gives `"0-3,6"`.
-fn format_ranges(cpus: &[usize]) -> String {
+pub fn format_ranges(cpus: &[usize]) -> String {
     let set: BTreeSet<usize> = cpus.iter().copied().collect();
     let mut out: Vec<String> = Vec::new();
     let mut iter = set.into_iter().peekable();
@@ -247,6 +247,124 @@ fn affinity_cpus() -> Option<Vec<usize>> {
         .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
         .collect();
     (!cpus.is_empty()).then_some(cpus)
+}
+
+/// The `node.control_cpu` setting: the CPU the control plane runs on, or none (unpinned).
+///
+/// Written `"none"` or a CPU id (`0`, or `"0"` as an environment value). Until the control plane
+/// has its own thread, the node pins its main thread there once the shards have started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ControlCpu {
+    /// Not pinned: the control plane may run on any CPU of the process's affinity mask.
+    #[default]
+    None,
+    /// Pinned to this CPU.
+    Cpu(usize),
+}
+
+impl ControlCpu {
+    /// Checks that the CPU (if any) is usable: online and in the process's affinity mask, i.e.
+    /// in `usable` (see [`online_cpus`]). Returns the CPU. The message names `node.control_cpu`.
+    pub fn resolve(&self, usable: &[usize]) -> Result<Option<usize>, String> {
+        match *self {
+            Self::None => Ok(None),
+            Self::Cpu(cpu) if usable.contains(&cpu) => Ok(Some(cpu)),
+            Self::Cpu(cpu) => Err(format!(
+                "node.control_cpu: CPU {cpu} is offline or outside this process's CPU affinity \
+                 mask (usable CPUs: {}); pick one of them or \"none\"",
+                format_ranges(usable)
+            )),
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text.eq_ignore_ascii_case("none") {
+            return Ok(Self::None);
+        }
+        let cpu: usize = text
+            .parse()
+            .map_err(|_| format!("{text:?} is not \"none\" nor a CPU id"))?;
+        Self::from_id(cpu)
+    }
+
+    fn from_id(cpu: usize) -> Result<Self, String> {
+        if cpu >= CPU_ID_LIMIT {
+            return Err(format!(
+                "CPU {cpu} is out of range (ids are below {CPU_ID_LIMIT})"
+            ));
+        }
+        Ok(Self::Cpu(cpu))
+    }
+}
+
+impl fmt::Display for ControlCpu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::None => f.write_str("none"),
+            Self::Cpu(cpu) => write!(f, "{cpu}"),
+        }
+    }
+}
+
+impl Serialize for ControlCpu {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::None => serializer.serialize_str("none"),
+            Self::Cpu(cpu) => serializer.serialize_u64(*cpu as u64),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ControlCpu {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ControlCpuVisitor)
+    }
+}
+
+/// Accepts `"none"`, a CPU id, or a CPU id as a string.
+struct ControlCpuVisitor;
+
+impl Visitor<'_> for ControlCpuVisitor {
+    type Value = ControlCpu;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"none\" or a CPU id")
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<ControlCpu, E> {
+        ControlCpu::parse(value).map_err(E::custom)
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<ControlCpu, E> {
+        ControlCpu::from_id(usize::try_from(value).unwrap_or(usize::MAX)).map_err(E::custom)
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<ControlCpu, E> {
+        match u64::try_from(value) {
+            Ok(value) => self.visit_u64(value),
+            Err(_) => Err(E::invalid_value(de::Unexpected::Signed(value), &self)),
+        }
+    }
+}
+
+/// Pins the calling thread to `cpu` (`sched_setaffinity`).
+pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: cpu_set_t is a plain bit array for which all-zero is a valid (empty) value.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` is below CPU_SETSIZE, checked above.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t and the size passed is its exact size; pid 0 is the
+    // calling thread.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 impl Serialize for CpuSpec {
@@ -402,6 +520,56 @@ mod tests {
         assert!(!cpus.is_empty());
         assert!(cpus.windows(2).all(|w| w[0] < w[1]), "{cpus:?}");
         assert_eq!(CpuSpec::All.resolve(&cpus), Ok(cpus.clone()));
+    }
+
+    #[test]
+    fn offline_cpus_in_node_cpus_are_refused_naming_the_key() {
+        let usable = online_cpus();
+        let missing = usable.iter().max().copied().unwrap_or(0) + 1;
+        let err = CpuSpec::List(vec![missing]).resolve(&usable).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("node.cpus: CPU {missing} is not online")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn control_cpu_parses_none_and_ids() {
+        assert_eq!(ControlCpu::parse("none"), Ok(ControlCpu::None));
+        assert_eq!(ControlCpu::parse(" NONE "), Ok(ControlCpu::None));
+        assert_eq!(ControlCpu::parse("3"), Ok(ControlCpu::Cpu(3)));
+        assert!(ControlCpu::parse("0-1").is_err());
+        assert!(ControlCpu::parse("8192")
+            .unwrap_err()
+            .contains("out of range"));
+        assert_eq!(ControlCpu::default(), ControlCpu::None);
+        assert_eq!(ControlCpu::Cpu(2).to_string(), "2");
+        assert_eq!(ControlCpu::None.to_string(), "none");
+    }
+
+    #[test]
+    fn control_cpu_must_be_usable() {
+        assert_eq!(ControlCpu::None.resolve(&[0, 1]), Ok(None));
+        assert_eq!(ControlCpu::Cpu(1).resolve(&[0, 1]), Ok(Some(1)));
+        let err = ControlCpu::Cpu(5).resolve(&[0, 1]).unwrap_err();
+        assert!(
+            err.starts_with("node.control_cpu: CPU 5 is offline"),
+            "{err}"
+        );
+        assert!(err.contains("usable CPUs: 0-1"), "{err}");
+    }
+
+    #[test]
+    fn pinning_to_a_usable_cpu_works_on_a_thread() {
+        let cpu = online_cpus()[0];
+        std::thread::spawn(move || {
+            pin_current_thread(cpu).expect("pins");
+            assert_eq!(affinity_cpus(), Some(vec![cpu]));
+        })
+        .join()
+        .unwrap();
+        assert!(pin_current_thread(CPU_ID_LIMIT * 4).is_err());
     }
 
     #[test]

@@ -8,5 +8,6 @@
 pub mod config;
 pub mod cpus;
 mod node;
+pub mod tune;
 
 pub use node::run;

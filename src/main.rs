@@ -34,6 +34,31 @@ enum Command {
     Run,
     /// Load and validate the configuration, then print the effective settings.
     CheckConfig,
+    /// Host tuning: check this host against a profile, or print a profile's files.
+    Tune {
+        #[command(subcommand)]
+        action: TuneCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TuneCommand {
+    /// Check this host (sysctls, limits, CPUs, huge pages, io_uring) against a profile and the
+    /// configuration; exits non-zero when it falls short.
+    Check {
+        /// Tuning profile: million or default.
+        #[arg(long, default_value = "million", value_parser = ["million", "default"])]
+        profile: String,
+    },
+    /// Print a profile's files (tuning/<profile>/sysctl.conf, limits.conf, tuning/shardmq.service).
+    Print {
+        /// Tuning profile: million or default.
+        #[arg(long, default_value = "million", value_parser = ["million", "default"])]
+        profile: String,
+        /// Only this file: sysctl.conf, limits.conf or shardmq.service.
+        #[arg(long, value_parser = ["sysctl.conf", "limits.conf", "shardmq.service"])]
+        file: Option<String>,
+    },
 }
 
 /// The environment variable that makes mimalloc commit arena memory as it is used.
@@ -84,6 +109,35 @@ fn try_main() -> anyhow::Result<()> {
             shardmq::run(config)
         }
         Command::CheckConfig => check_config(&config),
+        Command::Tune { action } => tune(action, &config),
+    }
+}
+
+/// `shardmq tune check|print`.
+fn tune(action: TuneCommand, config: &Config) -> anyhow::Result<()> {
+    use shardmq::tune::{self, HostReader, Profile};
+    let named = |name: &str| Profile::named(name).context("unknown profile");
+    match action {
+        TuneCommand::Check { profile } => {
+            let profile = named(&profile)?;
+            let findings = tune::check(&HostReader::live(), &profile, config);
+            print!("{}", tune::report(&profile, &findings));
+            let failed = findings.iter().filter(|f| !f.ok).count();
+            anyhow::ensure!(
+                failed == 0,
+                "this host falls short of the {} profile in {failed} setting(s)",
+                profile.name
+            );
+            Ok(())
+        }
+        TuneCommand::Print { profile, file } => {
+            let profile = named(&profile)?;
+            match file {
+                Some(file) => print!("{}", profile.file(&file).context("unknown file")?),
+                None => print!("{}", profile.print_all()),
+            }
+            Ok(())
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Starting a node from its configuration.
 
 use crate::config::Config;
-use crate::cpus::{online_cpus, CpuSpec};
+use crate::cpus::{online_cpus, pin_current_thread, CpuSpec};
 use anyhow::Context;
 use shardmq_broker::auth::{Authenticators, HmacSha256Auth};
 use shardmq_broker::redirect::Redirect;
@@ -99,9 +99,39 @@ fn watch_move_signal(trigger: MoveTrigger, armed: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The control plane's CPU (`node.control_cpu`), checked: online and in the affinity mask, or
+/// the node does not start. Warns if it is also a shard CPU.
+fn control_cpu(config: &Config, shard_cpus: &[usize]) -> anyhow::Result<Option<usize>> {
+    let cpu = config
+        .node
+        .control_cpu
+        .resolve(&online_cpus())
+        .map_err(anyhow::Error::msg)?;
+    if let Some(cpu) = cpu.filter(|cpu| shard_cpus.contains(cpu)) {
+        tracing::warn!(
+            "node.control_cpu = {cpu} is also in node.cpus: the control plane will compete with that shard for the CPU; pick a CPU outside node.cpus (see docs/tuning.md)"
+        );
+    }
+    Ok(cpu)
+}
+
+/// Warns when the open-file limit cannot hold `listener.max_connections`.
+fn warn_if_nofile_too_low(max_connections: u64) {
+    let nofile = crate::tune::nofile_limit();
+    if let Some(needed) = crate::tune::nofile_shortfall(max_connections, nofile) {
+        tracing::warn!(
+            nofile,
+            max_connections,
+            "this host cannot hold listener.max_connections = {max_connections}: the open-file limit (RLIMIT_NOFILE) is {nofile}; raise it to at least {needed} (LimitNOFILE= in the systemd unit, or /etc/security/limits.d; see `shardmq tune check`), or lower listener.max_connections"
+        );
+    }
+}
+
 /// Runs the broker node described by `config` until the process is stopped.
 pub fn run(config: Config) -> anyhow::Result<()> {
     let rt = runtime_config(&config)?;
+    let control = control_cpu(&config, &rt.cpus)?;
+    warn_if_nofile_too_low(config.listener.max_connections);
     watch_move_signal(
         rt.move_trigger.clone(),
         !config.listener.moved_to.is_empty(),
@@ -109,6 +139,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(node = %rt.node_name, cpus = ?rt.cpus, bind = %rt.bind, "starting shardmq {}", env!("CARGO_PKG_VERSION"));
     let node = Node::start(rt).context("starting the data plane")?;
     tracing::info!("shardmq ready");
+    // The control plane will run on its own thread on node.control_cpu; until it exists, the
+    // main thread (which only waits for the shards) is what runs there.
+    if let Some(cpu) = control {
+        pin_current_thread(cpu)
+            .with_context(|| format!("node.control_cpu: pinning to CPU {cpu}"))?;
+        tracing::info!(cpu, "control plane pinned");
+    }
     node.join();
     Ok(())
 }
