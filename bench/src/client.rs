@@ -35,6 +35,8 @@ pub(crate) struct ConnectOptions {
     pub(crate) protocol: Protocol,
     pub(crate) keep_alive_secs: u16,
     pub(crate) clean_start: bool,
+    /// MQTT 5.0 Session Expiry Interval sent in CONNECT, seconds; `None` = absent (0).
+    pub(crate) session_expiry_secs: Option<u32>,
     pub(crate) username: Option<String>,
     pub(crate) password: Option<String>,
     pub(crate) nodelay: bool,
@@ -117,7 +119,10 @@ impl Client {
             will: None,
             username: opts.username.as_deref().map(ByteStr::from),
             password: opts.password.clone().map(Into::into),
-            properties: ConnectProperties::default(),
+            properties: ConnectProperties {
+                session_expiry_interval: opts.session_expiry_secs.filter(|_| opts.protocol.is_v5()),
+                ..ConnectProperties::default()
+            },
         })));
         // On a socket whose non-blocking connect is still in progress the send waits for
         // writability, which is when the handshake completes (or fails).

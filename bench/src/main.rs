@@ -37,6 +37,13 @@ enum Command {
     /// Subscribers, then publishers, in one process; reports throughput and end-to-end latency.
     #[command(disable_help_flag = true, args_override_self = true)]
     Pubsub(pubsub::PubsubArgs),
+    /// Subscribers only (emqtt-bench `sub`): receive until --duration-secs or Ctrl-C; latency
+    /// from the CLOCK_MONOTONIC send time a `pub` process on the same host put in each payload.
+    #[command(disable_help_flag = true, args_override_self = true)]
+    Sub(pubsub::PubsubArgs),
+    /// Publishers only (emqtt-bench `pub`): publish until --duration-secs, -L or Ctrl-C.
+    #[command(disable_help_flag = true, args_override_self = true)]
+    Pub(pubsub::PubsubArgs),
 }
 
 /// Options every command shares: where to connect, how, and on which CPUs.
@@ -80,6 +87,12 @@ pub(crate) struct CommonArgs {
     /// Seconds to wait for CONNACK before counting a connection as failed.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     connect_timeout_secs: u64,
+    /// Clean Start (Clean Session in 3.x) in CONNECT; `--clean-start false` keeps sessions.
+    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    clean_start: bool,
+    /// MQTT 5.0 Session Expiry Interval in CONNECT, seconds (absent = 0).
+    #[arg(short = 'x', long = "session-expiry")]
+    session_expiry_secs: Option<u32>,
     /// Print the summary as one JSON object on stdout (progress lines go to stderr).
     #[arg(long)]
     json: bool,
@@ -110,7 +123,8 @@ impl CommonArgs {
             target: self.target()?,
             protocol: self.protocol(),
             keep_alive_secs: self.keep_alive_secs,
-            clean_start: true,
+            clean_start: self.clean_start,
+            session_expiry_secs: self.session_expiry_secs,
             username: self.username.clone(),
             password: self.password.clone(),
             nodelay,
@@ -153,7 +167,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Conn(args) => conn::run(args),
-        Command::Pubsub(args) => pubsub::run(args),
+        Command::Pubsub(args) => pubsub::run(args, pubsub::Mode::Both),
+        Command::Sub(args) => pubsub::run(args, pubsub::Mode::Sub),
+        Command::Pub(args) => pubsub::run(args, pubsub::Mode::Pub),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

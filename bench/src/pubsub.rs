@@ -42,12 +42,24 @@ const SETUP_SLACK: Duration = Duration::from_secs(10);
 pub(crate) struct PubsubArgs {
     #[command(flatten)]
     common: CommonArgs,
-    /// Publishers.
+    /// Publishers (`pubsub`).
     #[arg(long, default_value_t = 1)]
     pubs: u64,
-    /// Subscribers.
+    /// Subscribers (`pubsub`).
     #[arg(long, default_value_t = 1)]
     subs: u64,
+    /// Clients of a `sub` or `pub` run (emqtt-bench's -c); ignored by `pubsub`.
+    #[arg(short = 'c', long = "count", default_value_t = 1)]
+    count: u64,
+    /// Subscribe through the shared-subscription group G: filters become $share/G/<filter>.
+    #[arg(long, value_name = "G")]
+    shared_group: Option<String>,
+    /// Milliseconds between two messages of one publisher (emqtt-bench's -I); overrides --rate.
+    #[arg(short = 'I', long = "interval-ms")]
+    interval_ms: Option<u64>,
+    /// Messages to publish over the whole run (all publishers); 0 = no limit.
+    #[arg(short = 'L', long = "limit", default_value_t = 0)]
+    limit: u64,
     /// Topic template for publishers (and subscribers, unless --sub-topic): %i is the client's
     /// number from 1, %c its client identifier.
     #[arg(short = 't', long, default_value = "bench/%i")]
@@ -61,8 +73,8 @@ pub(crate) struct PubsubArgs {
     /// Payload size in bytes (at least 8: the payload starts with the send timestamp).
     #[arg(short = 's', long = "size", default_value_t = 64)]
     size: usize,
-    /// Seconds of publishing.
-    #[arg(long, default_value_t = 10)]
+    /// Seconds of publishing (of receiving, for `sub`); 0 = until Ctrl-C (or -L).
+    #[arg(long, alias = "duration", default_value_t = 10)]
     duration_secs: u64,
     /// Messages per second per publisher; 0 = as fast as the connection takes them (QoS 0:
     /// until the socket pushes back; QoS 1/2: within the --inflight window).
@@ -90,23 +102,85 @@ struct Plan {
     sub_topic: String,
     qos: QoS,
     size: usize,
+    /// Messages per second per publisher, for display; 0 = unpaced.
     rate: u64,
+    /// Nanoseconds between two messages of one publisher; 0 = unpaced.
+    interval_ns: u64,
     inflight: u16,
+    /// Messages each publisher sends at most, by publisher number - 1; 0 = no limit.
+    limit: u64,
     /// Subscribers each publisher's topic reaches, by publisher number - 1; `None` unknown.
     fanout: Option<Arc<[u64]>>,
     /// Bound on messages sent and not yet received over all publishers; 0 = none.
     outstanding_max: u64,
 }
 
-pub(crate) fn run(args: PubsubArgs) -> anyhow::Result<()> {
+/// Which clients a run has: `pubsub` both, `sub` and `pub` one kind each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Both,
+    Sub,
+    Pub,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Both => "pubsub",
+            Mode::Sub => "sub",
+            Mode::Pub => "pub",
+        }
+    }
+}
+
+/// Set by SIGINT/SIGTERM: the run ends as if its time were up and prints its summary.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn catch_interrupts() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
+        }
+    }
+}
+
+pub(crate) fn run(mut args: PubsubArgs, mode: Mode) -> anyhow::Result<()> {
+    catch_interrupts();
+    match mode {
+        Mode::Both => {}
+        Mode::Sub => (args.subs, args.pubs) = (args.count, 0),
+        Mode::Pub => (args.subs, args.pubs) = (0, args.count),
+    }
+    if let Some(g) = &args.shared_group {
+        let filter = args.sub_topic.clone().unwrap_or_else(|| args.topic.clone());
+        args.sub_topic = Some(format!("$share/{g}/{filter}"));
+    }
+    let interval_ns = match (args.interval_ms, args.rate) {
+        (Some(ms), _) => ms.saturating_mul(1_000_000).max(1),
+        (None, 0) => 0,
+        (None, r) => (1_000_000_000 / r).max(1),
+    };
+    args.rate = 1_000_000_000u64
+        .checked_div(interval_ns)
+        .map_or(0, |r| r.max(1));
+    let args = args;
     let common = &args.common;
     anyhow::ensure!(
         args.size >= TIMESTAMP_BYTES,
         "--size must be at least {TIMESTAMP_BYTES} bytes: the payload starts with the send time"
     );
     anyhow::ensure!(
-        args.pubs > 0 && args.subs > 0,
-        "--pubs and --subs must be at least 1"
+        args.pubs + args.subs > 0 && (mode != Mode::Both || (args.pubs > 0 && args.subs > 0)),
+        "there must be at least one publisher and one subscriber (-c for sub and pub)"
     );
     let progress = common.progress();
     let plan = Plan {
@@ -119,12 +193,16 @@ pub(crate) fn run(args: PubsubArgs) -> anyhow::Result<()> {
         qos: args.qos,
         size: args.size,
         rate: args.rate,
+        interval_ns,
         inflight: args.inflight,
+        limit: args.limit,
         fanout: None,
         outstanding_max: 0,
     };
     let plan = Plan {
-        fanout: expected_fanout(&plan).map(Arc::from),
+        fanout: (mode == Mode::Both)
+            .then(|| expected_fanout(&plan).map(Arc::from))
+            .flatten(),
         ..plan
     };
     let plan = Plan {
@@ -135,8 +213,9 @@ pub(crate) fn run(args: PubsubArgs) -> anyhow::Result<()> {
         ..plan
     };
     progress.line(&format!(
-        "pubsub: {} publishers -> {} subscribers on {} (MQTT level {}), topic {:?}, filter {:?}, \
+        "{}: {} publishers -> {} subscribers on {} (MQTT level {}), topic {:?}, filter {:?}, \
          QoS {}, {} bytes, {}s, rate {}",
+        mode.name(),
         plan.pubs,
         plan.subs,
         plan.dial.opts.target,
@@ -166,14 +245,22 @@ pub(crate) fn run(args: PubsubArgs) -> anyhow::Result<()> {
     let shared = Arc::new(Shared::default());
     let worker = runner::start(common.cpus(), plan, shared.clone(), executor)?;
 
-    let outcome = drive(&args, progress, &shared, &worker);
+    let outcome = drive(&args, mode, progress, &shared, &worker);
     shared.finish();
     let results = worker
         .join()
         .map_err(|_| anyhow::anyhow!("executor thread panicked"))??;
     let window = outcome?;
     let measured = Measured::merge_all(results);
-    summary(&args, progress, &shared, window, fanout_known, &measured);
+    summary(
+        &args,
+        mode,
+        progress,
+        &shared,
+        window,
+        fanout_known,
+        &measured,
+    );
     Ok(())
 }
 
@@ -222,9 +309,10 @@ struct Window {
 }
 
 /// Waits for the clients to be ready, starts the publishers, prints a line a second, stops
-/// them after `--duration-secs` and waits for the subscribers to drain.
+/// them after `--duration-secs` (or -L, or Ctrl-C) and waits for the subscribers to drain.
 fn drive(
     args: &PubsubArgs,
+    mode: Mode,
     progress: Progress,
     shared: &Shared,
     worker: &runner::Worker,
@@ -237,7 +325,7 @@ fn drive(
     loop {
         let ready = Counters::get(&c.subscribed) + Counters::get(&c.pub_ready);
         let failed = Counters::get(&c.connect_fail) + Counters::get(&c.sub_fail);
-        if ready + failed >= clients {
+        if ready + failed >= clients || interrupted() {
             break;
         }
         anyhow::ensure!(!worker.is_finished(), "the executors ended during setup");
@@ -247,7 +335,8 @@ fn drive(
         );
         if Instant::now() >= next_line {
             progress.line(&format!(
-                "[setup] ready={ready} failed={failed} of {clients}"
+                "[setup] connect_succ={} ready={ready} failed={failed} of {clients}",
+                Counters::get(&c.connect_succ)
             ));
             next_line += Duration::from_secs(1);
         }
@@ -255,48 +344,86 @@ fn drive(
     }
     let (subscribed, pub_ready) = (Counters::get(&c.subscribed), Counters::get(&c.pub_ready));
     anyhow::ensure!(
-        subscribed > 0 && pub_ready > 0,
+        (subscribed > 0 || args.subs == 0) && (pub_ready > 0 || args.pubs == 0),
         "no subscriber ({subscribed}) or no publisher ({pub_ready}) is ready: connect_fail={} \
          sub_fail={}",
         Counters::get(&c.connect_fail),
         Counters::get(&c.sub_fail),
     );
     progress.line(&format!(
-        "{subscribed} subscribers subscribed, {pub_ready} publishers connected; publishing"
+        "{subscribed} subscribers subscribed, {pub_ready} publishers connected; {}",
+        if mode == Mode::Sub {
+            "receiving"
+        } else {
+            "publishing"
+        }
     ));
 
     let started = Instant::now();
     let start_ns = clock::now_ns();
     shared.start(start_ns);
     let (mut prev_sent, mut prev_recv) = (0, 0);
-    for tick in 1..=args.duration_secs {
+    let mut tick = 0u64;
+    loop {
+        if (args.duration_secs > 0 && tick >= args.duration_secs) || interrupted() {
+            break;
+        }
+        if args.limit > 0 && Counters::get(&c.sent) >= args.limit {
+            break;
+        }
+        tick += 1;
         let due = started + Duration::from_secs(tick);
-        while Instant::now() < due {
+        while Instant::now() < due && !interrupted() {
             anyhow::ensure!(
                 !worker.is_finished(),
                 "the executors ended while publishing"
             );
+            if args.limit > 0 && Counters::get(&c.sent) >= args.limit {
+                break;
+            }
             std::thread::sleep(POLL_FLAGS.min(due.saturating_duration_since(Instant::now())));
         }
         let (sent, recv) = (Counters::get(&c.sent), Counters::get(&c.received));
-        progress.line(&format!(
-            "[{tick}s] pub={} recv={} pub_total={sent} recv_total={recv} disconnected={}",
+        let errors = Counters::get(&c.connect_fail)
+            + Counters::get(&c.sub_fail)
+            + Counters::get(&c.disconnected);
+        let line = format!(
+            "[{tick}s] connect_succ={} pub={} recv={} pub_overrun={} errors={errors} \
+             pub_total={sent} recv_total={recv}",
+            Counters::get(&c.connect_succ),
             sent - prev_sent,
             recv - prev_recv,
-            Counters::get(&c.disconnected),
-        ));
+            Counters::get(&c.pub_overrun),
+        );
+        if args.common.json {
+            // One JSON object per second on stdout too, for a parent merging several runs.
+            println!(
+                "{}",
+                serde_json::json!({
+                    "tick": tick,
+                    "connect_succ": Counters::get(&c.connect_succ),
+                    "pub": sent - prev_sent,
+                    "recv": recv - prev_recv,
+                    "pub_overrun": Counters::get(&c.pub_overrun),
+                    "errors": errors,
+                })
+            );
+        }
+        progress.line(&line);
         (prev_sent, prev_recv) = (sent, recv);
     }
     shared.stop();
     let stop_ns = clock::now_ns();
 
-    let drain_until = Instant::now() + DRAIN_MAX;
-    let mut last = (Counters::get(&c.received), Instant::now());
-    while Instant::now() < drain_until && last.1.elapsed() < DRAIN_QUIET {
-        std::thread::sleep(POLL_FLAGS);
-        let recv = Counters::get(&c.received);
-        if recv != last.0 {
-            last = (recv, Instant::now());
+    if mode != Mode::Pub && !interrupted() {
+        let drain_until = Instant::now() + DRAIN_MAX;
+        let mut last = (Counters::get(&c.received), Instant::now());
+        while Instant::now() < drain_until && last.1.elapsed() < DRAIN_QUIET && !interrupted() {
+            std::thread::sleep(POLL_FLAGS);
+            let recv = Counters::get(&c.received);
+            if recv != last.0 {
+                last = (recv, Instant::now());
+            }
         }
     }
     Ok(Window { start_ns, stop_ns })
@@ -304,6 +431,7 @@ fn drive(
 
 fn summary(
     args: &PubsubArgs,
+    mode: Mode,
     progress: Progress,
     shared: &Shared,
     w: Window,
@@ -314,7 +442,12 @@ fn summary(
     let sent = Counters::get(&c.sent);
     let received = Counters::get(&c.received);
     let pub_secs = w.stop_ns.saturating_sub(w.start_ns) as f64 / 1e9;
-    let recv_secs = Counters::get(&c.last_recv_ns).saturating_sub(w.start_ns) as f64 / 1e9;
+    // A `sub` run counts from its first message: its publishers start when they like.
+    let recv_from = match mode {
+        Mode::Sub => Counters::get(&c.first_recv_ns).max(w.start_ns),
+        _ => w.start_ns,
+    };
+    let recv_secs = Counters::get(&c.last_recv_ns).saturating_sub(recv_from) as f64 / 1e9;
     let per_sec = |n: u64, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
     let (pub_rate, recv_rate) = (per_sec(sent, pub_secs), per_sec(received, recv_secs));
     let expected = fanout_known.then(|| Counters::get(&c.expected));
@@ -322,7 +455,8 @@ fn summary(
     let stalls = Counters::get(&c.window_stalls);
     if args.common.json {
         let json = serde_json::json!({
-            "command": "pubsub",
+            "command": mode.name(),
+            "summary": true,
             "pubs": args.pubs,
             "subs": args.subs,
             "qos": args.qos as u8,
@@ -334,6 +468,8 @@ fn summary(
             "expected": expected,
             "lost": lost,
             "window_stalls": stalls,
+            "pub_overrun": Counters::get(&c.pub_overrun),
+            "connect_succ": Counters::get(&c.connect_succ),
             "pub_rate": pub_rate,
             "recv_rate": recv_rate,
             "latency_us": runner::latency_json(&m.latency_ns),
@@ -431,7 +567,12 @@ async fn client_task(
         Role::Publisher => {
             let topic = topic::expand(&plan.topic, seq, &client_id);
             let fanout = plan.fanout.as_ref().map(|f| f[(seq - 1) as usize]);
-            publish(&mut client, &topic, fanout, &plan, &shared).await
+            // -L is over the whole run: publisher `seq` gets its share of it.
+            let limit = match plan.limit {
+                0 => u64::MAX,
+                l => l / plan.pubs + u64::from(seq <= l % plan.pubs),
+            };
+            publish(&mut client, &topic, fanout, limit, &plan, &shared).await
         }
     };
     match result {
@@ -529,6 +670,7 @@ async fn subscribe(
             }
         }
         if received > 0 {
+            Counters::first(&c.first_recv_ns, now_ns);
             Counters::max(&c.last_recv_ns, now_ns);
             Counters::add(&c.received, received);
         }
@@ -551,6 +693,7 @@ async fn publish(
     client: &mut Client,
     topic: &str,
     fanout: Option<u64>,
+    limit: u64,
     plan: &Plan,
     shared: &Shared,
 ) -> io::Result<()> {
@@ -570,15 +713,19 @@ async fn publish(
     let mut window = PacketIds::new(plan.inflight);
     let mut sent = 0u64;
     client.set_read_timeout(Some(READ_POLL))?;
-    while !shared.stopped() {
-        let due = match plan.rate {
+    while !shared.stopped() && sent < limit {
+        let due = match plan.interval_ns {
             0 => PUBLISH_BATCH_MAX,
-            rate => {
-                let elapsed = u128::from(clock::now_ns() - start_ns);
-                let expected = (elapsed * u128::from(rate) / 1_000_000_000) as u64 + 1;
-                expected.saturating_sub(sent).min(PUBLISH_BATCH_MAX)
+            interval => {
+                let elapsed = clock::now_ns() - start_ns;
+                let behind = (elapsed / interval + 1).saturating_sub(sent);
+                if behind > PUBLISH_BATCH_MAX {
+                    Counters::add(&c.pub_overrun, 1);
+                }
+                behind.min(PUBLISH_BATCH_MAX)
             }
-        };
+        }
+        .min(limit - sent);
         if plan.outstanding_max > 0 {
             wait_for_subscribers(plan.outstanding_max, shared).await;
         }
@@ -608,9 +755,8 @@ async fn publish(
             handle_acks(client, read, &mut window)?;
             client.flush().await?;
         }
-        if plan.rate > 0 && due == 0 {
-            let next_ns =
-                start_ns + (u128::from(sent) * 1_000_000_000 / u128::from(plan.rate)) as u64;
+        if plan.interval_ns > 0 && due == 0 {
+            let next_ns = start_ns + sent.saturating_mul(plan.interval_ns);
             glommio::timer::sleep(clock::until(next_ns).max(Duration::from_micros(10))).await;
         } else {
             glommio::yield_if_needed().await;

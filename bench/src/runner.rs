@@ -44,6 +44,10 @@ pub(crate) struct Counters {
     pub(crate) window_stalls: AtomicU64,
     /// When the last message was received, in ns since the process base.
     pub(crate) last_recv_ns: AtomicU64,
+    /// When the first message was received; 0 until then.
+    pub(crate) first_recv_ns: AtomicU64,
+    /// Times a paced publisher was more than a batch behind its schedule (`pub_overrun`).
+    pub(crate) pub_overrun: AtomicU64,
     /// When the last connection attempt ended, in ns since the process base.
     pub(crate) last_connect_ns: AtomicU64,
 }
@@ -59,6 +63,11 @@ impl Counters {
 
     pub(crate) fn max(counter: &AtomicU64, v: u64) {
         counter.fetch_max(v, Ordering::Relaxed);
+    }
+
+    /// Sets `counter` to `v` if it is still 0.
+    pub(crate) fn first(counter: &AtomicU64, v: u64) {
+        let _ = counter.compare_exchange(0, v, Ordering::Relaxed, Ordering::Relaxed);
     }
 }
 
