@@ -436,7 +436,8 @@ pub struct Session {
     conn: Option<ConnParams>,
     /// Topic aliases of the current connection (reset on attach and detach, never carried).
     aliases_in: InboundAliases,
-    aliases_out: OutboundAliases,
+    /// `None` while the client takes no topic aliases (most clients; the table is ~96 B).
+    aliases_out: Option<Box<OutboundAliases>>,
     stats: SessionStats,
 }
 
@@ -455,7 +456,7 @@ impl Session {
             will: None,
             conn: None,
             aliases_in: InboundAliases::default(),
-            aliases_out: OutboundAliases::default(),
+            aliases_out: None,
             stats: SessionStats::default(),
         }
     }
@@ -530,11 +531,12 @@ impl Session {
         self.conn = Some(accepted.params);
         // A new connection starts with no topic aliases in either direction (MQTT-3.3.2-7).
         self.aliases_in = InboundAliases::default();
-        self.aliases_out = OutboundAliases::new(if accepted.protocol.is_v5() {
+        let alias_max = if accepted.protocol.is_v5() {
             accepted.params.topic_alias_max
         } else {
             0
-        });
+        };
+        self.aliases_out = (alias_max > 0).then(|| Box::new(OutboundAliases::new(alias_max)));
         let protocol = self.protocol;
         // A PUBLISH too large for this connection is discarded as if it had been sent
         // (MQTT-3.1.2-25); the previous connection may have allowed larger packets.
@@ -561,7 +563,7 @@ impl Session {
     pub fn detach(&mut self) {
         self.conn = None;
         self.aliases_in = InboundAliases::default();
-        self.aliases_out = OutboundAliases::default();
+        self.aliases_out = None;
     }
 
     /// Handles one packet from the connected client.
@@ -990,7 +992,7 @@ impl Session {
 
     /// Writes the first transmission of `item`, with a topic alias where the client takes them.
     fn write_new(&mut self, now: Instant, item: &Queued, pkid: u16, wire: &mut BytesMut) {
-        let aliases = Some(&mut self.aliases_out);
+        let aliases = self.aliases_out.as_deref_mut();
         write_publish(self.protocol, item, pkid, false, now, aliases, wire);
     }
 
@@ -1000,7 +1002,7 @@ impl Session {
             return u32::MAX;
         }
         conn.max_packet_size
-            .saturating_sub(self.aliases_out.overhead() as u32)
+            .saturating_sub(self.aliases_out.as_ref().map_or(0, |a| a.overhead()) as u32)
     }
 
     fn window(&self, limits: &Limits) -> usize {
