@@ -115,14 +115,21 @@ fn control_cpu(config: &Config, shard_cpus: &[usize]) -> anyhow::Result<Option<u
     Ok(cpu)
 }
 
-/// Warns when the open-file limit cannot hold `listener.max_connections`.
+/// Raises the soft open-file limit to the hard one, and warns when that cannot hold
+/// `listener.max_connections`.
 fn warn_if_nofile_too_low(max_connections: u64) {
-    let nofile = crate::tune::nofile_limit();
+    let before = crate::tune::nofile_limit();
+    let nofile = crate::tune::raise_nofile_to_hard();
+    if nofile > before {
+        tracing::info!(
+            "open-file limit (RLIMIT_NOFILE) raised from {before} to the hard limit {nofile}"
+        );
+    }
     if let Some(needed) = crate::tune::nofile_shortfall(max_connections, nofile) {
         tracing::warn!(
             nofile,
             max_connections,
-            "this host cannot hold listener.max_connections = {max_connections}: the open-file limit (RLIMIT_NOFILE) is {nofile}; raise it to at least {needed} (LimitNOFILE= in the systemd unit, or /etc/security/limits.d; see `shardmq tune check`), or lower listener.max_connections"
+            "this host cannot hold listener.max_connections = {max_connections}: the open-file limit (RLIMIT_NOFILE, raised to its hard limit) is {nofile}; raise the hard limit to at least {needed} (LimitNOFILE= in the systemd unit, or /etc/security/limits.d; see `shardmq tune check`), or lower listener.max_connections"
         );
     }
 }

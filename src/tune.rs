@@ -108,42 +108,80 @@ impl Profile {
 /// Resource limits of the process that will run the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rlimits {
-    /// Soft `RLIMIT_NOFILE`.
+    /// `RLIMIT_NOFILE` the broker will have: the hard limit, since it raises its soft limit to
+    /// the hard one at start ([`raise_nofile_to_hard`]).
     pub nofile: u64,
     /// Soft `RLIMIT_MEMLOCK`, bytes; `u64::MAX` = unlimited.
     pub memlock: u64,
 }
 
 impl Rlimits {
-    /// This process's soft limits (`getrlimit`).
+    /// This process's limits (`getrlimit`): the hard open-file limit, the soft memlock limit.
     pub fn current() -> Rlimits {
         Rlimits {
-            nofile: soft_limit(libc::RLIMIT_NOFILE),
-            memlock: soft_limit(libc::RLIMIT_MEMLOCK),
+            nofile: limits(libc::RLIMIT_NOFILE).map_or(0, |(_, hard)| hard),
+            memlock: limits(libc::RLIMIT_MEMLOCK).map_or(0, |(soft, _)| soft),
         }
     }
 }
 
-/// The soft limit of `resource`; `u64::MAX` for unlimited, 0 if it cannot be read.
-fn soft_limit(resource: libc::__rlimit_resource_t) -> u64 {
+/// The soft and hard limits of `resource`; `u64::MAX` for unlimited.
+fn limits(resource: libc::__rlimit_resource_t) -> Option<(u64, u64)> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: `limit` is a valid, writable rlimit.
     if unsafe { libc::getrlimit(resource, &mut limit) } != 0 {
-        return 0;
+        return None;
     }
-    if limit.rlim_cur == libc::RLIM_INFINITY {
-        u64::MAX
-    } else {
-        limit.rlim_cur
-    }
+    let value = |v: libc::rlim_t| {
+        if v == libc::RLIM_INFINITY {
+            u64::MAX
+        } else {
+            v
+        }
+    };
+    Some((value(limit.rlim_cur), value(limit.rlim_max)))
 }
 
-/// The current soft `RLIMIT_NOFILE` of this process.
+/// The current soft `RLIMIT_NOFILE` of this process (0 if it cannot be read).
 pub fn nofile_limit() -> u64 {
-    soft_limit(libc::RLIMIT_NOFILE)
+    limits(libc::RLIMIT_NOFILE).map_or(0, |(soft, _)| soft)
+}
+
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit (an unprivileged process may;
+/// systemd, for one, starts services with a soft limit of 1024 under a much higher hard one).
+/// An unlimited hard limit is capped at `fs.nr_open`, the most the kernel allows. Returns the
+/// soft limit in effect afterwards.
+pub fn raise_nofile_to_hard() -> u64 {
+    let Some((soft, hard)) = limits(libc::RLIMIT_NOFILE) else {
+        return 0;
+    };
+    let target = if hard == u64::MAX {
+        std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(1_048_576)
+    } else {
+        hard
+    };
+    if soft >= target {
+        return soft;
+    }
+    let limit = libc::rlimit {
+        rlim_cur: target,
+        rlim_max: if hard == u64::MAX {
+            libc::RLIM_INFINITY
+        } else {
+            hard
+        },
+    };
+    // SAFETY: `limit` is a valid rlimit; raising the soft limit up to the hard one is allowed.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return soft;
+    }
+    target
 }
 
 /// Reads the host: files under a root (`/` for the real host), the process's limits, and
@@ -355,7 +393,7 @@ pub fn check(host: &HostReader, profile: &Profile, config: &Config) -> Vec<Findi
         .nofile
         .max(nofile_needed(config.listener.max_connections));
     out.push(Finding {
-        name: "nofile (open files, RLIMIT_NOFILE)".to_owned(),
+        name: "nofile (RLIMIT_NOFILE hard)".to_owned(),
         required: format!(">= {nofile}"),
         actual: limit_text(r.nofile),
         ok: r.nofile >= nofile,
@@ -608,6 +646,14 @@ mod tests {
         assert_eq!(nofile_shortfall(18_976, 20_000), None);
         assert_eq!(nofile_shortfall(18_977, 20_000), Some(20_001));
         assert_eq!(nofile_shortfall(u64::MAX, u64::MAX), None);
+    }
+
+    #[test]
+    fn raising_nofile_reaches_the_hard_limit() {
+        let hard = Rlimits::current().nofile;
+        let soft = raise_nofile_to_hard();
+        assert_eq!(nofile_limit(), soft);
+        assert!(soft == hard || hard == u64::MAX, "soft {soft}, hard {hard}");
     }
 
     #[test]
