@@ -274,7 +274,7 @@ fn client_id(prefix: &str, role: Role, seq: u64) -> String {
 }
 
 /// How many subscribers each publisher's topic reaches, by matching every expanded topic
-/// against every expanded filter; `None` when that is too many pairs or a filter is shared.
+/// against every expanded filter (a shared group counts once); `None` when that is too many pairs.
 fn expected_fanout(plan: &Plan) -> Option<Vec<u64>> {
     if plan.pubs.saturating_mul(plan.subs) > FANOUT_PAIRS_MAX {
         return None;
@@ -285,17 +285,33 @@ fn expected_fanout(plan: &Plan) -> Option<Vec<u64>> {
             topic::expand(&plan.sub_topic, seq, &id)
         })
         .collect();
-    if filters
-        .iter()
-        .any(|f| f.starts_with("$share/") || f.starts_with("$queue/"))
-    {
-        return None;
-    }
+    // A shared subscription ($share/G/F) delivers each message to one member of group G:
+    // a message counts once per group with a member whose F matches. ($queue/F is one group.)
+    let split = |f: &str| -> (Option<String>, String) {
+        if let Some(rest) = f.strip_prefix("$share/") {
+            match rest.split_once('/') {
+                Some((g, filter)) => (Some(g.to_string()), filter.to_string()),
+                None => (None, f.to_string()),
+            }
+        } else if let Some(filter) = f.strip_prefix("$queue/") {
+            (Some(String::new()), filter.to_string())
+        } else {
+            (None, f.to_string())
+        }
+    };
+    let filters: Vec<(Option<String>, String)> = filters.iter().map(|f| split(f)).collect();
     let fanout = (1..=plan.pubs)
         .map(|seq| {
             let id = client_id(&plan.prefix, Role::Publisher, seq);
             let name = topic::expand(&plan.topic, seq, &id);
-            filters.iter().filter(|f| filter_matches(f, &name)).count() as u64
+            let mut groups = std::collections::HashSet::new();
+            filters
+                .iter()
+                .filter(|(group, f)| {
+                    filter_matches(f, &name)
+                        && group.as_ref().is_none_or(|g| groups.insert(g.clone()))
+                })
+                .count() as u64
         })
         .collect();
     Some(fanout)
