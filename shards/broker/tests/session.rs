@@ -2241,3 +2241,56 @@ fn a_repeated_pubrec_releases_again() {
     c.handle_ok(Packet::PubComp(ack(1)));
     assert_eq!(c.session.inflight_len(), 0);
 }
+
+#[test]
+fn many_subscriptions_past_the_inline_ones_are_kept_replaced_and_removed() {
+    // A session keeps its first subscriptions in a small vector and moves to a map past them:
+    // every operation must behave the same on both sides of the move.
+    let mut c = Client::new(Protocol::V5, Limits::default());
+    let filters: Vec<String> = (0..20).map(|i| format!("f/{i}")).collect();
+    for (i, f) in filters.iter().enumerate() {
+        let actions = c.handle_ok(subscribe(i as u16 + 1, &[(f, QoS::AtMostOnce)], None));
+        assert!(matches!(
+            &actions[0],
+            Action::Subscribe { existed: false, .. }
+        ));
+        assert_eq!(c.session.subscriptions().count(), i + 1);
+    }
+    // Replacing an existing one keeps the count and updates the options, on both sides.
+    for f in ["f/3", "f/17"] {
+        let actions = c.handle_ok(subscribe(30, &[(f, QoS::ExactlyOnce)], Some(7)));
+        assert!(matches!(
+            &actions[0],
+            Action::Subscribe { existed: true, .. }
+        ));
+        let sub = c.session.subscription(f).expect("kept");
+        assert_eq!((sub.options.qos, sub.id), (QoS::ExactlyOnce, Some(7)));
+    }
+    assert_eq!(c.session.subscriptions().count(), 20);
+    c.handle_ok(unsubscribe(31, &["f/0", "f/19"]));
+    assert!(c.session.subscription("f/0").is_none());
+    assert!(c.session.subscription("f/1").is_some());
+    let mut left: Vec<String> = c
+        .session
+        .clear_subscriptions()
+        .iter()
+        .map(|f| f.to_string())
+        .collect();
+    left.sort();
+    let mut want: Vec<String> = filters[1..19].to_vec();
+    want.sort();
+    assert_eq!(left, want);
+    assert_eq!(c.session.subscriptions().count(), 0);
+
+    // A session that never passes the inline limit.
+    let mut c = Client::new(Protocol::V5, Limits::default());
+    c.handle_ok(subscribe(
+        1,
+        &[("a", QoS::AtMostOnce), ("b", QoS::AtMostOnce)],
+        None,
+    ));
+    c.handle_ok(unsubscribe(2, &["a"]));
+    let left = c.session.clear_subscriptions();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].as_str(), "b");
+}
