@@ -9,6 +9,7 @@ mod addrs;
 mod client;
 mod clock;
 mod conn;
+mod procs;
 mod pubsub;
 mod runner;
 mod topic;

@@ -60,6 +60,16 @@ pub(crate) struct PubsubArgs {
     /// Messages to publish over the whole run (all publishers); 0 = no limit.
     #[arg(short = 'L', long = "limit", default_value_t = 0)]
     limit: u64,
+    /// `sub` and `pub`: spread the clients over this many worker processes (this program run
+    /// again with a slice of the client numbers each); their counters and summaries are merged.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    procs: u64,
+    /// Client numbers start after this one (set by --procs for its workers).
+    #[arg(long, default_value_t = 0, hide = true)]
+    index_offset: u64,
+    /// Set by --procs on its workers: the JSON summary carries the latency histogram.
+    #[arg(long, hide = true)]
+    worker: bool,
     /// Topic template for publishers (and subscribers, unless --sub-topic): %i is the client's
     /// number from 1, %c its client identifier.
     #[arg(short = 't', long, default_value = "bench/%i")]
@@ -107,8 +117,10 @@ struct Plan {
     /// Nanoseconds between two messages of one publisher; 0 = unpaced.
     interval_ns: u64,
     inflight: u16,
-    /// Messages each publisher sends at most, by publisher number - 1; 0 = no limit.
+    /// Messages over the run (each publisher sends its share); 0 = no limit.
     limit: u64,
+    /// Added to every client number (ids, topics, source addresses): a --procs worker's slice.
+    index_offset: u64,
     /// Subscribers each publisher's topic reaches, by publisher number - 1; `None` unknown.
     fanout: Option<Arc<[u64]>>,
     /// Bound on messages sent and not yet received over all publishers; 0 = none.
@@ -155,6 +167,11 @@ fn catch_interrupts() {
 
 pub(crate) fn run(mut args: PubsubArgs, mode: Mode) -> anyhow::Result<()> {
     catch_interrupts();
+    if args.procs > 1 {
+        anyhow::ensure!(mode != Mode::Both, "--procs is for sub and pub");
+        let progress = args.common.progress();
+        return crate::procs::run(mode.name(), args.count, args.limit, args.procs, progress);
+    }
     match mode {
         Mode::Both => {}
         Mode::Sub => (args.subs, args.pubs) = (args.count, 0),
@@ -196,6 +213,7 @@ pub(crate) fn run(mut args: PubsubArgs, mode: Mode) -> anyhow::Result<()> {
         interval_ns,
         inflight: args.inflight,
         limit: args.limit,
+        index_offset: args.index_offset,
         fanout: None,
         outstanding_max: 0,
     };
@@ -493,6 +511,7 @@ fn summary(
             "sub_fail": Counters::get(&c.sub_fail),
             "disconnected": Counters::get(&c.disconnected),
             "errors": m.errors.0,
+            "latency_hist": args.worker.then(|| crate::procs::histogram_pairs(&m.latency_ns)),
         });
         println!("{json}");
         return;
@@ -562,10 +581,11 @@ async fn client_task(
 ) {
     let c = &shared.counters;
     let (tag, connect_seq) = match role {
-        Role::Subscriber => ("sub", seq),
-        Role::Publisher => ("pub", plan.subs + seq),
+        Role::Subscriber => ("sub", seq + plan.index_offset),
+        Role::Publisher => ("pub", plan.subs + seq + plan.index_offset),
     };
-    let client_id = client_id(&plan.prefix, role, seq);
+    let number = seq + plan.index_offset;
+    let client_id = client_id(&plan.prefix, role, number);
     let mut client = match connector.connect(connect_seq, &client_id).await {
         Ok((client, _)) => client,
         Err(e) => {
@@ -577,11 +597,11 @@ async fn client_task(
     Counters::add(&c.connect_succ, 1);
     let result = match role {
         Role::Subscriber => {
-            let filter = topic::expand(&plan.sub_topic, seq, &client_id);
+            let filter = topic::expand(&plan.sub_topic, number, &client_id);
             subscribe(&mut client, &filter, &plan, &shared, &measured).await
         }
         Role::Publisher => {
-            let topic = topic::expand(&plan.topic, seq, &client_id);
+            let topic = topic::expand(&plan.topic, number, &client_id);
             let fanout = plan.fanout.as_ref().map(|f| f[(seq - 1) as usize]);
             // -L is over the whole run: publisher `seq` gets its share of it.
             let limit = match plan.limit {
