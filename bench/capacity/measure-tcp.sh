@@ -15,7 +15,7 @@ set -euo pipefail
 
 N=${1:-9700}
 CLIENTS=${2:-2}
-HOLD_SECS=${HOLD_SECS:-20}
+HOLD_SECS=${HOLD_SECS:-60}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 WORK=$(mktemp -d /tmp/shardmq-capacity-tcp.XXXXXX)
 # shellcheck source=bench/broker.sh
@@ -46,6 +46,7 @@ slab_bytes() {
 start_broker
 sleep 2
 rss_before=$(rss_kib "$BROKER_PID")
+fds_before=$(fd_count "$BROKER_PID")
 inuse_before=$(sockstat_tcp inuse)
 mem_before=$(sockstat_tcp mem)
 slab_before=$(meminfo_kib Slab)
@@ -98,12 +99,17 @@ for i in $(seq 0 $((CLIENTS - 1))); do
 done
 sockets=$((inuse_after - inuse_before))
 echo
-echo "connections held: $succ of $TOTAL (broker fds: $fds)"
+held=$((fds - fds_before))
+echo "connections held: $succ of $TOTAL connected, $held held by the broker while sampling"
+if (( held < succ * 99 / 100 )); then
+  echo "fewer than 99% held while sampling (a client finished early?): raise HOLD_SECS" >&2
+  exit 1
+fi
 echo "wall time from start to all attempted: $(echo "$ready - $start" | bc) s" \
   "(~$(echo "$succ / ($ready - $start)" | bc) conn/s including process start)"
 echo "broker RSS: $rss_before KiB at rest, $rss_after KiB with $succ connected"
 if (( succ > 0 )); then
-  echo "broker bytes per connection (RSS): $(( (rss_after - rss_before) * 1024 / succ ))"
+  echo "broker bytes per connection (RSS): $(( (rss_after - rss_before) * 1024 / held ))"
   echo "TCP sockets in use: $inuse_before -> $inuse_after (+$sockets, both loopback ends)"
   echo "sockstat mem pages: $mem_before -> $mem_after"
   echo "meminfo Slab: $slab_before -> $slab_after KiB, per socket:" \
