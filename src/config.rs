@@ -137,6 +137,8 @@ pub struct MqttConfig {
     pub max_keepalive_secs: u16,
     /// Time allowed between accept and a complete CONNECT. At least 1.
     pub connect_timeout_ms: u64,
+    /// A client whose socket accepts no bytes for this long is disconnected. At least 1.
+    pub send_timeout_ms: u64,
     /// Whether retained messages are stored and delivered.
     pub retain_available: bool,
     /// Outbound bytes buffered per connection before QoS 0 drops and QoS 1/2 backpressure.
@@ -531,7 +533,7 @@ impl Config {
         const ANY: u64 = u64::MAX;
         const PACKET: u64 = Config::MAX_PACKET_SIZE_LIMIT as u64;
         let (l, m, s) = (listener, mqtt, shard);
-        let ranges: [(&str, u64, u64, u64); 13] = [
+        let ranges: [(&str, u64, u64, u64); 14] = [
             ("listener.max_connections", l.max_connections, 1, ANY),
             ("listener.backlog", l.backlog.into(), 1, i32::MAX as u64),
             ("mqtt.max_packet_size", m.max_packet_size.into(), 2, PACKET),
@@ -557,6 +559,7 @@ impl Config {
                 U16,
             ),
             ("mqtt.connect_timeout_ms", m.connect_timeout_ms, 1, ANY),
+            ("mqtt.send_timeout_ms", m.send_timeout_ms, 1, ANY),
             (
                 "mqtt.max_write_buffer_bytes",
                 m.max_write_buffer_bytes,
@@ -658,6 +661,7 @@ mod tests {
         assert_eq!(c.mqtt.session_expiry_max_secs, u32::MAX);
         assert_eq!(c.mqtt.max_keepalive_secs, 65535);
         assert_eq!(c.mqtt.connect_timeout_ms, 10_000);
+        assert_eq!(c.mqtt.send_timeout_ms, 15_000);
         assert!(c.mqtt.retain_available);
         assert_eq!(c.mqtt.max_write_buffer_bytes, 1_048_576);
         assert_eq!(c.mqtt.max_topic_alias, 65535);
@@ -936,6 +940,11 @@ mod tests {
                 "SHARDMQ_MQTT__CONNECT_TIMEOUT_MS",
                 "0",
                 "mqtt.connect_timeout_ms: ",
+            ),
+            (
+                "SHARDMQ_MQTT__SEND_TIMEOUT_MS",
+                "0",
+                "mqtt.send_timeout_ms: ",
             ),
             (
                 "SHARDMQ_MQTT__MAX_WRITE_BUFFER_BYTES",

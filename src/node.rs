@@ -53,6 +53,7 @@ pub(crate) fn runtime_config(config: &Config) -> anyhow::Result<RuntimeConfig> {
         max_connections: usize::try_from(config.listener.max_connections).unwrap_or(usize::MAX),
         max_connection_rate: config.listener.max_connection_rate,
         connect_timeout: Duration::from_millis(m.connect_timeout_ms),
+        send_timeout: Duration::from_millis(m.send_timeout_ms),
         limits,
         shared_strategy: m.shared_strategy,
         channel_capacity: config.shard.channel_capacity as usize,

@@ -267,6 +267,41 @@ async fn a_client_that_never_reads_cannot_grow_the_broker() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_after_the_send_timeout() {
+    const CHUNK: usize = 256 * 1024;
+    let broker = Broker::start_with(&[("SHARDMQ_MQTT__SEND_TIMEOUT_MS", "1000")]);
+    let mut healthy = Healthy::connect(broker.port).await;
+    let (mut stuck, _) = Raw::connect(broker.port, Protocol::V3_1_1, "stuck-t", true).await;
+    assert_eq!(
+        stuck.subscribe(1, &[("sink/#", Q::AtMostOnce)]).await,
+        vec![0]
+    );
+    let (mut publisher, _) = Raw::connect(broker.port, Protocol::V3_1_1, "sink-pub", true).await;
+    let payload = vec![0x33; CHUNK];
+    // Enough to fill both socket buffers of the stuck client, so the broker's writes block.
+    for _ in 0..160 {
+        publisher
+            .send(&publish_packet(
+                "sink/data",
+                &payload,
+                Q::AtMostOnce,
+                0,
+                false,
+            ))
+            .await;
+    }
+    publisher
+        .publish("sink/end", b"end", Q::AtLeastOnce, 1, false)
+        .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Whatever the kernel buffered is still readable, then the broker's close shows; with the
+    // default 15 s timeout it would not have closed yet.
+    stuck.expect_closed(Duration::from_secs(5)).await;
+    broker.expect_warn("mqtt.send_timeout_ms").await;
+    healthy.check().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_storm_is_absorbed() {
     const N: usize = 2000;
     let broker = Broker::start();

@@ -19,9 +19,6 @@ use tracing::{debug, warn};
 
 /// Read/decode/write rounds before the driver yields to other tasks.
 const ROUNDS_MAX: usize = 16;
-/// A client whose socket accepts no bytes for this long is disconnected (as EMQX's
-/// `send_timeout`): a stuck subscriber cannot pin its buffers forever.
-const SEND_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub(crate) struct ConnDriver {
     shard: Rc<RefCell<Shard>>,
@@ -39,8 +36,10 @@ impl ConnDriver {
         stream: TcpStream,
         key: ConnKey,
         max_packet_size: u32,
+        send_timeout: Duration,
     ) -> ConnDriver {
-        if let Err(e) = stream.set_write_timeout(Some(SEND_TIMEOUT)) {
+        // A stuck subscriber cannot pin its buffers forever (EMQX's `send_timeout`).
+        if let Err(e) = stream.set_write_timeout(Some(send_timeout)) {
             debug!(error = %e, "set_write_timeout failed");
         }
         ConnDriver {
@@ -78,6 +77,14 @@ impl Future for ConnDriver {
             // 1. Write what the shard queued for this client.
             while !conn.out.is_empty() {
                 match Pin::new(&mut this.stream).poll_write(cx, &conn.out) {
+                    Poll::Ready(Err(e)) if e.kind() == ErrorKind::TimedOut => {
+                        warn!(
+                            shard = shard.id,
+                            conn = conn.id,
+                            "client took no bytes for mqtt.send_timeout_ms; closing"
+                        );
+                        return finish(shard, now, key);
+                    }
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return finish(shard, now, key),
                     Poll::Ready(Ok(n)) => {
                         conn.out.advance(n);

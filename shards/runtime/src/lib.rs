@@ -51,6 +51,8 @@ pub struct RuntimeConfig {
     pub max_connection_rate: u32,
     /// Time allowed between accept and CONNECT.
     pub connect_timeout: Duration,
+    /// A client whose socket takes no bytes for this long is disconnected.
+    pub send_timeout: Duration,
     /// Per-client MQTT limits.
     pub limits: Limits,
     /// How a shared subscription's group picks the member for each message.
@@ -290,6 +292,7 @@ async fn serve(
 
 async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener, queue: TaskQueueHandle) {
     let max_packet_size = shard.borrow().cfg.limits.max_packet_size;
+    let send_timeout = shard.borrow().cfg.send_timeout;
     loop {
         match listener.accept().await {
             Ok(stream) => {
@@ -299,7 +302,7 @@ async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener, queue: Ta
                 let (key, _) = shard.borrow_mut().open_conn();
                 spawn_into(
                     queue,
-                    ConnDriver::new(shard.clone(), stream, key, max_packet_size),
+                    ConnDriver::new(shard.clone(), stream, key, max_packet_size, send_timeout),
                 );
             }
             Err(e) => {
