@@ -61,32 +61,8 @@ enum TuneCommand {
     },
 }
 
-/// The environment variable that makes mimalloc commit arena memory as it is used.
-const MI_EAGER_COMMIT_ENV: &str = "MIMALLOC_ARENA_EAGER_COMMIT";
-
-/// A broker holds many small long-lived objects per connection; mimalloc's default commits
-/// whole arenas up front. Measured with `bench/measure-idle.sh 10000` on 2 shards: 4.4 KB of
-/// RSS per idle connection with the default, 1.7 KB with `MIMALLOC_ARENA_EAGER_COMMIT=0`
-/// (docs/performance.md). The option is read when the allocator starts, before `main`, so
-/// the binary re-executes itself once with it set, unless the caller set it already.
-fn reexec_with_lazy_commit() {
-    use std::os::unix::process::CommandExt;
-    if std::env::var_os(MI_EAGER_COMMIT_ENV).is_some() {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    let err = std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .env(MI_EAGER_COMMIT_ENV, "0")
-        .exec();
-    // Only reached if exec failed: run as we are, with the allocator's defaults.
-    eprintln!("warning: could not re-execute with {MI_EAGER_COMMIT_ENV}=0: {err}");
-}
-
 fn main() -> ExitCode {
-    reexec_with_lazy_commit();
+    shardmq_shards::reexec_with_lazy_commit();
     match try_main() {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

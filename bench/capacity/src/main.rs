@@ -26,26 +26,6 @@ use std::time::Instant;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Same as the broker binary (`src/main.rs`): mimalloc commits arena memory as it is used.
-const MI_EAGER_COMMIT_ENV: &str = "MIMALLOC_ARENA_EAGER_COMMIT";
-
-/// The broker re-executes itself with `MIMALLOC_ARENA_EAGER_COMMIT=0`; so does this binary,
-/// so that its figures are the broker allocator's.
-fn reexec_with_lazy_commit() {
-    use std::os::unix::process::CommandExt;
-    if std::env::var_os(MI_EAGER_COMMIT_ENV).is_some() {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    let err = std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .env(MI_EAGER_COMMIT_ENV, "0")
-        .exec();
-    eprintln!("warning: could not re-execute with {MI_EAGER_COMMIT_ENV}=0: {err}");
-}
-
 #[derive(Parser)]
 #[command(about = "Capacity model inputs for shardmq (docs/capacity.md)")]
 struct Cli {
@@ -430,7 +410,7 @@ fn sessions(args: SessionsArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    reexec_with_lazy_commit();
+    shardmq_shards::reexec_with_lazy_commit();
     let cli = Cli::parse();
     match cli.command {
         Command::Sessions(args) => sessions(args),
