@@ -98,3 +98,21 @@ wait_for_line() {
   echo "no line matching '$pattern' in $file within ${secs}s" >&2
   return 1
 }
+
+# Field of the TCP line of /proc/net/sockstat: inuse, tw, mem (pages).
+sockstat_tcp() {
+  awk -v f="$1" '$1 == "TCP:" { for (i = 2; i < NF; i += 2) if ($i == f) print $(i + 1) }' \
+    /proc/net/sockstat
+}
+
+# The broker's largest RSS (KiB) over $1 samples a second apart; fails if the broker died.
+peak_rss_kib() {
+  local peak=0 rss
+  for _ in $(seq "$1"); do
+    sleep 1
+    check_broker || return 1
+    rss=$(rss_kib "$BROKER_PID")
+    (( rss > peak )) && peak=$rss
+  done
+  echo "$peak"
+}

@@ -30,10 +30,6 @@ socket_slab_bytes() {
   awk '$1 == "TCP" || $1 == "sock_inode_cache" || $1 == "filp" || $1 == "dentry" {
          sum += $2 * $4 } END { print sum }' /proc/slabinfo
 }
-sockstat_tcp() { # field of the TCP line of /proc/net/sockstat: inuse, tw, mem (pages)
-  awk -v f="$1" '$1 == "TCP:" { for (i = 2; i < NF; i += 2) if ($i == f) print $(i + 1) }' \
-    /proc/net/sockstat
-}
 
 build
 start_broker
@@ -51,13 +47,7 @@ wait_for_line "^all $N attempted" "$WORK/bench.log" 150 || { cat "$WORK/bench.lo
 check_broker
 grep "^all $N attempted" "$WORK/bench.log"
 # Sample while every connection is held; keep the largest.
-rss_after=0
-for _ in 1 2 3 4 5; do
-  sleep 1
-  check_broker
-  rss=$(rss_kib "$BROKER_PID")
-  (( rss > rss_after )) && rss_after=$rss
-done
+rss_after=$(peak_rss_kib 5)
 fds_after=$(fd_count "$BROKER_PID")
 mem_after=$(sockstat_tcp mem)
 inuse_after=$(sockstat_tcp inuse)

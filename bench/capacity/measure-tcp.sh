@@ -31,10 +31,6 @@ trap cleanup_all EXIT
 TOTAL=$((N * CLIENTS))
 if [[ "${BUILD:-0}" == 1 ]]; then build; fi
 
-sockstat_tcp() { # field of the TCP line of /proc/net/sockstat: inuse, tw, mem (pages)
-  awk -v f="$1" '$1 == "TCP:" { for (i = 2; i < NF; i += 2) if ($i == f) print $(i + 1) }' \
-    /proc/net/sockstat
-}
 meminfo_kib() { awk -v k="$1:" '$1 == k { print $2 }' /proc/meminfo; }
 slab_bytes() {
   [[ -r /proc/slabinfo ]] || return 0
@@ -67,13 +63,7 @@ for i in $(seq 0 $((CLIENTS - 1))); do
 done
 ready=$(date +%s.%N)
 check_broker
-rss_after=0
-for _ in 1 2 3 4 5; do
-  sleep 1
-  check_broker
-  rss=$(rss_kib "$BROKER_PID")
-  (( rss > rss_after )) && rss_after=$rss
-done
+rss_after=$(peak_rss_kib 5)
 fds=$(fd_count "$BROKER_PID")
 inuse_after=$(sockstat_tcp inuse)
 mem_after=$(sockstat_tcp mem)
