@@ -44,6 +44,171 @@ pub struct Config {
     pub log: LogConfig,
     /// `[auth]`: MQTT 5.0 enhanced authentication.
     pub auth: AuthConfig,
+    /// `[api]`: the HTTP management API.
+    pub api: ApiConfig,
+    /// `[cluster]`: membership, replication and forwarding between nodes.
+    pub cluster: ClusterConfig,
+}
+
+/// `[api]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address of the HTTP management API (`/health`, `/metrics`, `/api/v1/...`), IP:PORT;
+    /// empty = no API.
+    pub listen: String,
+}
+
+impl ApiConfig {
+    /// The address to bind, or `None` when the API is disabled. `listen` is validated at load.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        let text = self.listen.trim();
+        if text.is_empty() {
+            None
+        } else {
+            text.parse().ok()
+        }
+    }
+}
+
+/// A node's part in the cluster (`node.role`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A Raft voter holding the replicated tables.
+    #[default]
+    Core,
+    /// Not a Raft member: follows the cores' RLOG shards and forwards writes to a core.
+    Replicant,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Core => "core",
+            Self::Replicant => "replicant",
+        })
+    }
+}
+
+/// `[cluster]`. Only read when `enabled`; a single node needs none of it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Whether this node joins a cluster.
+    pub enabled: bool,
+    /// This node's id, unique in the cluster, > 0.
+    pub node_id: u64,
+    /// QUIC (UDP) address for cluster traffic.
+    #[serde(deserialize_with = "socket_addr")]
+    pub listen: SocketAddr,
+    /// Core nodes, `"id@host:port"` (static discovery); a core listed with its own id is an
+    /// initial voter. A list, or one comma-separated string (handy in the environment).
+    #[serde(deserialize_with = "string_list")]
+    pub seeds: Vec<String>,
+    /// Shared secret from which the nodes derive their mutual-TLS CA; at least 16 bytes when
+    /// `enabled`. Printed redacted.
+    #[serde(serialize_with = "redacted")]
+    pub cookie: String,
+    /// Directory of the raft log and snapshots (cores) or the replica snapshot (replicants).
+    pub data_dir: std::path::PathBuf,
+    /// Entries a core keeps per RLOG shard for replicants to resume from. At least 1.
+    pub tail_len: u64,
+    /// Keys per bootstrap batch. At least 1.
+    pub bootstrap_batch: u32,
+    /// Route/session operations per raft write. At least 1.
+    pub write_batch_max: u32,
+    /// How long a SUBACK waits for its route to commit before answering anyway (with a warn).
+    /// At least 1.
+    pub write_timeout_ms: u64,
+    /// Ordered QUIC streams per peer node for forwarded publishes, 1..=64.
+    pub forward_lanes: u16,
+    /// Forwarded messages held per peer awaiting acknowledgement; beyond it new ones are
+    /// dropped (counted, warn). At least 1.
+    pub forward_pending_max: u64,
+    /// Raft heartbeat interval. At least 1.
+    pub heartbeat_ms: u64,
+    /// Minimum raft election timeout (the maximum is twice this); more than `heartbeat_ms`.
+    pub election_timeout_ms: u64,
+    /// How often a replicant saves its table snapshot (and at shutdown). At least 1.
+    pub replica_persist_ms: u64,
+}
+
+impl fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the cookie itself.
+        let cookie = if self.cookie.is_empty() { "" } else { "<set>" };
+        f.debug_struct("ClusterConfig")
+            .field("enabled", &self.enabled)
+            .field("node_id", &self.node_id)
+            .field("listen", &self.listen)
+            .field("seeds", &self.seeds)
+            .field("cookie", &cookie)
+            .field("data_dir", &self.data_dir)
+            .field("tail_len", &self.tail_len)
+            .field("bootstrap_batch", &self.bootstrap_batch)
+            .field("write_batch_max", &self.write_batch_max)
+            .field("write_timeout_ms", &self.write_timeout_ms)
+            .field("forward_lanes", &self.forward_lanes)
+            .field("forward_pending_max", &self.forward_pending_max)
+            .field("heartbeat_ms", &self.heartbeat_ms)
+            .field("election_timeout_ms", &self.election_timeout_ms)
+            .field("replica_persist_ms", &self.replica_persist_ms)
+            .finish()
+    }
+}
+
+impl ClusterConfig {
+    /// Shortest `cookie` accepted when the cluster is enabled, in bytes.
+    pub const COOKIE_MIN_BYTES: usize = 16;
+
+    /// The seeds as `(node id, address)`; entries that do not parse are skipped (the
+    /// configuration refuses them at load when the cluster is enabled).
+    pub fn seed_list(&self) -> Vec<(u64, SocketAddr)> {
+        self.seeds
+            .iter()
+            .filter_map(|seed| parse_seed(seed).ok())
+            .collect()
+    }
+}
+
+/// Parses a seed, `"id@host:port"` with a numeric id > 0 and an IP:PORT address.
+pub fn parse_seed(seed: &str) -> Result<(u64, SocketAddr), String> {
+    let seed = seed.trim();
+    let (id, addr) = seed
+        .split_once('@')
+        .ok_or_else(|| format!("{seed:?} is not \"id@ip:port\" (no '@')"))?;
+    let id: u64 = id
+        .trim()
+        .parse()
+        .map_err(|_| format!("{seed:?}: node id {id:?} is not a number"))?;
+    if id == 0 {
+        return Err(format!("{seed:?}: node id must be > 0"));
+    }
+    let addr: SocketAddr = addr
+        .trim()
+        .parse()
+        .map_err(|_| format!("{seed:?}: {addr:?} is not a socket address (IP:PORT)"))?;
+    Ok((id, addr))
+}
+
+/// A list of strings, or one comma-separated string (as environment variables give it).
+fn string_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        OneOrMany::Many(list) => list,
+    })
 }
 
 /// `[auth]`.
@@ -86,6 +251,8 @@ pub struct NodeConfig {
     /// CPU of the control plane (for now: the main thread, pinned once the shards have
     /// started); `none` = unpinned. Must be online and in the affinity mask at start.
     pub control_cpu: ControlCpu,
+    /// `core` or `replicant`; only meaningful with `cluster.enabled`.
+    pub role: Role,
 }
 
 /// `[listener]`.
@@ -516,6 +683,8 @@ impl Config {
             sys: _,
             log,
             auth: _,
+            api,
+            cluster,
         } = self;
         if node.name.trim().is_empty() {
             return Err(ConfigError::value("node.name", "must not be empty"));
@@ -583,6 +752,94 @@ impl Config {
                 "log.level",
                 format!("{:?} is not a tracing filter directive: {e}", log.level),
             ));
+        }
+        let listen = api.listen.trim();
+        if !listen.is_empty() && listen.parse::<SocketAddr>().is_err() {
+            return Err(ConfigError::value(
+                "api.listen",
+                format!(
+                    "{listen:?} is not a socket address (expected IP:PORT, e.g. \"127.0.0.1:18083\", or \"\" to disable the API)"
+                ),
+            ));
+        }
+        Self::validate_cluster(node.role, cluster)
+    }
+
+    /// `[cluster]`: ranges always (the defaults must stay sane), identity, cookie and seeds
+    /// when enabled.
+    fn validate_cluster(role: Role, c: &ClusterConfig) -> Result<(), ConfigError> {
+        const ANY: u64 = u64::MAX;
+        let ranges: [(&str, u64, u64, u64); 9] = [
+            ("cluster.tail_len", c.tail_len, 1, ANY),
+            ("cluster.bootstrap_batch", c.bootstrap_batch.into(), 1, ANY),
+            ("cluster.write_batch_max", c.write_batch_max.into(), 1, ANY),
+            ("cluster.write_timeout_ms", c.write_timeout_ms, 1, ANY),
+            ("cluster.forward_lanes", c.forward_lanes.into(), 1, 64),
+            ("cluster.forward_pending_max", c.forward_pending_max, 1, ANY),
+            ("cluster.heartbeat_ms", c.heartbeat_ms, 1, ANY),
+            ("cluster.election_timeout_ms", c.election_timeout_ms, 1, ANY),
+            ("cluster.replica_persist_ms", c.replica_persist_ms, 1, ANY),
+        ];
+        for (key, value, min, max) in ranges {
+            if !(min..=max).contains(&value) {
+                return Err(ConfigError::value(
+                    key,
+                    format!("{value} is out of range {min}..={max}"),
+                ));
+            }
+        }
+        if c.election_timeout_ms <= c.heartbeat_ms {
+            return Err(ConfigError::value(
+                "cluster.election_timeout_ms",
+                format!(
+                    "{} must be more than cluster.heartbeat_ms ({})",
+                    c.election_timeout_ms, c.heartbeat_ms
+                ),
+            ));
+        }
+        if !c.enabled {
+            return Ok(());
+        }
+        if c.node_id == 0 {
+            return Err(ConfigError::value("cluster.node_id", "must be > 0"));
+        }
+        if c.cookie.len() < ClusterConfig::COOKIE_MIN_BYTES {
+            return Err(ConfigError::value(
+                "cluster.cookie",
+                format!(
+                    "must be at least {} bytes when cluster.enabled (it is {})",
+                    ClusterConfig::COOKIE_MIN_BYTES,
+                    c.cookie.len()
+                ),
+            ));
+        }
+        let mut ids = Vec::with_capacity(c.seeds.len());
+        for seed in &c.seeds {
+            let (id, _) = parse_seed(seed).map_err(|e| ConfigError::value("cluster.seeds", e))?;
+            if ids.contains(&id) {
+                return Err(ConfigError::value(
+                    "cluster.seeds",
+                    format!("node id {id} is listed more than once"),
+                ));
+            }
+            ids.push(id);
+        }
+        if role == Role::Replicant {
+            if ids.is_empty() {
+                return Err(ConfigError::value(
+                    "cluster.seeds",
+                    "a replicant (node.role = \"replicant\") needs at least one core in cluster.seeds",
+                ));
+            }
+            if ids.contains(&c.node_id) {
+                return Err(ConfigError::value(
+                    "cluster.seeds",
+                    format!(
+                        "lists this node's own id {} but node.role = \"replicant\": seeds are cores",
+                        c.node_id
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -671,6 +928,28 @@ mod tests {
         assert_eq!(c.sys.interval_ms, 1000);
         assert_eq!(c.log.level, "info");
         assert_eq!(c.log.format, LogFormat::Text);
+        assert_eq!(c.node.role, Role::Core);
+        assert_eq!(c.api.listen, "127.0.0.1:18083");
+        assert_eq!(
+            c.api.listen_addr(),
+            Some("127.0.0.1:18083".parse().unwrap())
+        );
+        let k = &c.cluster;
+        assert!(!k.enabled);
+        assert_eq!(k.node_id, 1);
+        assert_eq!(k.listen, "127.0.0.1:4370".parse().unwrap());
+        assert!(k.seeds.is_empty());
+        assert_eq!(k.cookie, "");
+        assert_eq!(k.data_dir, Path::new("data"));
+        assert_eq!(k.tail_len, 100_000);
+        assert_eq!(k.bootstrap_batch, 1000);
+        assert_eq!(k.write_batch_max, 1000);
+        assert_eq!(k.write_timeout_ms, 5000);
+        assert_eq!(k.forward_lanes, 4);
+        assert_eq!(k.forward_pending_max, 100_000);
+        assert_eq!(k.heartbeat_ms, 250);
+        assert_eq!(k.election_timeout_ms, 1000);
+        assert_eq!(k.replica_persist_ms, 1000);
         assert_eq!(Config::default(), c);
     }
 
@@ -844,9 +1123,13 @@ mod tests {
         assert!(err.starts_with("mqtt_max_inflight: unknown key"), "{err}");
         assert!(err.contains("SHARDMQ_MQTT_MAX_INFLIGHT"), "{err}");
 
-        let err = file_err_text("unknown-section", "[cluster]\nrole = \"core\"\n");
-        assert!(err.starts_with("cluster: unknown key"), "{err}");
+        let err = file_err_text("unknown-section", "[clusterr]\nrole = \"core\"\n");
+        assert!(err.starts_with("clusterr: unknown key"), "{err}");
+        assert!(err.contains("api, auth, cluster,"), "{err}");
         assert!(err.contains("unknown-section"), "names the file: {err}");
+
+        let err = file_err_text("unknown-cluster-key", "[cluster]\nrole = \"core\"\n");
+        assert!(err.starts_with("cluster.role: unknown key"), "{err}");
 
         let err = file_err_text("unknown-key", "[listener]\nport = 1883\n");
         assert!(err.starts_with("listener.port: unknown key"), "{err}");
@@ -996,6 +1279,176 @@ mod tests {
         .unwrap();
         assert_eq!(c.mqtt.max_packet_size, Config::MAX_PACKET_SIZE_LIMIT);
         assert_eq!(c.mqtt.max_inflight, 65535);
+    }
+
+    const COOKIE: (&str, &str) = ("SHARDMQ_CLUSTER__COOKIE", "0123456789abcdef-secret");
+
+    #[test]
+    fn cluster_from_the_environment_with_seeds_as_one_string() {
+        let c = load_from(
+            None,
+            env(&[
+                ("SHARDMQ_CLUSTER__ENABLED", "true"),
+                ("SHARDMQ_CLUSTER__NODE_ID", "2"),
+                (
+                    "SHARDMQ_CLUSTER__SEEDS",
+                    "1@127.0.0.1:4370, 2@127.0.0.1:4371",
+                ),
+                ("SHARDMQ_CLUSTER__LISTEN", "127.0.0.1:4371"),
+                ("SHARDMQ_API__LISTEN", "127.0.0.1:18084"),
+                COOKIE,
+            ]),
+        )
+        .expect("loads");
+        assert!(c.cluster.enabled);
+        assert_eq!(c.cluster.node_id, 2);
+        assert_eq!(
+            c.cluster.seed_list(),
+            vec![
+                (1, "127.0.0.1:4370".parse().unwrap()),
+                (2, "127.0.0.1:4371".parse().unwrap())
+            ]
+        );
+        assert_eq!(
+            c.api.listen_addr(),
+            Some("127.0.0.1:18084".parse().unwrap())
+        );
+        let printed = toml::to_string_pretty(&c).expect("serializes");
+        assert!(!printed.contains("0123456789abcdef"), "{printed}");
+        assert!(printed.contains("cookie = \"<redacted>\""), "{printed}");
+        assert!(!format!("{c:?}").contains("0123456789abcdef"));
+        // What check-config prints loads again (but for the redacted cookie).
+        let file = TempToml::new("printed-cluster", &printed);
+        let again = load_from(Some(&file.0), env(&[COOKIE])).expect("printed config loads");
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn cluster_seeds_from_a_file_list() {
+        let file = TempToml::new(
+            "seeds-list",
+            "[node]\nrole = \"replicant\"\n[cluster]\nenabled = true\nnode_id = 9\n\
+             seeds = [\"1@10.0.0.1:4370\", \"2@[::1]:4370\"]\ncookie = \"0123456789abcdef\"\n",
+        );
+        let c = load_from(Some(&file.0), env(&[])).expect("loads");
+        assert_eq!(c.node.role, Role::Replicant);
+        assert_eq!(c.cluster.seed_list().len(), 2);
+        assert_eq!(c.cluster.seed_list()[1].1, "[::1]:4370".parse().unwrap());
+    }
+
+    #[test]
+    fn cluster_rules_name_the_key() {
+        let on = ("SHARDMQ_CLUSTER__ENABLED", "true");
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[on], "cluster.cookie: must be at least 16 bytes"),
+            (
+                &[on, ("SHARDMQ_CLUSTER__COOKIE", "short")],
+                "cluster.cookie: ",
+            ),
+            (
+                &[on, COOKIE, ("SHARDMQ_CLUSTER__NODE_ID", "0")],
+                "cluster.node_id: must be > 0",
+            ),
+            (
+                &[on, COOKIE, ("SHARDMQ_CLUSTER__SEEDS", "127.0.0.1:4370")],
+                "cluster.seeds: \"127.0.0.1:4370\" is not",
+            ),
+            (
+                &[on, COOKIE, ("SHARDMQ_CLUSTER__SEEDS", "x@127.0.0.1:4370")],
+                "cluster.seeds: ",
+            ),
+            (
+                &[on, COOKIE, ("SHARDMQ_CLUSTER__SEEDS", "0@127.0.0.1:4370")],
+                "cluster.seeds: ",
+            ),
+            (
+                &[on, COOKIE, ("SHARDMQ_CLUSTER__SEEDS", "1@localhost")],
+                "cluster.seeds: ",
+            ),
+            (
+                &[
+                    on,
+                    COOKIE,
+                    ("SHARDMQ_CLUSTER__SEEDS", "1@127.0.0.1:1,1@127.0.0.1:2"),
+                ],
+                "cluster.seeds: node id 1 is listed more than once",
+            ),
+            (
+                &[on, COOKIE, ("SHARDMQ_NODE__ROLE", "replicant")],
+                "cluster.seeds: a replicant",
+            ),
+            (
+                &[
+                    on,
+                    COOKIE,
+                    ("SHARDMQ_NODE__ROLE", "replicant"),
+                    ("SHARDMQ_CLUSTER__NODE_ID", "2"),
+                    ("SHARDMQ_CLUSTER__SEEDS", "1@127.0.0.1:1,2@127.0.0.1:2"),
+                ],
+                "cluster.seeds: lists this node's own id 2",
+            ),
+            (&[("SHARDMQ_NODE__ROLE", "voter")], "node.role: "),
+            (
+                &[("SHARDMQ_CLUSTER__LISTEN", "nowhere")],
+                "cluster.listen: ",
+            ),
+            (
+                &[("SHARDMQ_API__LISTEN", "localhost")],
+                "api.listen: \"localhost\" is not",
+            ),
+            (
+                &[("SHARDMQ_CLUSTER__FORWARD_LANES", "0")],
+                "cluster.forward_lanes: ",
+            ),
+            (
+                &[("SHARDMQ_CLUSTER__FORWARD_LANES", "65")],
+                "cluster.forward_lanes: ",
+            ),
+            (&[("SHARDMQ_CLUSTER__TAIL_LEN", "0")], "cluster.tail_len: "),
+            (
+                &[("SHARDMQ_CLUSTER__ELECTION_TIMEOUT_MS", "250")],
+                "cluster.election_timeout_ms: 250 must be more than cluster.heartbeat_ms",
+            ),
+        ];
+        for (vars, expected) in cases {
+            let err = err_text(None, vars);
+            assert!(err.starts_with(expected), "{vars:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn cluster_rules_accept_what_they_should() {
+        let on = ("SHARDMQ_CLUSTER__ENABLED", "true");
+        // A core with no seeds is a single-core cluster of itself.
+        load_from(None, env(&[on, COOKIE])).expect("lone core");
+        // A core listed among the seeds is an initial voter.
+        load_from(
+            None,
+            env(&[on, COOKIE, ("SHARDMQ_CLUSTER__SEEDS", "1@127.0.0.1:4370")]),
+        )
+        .expect("core in seeds");
+        load_from(
+            None,
+            env(&[
+                on,
+                COOKIE,
+                ("SHARDMQ_NODE__ROLE", "replicant"),
+                ("SHARDMQ_CLUSTER__NODE_ID", "5"),
+                ("SHARDMQ_CLUSTER__SEEDS", "1@127.0.0.1:4370"),
+            ]),
+        )
+        .expect("replicant");
+        // Disabled: cookie and seeds are not looked at; the API can be switched off.
+        let c = load_from(
+            None,
+            env(&[
+                ("SHARDMQ_CLUSTER__SEEDS", "garbage"),
+                ("SHARDMQ_API__LISTEN", ""),
+            ]),
+        )
+        .expect("disabled cluster");
+        assert_eq!(c.api.listen_addr(), None);
+        assert!(c.cluster.seed_list().is_empty());
     }
 
     #[test]
