@@ -9,10 +9,15 @@
 
 mod bus;
 mod conn;
+mod link;
 mod shard;
 mod sys;
 
 pub use bus::{ShardId, ShardSet, MAX_SHARDS};
+pub use link::{
+    link, ControlPlaneLink, DataPlaneLink, FromCluster, NodeId, NodeSet, SendError, ToCluster,
+    LINK_CAPACITY,
+};
 
 use bus::Batch;
 use conn::ConnDriver;
@@ -94,12 +99,24 @@ impl MoveTrigger {
 /// A running data plane.
 pub struct Node {
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
+    connections: Arc<AtomicUsize>,
 }
 
 impl Node {
+    /// The node-wide count of open client connections (TCP accepted and not yet closed), shared
+    /// with the shards; read it with `Ordering::Relaxed`.
+    pub fn connections(&self) -> Arc<AtomicUsize> {
+        self.connections.clone()
+    }
+
     /// Starts one pinned shard per configured CPU. Returns once every shard is listening, or
     /// with the first shard's start-up error.
     pub fn start(cfg: RuntimeConfig) -> io::Result<Node> {
+        Node::start_linked(cfg, None)
+    }
+
+    /// Starts the data plane linked to a control plane (a node in a cluster): see [`link`].
+    pub fn start_linked(cfg: RuntimeConfig, link: Option<DataPlaneLink>) -> io::Result<Node> {
         assert!(
             !cfg.cpus.is_empty() && cfg.cpus.len() <= MAX_SHARDS,
             "cpus validated by the config layer"
@@ -114,7 +131,16 @@ impl Node {
         let hasher = ahash::RandomState::new();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
         let mut handles = Vec::with_capacity(n);
+        let (uplink, mut inboxes) = match link {
+            Some(l) => {
+                assert_eq!(l.inboxes.len(), n, "one inbox per shard");
+                (Some(l.uplink), l.inboxes.into_iter().map(Some).collect())
+            }
+            None => (None, (0..n).map(|_| None).collect::<Vec<_>>()),
+        };
         for (i, &cpu) in cfg.cpus.iter().enumerate() {
+            let uplink = uplink.clone();
+            let inbox = inboxes[i].take();
             let cfg = cfg.clone();
             let mesh = mesh.clone();
             let connections = connections.clone();
@@ -145,15 +171,15 @@ impl Node {
                         }
                     };
                     let id = senders.peer_id();
-                    let shard = Rc::new(RefCell::new(Shard::new(
-                        id,
-                        cfg.clone(),
-                        connections,
-                        hasher,
-                    )));
+                    let mut state = Shard::new(id, cfg.clone(), connections, hasher);
+                    if uplink.is_some() {
+                        state.cluster = Some(Box::new(shard::ClusterShard::new()));
+                    }
+                    let shard = Rc::new(RefCell::new(state));
                     info!(shard = id, cpu, addr = %cfg.bind, "shard listening");
                     let _ = ready.send(Ok(()));
-                    serve(shard, listener, senders, receivers).await;
+                    let link = uplink.zip(inbox);
+                    serve(shard, listener, senders, receivers, link).await;
                 })
                 .map_err(|e| io::Error::other(format!("cannot start shard on cpu {cpu}: {e}")))?;
             handles.push(handle);
@@ -166,7 +192,10 @@ impl Node {
                 Err(_) => return Err(io::Error::other("a shard exited during start-up")),
             }
         }
-        Ok(Node { handles })
+        Ok(Node {
+            handles,
+            connections,
+        })
     }
 
     /// Waits for every shard to stop (they run until the process ends).
@@ -267,8 +296,16 @@ async fn serve(
     listener: TcpListener,
     senders: Senders<Batch>,
     mut receivers: Receivers<Batch>,
+    link: Option<(Uplink, link::ShardInbox)>,
 ) {
     let queues = Queues::create();
+    let uplink = match link {
+        Some((uplink, inbox)) => {
+            spawn_into(queues.bus, downlink(shard.clone(), inbox));
+            Some(uplink)
+        }
+        None => None,
+    };
     for (peer, stream) in receivers.streams() {
         let shard = shard.clone();
         spawn_into(queues.bus, async move {
@@ -283,7 +320,7 @@ async fn serve(
             debug!(peer, "channel from peer closed");
         });
     }
-    spawn_into(queues.bus, flusher(shard.clone(), senders));
+    spawn_into(queues.bus, flusher(shard.clone(), senders, uplink));
     spawn_into(queues.housekeeping, housekeeping(shard.clone()));
     let accept = accept_loop(shard, listener, queues.connections);
     spawn_into(queues.connections, accept);
@@ -314,13 +351,44 @@ async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener, queue: Ta
     }
 }
 
-/// Sends each destination's pending messages as batches of at most `batch_max`.
-async fn flusher(shard: Rc<RefCell<Shard>>, senders: Senders<Batch>) {
+/// The control plane's end of the shard's uplink.
+type Uplink = tokio::sync::mpsc::Sender<Vec<ToCluster>>;
+
+/// Receives the control plane's batches: one byte on the wake socket, then the whole queue.
+async fn downlink(shard: Rc<RefCell<Shard>>, inbox: link::ShardInbox) {
+    use futures_lite::AsyncReadExt;
+    // SAFETY: the fd is one end of a socket pair that the inbox owns and gives up here.
+    let mut wake = unsafe { glommio::net::UnixStream::from_raw_fd(inbox.wake.into_raw_fd()) };
+    let mut bytes = [0u8; 256];
+    loop {
+        match wake.read(&mut bytes).await {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                error!(error = %e, "control plane wake socket failed");
+                break;
+            }
+        }
+        while let Ok(batch) = inbox.rx.try_recv() {
+            let now = Instant::now();
+            let mut s = shard.borrow_mut();
+            for msg in batch {
+                s.handle_cluster(now, msg);
+            }
+            s.drain_local(now);
+        }
+    }
+    debug!("control plane link closed");
+}
+
+/// Sends each destination's pending messages as batches of at most `batch_max`, and the
+/// control plane's batch over the uplink.
+async fn flusher(shard: Rc<RefCell<Shard>>, senders: Senders<Batch>, uplink: Option<Uplink>) {
     let n = shard.borrow().outbox.len();
     loop {
         poll_fn(|cx| {
             let mut s = shard.borrow_mut();
-            if s.outbox.iter().any(|q| !q.is_empty()) {
+            if s.outbox.iter().any(|q| !q.is_empty()) || s.cluster_pending() {
                 Poll::Ready(())
             } else {
                 s.flush_waker = Some(cx.waker().clone());
@@ -348,10 +416,44 @@ async fn flusher(shard: Rc<RefCell<Shard>>, senders: Senders<Batch>) {
                 }
             }
         }
+        if let Some(uplink) = &uplink {
+            send_uplink(&shard, uplink).await;
+        }
         let mut s = shard.borrow_mut();
         if !s.congested() {
             for w in s.blocked_readers.drain(..) {
                 w.wake();
+            }
+        }
+    }
+}
+
+/// Sends the shard's batch for the control plane. A full uplink is backpressure: the batch
+/// stays (new forwarded publishes beyond `CLUSTER_OUT_MAX` are dropped) and the flusher
+/// retries after a millisecond.
+async fn send_uplink(shard: &Rc<RefCell<Shard>>, uplink: &Uplink) {
+    loop {
+        let batch = {
+            let mut s = shard.borrow_mut();
+            match s.cluster.as_mut() {
+                Some(c) if !c.out.is_empty() => std::mem::take(&mut c.out),
+                _ => return,
+            }
+        };
+        match uplink.try_send(batch) {
+            Ok(()) => return,
+            Err(tokio::sync::mpsc::error::TrySendError::Full(batch)) => {
+                {
+                    let mut s = shard.borrow_mut();
+                    let c = s.cluster.as_mut().expect("linked shard");
+                    let newer = std::mem::replace(&mut c.out, batch);
+                    c.out.extend(newer);
+                }
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                error!("control plane gone: cluster messages dropped");
+                return;
             }
         }
     }

@@ -4,6 +4,7 @@
 //! `.await`.
 
 use crate::bus::{ShardId, ShardMsg, ShardSet};
+use crate::link::{FromCluster, NodeId, NodeSet, ToCluster};
 use crate::sys::{NodeFigures, ShardFigures};
 use crate::RuntimeConfig;
 use bytes::{Bytes, BytesMut};
@@ -198,6 +199,41 @@ pub(crate) struct Shard {
     actions_scratch: Vec<Action>,
     /// This shard has sent its clients to `listener.moved_to` (the node's move trigger).
     moved: bool,
+    /// The shard's side of the cluster, when the node is in one.
+    pub(crate) cluster: Option<Box<ClusterShard>>,
+}
+
+/// Most messages a shard queues for the control plane; beyond it, forwarded publishes are
+/// dropped (counted in `forward_dropped`, logged), route and session updates never are.
+pub(crate) const CLUSTER_OUT_MAX: usize = 65_536;
+
+/// A shard's view of the cluster: the other nodes' routes and what goes to the control plane.
+pub(crate) struct ClusterShard {
+    /// Batch for the control plane, sent by the flusher.
+    pub(crate) out: Vec<ToCluster>,
+    /// Replica of the other nodes' routes: filter → nodes.
+    remote: SubscriptionTrie<NodeSet>,
+    /// The other nodes (retained messages go to all of them).
+    peers: Vec<NodeId>,
+    /// Messages forwarded to other nodes (one per destination node).
+    pub(crate) forwarded_out: u64,
+    /// Messages received from other nodes.
+    pub(crate) forwarded_in: u64,
+    /// Forwarded messages dropped because the control plane's queue was full.
+    pub(crate) forward_dropped: u64,
+}
+
+impl ClusterShard {
+    pub(crate) fn new() -> ClusterShard {
+        ClusterShard {
+            out: Vec::new(),
+            remote: SubscriptionTrie::new(),
+            peers: Vec::new(),
+            forwarded_out: 0,
+            forwarded_in: 0,
+            forward_dropped: 0,
+        }
+    }
 }
 
 impl Shard {
@@ -245,7 +281,37 @@ impl Shard {
             shared_routes: SubscriptionTrie::new(),
             actions_scratch: Vec::new(),
             moved: false,
+            cluster: None,
         }
+    }
+
+    /// Queues `msg` for the control plane and wakes the flusher.
+    fn tell_cluster(&mut self, msg: ToCluster) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        if c.out.len() >= CLUSTER_OUT_MAX && matches!(msg, ToCluster::Forward { .. }) {
+            c.forward_dropped += 1;
+            if c.forward_dropped.is_power_of_two() {
+                warn!(
+                    shard = self.id,
+                    dropped = c.forward_dropped,
+                    "control plane queue full: forwarded publishes dropped"
+                );
+            }
+            return;
+        }
+        c.out.push(msg);
+        if c.out.len() == 1 {
+            if let Some(w) = self.flush_waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// True if the flusher has something for the control plane.
+    pub(crate) fn cluster_pending(&self) -> bool {
+        self.cluster.as_ref().is_some_and(|c| !c.out.is_empty())
     }
 
     fn token(&mut self) -> u64 {
@@ -751,21 +817,33 @@ impl Shard {
                     existed,
                 } => {
                     let new_route = self.trie_insert(&filter, skey, subscription);
-                    if new_route && self.nshards > 1 {
-                        let token = match sync {
-                            Some((t, ref mut n)) => {
-                                *n += self.nshards - 1;
-                                t
-                            }
-                            None => {
-                                let t = self.token();
-                                sync = Some((t, self.nshards - 1));
-                                t
-                            }
-                        };
-                        self.announce_route(&filter, Some(token));
-                    } else if new_route {
-                        self.announce_route(&filter, None);
+                    // The SUBACK waits for every other shard and, in a cluster, for the
+                    // node's route to commit (read-your-writes: a publish anywhere after the
+                    // SUBACK reaches this subscriber).
+                    let clustered = new_route && self.cluster.is_some() && !is_shared(&filter);
+                    let waits =
+                        if new_route { self.nshards - 1 } else { 0 } + usize::from(clustered);
+                    let token = (waits > 0).then(|| match sync {
+                        Some((t, ref mut n)) => {
+                            *n += waits;
+                            t
+                        }
+                        None => {
+                            let t = self.token();
+                            sync = Some((t, waits));
+                            t
+                        }
+                    });
+                    if new_route {
+                        self.announce_route(&filter, token.filter(|_| self.nshards > 1));
+                    }
+                    if clustered {
+                        let shard = self.id;
+                        self.tell_cluster(ToCluster::RouteAdd {
+                            filter: filter.clone(),
+                            shard,
+                            sync: token,
+                        });
                     }
                     retained.push((filter, subscription, existed));
                 }
@@ -869,6 +947,10 @@ impl Shard {
                 filter: f.clone(),
                 shard: me,
             });
+            self.tell_cluster(ToCluster::RouteDel {
+                filter: filter.clone(),
+                shard: me,
+            });
         }
     }
 
@@ -890,8 +972,49 @@ impl Shard {
         }
     }
 
-    /// Routes a published message: retained store, then every shard with a matching filter.
+    /// Routes a published message: retained store, then every shard with a matching filter,
+    /// then, in a cluster, every other node with a matching route.
     pub(crate) fn route(&mut self, now: Instant, msg: Arc<Message>) {
+        if self.cluster.is_some() {
+            self.forward(&msg);
+        }
+        self.route_here(now, msg);
+    }
+
+    /// Sends `msg` to the other nodes that route its topic (all of them if it is retained,
+    /// so every node's retained store has it). `$SYS` topics stay on their node.
+    fn forward(&mut self, msg: &Arc<Message>) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        if msg.topic.starts_with("$SYS/") {
+            return;
+        }
+        let mut nodes = NodeSet::new();
+        if msg.retain {
+            nodes.extend(c.peers.iter().copied());
+        } else {
+            c.remote.for_each_match(&msg.topic, |set| {
+                for n in set {
+                    if !nodes.contains(n) {
+                        nodes.push(*n);
+                    }
+                }
+            });
+        }
+        if nodes.is_empty() {
+            return;
+        }
+        c.forwarded_out += nodes.len() as u64;
+        self.tell_cluster(ToCluster::Forward {
+            nodes,
+            msg: msg.clone(),
+        });
+    }
+
+    /// Routes a message on this node only: retained store, then every shard with a matching
+    /// filter.
+    fn route_here(&mut self, now: Instant, msg: Arc<Message>) {
         if msg.retain {
             let stored = if msg.payload.is_empty() {
                 None
@@ -1054,21 +1177,7 @@ impl Shard {
                     }
                 }
             }
-            ShardMsg::RouteAck { token } => {
-                if let Some(rs) = self.route_syncs.get_mut(&token) {
-                    rs.remaining -= 1;
-                    if rs.remaining == 0 {
-                        let rs = self.route_syncs.remove(&token).expect("present");
-                        self.finish_subscribe(now, rs);
-                    }
-                } else if let Some(cs) = self.connect_syncs.get_mut(&token) {
-                    cs.remaining -= 1;
-                    if cs.remaining == 0 {
-                        let cs = self.connect_syncs.remove(&token).expect("present");
-                        self.finish_connect(now, cs);
-                    }
-                }
-            }
+            ShardMsg::RouteAck { token } => self.route_acked(now, token),
             ShardMsg::Retain { topic, msg } => match msg {
                 Some(m) => {
                     self.retained.insert(&topic, m);
@@ -1086,6 +1195,9 @@ impl Shard {
                 let prev = self
                     .registry
                     .insert(client_id.clone(), RegEntry { shard, token });
+                self.tell_cluster(ToCluster::SessionSet {
+                    client_id: client_id.clone(),
+                });
                 match prev {
                     Some(p) => self.send(
                         p.shard,
@@ -1117,6 +1229,7 @@ impl Shard {
                     .is_some_and(|e| e.shard == shard && e.token == token)
                 {
                     self.registry.remove(&client_id);
+                    self.tell_cluster(ToCluster::SessionDel { client_id });
                 }
             }
             ShardMsg::Superseded { token } => {
@@ -1140,6 +1253,84 @@ impl Shard {
                 session,
             } => self.handoff(now, client_id, token, session),
         }
+    }
+
+    /// One of the acknowledgements a SUBACK or CONNACK waits for (a shard's replica, or the
+    /// cluster's commit of the route).
+    fn route_acked(&mut self, now: Instant, token: u64) {
+        if let Some(rs) = self.route_syncs.get_mut(&token) {
+            rs.remaining -= 1;
+            if rs.remaining == 0 {
+                let rs = self.route_syncs.remove(&token).expect("present");
+                self.finish_subscribe(now, rs);
+            }
+        } else if let Some(cs) = self.connect_syncs.get_mut(&token) {
+            cs.remaining -= 1;
+            if cs.remaining == 0 {
+                let cs = self.connect_syncs.remove(&token).expect("present");
+                self.finish_connect(now, cs);
+            }
+        }
+    }
+
+    /// Handles one message from the control plane.
+    pub(crate) fn handle_cluster(&mut self, now: Instant, msg: FromCluster) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        match msg {
+            FromCluster::RouteAdded { filter, node } => {
+                let set = c.remote.entry_or_insert_with(&filter, NodeSet::new);
+                if !set.contains(&node) {
+                    set.push(node);
+                }
+            }
+            FromCluster::RouteRemoved { filter, node } => {
+                if let Some(set) = c.remote.get_mut(&filter) {
+                    set.retain(|n| *n != node);
+                    if set.is_empty() {
+                        c.remote.remove(&filter);
+                    }
+                }
+            }
+            FromCluster::Peers(peers) => c.peers = peers,
+            FromCluster::Publish(msg) => {
+                c.forwarded_in += 1;
+                self.stats.messages_in += 1;
+                self.route_here(now, msg);
+            }
+            FromCluster::RouteCommitted { token } => self.route_acked(now, token),
+            FromCluster::SessionTakenOver { client_id } => self.evict(now, &client_id),
+        }
+    }
+
+    /// `client_id` connected on another node: its connection here (if any) is closed with
+    /// 0x8E Session taken over, its will published, and its session ended.
+    fn evict(&mut self, now: Instant, client_id: &ByteStr) {
+        let Some(skey) = self.by_client.get(client_id).copied() else {
+            return;
+        };
+        if let Some(ckey) = self.sessions[skey].conn {
+            debug!(shard = self.id, client_id = %client_id, "session taken over by another node");
+            self.close_conn(
+                ckey,
+                Close {
+                    reason: ReasonCode::SESSION_TAKEN_OVER,
+                    why: "taken over by a connection on another node",
+                },
+            );
+            let will = self.sessions[skey].session.take_will();
+            self.conns[ckey].session = None;
+            self.sessions[skey].conn = None;
+            if let Some(will) = will {
+                self.publish_will(now, client_id.clone(), will);
+            }
+        }
+        if let Some(will) = self.delayed_wills.cancel(client_id) {
+            self.publish_will(now, client_id.clone(), will);
+        }
+        self.sessions[skey].session.detach();
+        self.end_session(skey);
     }
 
     /// Another connection claimed `client_id`: kick ours and hand the session over.
@@ -1258,6 +1449,14 @@ impl Shard {
                 let synced = conn_alive && self.nshards > 1;
                 self.announce_route(&filter, synced.then_some(sync));
                 remaining += if synced { self.nshards - 1 } else { 0 };
+                if !is_shared(&filter) {
+                    let shard = self.id;
+                    self.tell_cluster(ToCluster::RouteAdd {
+                        filter,
+                        shard,
+                        sync: None,
+                    });
+                }
             }
         }
         let cs = ConnectSync {

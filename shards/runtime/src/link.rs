@@ -1,0 +1,194 @@
+//! The data plane's link to the control plane, which runs the cluster on its own thread.
+//!
+//! Shards send [`ToCluster`] batches over one bounded tokio channel (`try_send` never blocks a
+//! shard; a full channel is backpressure, see `Shard::cluster_out`). The control plane sends
+//! each shard [`FromCluster`] batches over a bounded crossbeam channel and then writes one byte
+//! to that shard's wake socket: the shard's link task awaits the socket through io_uring, so a
+//! shard sleeps in the kernel like it does for client sockets, and a batch costs one wake-up.
+//! A byte is written after the batch is queued, and the shard drains the whole queue after each
+//! read, so no batch waits for a later wake-up.
+
+use crate::bus::ShardId;
+use shardmq_broker::Message;
+use shardmq_codec::ByteStr;
+use smallvec::SmallVec;
+use std::io::{self, Write};
+use std::os::fd::{IntoRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+
+/// Identifier of a node in the cluster.
+pub type NodeId = u64;
+
+/// Nodes a forwarded message goes to.
+pub type NodeSet = SmallVec<[NodeId; 4]>;
+
+/// From a shard to the control plane.
+#[derive(Debug)]
+pub enum ToCluster {
+    /// The shard has its first subscriber to `filter` (a plain filter, not `$share/`). The node
+    /// writes the cluster route on the node's first; with `sync`, answer
+    /// [`FromCluster::RouteCommitted`] once the route is committed and applied here.
+    RouteAdd {
+        /// The filter.
+        filter: ByteStr,
+        /// Shard subscribing.
+        shard: ShardId,
+        /// Token the shard's SUBACK waits for.
+        sync: Option<u64>,
+    },
+    /// The shard has no subscriber to `filter` any more.
+    RouteDel {
+        /// The filter.
+        filter: ByteStr,
+        /// Shard unsubscribing.
+        shard: ShardId,
+    },
+    /// Forward `msg` to `nodes`, once per node.
+    Forward {
+        /// Destination nodes (never this one).
+        nodes: NodeSet,
+        /// The message.
+        msg: Arc<Message>,
+    },
+    /// A session for `client_id` now lives on this node (the cluster's session registry).
+    SessionSet {
+        /// Client identifier.
+        client_id: ByteStr,
+    },
+    /// The session for `client_id` ended on this node.
+    SessionDel {
+        /// Client identifier.
+        client_id: ByteStr,
+    },
+}
+
+/// From the control plane to a shard.
+#[derive(Debug)]
+pub enum FromCluster {
+    /// `node` has subscribers to `filter`.
+    RouteAdded {
+        /// The filter.
+        filter: ByteStr,
+        /// The node.
+        node: NodeId,
+    },
+    /// `node` has no subscriber to `filter` any more.
+    RouteRemoved {
+        /// The filter.
+        filter: ByteStr,
+        /// The node.
+        node: NodeId,
+    },
+    /// The other nodes of the cluster (retained messages go to all of them).
+    Peers(Vec<NodeId>),
+    /// A message published on another node: deliver to this node's subscribers (never
+    /// forwarded again).
+    Publish(Arc<Message>),
+    /// The route a SUBACK waits for is committed (or the wait timed out).
+    RouteCommitted {
+        /// The shard's token.
+        token: u64,
+    },
+    /// `client_id` connected on another node: end its session here (MQTT 5.0: DISCONNECT
+    /// 0x8E Session taken over).
+    SessionTakenOver {
+        /// Client identifier.
+        client_id: ByteStr,
+    },
+}
+
+/// Batches in flight per direction and shard before a sender waits.
+pub const LINK_CAPACITY: usize = 1024;
+
+/// The data plane's ends, handed to `Node::start`.
+pub struct DataPlaneLink {
+    pub(crate) uplink: tokio::sync::mpsc::Sender<Vec<ToCluster>>,
+    pub(crate) inboxes: Vec<ShardInbox>,
+}
+
+impl std::fmt::Debug for DataPlaneLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataPlaneLink")
+            .field("shards", &self.inboxes.len())
+            .finish()
+    }
+}
+
+/// One shard's inbound queue and the socket that wakes it.
+pub(crate) struct ShardInbox {
+    pub(crate) rx: crossbeam_channel::Receiver<Vec<FromCluster>>,
+    pub(crate) wake: OwnedFd,
+}
+
+/// The control plane's ends.
+pub struct ControlPlaneLink {
+    /// Batches from every shard, in each shard's order.
+    pub uplink: tokio::sync::mpsc::Receiver<Vec<ToCluster>>,
+    outlets: Vec<ShardOutlet>,
+}
+
+struct ShardOutlet {
+    tx: crossbeam_channel::Sender<Vec<FromCluster>>,
+    wake: UnixStream,
+}
+
+/// Why a batch could not be queued for a shard.
+#[derive(Debug)]
+pub enum SendError {
+    /// The shard's queue holds `LINK_CAPACITY` batches: retry later (the batch is returned).
+    Full(Vec<FromCluster>),
+    /// The shard is gone.
+    Closed,
+}
+
+impl ControlPlaneLink {
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.outlets.len()
+    }
+
+    /// Queues `batch` for `shard` and wakes it.
+    pub fn try_send(&self, shard: ShardId, batch: Vec<FromCluster>) -> Result<(), SendError> {
+        let out = &self.outlets[shard];
+        match out.tx.try_send(batch) {
+            Ok(()) => {}
+            Err(crossbeam_channel::TrySendError::Full(b)) => return Err(SendError::Full(b)),
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => return Err(SendError::Closed),
+        }
+        // A full socket buffer means the shard has wake-ups it has not read yet: enough.
+        match (&out.wake).write(&[1]) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(_) => Err(SendError::Closed),
+        }
+    }
+}
+
+/// Makes the link between a data plane of `shards` shards and the control plane.
+pub fn link(shards: usize) -> io::Result<(DataPlaneLink, ControlPlaneLink)> {
+    let (up_tx, up_rx) = tokio::sync::mpsc::channel(LINK_CAPACITY * shards.max(1));
+    let mut inboxes = Vec::with_capacity(shards);
+    let mut outlets = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        let (tx, rx) = crossbeam_channel::bounded(LINK_CAPACITY);
+        let (ours, theirs) = UnixStream::pair()?;
+        ours.set_nonblocking(true)?;
+        theirs.set_nonblocking(true)?;
+        // SAFETY: `into_raw_fd` gives up ownership of a valid, open socket.
+        let wake =
+            unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(theirs.into_raw_fd()) };
+        inboxes.push(ShardInbox { rx, wake });
+        outlets.push(ShardOutlet { tx, wake: ours });
+    }
+    Ok((
+        DataPlaneLink {
+            uplink: up_tx,
+            inboxes,
+        },
+        ControlPlaneLink {
+            uplink: up_rx,
+            outlets,
+        },
+    ))
+}
