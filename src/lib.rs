@@ -5,8 +5,10 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod api;
 pub mod config;
 pub mod cpus;
+pub mod ctl;
 mod node;
 pub mod tune;
 

@@ -39,6 +39,8 @@ enum Command {
         #[command(subcommand)]
         action: TuneCommand,
     },
+    /// Ask a running node's management API (api.listen, or --api) about the cluster.
+    Ctl(shardmq::ctl::CtlArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -77,16 +79,29 @@ fn main() -> ExitCode {
 }
 
 fn try_main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    let command = cli.command.take().unwrap_or(Command::Run);
+    if let Command::Ctl(args) = &command {
+        // Reads the configuration only when it needs api.listen.
+        return ctl(&cli, args);
+    }
     let config = load(&cli)?;
-    match cli.command.unwrap_or(Command::Run) {
+    match command {
         Command::Run => {
             install_tracing(&config)?;
             shardmq::run(config)
         }
         Command::CheckConfig => check_config(&config),
         Command::Tune { action } => tune(action, &config),
+        Command::Ctl(_) => unreachable!("ctl is handled before the configuration is loaded"),
     }
+}
+
+/// `shardmq ctl ...`: the configuration is read only for api.listen, when --api is not given.
+fn ctl(cli: &Cli, args: &shardmq::ctl::CtlArgs) -> anyhow::Result<()> {
+    let api = shardmq::ctl::api_address(args.api.as_deref(), || Ok(load(cli)?.api))?;
+    print!("{}", shardmq::ctl::run(&api, args)?);
+    Ok(())
 }
 
 /// `shardmq tune check|print`.

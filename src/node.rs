@@ -146,6 +146,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     )?;
     tracing::info!(node = %rt.node_name, cpus = ?rt.cpus, bind = %rt.bind, "starting shardmq {}", env!("CARGO_PKG_VERSION"));
     let node = Node::start(rt).context("starting the data plane")?;
+    // Control plane (src/api.rs): the management API on the `shardmq-control` thread; an
+    // api.listen that cannot be bound stops the node here.
+    crate::api::start(&config, node.connections(), None)?;
     tracing::info!("shardmq ready");
     // The control plane will run on its own thread on node.control_cpu; until it exists, the
     // main thread (which only waits for the shards) is what runs there.

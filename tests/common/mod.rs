@@ -58,6 +58,8 @@ pub struct Broker {
     child: Child,
     /// The MQTT port on 127.0.0.1.
     pub port: u16,
+    /// The management API port on 127.0.0.1 (0 when the caller's env set `SHARDMQ_API__LISTEN`).
+    pub api_port: u16,
     log: PathBuf,
 }
 
@@ -82,11 +84,24 @@ impl Broker {
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("clone log file"))
             .stderr(file);
+        // Its own API port: the default (18083) would collide between parallel tests.
+        let api_port = if env.iter().any(|(k, _)| *k == "SHARDMQ_API__LISTEN") {
+            0
+        } else {
+            let api_port = free_port();
+            cmd.env("SHARDMQ_API__LISTEN", format!("127.0.0.1:{api_port}"));
+            api_port
+        };
         for (k, v) in env {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn shardmq");
-        let mut broker = Broker { child, port, log };
+        let mut broker = Broker {
+            child,
+            port,
+            api_port,
+            log,
+        };
         broker.wait_ready();
         broker
     }
@@ -119,6 +134,11 @@ impl Broker {
     /// `127.0.0.1:<port>`.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `127.0.0.1:<api_port>`: the management API.
+    pub fn api_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.api_port)
     }
 
     /// The whole log so far, without terminal colour codes.

@@ -1,0 +1,588 @@
+//! The HTTP management API and the control-plane thread it runs on.
+//!
+//! Routes (see `docs/operations.md`):
+//!
+//! | method | path                     | answer                                              |
+//! |--------|--------------------------|-----------------------------------------------------|
+//! | GET    | `/health`                | 200 `{"status":"ok",...}`, 503 with the reason      |
+//! | GET    | `/metrics`               | Prometheus / OpenMetrics text                       |
+//! | GET    | `/api/v1/cluster`        | members, leader, table sizes                        |
+//! | POST   | `/api/v1/cluster/join`   | `{"seed":"2@127.0.0.1:4371"}`                       |
+//! | POST   | `/api/v1/cluster/leave`  | this node leaves the cluster                        |
+//! | GET    | `/api/v1/rlog`           | per RLOG shard state                                |
+//!
+//! Errors are JSON, `{"error": "..."}`, with a fitting status code. Without a cluster
+//! (`cluster.enabled = false`) the node reports itself as a standalone core that leads itself,
+//! with no RLOG shards, and refuses join/leave with 409 Conflict.
+//!
+//! The API is served by axum on a current-thread tokio runtime owned by the `shardmq-control`
+//! thread ([`control_thread`]); the cluster runs on the same runtime ([`start_with`]).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::config::{ApiConfig, Config};
+pub use shardmq_rlog::status;
+use shardmq_rlog::status::{ClusterStatus, MemberStatus, RlogStatus, ShardStatus};
+use shardmq_rlog::Role as RlogRole;
+
+/// A boxed, sendable future, as [`ClusterApi`] returns them.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Name of the control-plane thread.
+pub const CONTROL_THREAD_NAME: &str = "shardmq-control";
+
+/// What the API asks of the cluster layer. Implemented by the cluster when `cluster.enabled`;
+/// every call runs on the control-plane runtime.
+pub trait ClusterApi: Send + Sync + 'static {
+    /// Members, leader and table sizes as this node sees them.
+    fn cluster_status(&self) -> BoxFuture<'static, anyhow::Result<ClusterStatus>>;
+    /// This node's RLOG shards.
+    fn rlog_status(&self) -> BoxFuture<'static, anyhow::Result<RlogStatus>>;
+    /// Joins the cluster that `seed` (`"id@host:port"`, a core) belongs to.
+    fn join(&self, seed: String) -> BoxFuture<'static, anyhow::Result<()>>;
+    /// Leaves the cluster.
+    fn leave(&self) -> BoxFuture<'static, anyhow::Result<()>>;
+    /// Extra metrics for `/metrics` (forwarding counters and the like).
+    fn samples(&self) -> BoxFuture<'static, Vec<Sample>>;
+}
+
+/// One extra metric value for `/metrics`. Samples with the same name form one metric family
+/// (same `help` and `counter` expected; the first one wins).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Metric name, e.g. `shardmq_forward_dropped`; a counter's `_total` suffix is added by the
+    /// encoder (a name that already ends in `_total` keeps one).
+    pub name: String,
+    /// One-line description.
+    pub help: String,
+    /// Label pairs, e.g. `[("peer", "2")]`.
+    pub labels: Vec<(String, String)>,
+    /// The value.
+    pub value: f64,
+    /// A counter (monotonic) rather than a gauge.
+    pub counter: bool,
+}
+
+/// What the handlers share.
+pub struct ApiState {
+    /// `node.name`.
+    pub node_name: String,
+    /// `cluster.node_id`: the node's id in the answers of a standalone node.
+    pub node_id: u64,
+    /// The data plane's count of open client connections.
+    pub connections: Arc<AtomicUsize>,
+    /// The cluster, when `cluster.enabled`.
+    pub cluster: Option<Arc<dyn ClusterApi>>,
+    /// When the node started, for `shardmq_uptime_seconds`.
+    pub started: Instant,
+}
+
+type Shared = Arc<ApiState>;
+
+/// The API's routes over `state`.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/cluster", get(cluster_status))
+        .route("/api/v1/cluster/join", post(join))
+        .route("/api/v1/cluster/leave", post(leave))
+        .route("/api/v1/rlog", get(rlog_status))
+        .fallback(not_found)
+        .with_state(Arc::new(state))
+}
+
+/// Serves the API on `listener` until the runtime stops.
+pub async fn serve(listener: tokio::net::TcpListener, state: ApiState) -> anyhow::Result<()> {
+    let addr = listener.local_addr().ok();
+    tracing::info!(addr = ?addr, "management API listening");
+    axum::serve(listener, router(state))
+        .await
+        .with_context(|| format!("api.listen: serving on {addr:?}"))
+}
+
+// ---- errors ---------------------------------------------------------------------------------
+
+/// An error answer: `{"error": "..."}` with its status code.
+#[derive(Debug)]
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl ApiError {
+    fn internal(error: anyhow::Error) -> Self {
+        Self(StatusCode::INTERNAL_SERVER_ERROR, format!("{error:#}"))
+    }
+
+    fn standalone(what: &str) -> Self {
+        Self(
+            StatusCode::CONFLICT,
+            format!(
+                "cannot {what}: this node runs standalone (cluster.enabled = false); \
+                 enable [cluster] in its configuration and restart it"
+            ),
+        )
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "no such route".to_owned())
+}
+
+// ---- handlers -------------------------------------------------------------------------------
+
+/// `GET /health`.
+async fn health(State(state): State<Shared>) -> Response {
+    let uptime = state.started.elapsed().as_secs();
+    let Some(cluster) = &state.cluster else {
+        return Json(json!({
+            "status": "ok",
+            "node": state.node_name,
+            "mode": "standalone",
+            "uptime_seconds": uptime,
+        }))
+        .into_response();
+    };
+    let unhealthy = |reason: String| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "unavailable",
+                "node": state.node_name,
+                "reason": reason,
+                "uptime_seconds": uptime,
+            })),
+        )
+            .into_response()
+    };
+    let rlog = match cluster.rlog_status().await {
+        Ok(rlog) => rlog,
+        Err(e) => return unhealthy(format!("cluster status unavailable: {e:#}")),
+    };
+    if let Some(reason) = unhealthy_reason(&rlog) {
+        return unhealthy(reason);
+    }
+    Json(json!({
+        "status": "ok",
+        "node": state.node_name,
+        "mode": "cluster",
+        "node_id": rlog.node,
+        "role": rlog.role,
+        "leader": rlog.leader,
+        "uptime_seconds": uptime,
+    }))
+    .into_response()
+}
+
+/// Why a clustered node is not healthy: no leader known, or (replicants) a shard that is not
+/// following its stream yet.
+fn unhealthy_reason(rlog: &RlogStatus) -> Option<String> {
+    if rlog.leader.is_none() {
+        return Some("no raft leader known to this node".to_owned());
+    }
+    if matches!(rlog.role, RlogRole::Replicant) {
+        let behind: Vec<String> = rlog
+            .shards
+            .iter()
+            .filter(|s| s.state != "normal")
+            .map(|s| format!("{} ({})", s.shard, s.state))
+            .collect();
+        if !behind.is_empty() {
+            return Some(format!(
+                "replicant not in normal state for RLOG shard(s): {}",
+                behind.join(", ")
+            ));
+        }
+    }
+    None
+}
+
+/// `GET /metrics`.
+async fn metrics(State(state): State<Shared>) -> Response {
+    let mut registry = Registry::default();
+    let connections: Gauge = Gauge::default();
+    connections.set(i64::try_from(state.connections.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+    registry.register(
+        "shardmq_connections",
+        "Open client connections on this node",
+        connections,
+    );
+    let uptime: Gauge<f64, AtomicU64> = Gauge::default();
+    uptime.set(state.started.elapsed().as_secs_f64());
+    registry.register(
+        "shardmq_uptime_seconds",
+        "Seconds since this node started",
+        uptime,
+    );
+    if let Some(cluster) = &state.cluster {
+        match cluster.rlog_status().await {
+            Ok(rlog) => register_rlog(&mut registry, &rlog),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "/metrics: no RLOG status"),
+        }
+        register_samples(&mut registry, cluster.samples().await);
+    }
+    let mut text = String::new();
+    if let Err(e) = encode(&mut text, &registry) {
+        return ApiError::internal(anyhow::anyhow!("encoding metrics: {e}")).into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+type Labeled = Family<Vec<(String, String)>, Gauge<f64, AtomicU64>>;
+
+/// The per-shard RLOG gauges: cores report `last_seq`, `replicants`, `pending`; replicants
+/// `lag`, bootstrap figures, replay queue and their state per shard.
+fn register_rlog(registry: &mut Registry, rlog: &RlogStatus) {
+    let shard = |s: &str| vec![("shard".to_owned(), s.to_owned())];
+    let family = |registry: &mut Registry, name: &str, help: &str, values: Vec<(Vec<_>, f64)>| {
+        let family = Labeled::default();
+        for (labels, value) in values {
+            family.get_or_create(&labels).set(value);
+        }
+        registry.register(name, help, family);
+    };
+    let per_shard = |get: fn(&ShardStatus) -> u64| -> Vec<(Vec<_>, f64)> {
+        rlog.shards
+            .iter()
+            .map(|s| (shard(&s.shard), get(s) as f64))
+            .collect()
+    };
+    family(
+        registry,
+        "shardmq_rlog_last_seq",
+        "Last sequence number of the RLOG shard on this node",
+        per_shard(|s| s.seq),
+    );
+    match rlog.role {
+        RlogRole::Core => {
+            family(
+                registry,
+                "shardmq_rlog_replicants",
+                "Replicants following the RLOG shard from this core",
+                per_shard(|s| s.replicants),
+            );
+            family(
+                registry,
+                "shardmq_rlog_pending",
+                "Entries of the RLOG shard not yet acknowledged by replicants",
+                per_shard(|s| s.pending),
+            );
+        }
+        RlogRole::Replicant => {
+            family(
+                registry,
+                "shardmq_rlog_lag",
+                "Entries this replicant is behind its core on the RLOG shard",
+                per_shard(|s| s.lag),
+            );
+            family(
+                registry,
+                "shardmq_rlog_bootstrap_time_ms",
+                "Duration of the last bootstrap of the RLOG shard, in milliseconds",
+                per_shard(|s| s.bootstrap_time_ms),
+            );
+            family(
+                registry,
+                "shardmq_rlog_bootstrap_keys",
+                "Keys received in the last bootstrap of the RLOG shard",
+                per_shard(|s| s.bootstrap_keys),
+            );
+            family(
+                registry,
+                "shardmq_rlog_replay_queue_len",
+                "Entries buffered for local replay on the RLOG shard",
+                per_shard(|s| s.replay_queue_len),
+            );
+            family(
+                registry,
+                "shardmq_rlog_state",
+                "State of the RLOG shard on this replicant (1 for the current state)",
+                rlog.shards
+                    .iter()
+                    .map(|s| {
+                        let mut labels = shard(&s.shard);
+                        labels.push(("state".to_owned(), s.state.clone()));
+                        (labels, 1.0)
+                    })
+                    .collect(),
+            );
+        }
+    }
+}
+
+/// The cluster's extra samples, one metric family per name.
+fn register_samples(registry: &mut Registry, samples: Vec<Sample>) {
+    let mut families: Vec<(Sample, Vec<Sample>)> = Vec::new();
+    for sample in samples {
+        match families
+            .iter_mut()
+            .find(|(first, _)| first.name == sample.name)
+        {
+            Some((_, all)) => all.push(sample),
+            None => families.push((sample.clone(), vec![sample])),
+        }
+    }
+    for (first, all) in families {
+        if first.counter {
+            let name = first.name.strip_suffix("_total").unwrap_or(&first.name);
+            let family: Family<Vec<(String, String)>, Counter<f64, AtomicU64>> = Family::default();
+            for s in &all {
+                family.get_or_create(&s.labels).inc_by(s.value.max(0.0));
+            }
+            registry.register(name, first.help.trim_end_matches('.'), family);
+        } else {
+            let family = Labeled::default();
+            for s in &all {
+                family.get_or_create(&s.labels).set(s.value);
+            }
+            registry.register(&first.name, first.help.trim_end_matches('.'), family);
+        }
+    }
+}
+
+/// `GET /api/v1/cluster`.
+async fn cluster_status(State(state): State<Shared>) -> Result<Response, ApiError> {
+    let (mode, status) = match &state.cluster {
+        Some(cluster) => (
+            "cluster",
+            cluster.cluster_status().await.map_err(ApiError::internal)?,
+        ),
+        None => ("standalone", standalone_cluster(&state)),
+    };
+    let mut body = serde_json::to_value(&status)
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("encoding the cluster status: {e}")))?;
+    if let Some(object) = body.as_object_mut() {
+        object.insert("mode".to_owned(), json!(mode));
+        object.insert("node_name".to_owned(), json!(state.node_name));
+    }
+    Ok(Json(body).into_response())
+}
+
+/// A standalone node's view: itself, a core, leading itself.
+fn standalone_cluster(state: &ApiState) -> ClusterStatus {
+    ClusterStatus {
+        node: state.node_id,
+        role: RlogRole::Core,
+        leader: Some(state.node_id),
+        members: vec![MemberStatus {
+            node: state.node_id,
+            addr: String::new(),
+            role: RlogRole::Core,
+            api: String::new(),
+            status: "running".to_owned(),
+        }],
+        routes: 0,
+        sessions: 0,
+    }
+}
+
+/// `GET /api/v1/rlog`.
+async fn rlog_status(State(state): State<Shared>) -> Result<Json<RlogStatus>, ApiError> {
+    match &state.cluster {
+        Some(cluster) => Ok(Json(
+            cluster.rlog_status().await.map_err(ApiError::internal)?,
+        )),
+        None => Ok(Json(RlogStatus {
+            node: state.node_id,
+            role: RlogRole::Core,
+            leader: Some(state.node_id),
+            shards: Vec::new(),
+        })),
+    }
+}
+
+/// Body of `POST /api/v1/cluster/join`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    /// A core of the cluster to join, `"id@host:port"`.
+    pub seed: String,
+}
+
+/// `POST /api/v1/cluster/join`.
+async fn join(
+    State(state): State<Shared>,
+    body: Result<Json<JoinRequest>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(request) = body.map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "expected a JSON body {{\"seed\": \"id@host:port\"}}: {}",
+                e.body_text()
+            ),
+        )
+    })?;
+    let Some(cluster) = &state.cluster else {
+        return Err(ApiError::standalone("join a cluster"));
+    };
+    crate::config::parse_seed(&request.seed)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("seed: {e}")))?;
+    cluster
+        .join(request.seed.clone())
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({ "status": "ok", "joined": request.seed })))
+}
+
+/// `POST /api/v1/cluster/leave`.
+async fn leave(State(state): State<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(cluster) = &state.cluster else {
+        return Err(ApiError::standalone("leave a cluster"));
+    };
+    cluster.leave().await.map_err(ApiError::internal)?;
+    Ok(Json(json!({ "status": "ok", "left": true })))
+}
+
+// ---- the control thread ---------------------------------------------------------------------
+
+/// Binds `api.listen`; `None` when the API is disabled (`""`). The error names `api.listen`.
+pub fn bind(config: &ApiConfig) -> anyhow::Result<Option<std::net::TcpListener>> {
+    let Some(addr) = config.listen_addr() else {
+        return Ok(None);
+    };
+    let listener = bind_addr(addr)
+        .with_context(|| format!("api.listen: cannot bind {addr} for the management API"))?;
+    Ok(Some(listener))
+}
+
+fn bind_addr(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Runs `f` on a new thread named `name` with its own current-thread tokio runtime (all
+/// drivers enabled), pinned to `cpu` when given. The future need not be `Send`: it is built
+/// and polled on that thread. The thread ends when the future does.
+pub fn control_thread<F, Fut>(
+    name: &str,
+    cpu: Option<usize>,
+    f: F,
+) -> anyhow::Result<std::thread::JoinHandle<()>>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the control plane's tokio runtime")?;
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            if let Some(cpu) = cpu {
+                match crate::cpus::pin_current_thread(cpu) {
+                    Ok(()) => tracing::info!(cpu, "control thread pinned"),
+                    Err(e) => tracing::warn!(cpu, error = %e, "node.control_cpu: cannot pin the control thread"),
+                }
+            }
+            runtime.block_on(f());
+        })
+        .with_context(|| format!("starting the {name} thread"))
+}
+
+/// Starts the control plane with the management API and an already built `cluster` (or none).
+/// See [`start_with`].
+pub fn start(
+    config: &Config,
+    connections: Arc<AtomicUsize>,
+    cluster: Option<Arc<dyn ClusterApi>>,
+) -> anyhow::Result<()> {
+    start_with(config, connections, move || async move { Ok(cluster) })
+}
+
+/// Starts the control plane: binds `api.listen` here (an error names it), then on the
+/// `shardmq-control` thread ([`control_thread`], pinned to `node.control_cpu`) runs
+/// `make_cluster` and serves the API. Returns once `make_cluster` has answered, with its error
+/// if it failed; `make_cluster` should start the cluster's tasks (spawned on the control
+/// runtime) and return, not wait for a leader.
+pub fn start_with<F, Fut>(
+    config: &Config,
+    connections: Arc<AtomicUsize>,
+    make_cluster: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<Option<Arc<dyn ClusterApi>>>> + 'static,
+{
+    let listener = bind(&config.api)?;
+    let cpu = config
+        .node
+        .control_cpu
+        .resolve(&crate::cpus::online_cpus())
+        .unwrap_or(None);
+    let node_name = config.node.name.clone();
+    let node_id = config.cluster.node_id;
+    let started = Instant::now();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
+    control_thread(CONTROL_THREAD_NAME, cpu, move || async move {
+        let cluster = match make_cluster().await {
+            Ok(cluster) => cluster,
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+                return;
+            }
+        };
+        let listener = match listener.map(tokio::net::TcpListener::from_std).transpose() {
+            Ok(listener) => listener,
+            Err(e) => {
+                let _ = ready_tx.send(Err(anyhow::Error::new(e).context("api.listen")));
+                return;
+            }
+        };
+        let _ = ready_tx.send(Ok(()));
+        match listener {
+            Some(listener) => {
+                let state = ApiState {
+                    node_name,
+                    node_id,
+                    connections,
+                    cluster,
+                    started,
+                };
+                if let Err(e) = serve(listener, state).await {
+                    tracing::error!(error = %format!("{e:#}"), "management API stopped");
+                }
+                // The cluster's tasks keep running on this runtime.
+                std::future::pending::<()>().await;
+            }
+            // Keep the runtime (and the cluster's tasks) alive.
+            None => std::future::pending::<()>().await,
+        }
+    })?;
+    ready_rx
+        .recv()
+        .context("the control thread ended during start-up")?
+}
