@@ -49,6 +49,7 @@ pub struct ReplicantShard {
     bootstrap_keys: u64,
     bootstraps: u64,
     resumes: u64,
+    upstream_seq: u64,
 }
 
 #[derive(Debug)]
@@ -73,6 +74,7 @@ impl ReplicantShard {
             bootstrap_keys: 0,
             bootstraps: 0,
             resumes: 0,
+            upstream_seq: 0,
         }
     }
 
@@ -115,6 +117,13 @@ impl ReplicantShard {
         changes: &mut Vec<Change>,
         out: &mut Vec<ToCore>,
     ) -> Result<(), RlogError> {
+        let seen = match &msg {
+            ToReplicant::Resume { from } => *from,
+            ToReplicant::BootstrapBegin { seq, .. } => *seq,
+            ToReplicant::Entries(entries) => entries.last().map_or(0, |e| e.seq),
+            ToReplicant::BootstrapBatch { .. } | ToReplicant::BootstrapEnd => 0,
+        };
+        self.upstream_seq = self.upstream_seq.max(seen);
         match (self.state, msg) {
             (ShardState::Disconnected, ToReplicant::Resume { from }) => {
                 if from != tables.seq(self.shard) {
@@ -262,6 +271,12 @@ impl ReplicantShard {
     /// Ops announced by the current or last bootstrap.
     pub fn bootstrap_keys(&self) -> u64 {
         self.bootstrap_keys
+    }
+
+    /// Highest seq of this shard the upstream cores announced or sent so far: the replicant's
+    /// lag is `upstream_seq() - tables.seq(shard)` (saturating).
+    pub fn upstream_seq(&self) -> u64 {
+        self.upstream_seq
     }
 
     /// Completed bootstraps.

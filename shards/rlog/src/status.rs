@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{NodeId, Role};
+use crate::{NodeId, ReplicantShard, RlogServer, RlogShard, Role, Tables};
 
 /// One RLOG shard as seen by this node.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
@@ -76,4 +76,51 @@ pub struct ClusterStatus {
     pub routes: u64,
     /// Registered sessions.
     pub sessions: u64,
+}
+
+impl ShardStatus {
+    /// Status of `shard` on a core serving `servers` (its replicant streams on that shard).
+    pub fn core<'a>(
+        shard: RlogShard,
+        tables: &Tables,
+        servers: impl IntoIterator<Item = &'a RlogServer>,
+    ) -> Self {
+        let (mut replicants, mut pending) = (0, 0);
+        for s in servers {
+            replicants += 1;
+            pending += s.pending() as u64;
+        }
+        ShardStatus {
+            shard: shard.name().to_string(),
+            state: "core".to_string(),
+            seq: tables.seq(shard),
+            replicants,
+            pending,
+            ..ShardStatus::default()
+        }
+    }
+
+    /// Status of a replicant's shard; the shell measures `bootstrap_time_ms` and knows the
+    /// `upstream` core.
+    pub fn replicant(
+        rs: &ReplicantShard,
+        tables: &Tables,
+        upstream: Option<NodeId>,
+        bootstrap_time_ms: u64,
+    ) -> Self {
+        let seq = tables.seq(rs.shard());
+        ShardStatus {
+            shard: rs.shard().name().to_string(),
+            state: rs.state().name().to_string(),
+            seq,
+            lag: rs.upstream_seq().saturating_sub(seq),
+            bootstrap_time_ms,
+            bootstrap_keys: rs.bootstrap_keys(),
+            replay_queue_len: rs.replay_queue_len() as u64,
+            bootstraps: rs.bootstraps(),
+            resumes: rs.resumes(),
+            upstream,
+            ..ShardStatus::default()
+        }
+    }
 }

@@ -749,3 +749,66 @@ fn config_shard_snapshot() {
         }]
     );
 }
+
+#[test]
+fn messages_and_tables_round_trip_through_serde() {
+    let mut core = Core::new(4);
+    core.apply(radd("a/+", 1));
+    core.apply(Op::MemberSet {
+        node: 2,
+        member: member(2),
+    });
+    core.apply(Op::SessionSet {
+        client_id: "c".into(),
+        node: 2,
+    });
+    let msgs = vec![
+        ToReplicant::Resume { from: 3 },
+        ToReplicant::BootstrapBegin { seq: 1, keys: 2 },
+        ToReplicant::BootstrapBatch {
+            batch: 1,
+            ops: Op::purge_node(3),
+        },
+        ToReplicant::BootstrapEnd,
+        ToReplicant::Entries(core.tails[0].since(0).unwrap()),
+    ];
+    let json = serde_json::to_string(&msgs).unwrap();
+    assert_eq!(
+        serde_json::from_str::<Vec<ToReplicant>>(&json).unwrap(),
+        msgs
+    );
+    let hello = ToCore::Hello {
+        node: 1,
+        shard: RlogShard::Retain,
+        checkpoint: None,
+    };
+    let json = serde_json::to_string(&hello).unwrap();
+    assert_eq!(serde_json::from_str::<ToCore>(&json).unwrap(), hello);
+    let json = serde_json::to_string(&core.tables).unwrap();
+    assert_eq!(serde_json::from_str::<Tables>(&json).unwrap(), core.tables);
+}
+
+#[test]
+fn status_of_core_and_replicant() {
+    use shardmq_rlog::status::ShardStatus;
+    let mut core = Core::new(2);
+    for i in 0..6 {
+        core.apply(radd(&format!("f{i}"), 1));
+    }
+    let srv = core.open(RlogShard::Route, None, 2, 1);
+    let st = ShardStatus::core(RlogShard::Route, &core.tables, [&srv]);
+    assert_eq!(
+        (st.state.as_str(), st.seq, st.replicants, st.pending),
+        ("core", 6, 1, 6)
+    );
+    let mut rt = Tables::default();
+    let mut rep = ReplicantShard::new(RlogShard::Route, 10);
+    let m = ToReplicant::BootstrapBegin { seq: 6, keys: 6 };
+    rep.on_message(m, &mut rt, &mut Vec::new(), &mut Vec::new())
+        .unwrap();
+    let st = ShardStatus::replicant(&rep, &rt, Some(1), 0);
+    assert_eq!(
+        (st.state.as_str(), st.seq, st.lag, st.bootstrap_keys),
+        ("bootstrap", 0, 6, 6)
+    );
+}
