@@ -1,4 +1,18 @@
-//! Cluster control plane for shardmq.
+//! Cluster control plane for shardmq: the QUIC transport between nodes ([`transport`]), the
+//! openraft group of the core nodes ([`raft`]) and the control requests between them ([`rpc`]).
+//!
+//! Everything here runs on the node's control-plane thread (a tokio runtime), never on a shard
+//! core.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod raft;
+pub mod rpc;
 pub mod transport;
+
+pub use raft::{
+    ClusterError, CoreConfig, CoreGroup, CoreMetrics, EntrySubscription, WriteBatch, WriteResult,
+};
+pub use rpc::{RpcRequest, RpcResponse};
+pub use transport::{
+    Accepted, FramedStream, StreamKind, Transport, TransportConfig, TransportError,
+};
