@@ -127,6 +127,9 @@ impl RlogServer {
 
     /// The core applied `e` on this shard.
     ///
+    /// When the core's tables jump (it installs a Raft snapshot, [`ShardTail::reset_to`]), the
+    /// shell must drop its replicant streams instead: the next entry would not be contiguous.
+    ///
     /// # Panics
     /// If `e` is of another shard or does not follow the previous entry.
     pub fn on_live(&mut self, e: Entry) {

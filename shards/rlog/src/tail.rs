@@ -83,7 +83,8 @@ impl ShardTail {
     }
 
     /// Drops every entry and restarts at `seq`: for a core that installs a Raft snapshot (its
-    /// tables jump to `seq`) or restarts.
+    /// tables jump to `seq`) or restarts. Streams opened before must be dropped (see
+    /// [`crate::RlogServer::on_live`]); their replicants reconnect and resume or bootstrap.
     pub fn reset_to(&mut self, seq: u64) {
         self.entries.clear();
         self.last_seq = seq;
