@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 
 use tracing::{debug, warn};
 
-use crate::{Entry, Op, RlogShard, ShardTail, Tables, ToReplicant};
+use crate::{Entry, Op, RlogError, RlogShard, ShardTail, Tables, ToReplicant};
 
 /// The core side of one replicant's stream on one shard. Pure: the transport feeds it inputs
 /// and sends what [`RlogServer::poll_transmit`] returns, in order.
@@ -129,6 +129,7 @@ impl RlogServer {
     ///
     /// When the core's tables jump (it installs a Raft snapshot, [`ShardTail::reset_to`]), the
     /// shell must drop its replicant streams instead: the next entry would not be contiguous.
+    /// [`RlogServer::try_on_live`] reports that case as an error instead of panicking.
     ///
     /// # Panics
     /// If `e` is of another shard or does not follow the previous entry.
@@ -139,6 +140,28 @@ impl RlogServer {
         if e.seq > self.floor_seq {
             self.live.push_back(e);
         }
+    }
+
+    /// Like [`RlogServer::on_live`] for a shell that cannot guarantee contiguity (a broadcast
+    /// subscription racing with a Raft snapshot install): an entry at or below the last one
+    /// seen is ignored, an entry that skips seqs is `Err(Gap)` and the shell must drop the
+    /// stream (the replicant reconnects and resumes or bootstraps).
+    pub fn try_on_live(&mut self, e: Entry) -> Result<(), RlogError> {
+        if e.shard != self.shard {
+            return Err(RlogError::Protocol("live entry of another shard"));
+        }
+        if e.seq <= self.core_seq {
+            return Ok(());
+        }
+        if e.seq != self.core_seq + 1 {
+            return Err(RlogError::Gap {
+                shard: self.shard,
+                have: self.core_seq,
+                got: e.seq,
+            });
+        }
+        self.on_live(e);
+        Ok(())
     }
 
     /// The replicant acknowledged bootstrap batch `batch` (and every one before it). Acks of

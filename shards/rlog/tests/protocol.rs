@@ -812,3 +812,27 @@ fn status_of_core_and_replicant() {
         ("bootstrap", 0, 6, 6)
     );
 }
+
+#[test]
+fn try_on_live_reports_a_jump() {
+    let mut core = Core::new(4);
+    let e1 = core.apply(radd("a", 1));
+    let mut srv = core.open(RlogShard::Route, Some(1), 4, 1);
+    assert_eq!(
+        srv.try_on_live(e1),
+        Ok(()),
+        "an entry already seen is ignored"
+    );
+    let e2 = core.apply(radd("b", 1));
+    let e3 = core.apply(radd("c", 1));
+    assert_eq!(
+        srv.try_on_live(e3),
+        Err(RlogError::Gap {
+            shard: RlogShard::Route,
+            have: 1,
+            got: 3
+        })
+    );
+    assert_eq!(srv.try_on_live(e2), Ok(()));
+    assert_eq!(srv.pending(), 1);
+}
