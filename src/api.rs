@@ -259,23 +259,28 @@ async fn metrics(State(state): State<Shared>) -> Response {
         .into_response()
 }
 
-type Labeled = Family<Vec<(String, String)>, Gauge<f64, AtomicU64>>;
+/// A family of integer gauges by label set.
+type Labeled = Family<Vec<(String, String)>, Gauge>;
+/// A family of float gauges by label set.
+type LabeledF64 = Family<Vec<(String, String)>, Gauge<f64, AtomicU64>>;
 
 /// The per-shard RLOG gauges: cores report `last_seq`, `replicants`, `pending`; replicants
 /// `lag`, bootstrap figures, replay queue and their state per shard.
 fn register_rlog(registry: &mut Registry, rlog: &RlogStatus) {
     let shard = |s: &str| vec![("shard".to_owned(), s.to_owned())];
-    let family = |registry: &mut Registry, name: &str, help: &str, values: Vec<(Vec<_>, f64)>| {
+    let family = |registry: &mut Registry, name: &str, help: &str, values: Vec<(Vec<_>, u64)>| {
         let family = Labeled::default();
         for (labels, value) in values {
-            family.get_or_create(&labels).set(value);
+            family
+                .get_or_create(&labels)
+                .set(i64::try_from(value).unwrap_or(i64::MAX));
         }
         registry.register(name, help, family);
     };
-    let per_shard = |get: fn(&ShardStatus) -> u64| -> Vec<(Vec<_>, f64)> {
+    let per_shard = |get: fn(&ShardStatus) -> u64| -> Vec<(Vec<_>, u64)> {
         rlog.shards
             .iter()
-            .map(|s| (shard(&s.shard), get(s) as f64))
+            .map(|s| (shard(&s.shard), get(s)))
             .collect()
     };
     family(
@@ -333,7 +338,7 @@ fn register_rlog(registry: &mut Registry, rlog: &RlogStatus) {
                     .map(|s| {
                         let mut labels = shard(&s.shard);
                         labels.push(("state".to_owned(), s.state.clone()));
-                        (labels, 1.0)
+                        (labels, 1)
                     })
                     .collect(),
             );
@@ -354,19 +359,36 @@ fn register_samples(registry: &mut Registry, samples: Vec<Sample>) {
         }
     }
     for (first, all) in families {
+        let help = first.help.trim_end_matches('.');
+        if let [only] = all.as_slice() {
+            if only.labels.is_empty() {
+                // No `{}` after the name.
+                if first.counter {
+                    let counter: Counter<f64, AtomicU64> = Counter::default();
+                    counter.inc_by(only.value.max(0.0));
+                    let name = first.name.strip_suffix("_total").unwrap_or(&first.name);
+                    registry.register(name, help, counter);
+                } else {
+                    let gauge: Gauge<f64, AtomicU64> = Gauge::default();
+                    gauge.set(only.value);
+                    registry.register(&first.name, help, gauge);
+                }
+                continue;
+            }
+        }
         if first.counter {
             let name = first.name.strip_suffix("_total").unwrap_or(&first.name);
             let family: Family<Vec<(String, String)>, Counter<f64, AtomicU64>> = Family::default();
             for s in &all {
                 family.get_or_create(&s.labels).inc_by(s.value.max(0.0));
             }
-            registry.register(name, first.help.trim_end_matches('.'), family);
+            registry.register(name, help, family);
         } else {
-            let family = Labeled::default();
+            let family = LabeledF64::default();
             for s in &all {
                 family.get_or_create(&s.labels).set(s.value);
             }
-            registry.register(&first.name, first.help.trim_end_matches('.'), family);
+            registry.register(&first.name, help, family);
         }
     }
 }
@@ -585,4 +607,235 @@ where
     ready_rx
         .recv()
         .context("the control thread ended during start-up")?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A cluster whose answers the test sets.
+    struct FakeCluster {
+        rlog: Mutex<RlogStatus>,
+        joined: Mutex<Vec<String>>,
+    }
+
+    impl ClusterApi for FakeCluster {
+        fn cluster_status(&self) -> BoxFuture<'static, anyhow::Result<ClusterStatus>> {
+            let rlog = self.rlog.lock().unwrap().clone();
+            Box::pin(async move {
+                Ok(ClusterStatus {
+                    node: rlog.node,
+                    role: rlog.role,
+                    leader: rlog.leader,
+                    members: vec![],
+                    routes: 7,
+                    sessions: 3,
+                })
+            })
+        }
+        fn rlog_status(&self) -> BoxFuture<'static, anyhow::Result<RlogStatus>> {
+            let rlog = self.rlog.lock().unwrap().clone();
+            Box::pin(async move { Ok(rlog) })
+        }
+        fn join(&self, seed: String) -> BoxFuture<'static, anyhow::Result<()>> {
+            self.joined.lock().unwrap().push(seed);
+            Box::pin(async { Ok(()) })
+        }
+        fn leave(&self) -> BoxFuture<'static, anyhow::Result<()>> {
+            Box::pin(async { anyhow::bail!("the last core cannot leave") })
+        }
+        fn samples(&self) -> BoxFuture<'static, Vec<Sample>> {
+            Box::pin(async {
+                let sample = |peer: &str, value| Sample {
+                    name: "shardmq_forward_dropped_total".into(),
+                    help: "Forwarded messages dropped.".into(),
+                    labels: vec![("peer".into(), peer.into())],
+                    value,
+                    counter: true,
+                };
+                vec![
+                    sample("2", 5.0),
+                    sample("3", 0.0),
+                    Sample {
+                        name: "shardmq_forward_pending".into(),
+                        help: "Forwarded messages awaiting ack".into(),
+                        labels: vec![],
+                        value: 12.0,
+                        counter: false,
+                    },
+                ]
+            })
+        }
+    }
+
+    fn shard(name: &str, state: &str) -> ShardStatus {
+        ShardStatus {
+            shard: name.into(),
+            state: state.into(),
+            seq: 42,
+            lag: 3,
+            replicants: 2,
+            pending: 9,
+            bootstrap_time_ms: 15,
+            bootstrap_keys: 1000,
+            replay_queue_len: 4,
+            ..Default::default()
+        }
+    }
+
+    /// Serves the API over `fake` on a free port; returns its address.
+    async fn serve_fake(fake: Arc<FakeCluster>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let state = ApiState {
+            node_name: "test".into(),
+            node_id: 1,
+            connections: Arc::new(AtomicUsize::new(5)),
+            cluster: Some(fake),
+            started: Instant::now(),
+        };
+        tokio::spawn(serve(listener, state));
+        addr
+    }
+
+    /// A blocking request on another thread: (status, body).
+    async fn call(method: &'static str, url: String, body: Option<&'static str>) -> (u16, String) {
+        tokio::task::spawn_blocking(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into();
+            let answer = match (method, body) {
+                ("GET", _) => agent.get(&url).call(),
+                (_, Some(body)) => agent
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .send(body),
+                (_, None) => agent.post(&url).send_empty(),
+            };
+            let mut r = answer.unwrap();
+            (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+        })
+        .await
+        .unwrap()
+    }
+
+    fn fake(role: RlogRole, leader: Option<u64>, shards: Vec<ShardStatus>) -> Arc<FakeCluster> {
+        Arc::new(FakeCluster {
+            rlog: Mutex::new(RlogStatus {
+                node: 4,
+                role,
+                leader,
+                shards,
+            }),
+            joined: Mutex::new(vec![]),
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn health_follows_leader_and_replicant_state() {
+        let cluster = fake(RlogRole::Replicant, None, vec![shard("route", "normal")]);
+        let api = serve_fake(cluster.clone()).await;
+        let url = format!("http://{api}/health");
+
+        let (status, body) = call("GET", url.clone(), None).await;
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("no raft leader"), "{body}");
+
+        cluster.rlog.lock().unwrap().leader = Some(1);
+        cluster
+            .rlog
+            .lock()
+            .unwrap()
+            .shards
+            .push(shard("session", "bootstrap"));
+        let (status, body) = call("GET", url.clone(), None).await;
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("session (bootstrap)"), "{body}");
+        assert!(!body.contains("route"), "{body}");
+
+        cluster.rlog.lock().unwrap().shards[1].state = "normal".into();
+        let (status, body) = call("GET", url.clone(), None).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("\"status\":\"ok\""), "{body}");
+
+        // A core's shards are never "normal"; only the leader matters.
+        let core = fake(RlogRole::Core, Some(2), vec![shard("route", "core")]);
+        let api = serve_fake(core).await;
+        let (status, body) = call("GET", format!("http://{api}/health"), None).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn metrics_per_role_and_extra_samples() {
+        let replicant = fake(
+            RlogRole::Replicant,
+            Some(1),
+            vec![shard("route", "bootstrap"), shard("session", "normal")],
+        );
+        let api = serve_fake(replicant).await;
+        let (status, text) = call("GET", format!("http://{api}/metrics"), None).await;
+        assert_eq!(status, 200, "{text}");
+        for line in [
+            "shardmq_connections 5",
+            "shardmq_rlog_last_seq{shard=\"route\"} 42",
+            "shardmq_rlog_lag{shard=\"session\"} 3",
+            "shardmq_rlog_bootstrap_time_ms{shard=\"route\"} 15",
+            "shardmq_rlog_bootstrap_keys{shard=\"route\"} 1000",
+            "shardmq_rlog_replay_queue_len{shard=\"route\"} 4",
+            "shardmq_rlog_state{shard=\"route\",state=\"bootstrap\"} 1",
+            "shardmq_rlog_state{shard=\"session\",state=\"normal\"} 1",
+            "# TYPE shardmq_forward_dropped counter",
+            "shardmq_forward_dropped_total{peer=\"2\"} 5.0",
+            "shardmq_forward_pending 12.0",
+        ] {
+            assert!(text.contains(line), "{line:?} missing:\n{text}");
+        }
+        assert!(!text.contains("shardmq_rlog_replicants"), "{text}");
+        assert!(
+            !text.contains(".."),
+            "help texts end in one period:\n{text}"
+        );
+
+        let core = fake(RlogRole::Core, Some(1), vec![shard("route", "core")]);
+        let api = serve_fake(core).await;
+        let (_, text) = call("GET", format!("http://{api}/metrics"), None).await;
+        for line in [
+            "shardmq_rlog_last_seq{shard=\"route\"} 42",
+            "shardmq_rlog_replicants{shard=\"route\"} 2",
+            "shardmq_rlog_pending{shard=\"route\"} 9",
+        ] {
+            assert!(text.contains(line), "{line:?} missing:\n{text}");
+        }
+        assert!(!text.contains("shardmq_rlog_lag"), "{text}");
+        assert!(!text.contains("shardmq_rlog_state"), "{text}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cluster_routes_reach_the_cluster() {
+        let cluster = fake(RlogRole::Core, Some(4), vec![]);
+        let api = serve_fake(cluster.clone()).await;
+
+        let (status, body) = call("GET", format!("http://{api}/api/v1/cluster"), None).await;
+        assert_eq!(status, 200, "{body}");
+        let value: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(value["mode"], "cluster");
+        assert_eq!(value["routes"], 7);
+
+        let join = format!("http://{api}/api/v1/cluster/join");
+        let (status, body) =
+            call("POST", join.clone(), Some(r#"{"seed":"2@127.0.0.1:4371"}"#)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(*cluster.joined.lock().unwrap(), ["2@127.0.0.1:4371"]);
+
+        let (status, body) = call("POST", join, Some(r#"{"seed":"two@127.0.0.1:4371"}"#)).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("\"error\":\"seed: "), "{body}");
+
+        let leave = format!("http://{api}/api/v1/cluster/leave");
+        let (status, body) = call("POST", leave, None).await;
+        assert_eq!(status, 500, "{body}");
+        assert!(body.contains("the last core cannot leave"), "{body}");
+    }
 }
