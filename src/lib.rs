@@ -6,6 +6,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod cpus;
 pub mod ctl;

@@ -145,10 +145,28 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         !config.listener.moved_to.is_empty(),
     )?;
     tracing::info!(node = %rt.node_name, cpus = ?rt.cpus, bind = %rt.bind, "starting shardmq {}", env!("CARGO_PKG_VERSION"));
-    let node = Node::start(rt).context("starting the data plane")?;
-    // Control plane (src/api.rs): the management API on the `shardmq-control` thread; an
-    // api.listen that cannot be bound stops the node here.
-    crate::api::start(&config, node.connections(), None)?;
+    // Control plane (src/api.rs): the management API and, in a cluster, the cluster node on
+    // the `shardmq-control` thread; an api.listen that cannot be bound stops the node here.
+    let node = if config.cluster.enabled {
+        let (data, control) =
+            shardmq_shards::link(rt.cpus.len()).context("linking the data and control planes")?;
+        let node = Node::start_linked(rt, Some(data)).context("starting the data plane")?;
+        let settings = crate::cluster::settings(&config);
+        tracing::info!(node_id = settings.node_id, role = ?settings.role, listen = %settings.listen, seeds = ?settings.seeds, "joining the cluster");
+        crate::api::start_with(&config, node.connections(), move || async move {
+            let cluster = shardmq_cluster::ClusterNode::start(settings, control)
+                .await
+                .context("starting the cluster node (cluster.*)")?;
+            let handle: Arc<dyn crate::api::ClusterApi> =
+                Arc::new(crate::cluster::ClusterHandle(cluster));
+            Ok(Some(handle))
+        })?;
+        node
+    } else {
+        let node = Node::start(rt).context("starting the data plane")?;
+        crate::api::start(&config, node.connections(), None)?;
+        node
+    };
     tracing::info!("shardmq ready");
     // The control plane will run on its own thread on node.control_cpu; until it exists, the
     // main thread (which only waits for the shards) is what runs there.

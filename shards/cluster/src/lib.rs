@@ -5,10 +5,15 @@
 //! core.
 #![warn(missing_docs, unreachable_pub)]
 
+mod forward;
+pub mod node;
 pub mod raft;
+mod replica;
 pub mod rpc;
 pub mod transport;
 
+pub use forward::ForwardStats;
+pub use node::{ClusterNode, ClusterSettings};
 pub use raft::{
     ClusterError, CoreConfig, CoreGroup, CoreMetrics, EntrySubscription, WriteBatch, WriteResult,
 };

@@ -106,6 +106,8 @@ pub enum StreamKind {
     Forward = 3,
     /// Control requests (writes forwarded to the leader, membership changes).
     Rpc = 4,
+    /// Node-level requests: liveness pings, a core's replicant count and seqs.
+    Node = 5,
 }
 
 impl TryFrom<u8> for StreamKind {
@@ -116,6 +118,7 @@ impl TryFrom<u8> for StreamKind {
             2 => StreamKind::Rlog,
             3 => StreamKind::Forward,
             4 => StreamKind::Rpc,
+            5 => StreamKind::Node,
             other => return Err(TransportError::UnknownKind(other)),
         })
     }

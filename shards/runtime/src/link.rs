@@ -82,6 +82,8 @@ pub enum FromCluster {
     },
     /// The other nodes of the cluster (retained messages go to all of them).
     Peers(Vec<NodeId>),
+    /// Forget every other node's routes (a full set follows).
+    ClearRoutes,
     /// A message published on another node: deliver to this node's subscribers (never
     /// forwarded again).
     Publish(Arc<Message>),
@@ -143,6 +145,15 @@ pub enum SendError {
 }
 
 impl ControlPlaneLink {
+    /// Takes the receiving end of the shards' batches out of the link, for its own task.
+    pub fn take_uplink(
+        mut self,
+    ) -> (ControlPlaneLink, tokio::sync::mpsc::Receiver<Vec<ToCluster>>) {
+        let (_, closed) = tokio::sync::mpsc::channel(1);
+        let uplink = std::mem::replace(&mut self.uplink, closed);
+        (self, uplink)
+    }
+
     /// Number of shards.
     pub fn shards(&self) -> usize {
         self.outlets.len()

@@ -1294,6 +1294,7 @@ impl Shard {
                 }
             }
             FromCluster::Peers(peers) => c.peers = peers,
+            FromCluster::ClearRoutes => c.remote = SubscriptionTrie::new(),
             FromCluster::Publish(msg) => {
                 c.forwarded_in += 1;
                 self.stats.messages_in += 1;

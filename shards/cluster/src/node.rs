@@ -1,0 +1,1229 @@
+//! A node in the cluster: the control plane's side of the data plane link, the route
+//! reference counts, the write batcher with read-your-writes waits, change fan-out to the
+//! shards, forwarding, RLOG streams, liveness and status.
+//!
+//! Runs on the control-plane thread's tokio runtime; nothing here is on a shard core.
+
+use crate::forward::{Deliver, Forwarder};
+use crate::raft::{ClusterError, CoreConfig, CoreGroup};
+use crate::replica::{self, EntrySource, PickFuture, Replica, ServeStats};
+use crate::rpc::{RpcRequest, RpcResponse};
+use crate::transport::{FramedStream, StreamKind, Transport, TransportConfig};
+use serde::{Deserialize, Serialize};
+use shardmq_broker::Message;
+use shardmq_codec::ByteStr;
+use shardmq_rlog::status::{ClusterStatus, MemberStatus, RlogStatus, ShardStatus};
+use shardmq_rlog::{Change, Member, NodeId, Op, RlogShard, Role, Tables};
+use shardmq_shards::{ControlPlaneLink, FromCluster, SendError, ShardId, ToCluster};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch, Notify};
+use tracing::{debug, info, warn};
+
+/// A node's cluster settings (the `[cluster]` section and `node.role`).
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// This node's id.
+    pub node_id: NodeId,
+    /// Core or replicant.
+    pub role: Role,
+    /// QUIC address.
+    pub listen: SocketAddr,
+    /// Core nodes to start from.
+    pub seeds: Vec<(NodeId, SocketAddr)>,
+    /// Shared secret.
+    pub cookie: String,
+    /// Raft log and snapshots, or the replica's snapshot.
+    pub data_dir: PathBuf,
+    /// Entries a core keeps per RLOG shard.
+    pub tail_len: usize,
+    /// Keys per bootstrap batch (and live entries per message).
+    pub bootstrap_batch: usize,
+    /// Ops per raft write.
+    pub write_batch_max: usize,
+    /// Longest a SUBACK waits for its route to commit.
+    pub write_timeout: Duration,
+    /// Ordered forwarding streams per peer.
+    pub forward_lanes: usize,
+    /// Forwarded messages held per peer.
+    pub forward_pending_max: usize,
+    /// Raft heartbeat.
+    pub heartbeat_ms: u64,
+    /// Raft election timeout (minimum; maximum is twice).
+    pub election_timeout_ms: u64,
+    /// How often a replicant saves its tables.
+    pub replica_persist: Duration,
+    /// This node's HTTP API address, for status (may be empty).
+    pub api: String,
+}
+
+/// Requests between nodes on `Node` streams: liveness and what a replicant needs to pick a
+/// core. One request, one response, per stream.
+#[derive(Debug, Serialize, Deserialize)]
+enum NodeRequest {
+    Ping { from: NodeId },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Pong {
+    role: Role,
+    leader: Option<NodeId>,
+    replicants: u64,
+    seqs: [u64; RlogShard::COUNT],
+}
+
+enum Backend {
+    Core(CoreGroup),
+    Replicant(Arc<Replica>),
+}
+
+/// A route this node has subscribers for: how many shards, and the write that adds it while
+/// it is in flight.
+struct RouteRef {
+    shards: u32,
+    pending_write: Option<u64>,
+}
+
+struct Writer {
+    queue: Mutex<VecDeque<(u64, Op)>>,
+    notify: Notify,
+    next_id: AtomicU64,
+    /// Write id → SUBACKs waiting for it.
+    waiters: Mutex<HashMap<u64, Vec<(ShardId, u64)>>>,
+    writes: AtomicU64,
+    ops: AtomicU64,
+    failures: AtomicU64,
+    timeouts: AtomicU64,
+}
+
+struct Inner {
+    s: ClusterSettings,
+    transport: Transport,
+    backend: Backend,
+    link: ControlPlaneLink,
+    forwarder: Forwarder,
+    writer: Writer,
+    routes: Mutex<HashMap<String, RouteRef>>,
+    /// Last time each node answered a ping.
+    seen: Mutex<HashMap<NodeId, (Instant, Pong)>>,
+    serve_stats: ServeStats,
+    left: watch::Sender<bool>,
+    started: Instant,
+    extra_cores: Mutex<Vec<(NodeId, SocketAddr)>>,
+}
+
+/// A running cluster member. Cheap to clone.
+#[derive(Clone)]
+pub struct ClusterNode {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ClusterNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterNode")
+            .field("node", &self.inner.s.node_id)
+            .finish()
+    }
+}
+
+impl ClusterNode {
+    /// Joins the cluster: binds QUIC, starts the core group or the replica, and serves the
+    /// data plane's link. Must run inside the control thread's tokio runtime.
+    pub async fn start(
+        s: ClusterSettings,
+        link: ControlPlaneLink,
+    ) -> Result<ClusterNode, ClusterError> {
+        let (link, uplink) = link.take_uplink();
+        let transport =
+            Transport::bind(TransportConfig::new(s.node_id, s.listen, s.cookie.clone()))?;
+        let forwarder = Forwarder::new(
+            s.node_id,
+            transport.clone(),
+            s.forward_lanes,
+            s.forward_pending_max,
+        );
+        let backend = match s.role {
+            Role::Core => {
+                let mut members: BTreeMap<NodeId, SocketAddr> = s.seeds.iter().copied().collect();
+                if members.is_empty() {
+                    members.insert(s.node_id, transport.local_addr());
+                }
+                let cfg = CoreConfig {
+                    node_id: s.node_id,
+                    addr: transport.local_addr(),
+                    data_dir: s.data_dir.clone(),
+                    members,
+                    tail_len: s.tail_len,
+                    heartbeat_ms: s.heartbeat_ms,
+                    election_timeout_ms: (s.election_timeout_ms, s.election_timeout_ms * 2),
+                    snapshot_logs: 10_000,
+                    write_timeout_ms: s.write_timeout.as_millis() as u64,
+                };
+                Backend::Core(CoreGroup::start(cfg, transport.clone()).await?)
+            }
+            Role::Replicant => Backend::Replicant(Arc::new(Replica::open(s.node_id, &s.data_dir))),
+        };
+        let (left, _) = watch::channel(false);
+        let node = ClusterNode {
+            inner: Arc::new(Inner {
+                transport,
+                backend,
+                link,
+                forwarder,
+                writer: Writer {
+                    queue: Mutex::new(VecDeque::new()),
+                    notify: Notify::new(),
+                    next_id: AtomicU64::new(1),
+                    waiters: Mutex::new(HashMap::new()),
+                    writes: AtomicU64::new(0),
+                    ops: AtomicU64::new(0),
+                    failures: AtomicU64::new(0),
+                    timeouts: AtomicU64::new(0),
+                },
+                routes: Mutex::new(HashMap::new()),
+                seen: Mutex::new(HashMap::new()),
+                serve_stats: ServeStats::default(),
+                left,
+                started: Instant::now(),
+                extra_cores: Mutex::new(Vec::new()),
+                s,
+            }),
+        };
+        node.run(uplink).await;
+        Ok(node)
+    }
+
+    fn me(&self) -> NodeId {
+        self.inner.s.node_id
+    }
+
+    /// The QUIC address this node listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.transport.local_addr()
+    }
+
+    async fn run(&self, uplink: mpsc::Receiver<Vec<ToCluster>>) {
+        let (changes_tx, changes_rx) = mpsc::unbounded_channel::<Vec<Change>>();
+        // Tables already there (a core's log, a replicant's snapshot) reach the shards first;
+        // later changes are idempotent on top of them.
+        match &self.inner.backend {
+            Backend::Core(core) => {
+                let mut rx = core.subscribe_changes();
+                let initial = core.with_tables(initial_changes);
+                let _ = changes_tx.send(initial);
+                let tx = changes_tx.clone();
+                let me = self.clone();
+                tokio::spawn(async move {
+                    loop {
+                        match rx.recv().await {
+                            Ok(ch) => {
+                                if tx.send(ch).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                                warn!(
+                                    missed = n,
+                                    "change stream lagged; resyncing the shards' routes"
+                                );
+                                let Backend::Core(core) = &me.inner.backend else {
+                                    return;
+                                };
+                                let full = core.with_tables(initial_changes);
+                                me.broadcast(|| vec![FromCluster::ClearRoutes]).await;
+                                if tx.send(full).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                        }
+                    }
+                });
+            }
+            Backend::Replicant(replica) => {
+                let initial =
+                    initial_changes(&replica.tables.lock().unwrap_or_else(|p| p.into_inner()));
+                let _ = changes_tx.send(initial);
+                for &shard in &RlogShard::ALL {
+                    let me = self.clone();
+                    let pick: Arc<dyn Fn() -> PickFuture + Send + Sync> = Arc::new(move || {
+                        let me = me.clone();
+                        Box::pin(async move { me.pick_core().await })
+                    });
+                    tokio::spawn(replica.clone().follow(
+                        shard,
+                        self.inner.transport.clone(),
+                        pick,
+                        changes_tx.clone(),
+                        self.inner.left.subscribe(),
+                    ));
+                }
+                let r = replica.clone();
+                let every = self.inner.s.replica_persist;
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(every).await;
+                        if let Err(e) = r.persist() {
+                            warn!(error = %e, "cannot save the replica snapshot");
+                        }
+                    }
+                });
+            }
+        }
+        tokio::spawn(self.clone().apply_changes(changes_rx));
+        tokio::spawn(self.clone().accept_loop());
+        tokio::spawn(self.clone().uplink_loop(uplink));
+        tokio::spawn(self.clone().write_loop());
+        tokio::spawn(self.clone().ping_loop());
+        // A restarted node's old routes and sessions are stale: its data plane starts empty.
+        let me = self.me();
+        self.enqueue(Op::RoutePurge { node: me });
+        self.enqueue(Op::SessionPurge { node: me });
+        self.enqueue(Op::RetainPurge { node: me });
+        self.enqueue(Op::MemberSet {
+            node: me,
+            member: self.member(),
+        });
+        if self.inner.s.role == Role::Core
+            && !self.inner.s.seeds.iter().any(|(n, _)| *n == me)
+            && !self.inner.s.seeds.is_empty()
+        {
+            // A core that is not an initial voter asks the seeds to add it.
+            let me = self.clone();
+            tokio::spawn(async move {
+                let seeds = me.inner.s.seeds.clone();
+                loop {
+                    for &(id, addr) in &seeds {
+                        match me.add_self_via(addr).await {
+                            Ok(()) => {
+                                info!(seed = id, "joined the core group");
+                                return;
+                            }
+                            Err(e) => debug!(seed = id, error = %e, "join via seed failed"),
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
+        }
+    }
+
+    fn member(&self) -> Member {
+        Member {
+            addr: self.inner.transport.local_addr().to_string(),
+            role: self.inner.s.role,
+            api: self.inner.s.api.clone(),
+        }
+    }
+
+    // ---- the data plane link -----------------------------------------------------------
+
+    async fn send_shard(&self, shard: ShardId, mut batch: Vec<FromCluster>) {
+        loop {
+            match self.inner.link.try_send(shard, batch) {
+                Ok(()) => return,
+                Err(SendError::Full(b)) => {
+                    batch = b;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err(SendError::Closed) => return,
+            }
+        }
+    }
+
+    async fn broadcast(&self, make: impl Fn() -> Vec<FromCluster>) {
+        for shard in 0..self.inner.link.shards() {
+            let batch = make();
+            if !batch.is_empty() {
+                self.send_shard(shard, batch).await;
+            }
+        }
+    }
+
+    async fn uplink_loop(self, mut uplink: mpsc::Receiver<Vec<ToCluster>>) {
+        let me = self.me();
+        while let Some(batch) = uplink.recv().await {
+            let mut commits: Vec<(ShardId, u64)> = Vec::new();
+            for m in batch {
+                match m {
+                    ToCluster::RouteAdd {
+                        filter,
+                        shard,
+                        sync,
+                    } => {
+                        let mut routes =
+                            self.inner.routes.lock().unwrap_or_else(|p| p.into_inner());
+                        let r = routes.entry(filter.to_string()).or_insert(RouteRef {
+                            shards: 0,
+                            pending_write: None,
+                        });
+                        r.shards += 1;
+                        if r.shards == 1 {
+                            let id = self.enqueue(Op::RouteAdd {
+                                filter: filter.to_string(),
+                                node: me,
+                            });
+                            r.pending_write = Some(id);
+                        }
+                        match (sync, r.pending_write) {
+                            (Some(token), Some(id)) => self
+                                .inner
+                                .writer
+                                .waiters
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .entry(id)
+                                .or_default()
+                                .push((shard, token)),
+                            (Some(token), None) => commits.push((shard, token)),
+                            (None, _) => {}
+                        }
+                    }
+                    ToCluster::RouteDel { filter, .. } => {
+                        let mut routes =
+                            self.inner.routes.lock().unwrap_or_else(|p| p.into_inner());
+                        if let Some(r) = routes.get_mut(filter.as_str()) {
+                            r.shards = r.shards.saturating_sub(1);
+                            if r.shards == 0 {
+                                routes.remove(filter.as_str());
+                                self.enqueue(Op::RouteDel {
+                                    filter: filter.to_string(),
+                                    node: me,
+                                });
+                            }
+                        }
+                    }
+                    ToCluster::Forward { nodes, msg } => {
+                        for n in nodes {
+                            self.inner.forwarder.send(n, &msg);
+                        }
+                    }
+                    ToCluster::SessionSet { client_id } => {
+                        self.enqueue(Op::SessionSet {
+                            client_id: client_id.to_string(),
+                            node: me,
+                        });
+                    }
+                    ToCluster::SessionDel { client_id } => {
+                        self.enqueue(Op::SessionDel {
+                            client_id: client_id.to_string(),
+                            node: me,
+                        });
+                    }
+                }
+            }
+            for (shard, token) in commits {
+                self.send_shard(shard, vec![FromCluster::RouteCommitted { token }])
+                    .await;
+            }
+        }
+    }
+
+    // ---- writes --------------------------------------------------------------------------
+
+    /// Queues `op` for the next raft write; returns its write id.
+    fn enqueue(&self, op: Op) -> u64 {
+        let w = &self.inner.writer;
+        let id = w.next_id.fetch_add(1, Ordering::Relaxed);
+        w.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back((id, op));
+        w.notify.notify_one();
+        id
+    }
+
+    /// Takes batches of queued ops, writes each through the cluster (retrying until it
+    /// commits), waits until this node has applied it, then answers the SUBACKs waiting.
+    async fn write_loop(self) {
+        let w = &self.inner.writer;
+        loop {
+            let batch: Vec<(u64, Op)> = {
+                let mut q = w.queue.lock().unwrap_or_else(|p| p.into_inner());
+                let n = q.len().min(self.inner.s.write_batch_max);
+                q.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                w.notify.notified().await;
+                continue;
+            }
+            let ids: Vec<u64> = batch.iter().map(|(id, _)| *id).collect();
+            let ops: Vec<Op> = batch.into_iter().map(|(_, op)| op).collect();
+            // SUBACKs wait at most write_timeout: then they are answered, and the write goes on.
+            let timer = {
+                let me = self.clone();
+                let ids = ids.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(me.inner.s.write_timeout).await;
+                    let released = me.release(&ids).await;
+                    if released > 0 {
+                        me.inner.writer.timeouts.fetch_add(1, Ordering::Relaxed);
+                        warn!(released, "route write not committed within cluster.write_timeout_ms; SUBACK sent anyway");
+                    }
+                })
+            };
+            let mut backoff = Duration::from_millis(50);
+            let seqs = loop {
+                match self.write(ops.clone()).await {
+                    Ok(seqs) => break seqs,
+                    Err(e) => {
+                        w.failures.fetch_add(1, Ordering::Relaxed);
+                        debug!(error = %e, ops = ops.len(), "cluster write failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                }
+            };
+            w.writes.fetch_add(1, Ordering::Relaxed);
+            w.ops.fetch_add(ops.len() as u64, Ordering::Relaxed);
+            self.wait_applied(seqs).await;
+            timer.abort();
+            self.release(&ids).await;
+        }
+    }
+
+    /// Answers the SUBACKs waiting for `ids`; returns how many.
+    async fn release(&self, ids: &[u64]) -> usize {
+        let waiting: Vec<(ShardId, u64)> = {
+            let mut waiters = self
+                .inner
+                .writer
+                .waiters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            ids.iter()
+                .filter_map(|id| waiters.remove(id))
+                .flatten()
+                .collect()
+        };
+        {
+            let mut routes = self.inner.routes.lock().unwrap_or_else(|p| p.into_inner());
+            for r in routes.values_mut() {
+                if r.pending_write.is_some_and(|id| ids.contains(&id)) {
+                    r.pending_write = None;
+                }
+            }
+        }
+        let n = waiting.len();
+        for (shard, token) in waiting {
+            self.send_shard(shard, vec![FromCluster::RouteCommitted { token }])
+                .await;
+        }
+        n
+    }
+
+    /// One write through the cluster: on a core, its group (which forwards to the leader);
+    /// on a replicant, an RPC to a core.
+    async fn write(&self, ops: Vec<Op>) -> Result<[u64; RlogShard::COUNT], String> {
+        match &self.inner.backend {
+            Backend::Core(core) => core
+                .write(ops)
+                .await
+                .map(|r| r.seqs)
+                .map_err(|e| e.to_string()),
+            Backend::Replicant(_) => {
+                let (_, addr) = self.pick_core().await.ok_or("no core reachable")?;
+                match rpc_call(&self.inner.transport, addr, &RpcRequest::Write(ops)).await? {
+                    RpcResponse::Written(r) => Ok(r.seqs),
+                    RpcResponse::Failed(e) => Err(e),
+                    other => Err(format!("unexpected answer to a write: {other:?}")),
+                }
+            }
+        }
+    }
+
+    fn local_seqs(&self) -> [u64; RlogShard::COUNT] {
+        match &self.inner.backend {
+            Backend::Core(core) => core.with_tables(|t| t.seqs()),
+            Backend::Replicant(r) => *r.applied.borrow(),
+        }
+    }
+
+    /// Waits until this node's tables have applied `seqs` (read-your-writes).
+    async fn wait_applied(&self, seqs: [u64; RlogShard::COUNT]) {
+        let reached = |have: &[u64; RlogShard::COUNT]| have.iter().zip(&seqs).all(|(h, w)| h >= w);
+        match &self.inner.backend {
+            Backend::Core(core) => {
+                while !core.wait_applied(seqs, Duration::from_secs(5)).await {
+                    debug!(?seqs, "still waiting for this core to apply a write");
+                }
+            }
+            Backend::Replicant(r) => {
+                let mut rx = r.applied.subscribe();
+                while !reached(&rx.borrow_and_update()) {
+                    if rx.changed().await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- changes to the shards -------------------------------------------------------------
+
+    async fn apply_changes(self, mut rx: mpsc::UnboundedReceiver<Vec<Change>>) {
+        let me = self.me();
+        while let Some(changes) = rx.recv().await {
+            let mut routes: Vec<(ByteStr, NodeId, bool)> = Vec::new();
+            let mut evict: Vec<ByteStr> = Vec::new();
+            let mut members_changed = false;
+            for c in changes {
+                match c {
+                    Change::RouteAdded { filter, node } if node != me => {
+                        routes.push((ByteStr::from(filter), node, true))
+                    }
+                    Change::RouteRemoved { filter, node } if node != me => {
+                        routes.push((ByteStr::from(filter), node, false))
+                    }
+                    Change::SessionOwner {
+                        client_id,
+                        node: Some(node),
+                    } if node != me => evict.push(ByteStr::from(client_id)),
+                    Change::MemberChanged { node, member } => {
+                        members_changed = true;
+                        if node != me {
+                            let addr = member.and_then(|m| m.addr.parse().ok());
+                            match addr {
+                                Some(a) => self.inner.forwarder.set_peer(node, Some(a)),
+                                None => self.inner.forwarder.remove_peer(node),
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let peers = members_changed.then(|| self.peer_ids());
+            self.broadcast(|| {
+                let mut batch: Vec<FromCluster> = routes
+                    .iter()
+                    .map(|(filter, node, added)| {
+                        if *added {
+                            FromCluster::RouteAdded {
+                                filter: filter.clone(),
+                                node: *node,
+                            }
+                        } else {
+                            FromCluster::RouteRemoved {
+                                filter: filter.clone(),
+                                node: *node,
+                            }
+                        }
+                    })
+                    .collect();
+                batch.extend(evict.iter().map(|c| FromCluster::SessionTakenOver {
+                    client_id: c.clone(),
+                }));
+                if let Some(p) = &peers {
+                    batch.push(FromCluster::Peers(p.clone()));
+                }
+                batch
+            })
+            .await;
+        }
+    }
+
+    fn tables<R>(&self, f: impl FnOnce(&Tables) -> R) -> R {
+        match &self.inner.backend {
+            Backend::Core(core) => core.with_tables(f),
+            Backend::Replicant(r) => f(&r.tables.lock().unwrap_or_else(|p| p.into_inner())),
+        }
+    }
+
+    fn peer_ids(&self) -> Vec<NodeId> {
+        if *self.inner.left.borrow() {
+            return Vec::new();
+        }
+        let me = self.me();
+        self.tables(|t| t.members().keys().copied().filter(|&n| n != me).collect())
+    }
+
+    // ---- accepting streams -------------------------------------------------------------------
+
+    async fn accept_loop(self) {
+        while let Some(a) = self.inner.transport.accept().await {
+            let me = self.clone();
+            tokio::spawn(async move {
+                match a.kind {
+                    StreamKind::Raft => match &me.inner.backend {
+                        Backend::Core(core) => core.handle_raft_stream(a.stream).await,
+                        Backend::Replicant(_) => {
+                            warn!(peer = a.peer_node, "raft stream to a replicant; ignored")
+                        }
+                    },
+                    StreamKind::Rpc => match &me.inner.backend {
+                        Backend::Core(core) => core.handle_rpc_stream(a.stream).await,
+                        Backend::Replicant(_) => {
+                            warn!(peer = a.peer_node, "rpc stream to a replicant; ignored")
+                        }
+                    },
+                    StreamKind::Rlog => match &me.inner.backend {
+                        Backend::Core(core) => {
+                            replica::serve(
+                                core,
+                                &me.inner.serve_stats,
+                                a.stream,
+                                a.peer_node,
+                                me.inner.s.bootstrap_batch,
+                            )
+                            .await
+                        }
+                        Backend::Replicant(_) => {
+                            warn!(peer = a.peer_node, "rlog stream to a replicant; ignored")
+                        }
+                    },
+                    StreamKind::Forward => {
+                        me.inner.forwarder.serve(a.stream, &me).await;
+                    }
+                    StreamKind::Node => me.serve_node(a.stream, a.peer_node).await,
+                }
+            });
+        }
+    }
+
+    async fn serve_node(&self, mut stream: FramedStream, peer: NodeId) {
+        match stream.recv::<NodeRequest>().await {
+            Ok(Some(NodeRequest::Ping { .. })) => {
+                let pong = self.pong();
+                if let Err(e) = stream.send(&pong).await {
+                    debug!(peer, error = %e, "cannot answer a ping");
+                }
+                let _ = stream.finish();
+            }
+            Ok(None) => {}
+            Err(e) => debug!(peer, error = %e, "bad node request"),
+        }
+    }
+
+    fn pong(&self) -> Pong {
+        Pong {
+            role: self.inner.s.role,
+            leader: self.leader(),
+            replicants: self.inner.serve_stats.replicants[0].load(Ordering::Relaxed),
+            seqs: self.local_seqs(),
+        }
+    }
+
+    fn leader(&self) -> Option<NodeId> {
+        match &self.inner.backend {
+            Backend::Core(core) => core.leader(),
+            Backend::Replicant(r) => {
+                let up = r
+                    .upstream
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .map(|(n, _)| n);
+                let seen = self.inner.seen.lock().unwrap_or_else(|p| p.into_inner());
+                up.and_then(|n| seen.get(&n)).and_then(|(_, p)| p.leader)
+            }
+        }
+    }
+
+    async fn ping(&self, addr: SocketAddr) -> Result<Pong, String> {
+        let fut = async {
+            let mut s = self
+                .inner
+                .transport
+                .open(addr, StreamKind::Node)
+                .await
+                .map_err(|e| e.to_string())?;
+            s.send(&NodeRequest::Ping { from: self.me() })
+                .await
+                .map_err(|e| e.to_string())?;
+            s.recv::<Pong>()
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "no answer".to_string())
+        };
+        tokio::time::timeout(Duration::from_millis(1000), fut)
+            .await
+            .map_err(|_| "ping timed out".to_string())?
+    }
+
+    /// Every second: ping every other member (and the seeds), for liveness, leaders and lag.
+    async fn ping_loop(self) {
+        loop {
+            let mut targets: BTreeMap<NodeId, SocketAddr> =
+                self.inner.s.seeds.iter().copied().collect();
+            targets.extend(
+                self.inner
+                    .extra_cores
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .copied(),
+            );
+            self.tables(|t| {
+                for (id, m) in t.members() {
+                    if let Ok(a) = m.addr.parse() {
+                        targets.insert(*id, a);
+                    }
+                }
+            });
+            targets.remove(&self.me());
+            for (id, addr) in targets {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    if let Ok(p) = me.ping(addr).await {
+                        me.inner
+                            .seen
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(id, (Instant::now(), p));
+                    }
+                });
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// A replicant's core: the current upstream if it still answers, else the reachable core
+    /// with the fewest replicants, plus jitter (so a restarted core is not stampeded).
+    async fn pick_core(&self) -> Option<(NodeId, SocketAddr)> {
+        let Backend::Replicant(r) = &self.inner.backend else {
+            return None;
+        };
+        if let Some(up) = *r.upstream.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Some(up);
+        }
+        let mut cands: BTreeMap<NodeId, SocketAddr> = self.inner.s.seeds.iter().copied().collect();
+        cands.extend(
+            self.inner
+                .extra_cores
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .copied(),
+        );
+        self.tables(|t| {
+            for (id, m) in t.members() {
+                if m.role == Role::Core {
+                    if let Ok(a) = m.addr.parse() {
+                        cands.insert(*id, a);
+                    }
+                }
+            }
+        });
+        let mut best: Option<(f64, NodeId, SocketAddr)> = None;
+        for (id, addr) in cands {
+            let Ok(p) = self.ping(addr).await else {
+                continue;
+            };
+            if p.role != Role::Core {
+                continue;
+            }
+            let score = p.replicants as f64 + jitter();
+            if best.is_none_or(|(b, _, _)| score < b) {
+                best = Some((score, id, addr));
+            }
+        }
+        let (_, id, addr) = best?;
+        let mut up = r.upstream.lock().unwrap_or_else(|p| p.into_inner());
+        // Another shard's task may have picked meanwhile: follow the same core.
+        Some(*up.get_or_insert((id, addr)))
+    }
+
+    async fn add_self_via(&self, seed: SocketAddr) -> Result<(), String> {
+        let req = RpcRequest::AddMember {
+            id: self.me(),
+            addr: self.inner.transport.local_addr(),
+        };
+        match rpc_call(&self.inner.transport, seed, &req).await? {
+            RpcResponse::Done => Ok(()),
+            RpcResponse::Failed(e) => Err(e),
+            other => Err(format!("unexpected answer to AddMember: {other:?}")),
+        }
+    }
+
+    // ---- operations --------------------------------------------------------------------------
+
+    /// `ctl cluster join`: a core asks `seed`'s group to add it as a voter; a replicant adds
+    /// `seed` to the cores it may follow. A node that left comes back.
+    pub async fn join(&self, seed: (NodeId, SocketAddr)) -> Result<(), String> {
+        if seed.0 == self.me() {
+            return Err("cannot join through this node itself".into());
+        }
+        self.inner
+            .extra_cores
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(seed);
+        match self.inner.s.role {
+            Role::Core => self.add_self_via(seed.1).await?,
+            Role::Replicant => {}
+        }
+        if *self.inner.left.borrow() {
+            self.inner.left.send_replace(false);
+            let me = self.me();
+            self.enqueue(Op::MemberSet {
+                node: me,
+                member: self.member(),
+            });
+            let filters: Vec<String> = self
+                .inner
+                .routes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .cloned()
+                .collect();
+            for filter in filters {
+                self.enqueue(Op::RouteAdd { filter, node: me });
+            }
+            let initial = self.tables(initial_changes);
+            self.resync_shards(initial).await;
+        }
+        Ok(())
+    }
+
+    /// `ctl cluster leave`: the node's routes, sessions and membership are removed from the
+    /// tables (a core also leaves the raft group); it goes on as a single node.
+    pub async fn leave(&self) -> Result<(), String> {
+        let me = self.me();
+        let seqs = self.write(Op::purge_node(me)).await?;
+        self.wait_applied(seqs).await;
+        if let Backend::Core(core) = &self.inner.backend {
+            core.remove_member(me).await.map_err(|e| e.to_string())?;
+        }
+        self.inner.left.send_replace(true);
+        // The shards forget every other node.
+        let routes: Vec<(ByteStr, NodeId)> = self.tables(|t| {
+            t.routes()
+                .flat_map(|(f, nodes)| nodes.iter().map(move |n| (ByteStr::from(f), *n)))
+                .filter(|(_, n)| *n != me)
+                .collect()
+        });
+        self.broadcast(|| {
+            let mut b: Vec<FromCluster> = routes
+                .iter()
+                .map(|(f, n)| FromCluster::RouteRemoved {
+                    filter: f.clone(),
+                    node: *n,
+                })
+                .collect();
+            b.push(FromCluster::Peers(Vec::new()));
+            b
+        })
+        .await;
+        info!("left the cluster");
+        Ok(())
+    }
+
+    async fn resync_shards(&self, changes: Vec<Change>) {
+        let me = self.me();
+        let routes: Vec<(ByteStr, NodeId)> = changes
+            .into_iter()
+            .filter_map(|c| match c {
+                Change::RouteAdded { filter, node } if node != me => {
+                    Some((ByteStr::from(filter), node))
+                }
+                _ => None,
+            })
+            .collect();
+        let peers = self.peer_ids();
+        self.broadcast(|| {
+            let mut b: Vec<FromCluster> = routes
+                .iter()
+                .map(|(f, n)| FromCluster::RouteAdded {
+                    filter: f.clone(),
+                    node: *n,
+                })
+                .collect();
+            b.push(FromCluster::Peers(peers.clone()));
+            b
+        })
+        .await;
+    }
+
+    /// `ctl cluster status`.
+    pub fn cluster_status(&self) -> ClusterStatus {
+        let me = self.me();
+        let seen = self
+            .inner
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(n, (at, _))| (*n, *at))
+            .collect::<HashMap<_, _>>();
+        let (members, routes, sessions) = self.tables(|t| {
+            let members = t
+                .members()
+                .iter()
+                .map(|(id, m)| MemberStatus {
+                    node: *id,
+                    addr: m.addr.clone(),
+                    role: m.role,
+                    api: m.api.clone(),
+                    status: if *id == me
+                        || seen
+                            .get(id)
+                            .is_some_and(|at| at.elapsed() < Duration::from_secs(3))
+                    {
+                        "running".into()
+                    } else {
+                        "stopped".into()
+                    },
+                })
+                .collect();
+            (members, t.route_count() as u64, t.session_count() as u64)
+        });
+        ClusterStatus {
+            node: me,
+            role: self.inner.s.role,
+            leader: self.leader(),
+            members,
+            routes,
+            sessions,
+        }
+    }
+
+    /// `ctl rlog status`.
+    pub fn rlog_status(&self) -> RlogStatus {
+        let seqs = self.local_seqs();
+        let shards = match &self.inner.backend {
+            Backend::Core(_) => RlogShard::ALL
+                .iter()
+                .map(|&s| ShardStatus {
+                    shard: s.name().into(),
+                    state: "core".into(),
+                    seq: seqs[s.index()],
+                    replicants: self.inner.serve_stats.replicants[s.index()]
+                        .load(Ordering::Relaxed),
+                    pending: self.inner.serve_stats.pending[s.index()].load(Ordering::Relaxed),
+                    ..Default::default()
+                })
+                .collect(),
+            Backend::Replicant(r) => {
+                let states = r.states();
+                let up = r
+                    .upstream
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .map(|(n, _)| n);
+                let core_seqs = up.and_then(|n| {
+                    self.inner
+                        .seen
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&n)
+                        .map(|(_, p)| p.seqs)
+                });
+                RlogShard::ALL
+                    .iter()
+                    .map(|&s| {
+                        let i = s.index();
+                        let (state, replay, keys, bootstraps, resumes) = states[i];
+                        let core_seq = core_seqs
+                            .map_or(0, |c| c[i])
+                            .max(r.core_seq[i].load(Ordering::Relaxed));
+                        ShardStatus {
+                            shard: s.name().into(),
+                            state: state.name().into(),
+                            seq: seqs[i],
+                            lag: core_seq.saturating_sub(seqs[i]),
+                            bootstrap_time_ms: r.bootstrap_ms[i].load(Ordering::Relaxed),
+                            bootstrap_keys: keys,
+                            replay_queue_len: replay,
+                            bootstraps,
+                            resumes,
+                            upstream: up,
+                            ..Default::default()
+                        }
+                    })
+                    .collect()
+            }
+        };
+        RlogStatus {
+            node: self.me(),
+            role: self.inner.s.role,
+            leader: self.leader(),
+            shards,
+        }
+    }
+
+    /// Counters for the metrics endpoint: (name, help, value, is_counter).
+    pub fn samples(&self) -> Vec<(&'static str, &'static str, f64, bool)> {
+        let f = &self.inner.forwarder.stats;
+        let w = &self.inner.writer;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+        vec![
+            (
+                "shardmq_forward_sent",
+                "Messages forwarded to other nodes.",
+                load(&f.sent),
+                true,
+            ),
+            (
+                "shardmq_forward_received",
+                "Messages received from other nodes.",
+                load(&f.received),
+                true,
+            ),
+            (
+                "shardmq_forward_dropped",
+                "Forwarded messages dropped (peer queue full, or QoS 0 lost at a reconnect).",
+                load(&f.dropped),
+                true,
+            ),
+            (
+                "shardmq_forward_resent",
+                "Forwarded messages sent again after a broken stream.",
+                load(&f.resent),
+                true,
+            ),
+            (
+                "shardmq_forward_duplicates",
+                "Forwarded batches received twice and skipped.",
+                load(&f.duplicates),
+                true,
+            ),
+            (
+                "shardmq_forward_pending",
+                "Forwarded messages queued or awaiting acknowledgement.",
+                self.inner.forwarder.pending_total() as f64,
+                false,
+            ),
+            (
+                "shardmq_cluster_writes",
+                "Raft writes (batches of route and session ops).",
+                load(&w.writes),
+                true,
+            ),
+            (
+                "shardmq_cluster_write_ops",
+                "Route and session ops written.",
+                load(&w.ops),
+                true,
+            ),
+            (
+                "shardmq_cluster_write_failures",
+                "Failed write attempts (retried).",
+                load(&w.failures),
+                true,
+            ),
+            (
+                "shardmq_cluster_write_timeouts",
+                "Batches whose SUBACKs were answered at cluster.write_timeout_ms.",
+                load(&w.timeouts),
+                true,
+            ),
+            (
+                "shardmq_cluster_write_queue",
+                "Ops waiting to be written.",
+                w.queue.lock().unwrap_or_else(|p| p.into_inner()).len() as f64,
+                false,
+            ),
+            (
+                "shardmq_cluster_uptime_seconds",
+                "Seconds since the node joined the cluster.",
+                self.inner.started.elapsed().as_secs_f64(),
+                false,
+            ),
+        ]
+    }
+}
+
+impl Deliver for ClusterNode {
+    fn deliver(
+        &self,
+        msgs: Vec<Arc<Message>>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            // One shard per topic keeps a topic's order; that shard fans out on this node.
+            let n = self.inner.link.shards();
+            let mut per: Vec<Vec<FromCluster>> = (0..n).map(|_| Vec::new()).collect();
+            for m in msgs {
+                let shard = (topic_hash(m.topic.as_str()) % n as u64) as usize;
+                per[shard].push(FromCluster::Publish(m));
+            }
+            for (shard, batch) in per.into_iter().enumerate() {
+                if !batch.is_empty() {
+                    self.send_shard(shard, batch).await;
+                }
+            }
+        })
+    }
+}
+
+fn topic_hash(topic: &str) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = ahash::RandomState::with_seeds(5, 6, 7, 8).build_hasher();
+    h.write(topic.as_bytes());
+    h.finish()
+}
+
+/// The tables as changes from empty: what the shards need at start.
+fn initial_changes(t: &Tables) -> Vec<Change> {
+    let mut out: Vec<Change> = t
+        .routes()
+        .flat_map(|(f, nodes)| {
+            nodes.iter().map(move |n| Change::RouteAdded {
+                filter: f.to_string(),
+                node: *n,
+            })
+        })
+        .collect();
+    out.extend(t.members().iter().map(|(n, m)| Change::MemberChanged {
+        node: *n,
+        member: Some(m.clone()),
+    }));
+    out
+}
+
+fn jitter() -> f64 {
+    let mut b = [0u8; 4];
+    let _ = getrandom::fill(&mut b);
+    f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX)
+}
+
+impl EntrySource for CoreGroup {
+    fn open(
+        &self,
+        shard: RlogShard,
+        checkpoint: Option<u64>,
+        batch_max: usize,
+    ) -> (
+        shardmq_rlog::RlogServer,
+        tokio::sync::broadcast::Receiver<shardmq_rlog::Entry>,
+    ) {
+        self.subscribe_shard(shard, |tables, tail| {
+            shardmq_rlog::RlogServer::open(
+                checkpoint,
+                tables,
+                tail,
+                shard,
+                batch_max,
+                replica::WINDOW_BATCHES,
+            )
+        })
+    }
+}
+
+/// One request to a core over a fresh `Rpc` stream, bounded in time.
+async fn rpc_call(
+    transport: &Transport,
+    addr: SocketAddr,
+    req: &RpcRequest,
+) -> Result<RpcResponse, String> {
+    let fut = async {
+        let mut s = transport
+            .open(addr, StreamKind::Rpc)
+            .await
+            .map_err(|e| e.to_string())?;
+        s.send(req).await.map_err(|e| e.to_string())?;
+        let answer = s
+            .recv::<RpcResponse>()
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "no answer".to_string());
+        let _ = s.finish();
+        answer
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .map_err(|_| format!("rpc to {addr} timed out"))?
+}

@@ -1,0 +1,353 @@
+//! A real cluster: `shardmq` processes on loopback addresses talking QUIC to each other.
+//! 3 cores and 2 replicants; clients are rumqttc v5 on each node's own MQTT port.
+
+mod common;
+
+use common::{bounded, eventually, Broker, V5};
+use rumqttc::v5::mqttbytes::QoS;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::UdpSocket;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const COOKIE: &str = "cluster-test-cookie-0123456789";
+/// Bound on the cluster forming (raft election, replicant bootstrap).
+const FORM: Duration = Duration::from_secs(20);
+
+/// A free UDP port on `ip`.
+fn free_udp(ip: &str) -> u16 {
+    UdpSocket::bind((ip, 0))
+        .and_then(|s| s.local_addr())
+        .expect("bind udp")
+        .port()
+}
+
+struct Node {
+    id: u64,
+    broker: Option<Broker>,
+    env: Vec<(String, String)>,
+    dir: PathBuf,
+}
+
+impl Node {
+    fn start(id: u64, role: &str, quic: &str, seeds: &str, cpu: &str) -> Node {
+        Node::start_with_cookie(id, role, quic, seeds, cpu, COOKIE)
+    }
+
+    fn start_with_cookie(id: u64, role: &str, quic: &str, seeds: &str, cpu: &str, cookie: &str) -> Node {
+        let dir = std::env::temp_dir().join(format!(
+            "shardmq-cluster-{}-{id}-{}",
+            std::process::id(),
+            quic.replace([':', '.'], "_")
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let env = vec![
+            ("SHARDMQ_CLUSTER__ENABLED", "true".to_string()),
+            ("SHARDMQ_CLUSTER__NODE_ID", id.to_string()),
+            ("SHARDMQ_NODE__ROLE", role.to_string()),
+            ("SHARDMQ_NODE__CPUS", cpu.to_string()),
+            ("SHARDMQ_CLUSTER__LISTEN", quic.to_string()),
+            ("SHARDMQ_CLUSTER__SEEDS", seeds.to_string()),
+            ("SHARDMQ_CLUSTER__COOKIE", cookie.to_string()),
+            ("SHARDMQ_CLUSTER__DATA_DIR", dir.display().to_string()),
+            ("SHARDMQ_CLUSTER__HEARTBEAT_MS", "100".to_string()),
+            ("SHARDMQ_CLUSTER__ELECTION_TIMEOUT_MS", "500".to_string()),
+            ("SHARDMQ_CLUSTER__REPLICA_PERSIST_MS", "200".to_string()),
+            ("RUST_LOG", "warn,shardmq=info,shardmq_cluster=info".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let mut n = Node {
+            id,
+            broker: None,
+            env,
+            dir,
+        };
+        n.restart();
+        n
+    }
+
+    /// Starts the process (again), with the same id, QUIC address and data directory.
+    fn restart(&mut self) {
+        self.broker = None;
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.broker = Some(Broker::start_with(&env));
+    }
+
+    fn kill(&mut self) {
+        self.broker = None;
+    }
+
+    fn b(&self) -> &Broker {
+        self.broker.as_ref().expect("node running")
+    }
+
+    fn port(&self) -> u16 {
+        self.b().port
+    }
+
+    fn get(&self, path: &str) -> Option<Value> {
+        http(&self.b().api_addr(), "GET", path)
+    }
+
+    fn post(&self, path: &str) -> Option<Value> {
+        http(&self.b().api_addr(), "POST", path)
+    }
+
+    fn rlog(&self) -> Value {
+        self.get("/api/v1/rlog").unwrap_or(Value::Null)
+    }
+
+    fn cluster(&self) -> Value {
+        self.get("/api/v1/cluster").unwrap_or(Value::Null)
+    }
+
+    /// Every RLOG shard of this replicant follows its core.
+    fn all_normal(&self) -> bool {
+        self.rlog()["shards"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty() && s.iter().all(|s| s["state"] == "normal"))
+    }
+
+    fn routes(&self) -> u64 {
+        self.cluster()["routes"].as_u64().unwrap_or(0)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.broker = None;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A tiny HTTP/1.1 client: the JSON body, or None on any failure.
+fn http(addr: &str, method: &str, path: &str) -> Option<Value> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let body = if method == "POST" { "{}" } else { "" };
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (_, body) = out.split_once("\r\n\r\n")?;
+    serde_json::from_str(body).ok()
+}
+
+struct Cluster {
+    cores: Vec<Node>,
+    replicants: Vec<Node>,
+}
+
+impl Cluster {
+    /// 3 cores (ids 1–3) and 2 replicants (ids 4, 5), each on its own loopback address.
+    fn start() -> Cluster {
+        let quic: Vec<String> = (1..=5)
+            .map(|i| {
+                let ip = format!("127.0.0.{}", 10 + i);
+                format!("{ip}:{}", free_udp(&ip))
+            })
+            .collect();
+        let seeds = (0..3)
+            .map(|i| format!("{}@{}", i + 1, quic[i]))
+            .collect::<Vec<_>>()
+            .join(",");
+        let cores: Vec<Node> = (0..3)
+            .map(|i| Node::start(i as u64 + 1, "core", &quic[i], &seeds, &(i % 2).to_string()))
+            .collect();
+        let replicants: Vec<Node> = (3..5)
+            .map(|i| Node::start(i as u64 + 1, "replicant", &quic[i], &seeds, &(i % 2).to_string()))
+            .collect();
+        Cluster { cores, replicants }
+    }
+
+    async fn formed(&self) {
+        let ok = eventually(FORM, || async {
+            self.cores.iter().all(|c| !c.cluster()["leader"].is_null())
+                && self.replicants.iter().all(Node::all_normal)
+                && self.cores[0].cluster()["members"]
+                    .as_array()
+                    .is_some_and(|m| m.len() == 5)
+        })
+        .await;
+        if !ok {
+            for n in self.cores.iter().chain(&self.replicants) {
+                eprintln!("node {}: {} / {}", n.id, n.cluster(), n.rlog());
+                eprintln!("log:\n{}", n.b().log());
+            }
+            panic!("cluster did not form within {FORM:?}");
+        }
+    }
+}
+
+/// Waits until every node in `nodes` counts at least `n` routes.
+async fn routes_everywhere(nodes: &[&Node], n: u64) {
+    let ok = eventually(Duration::from_secs(10), || async {
+        nodes.iter().all(|x| x.routes() >= n)
+    })
+    .await;
+    assert!(ok, "routes did not reach every node");
+}
+
+async fn collect(sub: &mut V5, n: usize) -> BTreeSet<(String, u8)> {
+    let mut got = BTreeSet::new();
+    bounded(Duration::from_secs(10), "forwarded publishes", async {
+        while got.len() < n {
+            let p = sub.expect_publish().await;
+            got.insert((String::from_utf8_lossy(&p.topic).into_owned(), p.qos as u8));
+        }
+    })
+    .await;
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicant_subscribers_get_qos_0_1_2_from_a_core_and_the_other_replicant() {
+    let c = Cluster::start();
+    c.formed().await;
+    let r4 = &c.replicants[0];
+    let (mut sub, _) = V5::connect(r4.port(), "sub-on-4", true).await;
+    assert_eq!(sub.subscribe("t/#", QoS::ExactlyOnce).await, Some(QoS::ExactlyOnce));
+    // SUBACK came after the route committed; the other nodes apply it from their streams.
+    routes_everywhere(&[&c.cores[0], &c.replicants[1]], 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (mut p1, _) = V5::connect(c.cores[0].port(), "pub-on-1", true).await;
+    let (mut p5, _) = V5::connect(c.replicants[1].port(), "pub-on-5", true).await;
+    for (q, qos) in [(0u8, QoS::AtMostOnce), (1, QoS::AtLeastOnce), (2, QoS::ExactlyOnce)] {
+        p1.publish(&format!("t/core/{q}"), qos, false, "from core 1").await;
+        p5.publish(&format!("t/replicant/{q}"), qos, false, "from replicant 5").await;
+    }
+    let got = collect(&mut sub, 6).await;
+    let want: BTreeSet<(String, u8)> = (0..=2u8)
+        .flat_map(|q| {
+            [
+                (format!("t/core/{q}"), q),
+                (format!("t/replicant/{q}"), q),
+            ]
+        })
+        .collect();
+    assert_eq!(got, want);
+    // Order per publisher and topic: 50 QoS 1 messages on one topic arrive in order.
+    for i in 0..50 {
+        p1.publish("t/order", QoS::AtLeastOnce, false, format!("{i}")).await;
+    }
+    for i in 0..50 {
+        let p = sub.expect_publish().await;
+        assert_eq!(&p.topic[..], b"t/order");
+        assert_eq!(String::from_utf8_lossy(&p.payload), i.to_string());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_core_leaves_replicant_clients_connected_and_receiving() {
+    let mut c = Cluster::start();
+    c.formed().await;
+    let upstream = c.replicants[0].rlog()["shards"][0]["upstream"]
+        .as_u64()
+        .expect("replicant 4 follows a core");
+    let (mut sub, _) = V5::connect(c.replicants[0].port(), "sub-on-4", true).await;
+    sub.subscribe("k/#", QoS::AtLeastOnce).await;
+    routes_everywhere(&[&c.replicants[1]], 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Kill the core replicant 4 follows.
+    c.cores[(upstream - 1) as usize].kill();
+    let (mut p5, _) = V5::connect(c.replicants[1].port(), "pub-on-5", true).await;
+    p5.publish("k/1", QoS::AtLeastOnce, false, "after the kill").await;
+    let p = sub.expect_publish().await;
+    assert_eq!(&p.topic[..], b"k/1");
+    // Replicant 4 moves to another core and keeps following; writes still work through it.
+    let ok = eventually(FORM, || async {
+        let s = c.replicants[0].rlog();
+        s["shards"][0]["upstream"].as_u64().is_some_and(|u| u != upstream)
+            && c.replicants[0].all_normal()
+    })
+    .await;
+    assert!(ok, "replicant 4 did not switch core: {}", c.replicants[0].rlog());
+    sub.subscribe("k2/#", QoS::AtLeastOnce).await;
+    routes_everywhere(&[&c.replicants[1]], 2).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    p5.publish("k2/x", QoS::AtLeastOnce, false, "new route").await;
+    let p = sub.expect_publish().await;
+    assert_eq!(&p.topic[..], b"k2/x");
+    assert!(!sub.inbox.finished(), "the subscriber stayed connected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_replicant_resumes_without_bootstrap() {
+    let mut c = Cluster::start();
+    c.formed().await;
+    let (mut sub, _) = V5::connect(c.cores[0].port(), "sub-on-1", true).await;
+    sub.subscribe("r/#", QoS::AtLeastOnce).await;
+    routes_everywhere(&[&c.replicants[0]], 1).await;
+    // Let it save its tables, then restart it on the same data directory.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    c.replicants[0].restart();
+    let ok = eventually(FORM, || async { c.replicants[0].all_normal() }).await;
+    assert!(ok, "restarted replicant not normal: {}", c.replicants[0].rlog());
+    let shards = c.replicants[0].rlog()["shards"].clone();
+    for s in shards.as_array().expect("shards") {
+        assert_eq!(s["bootstraps"], 0, "shard bootstrapped after restart: {s}");
+        assert!(s["resumes"].as_u64() >= Some(1), "shard did not resume: {s}");
+    }
+    // And it still routes: a publish on the restarted replicant reaches core 1's subscriber.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (mut p4, _) = V5::connect(c.replicants[0].port(), "pub-on-4", true).await;
+    p4.publish("r/1", QoS::AtLeastOnce, false, "after restart").await;
+    let p = sub.expect_publish().await;
+    assert_eq!(&p.topic[..], b"r/1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_leaves_has_its_routes_removed() {
+    let c = Cluster::start();
+    c.formed().await;
+    let r5 = &c.replicants[1];
+    let (mut sub, _) = V5::connect(r5.port(), "sub-on-5", true).await;
+    sub.subscribe("l/a", QoS::AtLeastOnce).await;
+    sub.subscribe("l/b/#", QoS::AtLeastOnce).await;
+    routes_everywhere(&[&c.cores[0], &c.cores[1], &c.replicants[0]], 2).await;
+    let left = r5.post("/api/v1/cluster/leave");
+    assert!(left.is_some(), "leave answered");
+    let ok = eventually(Duration::from_secs(10), || async {
+        c.cores.iter().all(|n| n.routes() == 0)
+            && c.replicants[0].routes() == 0
+            && c.cores[0].cluster()["members"]
+                .as_array()
+                .is_some_and(|m| m.len() == 4)
+    })
+    .await;
+    assert!(ok, "routes of node 5 not removed: {}", c.cores[0].cluster());
+    // Node 5's subscriber no longer gets what is published on core 1.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (mut p1, _) = V5::connect(c.cores[0].port(), "pub-on-1", true).await;
+    p1.publish("l/a", QoS::AtLeastOnce, false, "after leave").await;
+    assert!(sub.next_publish(Duration::from_millis(500)).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_another_cookie_cannot_join() {
+    let c = Cluster::start();
+    c.formed().await;
+    let ip = "127.0.0.16";
+    let quic = format!("{ip}:{}", free_udp(ip));
+    let seeds = "1@".to_string() + c.cores[0].env.iter().find(|(k, _)| k == "SHARDMQ_CLUSTER__LISTEN").map(|(_, v)| v.as_str()).unwrap();
+    let intruder = Node::start_with_cookie(9, "replicant", &quic, &seeds, "0", "some-other-cookie-0123456789");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!intruder.all_normal(), "intruder read the tables: {}", intruder.rlog());
+    assert_eq!(
+        c.cores[0].cluster()["members"].as_array().map(|m| m.len()),
+        Some(5),
+        "intruder became a member"
+    );
+}
