@@ -770,6 +770,44 @@ mod tests {
         assert_eq!(node_id_from_cert(&a.ca), None);
     }
 
+    /// A client that trusts the cluster CA but presents a certificate of another cookie: the
+    /// server refuses it (the client-side check alone would never exercise this).
+    #[tokio::test]
+    async fn server_refuses_a_client_cert_of_another_cookie() {
+        type AnyErr = Box<dyn std::error::Error + Send + Sync>;
+        let any = "127.0.0.1:0".parse().unwrap();
+        let server = Transport::bind(TransportConfig::new(1, any, "right")).unwrap();
+        let good = Identity::new("right", 2).unwrap();
+        let evil = Identity::new("wrong", 9).unwrap();
+        let mixed = Identity {
+            ca: good.ca.clone(),
+            chain: evil.chain.clone(),
+            key: evil.key.clone_key(),
+        };
+        let (_, client_cfg) = quic_configs(&mixed, &TransportConfig::new(9, any, "wrong")).unwrap();
+        let mut ep = quinn::Endpoint::client(any).unwrap();
+        ep.set_default_client_config(client_cfg);
+        let exchange = async {
+            let conn = ep.connect(server.local_addr(), SERVER_NAME)?.await?;
+            let (mut send, mut recv) = conn.open_bi().await?;
+            send.write_all(&[StreamKind::Rpc as u8, 0, 0, 0, 1, 0])
+                .await?;
+            let mut b = [0u8; 1];
+            recv.read_exact(&mut b).await?;
+            Ok::<_, AnyErr>(())
+        };
+        let r = tokio::time::timeout(Duration::from_secs(5), exchange).await;
+        assert!(
+            matches!(r, Ok(Err(_))),
+            "a foreign client certificate was not refused in time"
+        );
+        let accepted = tokio::time::timeout(Duration::from_millis(200), server.accept()).await;
+        assert!(
+            accepted.is_err(),
+            "a stream from a foreign client was accepted"
+        );
+    }
+
     #[test]
     fn stream_kind_round_trips() {
         for k in [

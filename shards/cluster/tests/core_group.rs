@@ -195,6 +195,7 @@ async fn three_cores_replicate_fail_over_and_catch_up() {
     let pos = cores.iter().position(|c| c.id == leader).unwrap();
     let old = cores.remove(pos);
     let (old_id, old_addr) = (old.id, old.addr);
+    let old_last_log = old.group.metrics().last_log_index.unwrap();
     let members: BTreeMap<u64, SocketAddr> = cores
         .iter()
         .map(|c| (c.id, c.addr))
@@ -213,6 +214,17 @@ async fn three_cores_replicate_fail_over_and_catch_up() {
     let seqs = last.unwrap().seqs;
     assert_eq!(seqs[RlogShard::Route.index()], 110);
     assert_same_tables(&rest, seqs).await;
+    // The leader purged logs the stopped core lacks: it can only catch up by a snapshot.
+    let lm = rest
+        .iter()
+        .find(|c| c.id == new_leader)
+        .unwrap()
+        .group
+        .metrics();
+    assert!(
+        lm.purged.unwrap_or(0) > old_last_log,
+        "leader did not purge past {old_last_log}: {lm:?}"
+    );
 
     // Restart the stopped core from its data dir, on its old address: it catches up.
     let t = bind(old_id, old_addr);
@@ -224,6 +236,10 @@ async fn three_cores_replicate_fail_over_and_catch_up() {
     eprintln!("restarted core caught up in {:?}", t0.elapsed());
     let m = cores.last().unwrap().group.metrics();
     assert_eq!(m.voters.len(), 3);
+    assert!(
+        m.snapshot.unwrap_or(0) > old_last_log,
+        "restarted core has no snapshot: {m:?}"
+    );
     // Its tails restart at the installed seqs, and it follows new writes.
     let r = cores
         .last()

@@ -152,6 +152,8 @@ pub struct CoreMetrics {
     pub last_log_index: Option<u64>,
     /// Index of the last snapshot.
     pub snapshot: Option<u64>,
+    /// Index of the last log purged (covered by the snapshot).
+    pub purged: Option<u64>,
     /// Voter ids of the effective membership.
     pub voters: BTreeSet<NodeId>,
     /// Every member (voters and learners) and its address.
@@ -224,6 +226,8 @@ impl CoreGroup {
             install_snapshot_timeout: emax.max(1_000),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_logs.max(1)),
             max_in_snapshot_log_to_keep: cfg.snapshot_logs / 10,
+            // A snapshot chunk, with its envelope, must fit in one transport frame.
+            snapshot_max_chunk_size: (transport.frame_max_bytes() as u64 / 2).clamp(1, 3 << 20),
             ..Default::default()
         }
         .validate()
@@ -366,7 +370,16 @@ impl CoreGroup {
     /// Commits `ops` as one entry: on the leader directly, else forwarded to it, retried until
     /// `write_timeout_ms`. A write whose answer was lost may be applied twice (ops are
     /// idempotent on the tables; their seqs advance twice).
+    /// A batch whose encoding exceeds a quarter of the transport's `frame_max_bytes` is refused
+    /// (it could not be replicated).
     pub async fn write(&self, ops: Vec<Op>) -> Result<WriteResult, ClusterError> {
+        let size = postcard::experimental::serialized_size(&ops).unwrap_or(usize::MAX);
+        let max = self.inner.transport.frame_max_bytes() / 4;
+        if size > max {
+            return Err(ClusterError::Rejected(format!(
+                "write batch of {size} bytes is over {max} bytes"
+            )));
+        }
         match self.execute(RpcRequest::Write(ops)).await? {
             RpcResponse::Written(r) => Ok(r),
             other => Err(ClusterError::Rejected(format!(
@@ -524,6 +537,7 @@ impl CoreGroup {
             last_applied: m.last_applied.map(|l| l.index),
             last_log_index: m.last_log_index,
             snapshot: m.snapshot.map(|l| l.index),
+            purged: m.purged.map(|l| l.index),
             voters: m.membership_config.voter_ids().collect(),
             nodes: m
                 .membership_config

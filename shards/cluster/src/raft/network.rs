@@ -4,7 +4,8 @@
 use std::net::SocketAddr;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::RPCOption;
 use openraft::raft::{
@@ -67,6 +68,8 @@ struct Msg(String);
 enum CallError {
     Unreachable(Unreachable),
     Network(NetworkError),
+    /// The request frame exceeded the transport's frame limit.
+    TooLarge,
 }
 
 impl<E: std::error::Error> From<CallError> for RPCError<NodeId, BasicNode, E> {
@@ -74,6 +77,9 @@ impl<E: std::error::Error> From<CallError> for RPCError<NodeId, BasicNode, E> {
         match e {
             CallError::Unreachable(u) => RPCError::Unreachable(u),
             CallError::Network(n) => RPCError::Network(n),
+            CallError::TooLarge => RPCError::Network(NetworkError::new(&Msg(
+                "raft request over frame_max_bytes".into(),
+            ))),
         }
     }
 }
@@ -97,9 +103,10 @@ impl PeerClient {
                     | TransportError::Connection(_) => CallError::Unreachable(Unreachable::new(&e)),
                     e => CallError::Network(NetworkError::new(&e)),
                 })?;
-            s.send(&req)
-                .await
-                .map_err(|e| CallError::Network(NetworkError::new(&e)))?;
+            s.send(&req).await.map_err(|e| match e {
+                TransportError::FrameTooLarge { .. } => CallError::TooLarge,
+                e => CallError::Network(NetworkError::new(&e)),
+            })?;
             let _ = s.finish();
             match s.recv::<RaftResponse>().await {
                 Ok(Some(r)) => Ok(r),
@@ -134,7 +141,18 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        match self.call(RaftRequest::Append(rpc), &option).await? {
+        let entries = rpc.entries.len() as u64;
+        let resp = match self.call(RaftRequest::Append(rpc), &option).await {
+            Ok(r) => r,
+            // Too many entries for one frame: openraft retries with fewer.
+            Err(CallError::TooLarge) if entries > 1 => {
+                return Err(RPCError::PayloadTooLarge(
+                    PayloadTooLarge::new_entries_hint(entries / 2),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match resp {
             RaftResponse::Append(Ok(r)) => Ok(r),
             RaftResponse::Append(Err(e)) => {
                 Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
