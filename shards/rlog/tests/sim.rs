@@ -9,7 +9,7 @@
 //! after healing, every replicant must equal the leader.
 //!
 //! `SIM_SEED=<n>` replays one seed (with a summary); `SIM_SEEDS=<n>` sets how many seeds the
-//! default run covers (200).
+//! default run covers (200) and `SIM_SEED_FROM=<n>` the first of them (0).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -50,6 +50,7 @@ struct Stats {
     core_restarts: u64,
     replicant_restarts: u64,
     partitions: u64,
+    snapshot_installs: u64,
     ops: u64,
 }
 
@@ -62,6 +63,7 @@ impl std::ops::AddAssign for Stats {
         self.core_restarts += o.core_restarts;
         self.replicant_restarts += o.replicant_restarts;
         self.partitions += o.partitions;
+        self.snapshot_installs += o.snapshot_installs;
         self.ops += o.ops;
     }
 }
@@ -355,6 +357,23 @@ impl Sim {
         core.down_until = self.now + 2 + self.rng.below(20);
     }
 
+    /// A lagging core receives a Raft snapshot from the leader: its tables jump to the end of
+    /// the log, its tails restart there, and (as the shell must) its streams are dropped.
+    fn install_snapshot(&mut self, c: usize) {
+        self.stats.snapshot_installs += 1;
+        for id in self.streams_of_core(c) {
+            self.break_stream(id);
+        }
+        let core = &mut self.cores[c];
+        for op in &self.log[core.applied..] {
+            core.tables.apply(op.clone(), &mut Vec::new());
+        }
+        core.applied = self.log.len();
+        for tail in &mut core.tails {
+            tail.reset_to(core.tables.seq(tail.shard()));
+        }
+    }
+
     fn restart_replicant(&mut self, r: usize) {
         self.stats.replicant_restarts += 1;
         for s in 0..RlogShard::COUNT {
@@ -378,6 +397,8 @@ impl Sim {
         for c in 0..CORES {
             if self.rng.chance(3) {
                 self.restart_core(c);
+            } else if self.rng.chance(2) && self.cores[c].applied + 20 < self.log.len() {
+                self.install_snapshot(c);
             } else if self.rng.chance(3) && self.cores[c].reachable(self.now) {
                 self.stats.partitions += 1;
                 self.cores[c].partitioned_until = self.now + 5 + self.rng.below(40);
@@ -423,7 +444,8 @@ impl Sim {
                 for st in self.streams.values_mut() {
                     if st.core == c && st.shard == e.shard {
                         if let Some(srv) = &mut st.server {
-                            srv.on_live(e.clone());
+                            srv.try_on_live(e.clone())
+                                .expect("streams are dropped when a core's tables jump");
                         }
                     }
                 }
@@ -709,8 +731,12 @@ fn simulation() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(200);
+    let from: u64 = std::env::var("SIM_SEED_FROM")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let mut total = Stats::default();
-    for seed in 0..seeds {
+    for seed in from..from + seeds {
         total += run_seed(seed);
     }
     eprintln!("{seeds} seeds: {total:?}");
