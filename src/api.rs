@@ -51,6 +51,27 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Name of the control-plane thread.
 pub const CONTROL_THREAD_NAME: &str = "shardmq-control";
 
+/// How long a status or metrics request waits for the cluster layer.
+pub const STATUS_TIMEOUT_MS: u64 = 5_000;
+
+/// How long a join or leave request waits for the cluster layer.
+pub const MEMBERSHIP_TIMEOUT_MS: u64 = 30_000;
+
+/// `what` from the cluster layer within `limit_ms`: its error is a 500, running late a 504.
+async fn within<T>(
+    limit_ms: u64,
+    what: &str,
+    fut: impl Future<Output = anyhow::Result<T>>,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout(std::time::Duration::from_millis(limit_ms), fut).await {
+        Ok(answer) => answer.map_err(ApiError::internal),
+        Err(_) => Err(ApiError(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("the cluster layer did not answer {what} within {limit_ms} ms"),
+        )),
+    }
+}
+
 /// What the API asks of the cluster layer. Implemented by the cluster when `cluster.enabled`;
 /// every call runs on the control-plane runtime.
 pub trait ClusterApi: Send + Sync + 'static {
@@ -179,9 +200,9 @@ async fn health(State(state): State<Shared>) -> Response {
         )
             .into_response()
     };
-    let rlog = match cluster.rlog_status().await {
+    let rlog = match within(STATUS_TIMEOUT_MS, "the RLOG status", cluster.rlog_status()).await {
         Ok(rlog) => rlog,
-        Err(e) => return unhealthy(format!("cluster status unavailable: {e:#}")),
+        Err(e) => return unhealthy(format!("cluster status unavailable: {}", e.1)),
     };
     if let Some(reason) = unhealthy_reason(&rlog) {
         return unhealthy(reason);
@@ -239,11 +260,17 @@ async fn metrics(State(state): State<Shared>) -> Response {
         uptime,
     );
     if let Some(cluster) = &state.cluster {
-        match cluster.rlog_status().await {
+        match within(STATUS_TIMEOUT_MS, "the RLOG status", cluster.rlog_status()).await {
             Ok(rlog) => register_rlog(&mut registry, &rlog),
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "/metrics: no RLOG status"),
+            Err(e) => tracing::warn!(error = %e.1, "/metrics: no RLOG status"),
         }
-        register_samples(&mut registry, cluster.samples().await);
+        let samples = within(STATUS_TIMEOUT_MS, "its samples", async {
+            Ok(cluster.samples().await)
+        });
+        match samples.await {
+            Ok(samples) => register_samples(&mut registry, samples),
+            Err(e) => tracing::warn!(error = %e.1, "/metrics: no cluster samples"),
+        }
     }
     let mut text = String::new();
     if let Err(e) = encode(&mut text, &registry) {
@@ -398,7 +425,12 @@ async fn cluster_status(State(state): State<Shared>) -> Result<Response, ApiErro
     let (mode, status) = match &state.cluster {
         Some(cluster) => (
             "cluster",
-            cluster.cluster_status().await.map_err(ApiError::internal)?,
+            within(
+                STATUS_TIMEOUT_MS,
+                "the cluster status",
+                cluster.cluster_status(),
+            )
+            .await?,
         ),
         None => ("standalone", standalone_cluster(&state)),
     };
@@ -433,7 +465,7 @@ fn standalone_cluster(state: &ApiState) -> ClusterStatus {
 async fn rlog_status(State(state): State<Shared>) -> Result<Json<RlogStatus>, ApiError> {
     match &state.cluster {
         Some(cluster) => Ok(Json(
-            cluster.rlog_status().await.map_err(ApiError::internal)?,
+            within(STATUS_TIMEOUT_MS, "the RLOG status", cluster.rlog_status()).await?,
         )),
         None => Ok(Json(RlogStatus {
             node: state.node_id,
@@ -471,10 +503,12 @@ async fn join(
     };
     crate::config::parse_seed(&request.seed)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("seed: {e}")))?;
-    cluster
-        .join(request.seed.clone())
-        .await
-        .map_err(ApiError::internal)?;
+    within(
+        MEMBERSHIP_TIMEOUT_MS,
+        "the join",
+        cluster.join(request.seed.clone()),
+    )
+    .await?;
     Ok(Json(json!({ "status": "ok", "joined": request.seed })))
 }
 
@@ -483,7 +517,7 @@ async fn leave(State(state): State<Shared>) -> Result<Json<serde_json::Value>, A
     let Some(cluster) = &state.cluster else {
         return Err(ApiError::standalone("leave a cluster"));
     };
-    cluster.leave().await.map_err(ApiError::internal)?;
+    within(MEMBERSHIP_TIMEOUT_MS, "the leave", cluster.leave()).await?;
     Ok(Json(json!({ "status": "ok", "left": true })))
 }
 
@@ -810,6 +844,19 @@ mod tests {
         }
         assert!(!text.contains("shardmq_rlog_lag"), "{text}");
         assert!(!text.contains("shardmq_rlog_state"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_cluster_layer_running_late_is_a_504() {
+        let late = within(10, "the test", std::future::pending::<anyhow::Result<()>>()).await;
+        let err = late.unwrap_err();
+        assert_eq!(err.0, StatusCode::GATEWAY_TIMEOUT);
+        assert!(err.1.contains("the test within 10 ms"), "{}", err.1);
+        let failed = within(10, "x", async {
+            anyhow::bail!("boom") as anyhow::Result<()>
+        })
+        .await;
+        assert_eq!(failed.unwrap_err().0, StatusCode::INTERNAL_SERVER_ERROR);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

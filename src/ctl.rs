@@ -19,8 +19,12 @@ use serde_json::Value;
 
 use crate::config::ApiConfig;
 
-/// How long one request may take, connection included.
-pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// How long one request may take, connection included: more than the API gives the cluster
+/// layer for a join or leave ([`crate::api::MEMBERSHIP_TIMEOUT_MS`]).
+pub const REQUEST_TIMEOUT_MS: u64 = crate::api::MEMBERSHIP_TIMEOUT_MS + 10_000;
+
+/// How long connecting to the API may take.
+pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
 
 /// `shardmq ctl`'s arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -168,6 +172,7 @@ impl Client {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_millis(REQUEST_TIMEOUT_MS)))
+            .timeout_connect(Some(Duration::from_millis(CONNECT_TIMEOUT_MS)))
             .build()
             .into();
         Self {
