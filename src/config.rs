@@ -248,8 +248,8 @@ pub struct NodeConfig {
     pub name: String,
     /// CPUs to run one shard each on.
     pub cpus: CpuSpec,
-    /// CPU of the control plane (for now: the main thread, pinned once the shards have
-    /// started); `none` = unpinned. Must be online and in the affinity mask at start.
+    /// CPU of the control plane (the `shardmq-control` thread, and the main thread once the
+    /// shards have started); `none` = unpinned. Must be online and in the affinity mask at start.
     pub control_cpu: ControlCpu,
     /// `core` or `replicant`; only meaningful with `cluster.enabled`.
     pub role: Role,
