@@ -36,7 +36,14 @@ impl Node {
         Node::start_with_cookie(id, role, quic, seeds, cpu, COOKIE)
     }
 
-    fn start_with_cookie(id: u64, role: &str, quic: &str, seeds: &str, cpu: &str, cookie: &str) -> Node {
+    fn start_with_cookie(
+        id: u64,
+        role: &str,
+        quic: &str,
+        seeds: &str,
+        cpu: &str,
+        cookie: &str,
+    ) -> Node {
         let dir = std::env::temp_dir().join(format!(
             "shardmq-cluster-{}-{id}-{}",
             std::process::id(),
@@ -55,7 +62,10 @@ impl Node {
             ("SHARDMQ_CLUSTER__HEARTBEAT_MS", "100".to_string()),
             ("SHARDMQ_CLUSTER__ELECTION_TIMEOUT_MS", "500".to_string()),
             ("SHARDMQ_CLUSTER__REPLICA_PERSIST_MS", "200".to_string()),
-            ("RUST_LOG", "warn,shardmq=info,shardmq_cluster=info".to_string()),
+            (
+                "RUST_LOG",
+                "warn,shardmq=info,shardmq_cluster=info".to_string(),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -167,7 +177,15 @@ impl Cluster {
             .map(|i| Node::start(i as u64 + 1, "core", &quic[i], &seeds, &(i % 2).to_string()))
             .collect();
         let replicants: Vec<Node> = (3..5)
-            .map(|i| Node::start(i as u64 + 1, "replicant", &quic[i], &seeds, &(i % 2).to_string()))
+            .map(|i| {
+                Node::start(
+                    i as u64 + 1,
+                    "replicant",
+                    &quic[i],
+                    &seeds,
+                    &(i % 2).to_string(),
+                )
+            })
             .collect();
         Cluster { cores, replicants }
     }
@@ -218,29 +236,34 @@ async fn replicant_subscribers_get_qos_0_1_2_from_a_core_and_the_other_replicant
     c.formed().await;
     let r4 = &c.replicants[0];
     let (mut sub, _) = V5::connect(r4.port(), "sub-on-4", true).await;
-    assert_eq!(sub.subscribe("t/#", QoS::ExactlyOnce).await, Some(QoS::ExactlyOnce));
+    assert_eq!(
+        sub.subscribe("t/#", QoS::ExactlyOnce).await,
+        Some(QoS::ExactlyOnce)
+    );
     // SUBACK came after the route committed; the other nodes apply it from their streams.
     routes_everywhere(&[&c.cores[0], &c.replicants[1]], 1).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (mut p1, _) = V5::connect(c.cores[0].port(), "pub-on-1", true).await;
     let (mut p5, _) = V5::connect(c.replicants[1].port(), "pub-on-5", true).await;
-    for (q, qos) in [(0u8, QoS::AtMostOnce), (1, QoS::AtLeastOnce), (2, QoS::ExactlyOnce)] {
-        p1.publish(&format!("t/core/{q}"), qos, false, "from core 1").await;
-        p5.publish(&format!("t/replicant/{q}"), qos, false, "from replicant 5").await;
+    for (q, qos) in [
+        (0u8, QoS::AtMostOnce),
+        (1, QoS::AtLeastOnce),
+        (2, QoS::ExactlyOnce),
+    ] {
+        p1.publish(&format!("t/core/{q}"), qos, false, "from core 1")
+            .await;
+        p5.publish(&format!("t/replicant/{q}"), qos, false, "from replicant 5")
+            .await;
     }
     let got = collect(&mut sub, 6).await;
     let want: BTreeSet<(String, u8)> = (0..=2u8)
-        .flat_map(|q| {
-            [
-                (format!("t/core/{q}"), q),
-                (format!("t/replicant/{q}"), q),
-            ]
-        })
+        .flat_map(|q| [(format!("t/core/{q}"), q), (format!("t/replicant/{q}"), q)])
         .collect();
     assert_eq!(got, want);
     // Order per publisher and topic: 50 QoS 1 messages on one topic arrive in order.
     for i in 0..50 {
-        p1.publish("t/order", QoS::AtLeastOnce, false, format!("{i}")).await;
+        p1.publish("t/order", QoS::AtLeastOnce, false, format!("{i}"))
+            .await;
     }
     for i in 0..50 {
         let p = sub.expect_publish().await;
@@ -263,21 +286,29 @@ async fn a_killed_core_leaves_replicant_clients_connected_and_receiving() {
     // Kill the core replicant 4 follows.
     c.cores[(upstream - 1) as usize].kill();
     let (mut p5, _) = V5::connect(c.replicants[1].port(), "pub-on-5", true).await;
-    p5.publish("k/1", QoS::AtLeastOnce, false, "after the kill").await;
+    p5.publish("k/1", QoS::AtLeastOnce, false, "after the kill")
+        .await;
     let p = sub.expect_publish().await;
     assert_eq!(&p.topic[..], b"k/1");
     // Replicant 4 moves to another core and keeps following; writes still work through it.
     let ok = eventually(FORM, || async {
         let s = c.replicants[0].rlog();
-        s["shards"][0]["upstream"].as_u64().is_some_and(|u| u != upstream)
+        s["shards"][0]["upstream"]
+            .as_u64()
+            .is_some_and(|u| u != upstream)
             && c.replicants[0].all_normal()
     })
     .await;
-    assert!(ok, "replicant 4 did not switch core: {}", c.replicants[0].rlog());
+    assert!(
+        ok,
+        "replicant 4 did not switch core: {}",
+        c.replicants[0].rlog()
+    );
     sub.subscribe("k2/#", QoS::AtLeastOnce).await;
     routes_everywhere(&[&c.replicants[1]], 2).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    p5.publish("k2/x", QoS::AtLeastOnce, false, "new route").await;
+    p5.publish("k2/x", QoS::AtLeastOnce, false, "new route")
+        .await;
     let p = sub.expect_publish().await;
     assert_eq!(&p.topic[..], b"k2/x");
     assert!(!sub.inbox.finished(), "the subscriber stayed connected");
@@ -294,16 +325,24 @@ async fn a_restarted_replicant_resumes_without_bootstrap() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     c.replicants[0].restart();
     let ok = eventually(FORM, || async { c.replicants[0].all_normal() }).await;
-    assert!(ok, "restarted replicant not normal: {}", c.replicants[0].rlog());
+    assert!(
+        ok,
+        "restarted replicant not normal: {}",
+        c.replicants[0].rlog()
+    );
     let shards = c.replicants[0].rlog()["shards"].clone();
     for s in shards.as_array().expect("shards") {
         assert_eq!(s["bootstraps"], 0, "shard bootstrapped after restart: {s}");
-        assert!(s["resumes"].as_u64() >= Some(1), "shard did not resume: {s}");
+        assert!(
+            s["resumes"].as_u64() >= Some(1),
+            "shard did not resume: {s}"
+        );
     }
     // And it still routes: a publish on the restarted replicant reaches core 1's subscriber.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (mut p4, _) = V5::connect(c.replicants[0].port(), "pub-on-4", true).await;
-    p4.publish("r/1", QoS::AtLeastOnce, false, "after restart").await;
+    p4.publish("r/1", QoS::AtLeastOnce, false, "after restart")
+        .await;
     let p = sub.expect_publish().await;
     assert_eq!(&p.topic[..], b"r/1");
 }
@@ -331,7 +370,8 @@ async fn a_node_that_leaves_has_its_routes_removed() {
     // Node 5's subscriber no longer gets what is published on core 1.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (mut p1, _) = V5::connect(c.cores[0].port(), "pub-on-1", true).await;
-    p1.publish("l/a", QoS::AtLeastOnce, false, "after leave").await;
+    p1.publish("l/a", QoS::AtLeastOnce, false, "after leave")
+        .await;
     assert!(sub.next_publish(Duration::from_millis(500)).await.is_none());
 }
 
@@ -341,13 +381,175 @@ async fn a_node_with_another_cookie_cannot_join() {
     c.formed().await;
     let ip = "127.0.0.16";
     let quic = format!("{ip}:{}", free_udp(ip));
-    let seeds = "1@".to_string() + c.cores[0].env.iter().find(|(k, _)| k == "SHARDMQ_CLUSTER__LISTEN").map(|(_, v)| v.as_str()).unwrap();
-    let intruder = Node::start_with_cookie(9, "replicant", &quic, &seeds, "0", "some-other-cookie-0123456789");
+    let seeds = "1@".to_string()
+        + c.cores[0]
+            .env
+            .iter()
+            .find(|(k, _)| k == "SHARDMQ_CLUSTER__LISTEN")
+            .map(|(_, v)| v.as_str())
+            .unwrap();
+    let intruder = Node::start_with_cookie(
+        9,
+        "replicant",
+        &quic,
+        &seeds,
+        "0",
+        "some-other-cookie-0123456789",
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(!intruder.all_normal(), "intruder read the tables: {}", intruder.rlog());
+    assert!(
+        !intruder.all_normal(),
+        "intruder read the tables: {}",
+        intruder.rlog()
+    );
     assert_eq!(
         c.cores[0].cluster()["members"].as_array().map(|m| m.len()),
         Some(5),
         "intruder became a member"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_group_across_nodes_gets_each_message_once() {
+    let c = Cluster::start();
+    c.formed().await;
+    let (mut m4, _) = V5::connect(c.replicants[0].port(), "member-on-4", true).await;
+    let (mut m5, _) = V5::connect(c.replicants[1].port(), "member-on-5", true).await;
+    m4.subscribe("$share/g/s/#", QoS::AtLeastOnce).await;
+    m5.subscribe("$share/g/s/#", QoS::AtLeastOnce).await;
+    routes_everywhere(&[&c.cores[0]], 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // From a node without members: each message to exactly one member somewhere.
+    let (mut p1, _) = V5::connect(c.cores[0].port(), "pub-on-1", true).await;
+    for i in 0..40 {
+        p1.publish(&format!("s/{i}"), QoS::AtLeastOnce, false, "x")
+            .await;
+    }
+    // From a node with a member: that member takes them.
+    let (mut p4, _) = V5::connect(c.replicants[0].port(), "pub-on-4", true).await;
+    for i in 0..10 {
+        p4.publish(&format!("s/local/{i}"), QoS::AtLeastOnce, false, "y")
+            .await;
+    }
+    let mut topics = Vec::new();
+    for m in [&mut m4, &mut m5] {
+        while let Some(p) = m.next_publish(Duration::from_millis(1500)).await {
+            topics.push(String::from_utf8_lossy(&p.topic).into_owned());
+        }
+    }
+    let unique: BTreeSet<&String> = topics.iter().collect();
+    assert_eq!(topics.len(), 50, "each message once: {topics:?}");
+    assert_eq!(unique.len(), 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_id_connecting_on_another_node_takes_the_session_over() {
+    use shardmq_codec::{Packet, Protocol};
+    let c = Cluster::start();
+    c.formed().await;
+    let (mut first, _) =
+        common::Raw::connect(c.cores[0].port(), Protocol::V5, "roamer", true).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_second, _) =
+        common::Raw::connect(c.replicants[0].port(), Protocol::V5, "roamer", true).await;
+    let got = first.expect_closed(Duration::from_secs(10)).await;
+    match got.as_slice() {
+        [.., Packet::Disconnect(d)] => assert_eq!(d.reason.0, 0x8E, "Session taken over"),
+        other => panic!("expected DISCONNECT 0x8E, got {other:?}"),
+    }
+    let ok = eventually(Duration::from_secs(5), || async {
+        c.cores[1].cluster()["sessions"].as_u64() == Some(1)
+    })
+    .await;
+    assert!(ok, "one registered session: {}", c.cores[1].cluster());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_metrics_and_joining_nodes() {
+    let c = Cluster::start();
+    c.formed().await;
+    // `shardmq ctl` against a replicant and a core.
+    let ctl = |api: String, args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardmq"))
+            .arg("ctl")
+            .arg("--api")
+            .arg(api)
+            .args(args)
+            .output()
+            .expect("run shardmq ctl");
+        assert!(
+            out.status.success(),
+            "ctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let rlog = ctl(c.replicants[0].b().api_addr(), &["rlog", "status"]);
+    for shard in ["route", "session", "retain", "config"] {
+        assert!(
+            rlog.lines()
+                .any(|l| l.contains(shard) && l.contains("normal")),
+            "{rlog}"
+        );
+    }
+    let api = c.cores[0].b().api_addr();
+    let all_running = eventually(Duration::from_secs(5), || async {
+        ctl(api.clone(), &["cluster", "status"])
+            .matches("running")
+            .count()
+            == 5
+    })
+    .await;
+    assert!(all_running, "{}", ctl(api.clone(), &["cluster", "status"]));
+    let metrics = std::process::Command::new("curl")
+        .arg("-s")
+        .arg(format!("http://{}/metrics", c.replicants[0].b().api_addr()))
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if !metrics.is_empty() {
+        assert!(metrics.contains("shardmq_rlog_state{"), "{metrics}");
+        assert!(metrics.contains("shardmq_rlog_lag{"), "{metrics}");
+        assert!(metrics.contains("shardmq_forward_sent"), "{metrics}");
+    }
+    // A core that is not in the seeds joins the core group at start-up.
+    let core1 = c.cores[0]
+        .env
+        .iter()
+        .find(|(k, _)| k == "SHARDMQ_CLUSTER__LISTEN")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let ip = "127.0.0.17";
+    let core6 = Node::start(
+        6,
+        "core",
+        &format!("{ip}:{}", free_udp(ip)),
+        &format!("1@{core1}"),
+        "1",
+    );
+    let ok = eventually(FORM, || async {
+        c.cores[0].cluster()["members"]
+            .as_array()
+            .is_some_and(|m| m.len() == 6)
+            && !core6.cluster()["leader"].is_null()
+    })
+    .await;
+    assert!(ok, "core 6 did not join: {}", c.cores[0].cluster());
+    // A replicant whose only seed is dead joins with `ctl cluster join`.
+    let ip = "127.0.0.18";
+    let r7 = Node::start(
+        7,
+        "replicant",
+        &format!("{ip}:{}", free_udp(ip)),
+        "9@127.0.0.99:9",
+        "0",
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!r7.all_normal());
+    ctl(
+        r7.b().api_addr(),
+        &["cluster", "join", &format!("1@{core1}")],
+    );
+    let ok = eventually(FORM, || async { r7.all_normal() }).await;
+    assert!(ok, "replicant 7 did not follow after join: {}", r7.rlog());
 }

@@ -53,6 +53,8 @@ pub(crate) enum FwdFrame {
         /// The packets.
         #[serde(with = "serde_bytes")]
         packets: Vec<u8>,
+        /// Messages (by index in the batch) meant for one shared subscription only.
+        shares: Vec<(u32, String)>,
     },
 }
 
@@ -79,16 +81,20 @@ pub struct ForwardStats {
 
 /// Where received messages go: the node's shards.
 pub(crate) trait Deliver: Send + Sync + 'static {
-    /// Hands `msgs` (in order) to this node's data plane.
+    /// Hands `msgs` (in order) to this node's data plane; a message with a share is for that
+    /// shared subscription's members only.
     fn deliver(
         &self,
-        msgs: Vec<Arc<Message>>,
+        msgs: Vec<Fwd>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
 }
 
+/// A forwarded message, and the shared subscription it is for, if it is for one only.
+pub(crate) type Fwd = (Arc<Message>, Option<ByteStr>);
+
 struct Peer {
     addr: watch::Sender<Option<SocketAddr>>,
-    lanes: Vec<mpsc::UnboundedSender<Arc<Message>>>,
+    lanes: Vec<mpsc::UnboundedSender<Fwd>>,
     pending: Arc<AtomicUsize>,
 }
 
@@ -192,8 +198,8 @@ impl Forwarder {
         }
     }
 
-    /// Queues `msg` for `node` on its topic's lane.
-    pub(crate) fn send(&self, node: NodeId, msg: &Arc<Message>) {
+    /// Queues `msg` for `node` on its topic's lane (for the members of `share` only, if given).
+    pub(crate) fn send(&self, node: NodeId, msg: &Arc<Message>, share: Option<ByteStr>) {
         let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         let Some(peer) = peers.get(&node) else {
             self.drop_one(node, "no address known for the node");
@@ -208,7 +214,7 @@ impl Forwarder {
         h.write(msg.topic.as_bytes());
         let lane = (h.finish() % self.lanes as u64) as usize;
         peer.pending.fetch_add(1, Ordering::Relaxed);
-        if peer.lanes[lane].send(msg.clone()).is_err() {
+        if peer.lanes[lane].send((msg.clone(), share)).is_err() {
             peer.pending.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -239,8 +245,12 @@ impl Forwarder {
         };
         let mut decoder = Decoder::with_protocol(Protocol::V5, PACKET_MAX_BYTES);
         loop {
-            let (id, packets) = match stream.recv::<FwdFrame>().await {
-                Ok(Some(FwdFrame::Batch { id, packets })) => (id, packets),
+            let (id, packets, shares) = match stream.recv::<FwdFrame>().await {
+                Ok(Some(FwdFrame::Batch {
+                    id,
+                    packets,
+                    shares,
+                })) => (id, packets, shares),
                 Ok(Some(FwdFrame::Hello { .. })) => {
                     warn!(node, "second Hello on a forward stream; closing it");
                     return;
@@ -259,7 +269,7 @@ impl Forwarder {
             if duplicate {
                 self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
             } else {
-                match decode_batch(&mut decoder, packets, Instant::now()) {
+                match decode_batch(&mut decoder, packets, &shares, Instant::now()) {
                     Ok(msgs) => {
                         self.stats
                             .received
@@ -297,13 +307,13 @@ struct LaneCtx {
 
 struct Unacked {
     id: u64,
-    msgs: Vec<Arc<Message>>,
+    msgs: Vec<Fwd>,
 }
 
 /// One lane: connect, resend what is unacknowledged, then send batches as messages come.
 async fn run_lane(
     ctx: LaneCtx,
-    mut rx: mpsc::UnboundedReceiver<Arc<Message>>,
+    mut rx: mpsc::UnboundedReceiver<Fwd>,
     mut addr: watch::Receiver<Option<SocketAddr>>,
 ) {
     let mut unacked: VecDeque<Unacked> = VecDeque::new();
@@ -354,7 +364,7 @@ async fn run_lane(
             let mut keep = VecDeque::with_capacity(unacked.len());
             for mut u in unacked.drain(..) {
                 let before = u.msgs.len();
-                u.msgs.retain(|m| m.qos != QoS::AtMostOnce);
+                u.msgs.retain(|(m, _)| m.qos != QoS::AtMostOnce);
                 let gone = before - u.msgs.len();
                 if gone > 0 {
                     ctx.pending.fetch_sub(gone, Ordering::Relaxed);
@@ -445,12 +455,17 @@ async fn send_batch(
 ) -> Result<(), crate::transport::TransportError> {
     buf.clear();
     let now = Instant::now();
-    for m in &u.msgs {
+    let mut shares = Vec::new();
+    for (i, (m, share)) in u.msgs.iter().enumerate() {
         encode_message(m, now, buf);
+        if let Some(s) = share {
+            shares.push((i as u32, s.to_string()));
+        }
     }
     let frame = FwdFrame::Batch {
         id: u.id,
         packets: buf.to_vec(),
+        shares,
     };
     tx.send(&frame).await
 }
@@ -478,10 +493,12 @@ pub(crate) fn encode_message(m: &Message, now: Instant, buf: &mut BytesMut) {
 pub(crate) fn decode_batch(
     decoder: &mut Decoder,
     packets: Vec<u8>,
+    shares: &[(u32, String)],
     now: Instant,
-) -> Result<Vec<Arc<Message>>, &'static str> {
+) -> Result<Vec<Fwd>, &'static str> {
     let mut buf = BytesMut::from(&packets[..]);
-    let mut out = Vec::new();
+    let mut out: Vec<Fwd> = Vec::new();
+    let mut shares = shares.iter().peekable();
     while !buf.is_empty() {
         match decoder.decode(&mut buf) {
             Ok(Some(Packet::Publish(p))) => {
@@ -492,7 +509,15 @@ pub(crate) fn decode_batch(
                     .properties
                     .message_expiry_interval
                     .map(|s| now + Duration::from_secs(u64::from(s)));
-                out.push(Arc::new(Message {
+                let share = match shares.peek() {
+                    Some((i, s)) if *i as usize == out.len() => {
+                        let s = ByteStr::from(s.as_str());
+                        shares.next();
+                        Some(s)
+                    }
+                    _ => None,
+                };
+                let msg = Arc::new(Message {
                     topic: p.topic,
                     payload: p.payload,
                     qos: p.qos,
@@ -500,7 +525,8 @@ pub(crate) fn decode_batch(
                     properties: p.properties,
                     expires_at,
                     publisher: ByteStr::from_static(""),
-                }));
+                });
+                out.push((msg, share));
             }
             Ok(Some(_)) => return Err("forwarded packet is not a PUBLISH"),
             Ok(None) => return Err("truncated forwarded PUBLISH"),
@@ -541,8 +567,11 @@ mod tests {
         encode_message(&a, now, &mut buf);
         encode_message(&b, now, &mut buf);
         let mut d = Decoder::with_protocol(Protocol::V5, PACKET_MAX_BYTES);
-        let out = decode_batch(&mut d, buf.to_vec(), now).unwrap();
+        let out = decode_batch(&mut d, buf.to_vec(), &[(1, "$share/g/c".into())], now).unwrap();
         assert_eq!(out.len(), 2);
+        assert_eq!(out[0].1, None);
+        assert_eq!(out[1].1.as_deref(), Some("$share/g/c"));
+        let out: Vec<Arc<Message>> = out.into_iter().map(|(m, _)| m).collect();
         assert_eq!(out[0].topic.as_str(), "a/b");
         assert_eq!(out[0].qos, QoS::AtLeastOnce);
         assert!(out[0].retain);
@@ -555,8 +584,8 @@ mod tests {
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         let mut d = Decoder::with_protocol(Protocol::V5, PACKET_MAX_BYTES);
-        assert!(decode_batch(&mut d, vec![0x30, 0x05, 0, 9], Instant::now()).is_err());
+        assert!(decode_batch(&mut d, vec![0x30, 0x05, 0, 9], &[], Instant::now()).is_err());
         let mut d = Decoder::with_protocol(Protocol::V5, PACKET_MAX_BYTES);
-        assert!(decode_batch(&mut d, vec![0xC0, 0x00], Instant::now()).is_err());
+        assert!(decode_batch(&mut d, vec![0xC0, 0x00], &[], Instant::now()).is_err());
     }
 }

@@ -10,7 +10,6 @@ use crate::replica::{self, EntrySource, PickFuture, Replica, ServeStats};
 use crate::rpc::{RpcRequest, RpcResponse};
 use crate::transport::{FramedStream, StreamKind, Transport, TransportConfig};
 use serde::{Deserialize, Serialize};
-use shardmq_broker::Message;
 use shardmq_codec::ByteStr;
 use shardmq_rlog::status::{ClusterStatus, MemberStatus, RlogStatus, ShardStatus};
 use shardmq_rlog::{Change, Member, NodeId, Op, RlogShard, Role, Tables};
@@ -399,8 +398,11 @@ impl ClusterNode {
                     }
                     ToCluster::Forward { nodes, msg } => {
                         for n in nodes {
-                            self.inner.forwarder.send(n, &msg);
+                            self.inner.forwarder.send(n, &msg, None);
                         }
+                    }
+                    ToCluster::ForwardShared { node, share, msg } => {
+                        self.inner.forwarder.send(node, &msg, Some(share));
                     }
                     ToCluster::SessionSet { client_id } => {
                         self.enqueue(Op::SessionSet {
@@ -958,14 +960,11 @@ impl ClusterNode {
                     addr: m.addr.clone(),
                     role: m.role,
                     api: m.api.clone(),
-                    status: if *id == me
-                        || seen
-                            .get(id)
-                            .is_some_and(|at| at.elapsed() < Duration::from_secs(3))
-                    {
-                        "running".into()
-                    } else {
-                        "stopped".into()
+                    status: match seen.get(id) {
+                        _ if *id == me => "running".into(),
+                        Some(at) if at.elapsed() < Duration::from_secs(3) => "running".into(),
+                        Some(_) => "stopped".into(),
+                        None => "unknown".into(),
                     },
                 })
                 .collect();
@@ -1130,15 +1129,18 @@ impl ClusterNode {
 impl Deliver for ClusterNode {
     fn deliver(
         &self,
-        msgs: Vec<Arc<Message>>,
+        msgs: Vec<crate::forward::Fwd>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
             // One shard per topic keeps a topic's order; that shard fans out on this node.
             let n = self.inner.link.shards();
             let mut per: Vec<Vec<FromCluster>> = (0..n).map(|_| Vec::new()).collect();
-            for m in msgs {
+            for (m, share) in msgs {
                 let shard = (topic_hash(m.topic.as_str()) % n as u64) as usize;
-                per[shard].push(FromCluster::Publish(m));
+                per[shard].push(match share {
+                    None => FromCluster::Publish(m),
+                    Some(share) => FromCluster::SharedPublish { share, msg: m },
+                });
             }
             for (shard, batch) in per.into_iter().enumerate() {
                 if !batch.is_empty() {

@@ -323,7 +323,14 @@ pub(crate) async fn serve(
         last_pending = pending;
         tokio::select! {
             e = live.recv() => match e {
-                Ok(e) if e.shard == shard => server.on_live(e),
+                Ok(e) if e.shard == shard => {
+                    // A snapshot installed on this core makes the seqs jump: the replicant
+                    // reconnects and resumes or bootstraps.
+                    if let Err(err) = server.try_on_live(e) {
+                        warn!(peer, shard = shard.name(), error = %err, "rlog: live stream broken on this core; dropping the replicant's stream");
+                        break 'serve;
+                    }
+                }
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     warn!(peer, shard = shard.name(), missed = n, "rlog: replicant too slow for the live stream; dropping it (it resumes from its checkpoint)");

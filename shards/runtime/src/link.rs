@@ -51,6 +51,16 @@ pub enum ToCluster {
         /// The message.
         msg: Arc<Message>,
     },
+    /// Forward `msg` to `node` for its members of the shared subscription `share`
+    /// (`$share/{group}/{filter}`) only.
+    ForwardShared {
+        /// Destination node.
+        node: NodeId,
+        /// The shared subscription.
+        share: ByteStr,
+        /// The message.
+        msg: Arc<Message>,
+    },
     /// A session for `client_id` now lives on this node (the cluster's session registry).
     SessionSet {
         /// Client identifier.
@@ -84,9 +94,17 @@ pub enum FromCluster {
     Peers(Vec<NodeId>),
     /// Forget every other node's routes (a full set follows).
     ClearRoutes,
-    /// A message published on another node: deliver to this node's subscribers (never
-    /// forwarded again).
+    /// A message published on another node: deliver to this node's subscribers, shared
+    /// groups excepted (they get theirs through `SharedPublish`); never forwarded again.
     Publish(Arc<Message>),
+    /// A message published on another node for this node's members of the shared
+    /// subscription `share`.
+    SharedPublish {
+        /// `$share/{group}/{filter}`.
+        share: ByteStr,
+        /// The message.
+        msg: Arc<Message>,
+    },
     /// The route a SUBACK waits for is committed (or the wait timed out).
     RouteCommitted {
         /// The shard's token.
@@ -148,7 +166,10 @@ impl ControlPlaneLink {
     /// Takes the receiving end of the shards' batches out of the link, for its own task.
     pub fn take_uplink(
         mut self,
-    ) -> (ControlPlaneLink, tokio::sync::mpsc::Receiver<Vec<ToCluster>>) {
+    ) -> (
+        ControlPlaneLink,
+        tokio::sync::mpsc::Receiver<Vec<ToCluster>>,
+    ) {
         let (_, closed) = tokio::sync::mpsc::channel(1);
         let uplink = std::mem::replace(&mut self.uplink, closed);
         (self, uplink)

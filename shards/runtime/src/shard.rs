@@ -213,6 +213,8 @@ pub(crate) struct ClusterShard {
     pub(crate) out: Vec<ToCluster>,
     /// Replica of the other nodes' routes: filter → nodes.
     remote: SubscriptionTrie<NodeSet>,
+    /// Replica of the other nodes' shared groups: filter → (group, nodes with members).
+    remote_shared: SubscriptionTrie<SmallVec<[(ByteStr, NodeSet); 1]>>,
     /// The other nodes (retained messages go to all of them).
     peers: Vec<NodeId>,
     /// Messages forwarded to other nodes (one per destination node).
@@ -228,6 +230,7 @@ impl ClusterShard {
         ClusterShard {
             out: Vec::new(),
             remote: SubscriptionTrie::new(),
+            remote_shared: SubscriptionTrie::new(),
             peers: Vec::new(),
             forwarded_out: 0,
             forwarded_in: 0,
@@ -1002,19 +1005,56 @@ impl Shard {
                 }
             });
         }
-        if nodes.is_empty() {
-            return;
+        let mut shared: SmallVec<[(NodeId, ByteStr); 1]> = SmallVec::new();
+        if !c.remote_shared.is_empty() {
+            // A shared group takes each message once in the cluster: on this node if it has
+            // members here, else on one node that has some (by topic hash).
+            let local = &self.shared_routes;
+            let hash = self.hasher.hash_one(msg.topic.as_str());
+            c.remote_shared.for_each_match(&msg.topic, |groups| {
+                for (share, nodes) in groups {
+                    let Some(key) = SharedKey::of(share) else {
+                        continue;
+                    };
+                    let here = local
+                        .get(&key.filter)
+                        .is_some_and(|fg| fg.has_group(&key.group));
+                    if !here && !nodes.is_empty() {
+                        shared.push((nodes[(hash % nodes.len() as u64) as usize], share.clone()));
+                    }
+                }
+            });
         }
-        c.forwarded_out += nodes.len() as u64;
-        self.tell_cluster(ToCluster::Forward {
-            nodes,
-            msg: msg.clone(),
-        });
+        if !nodes.is_empty() {
+            c.forwarded_out += nodes.len() as u64;
+            self.tell_cluster(ToCluster::Forward {
+                nodes,
+                msg: msg.clone(),
+            });
+        }
+        for (node, share) in shared {
+            if let Some(c) = self.cluster.as_mut() {
+                c.forwarded_out += 1;
+            }
+            self.tell_cluster(ToCluster::ForwardShared {
+                node,
+                share,
+                msg: msg.clone(),
+            });
+        }
     }
 
     /// Routes a message on this node only: retained store, then every shard with a matching
-    /// filter.
+    /// filter, then the shared groups.
     fn route_here(&mut self, now: Instant, msg: Arc<Message>) {
+        self.route_plain(now, &msg);
+        if !self.shared_routes.is_empty() {
+            self.route_shared(now, &msg);
+        }
+    }
+
+    /// Retained store and plain subscribers of this node (no shared groups).
+    fn route_plain(&mut self, now: Instant, msg: &Arc<Message>) {
         if msg.retain {
             let stored = if msg.payload.is_empty() {
                 None
@@ -1032,13 +1072,10 @@ impl Shard {
             .for_each_match(&msg.topic, |set| targets = targets.union(*set));
         for shard in targets.iter() {
             if shard == self.id {
-                self.deliver_local(now, &msg);
+                self.deliver_local(now, msg);
             } else {
                 self.send(shard, ShardMsg::Publish(msg.clone()));
             }
-        }
-        if !self.shared_routes.is_empty() {
-            self.route_shared(now, &msg);
         }
     }
 
@@ -1279,10 +1316,36 @@ impl Shard {
             return;
         };
         match msg {
-            FromCluster::RouteAdded { filter, node } => {
-                let set = c.remote.entry_or_insert_with(&filter, NodeSet::new);
-                if !set.contains(&node) {
-                    set.push(node);
+            FromCluster::RouteAdded { filter, node } => match SharedKey::of(&filter) {
+                Some(key) => {
+                    let groups = c
+                        .remote_shared
+                        .entry_or_insert_with(&key.filter, SmallVec::new);
+                    match groups.iter_mut().find(|(s, _)| *s == filter) {
+                        Some((_, nodes)) if nodes.contains(&node) => {}
+                        Some((_, nodes)) => nodes.push(node),
+                        None => groups.push((filter, smallvec::smallvec![node])),
+                    }
+                }
+                None => {
+                    let set = c.remote.entry_or_insert_with(&filter, NodeSet::new);
+                    if !set.contains(&node) {
+                        set.push(node);
+                    }
+                }
+            },
+            FromCluster::RouteRemoved { filter, node } if is_shared(&filter) => {
+                let Some(key) = SharedKey::of(&filter) else {
+                    return;
+                };
+                if let Some(groups) = c.remote_shared.get_mut(&key.filter) {
+                    for (_, nodes) in groups.iter_mut().filter(|(s, _)| *s == filter) {
+                        nodes.retain(|n| *n != node);
+                    }
+                    groups.retain(|(_, nodes)| !nodes.is_empty());
+                    if groups.is_empty() {
+                        c.remote_shared.remove(&key.filter);
+                    }
                 }
             }
             FromCluster::RouteRemoved { filter, node } => {
@@ -1294,11 +1357,21 @@ impl Shard {
                 }
             }
             FromCluster::Peers(peers) => c.peers = peers,
-            FromCluster::ClearRoutes => c.remote = SubscriptionTrie::new(),
+            FromCluster::ClearRoutes => {
+                c.remote = SubscriptionTrie::new();
+                c.remote_shared = SubscriptionTrie::new();
+            }
             FromCluster::Publish(msg) => {
                 c.forwarded_in += 1;
                 self.stats.messages_in += 1;
-                self.route_here(now, msg);
+                self.route_plain(now, &msg);
+            }
+            FromCluster::SharedPublish { share, msg } => {
+                c.forwarded_in += 1;
+                self.stats.messages_in += 1;
+                if let Some(key) = SharedKey::of(&share) {
+                    self.shared_dispatch(now, key, msg);
+                }
             }
             FromCluster::RouteCommitted { token } => self.route_acked(now, token),
             FromCluster::SessionTakenOver { client_id } => self.evict(now, &client_id),

@@ -11,6 +11,7 @@
 
 use super::{SessionKey, Shard};
 use crate::bus::{ShardId, ShardMsg, ShardSet, SharedPublish};
+use crate::link::ToCluster;
 use shardmq_broker::session::{Session, Subscription};
 use shardmq_broker::shared::{GroupRoute, MemberCounts, Pick, SharedKey, SharedStrategy};
 use shardmq_broker::Message;
@@ -26,6 +27,15 @@ pub(crate) struct FilterGroups {
     groups: SmallVec<[GroupRoute; 1]>,
 }
 
+impl FilterGroups {
+    /// Whether `group` has members on this node (online or offline).
+    pub(super) fn has_group(&self, group: &ByteStr) -> bool {
+        self.groups
+            .iter()
+            .any(|g| g.group() == group && !g.is_empty())
+    }
+}
+
 impl Shard {
     /// Session `skey` joins the group of `key` with `sub`. True if the group's members changed
     /// (the caller then announces them, with a sync token if a SUBACK waits).
@@ -36,11 +46,23 @@ impl Shard {
         sub: Subscription,
     ) -> bool {
         let online = self.sessions.get(skey).is_some_and(|s| s.conn.is_some());
+        let mut created = None;
         let (_, group) = self.shared_local.entry(key).or_insert_with_key(|k| {
             let tag = ByteStr::from(format!("$share/{}/{}", k.group, k.filter));
+            created = Some(tag.clone());
             (tag, Default::default())
         });
-        group.insert(skey as u32, sub, online)
+        let changed = group.insert(skey as u32, sub, online);
+        // The node's cluster route for the group: this shard has members now.
+        if let Some(share) = created {
+            let shard = self.id;
+            self.tell_cluster(ToCluster::RouteAdd {
+                filter: share,
+                shard,
+                sync: None,
+            });
+        }
+        changed
     }
 
     /// Session `skey` leaves the group of `key`; the other shards learn the new counts.
@@ -83,7 +105,13 @@ impl Shard {
     pub(super) fn announce_shared(&mut self, key: SharedKey, sync: Option<u64>) {
         let counts = match self.shared_local.get(&key) {
             Some((_, g)) if g.is_empty() => {
-                self.shared_local.remove(&key);
+                if let Some((share, _)) = self.shared_local.remove(&key) {
+                    let shard = self.id;
+                    self.tell_cluster(ToCluster::RouteDel {
+                        filter: share,
+                        shard,
+                    });
+                }
                 MemberCounts::default()
             }
             Some((_, g)) => g.counts(),
