@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 
 use proptest::prelude::*;
 use shardmq_rlog::{
-    Change, Member, NodeId, Op, ReplicantShard, RlogServer, RlogShard, Role, ShardTail, Tables,
-    ToCore,
+    Change, Entry, Member, NodeId, Op, ReplicantShard, RlogServer, RlogShard, Role, ShardState,
+    ShardTail, Tables, ToCore, ToReplicant,
 };
 
 fn op_strategy() -> impl Strategy<Value = Op> {
@@ -136,5 +136,49 @@ proptest! {
             .flat_map(|(f, ns)| ns.iter().map(move |&n| (f.to_string(), n)))
             .collect();
         prop_assert_eq!(routes, want);
+    }
+}
+
+fn msg_strategy() -> impl Strategy<Value = ToReplicant> {
+    let seq = prop_oneof![0u64..8, Just(u64::MAX), Just(u64::MAX - 1)];
+    let entry = (0usize..4, seq.clone(), op_strategy()).prop_map(|(s, seq, op)| Entry {
+        shard: RlogShard::ALL[s],
+        seq,
+        op,
+    });
+    prop_oneof![
+        seq.clone().prop_map(|from| ToReplicant::Resume { from }),
+        (seq.clone(), seq.clone())
+            .prop_map(|(seq, keys)| ToReplicant::BootstrapBegin { seq, keys }),
+        (seq, prop::collection::vec(op_strategy(), 0..4))
+            .prop_map(|(batch, ops)| ToReplicant::BootstrapBatch { batch, ops }),
+        Just(ToReplicant::BootstrapEnd),
+        prop::collection::vec(entry, 0..4).prop_map(ToReplicant::Entries),
+    ]
+}
+
+proptest! {
+    /// Whatever a broken or hostile core sends, the replicant does not panic, leaves the
+    /// other shards alone, and is `Disconnected` after an error.
+    #[test]
+    fn replicant_survives_any_message_sequence(
+        shard in 0usize..4,
+        msgs in prop::collection::vec(msg_strategy(), 0..24),
+    ) {
+        let shard = RlogShard::ALL[shard];
+        let mut rep = ReplicantShard::new(shard, 4);
+        let mut t = Tables::default();
+        for m in msgs {
+            let before = t.clone();
+            let r = rep.on_message(m, &mut t, &mut Vec::new(), &mut Vec::new());
+            if r.is_err() {
+                prop_assert_eq!(rep.state(), ShardState::Disconnected);
+            }
+            for other in RlogShard::ALL {
+                if other != shard {
+                    prop_assert!(t.shard_eq(&before, other), "another shard changed");
+                }
+            }
+        }
     }
 }
