@@ -384,6 +384,11 @@ impl Transport {
                 .endpoint
                 .close(VarInt::from_u32(0), b"node closing");
             self.inner.accept_task.abort();
+            self.inner
+                .peers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
             debug!(node = self.inner.node_id, "cluster transport closed");
         }
     }

@@ -170,6 +170,48 @@ async fn three_cores_replicate_fail_over_and_catch_up() {
     assert_same_tables(&all, seqs).await;
     eprintln!("forwarded write of a 2-op batch: {per_write:?} on average over 10");
 
+    // The same on the leader itself, then 200 concurrent writers (openraft batches their appends).
+    let lg = cores.iter().find(|c| c.id == leader).unwrap().group.clone();
+    let t0 = Instant::now();
+    for i in 0..10 {
+        lg.write(vec![Op::RetainSet {
+            topic: format!("r/{i}"),
+            node: leader,
+        }])
+        .await
+        .unwrap();
+    }
+    eprintln!(
+        "leader-local write of a 1-op batch: {:?} on average over 10",
+        t0.elapsed() / 10
+    );
+    let t0 = Instant::now();
+    let writers: Vec<_> = (0..200u64)
+        .map(|i| {
+            let g = lg.clone();
+            tokio::spawn(async move {
+                g.write(vec![Op::RetainSet {
+                    topic: format!("c/{i}"),
+                    node: 1,
+                }])
+                .await
+            })
+        })
+        .collect();
+    let mut last = [0u64; 4];
+    for w in writers {
+        let r = w.await.unwrap().unwrap();
+        last = std::array::from_fn(|i| last[i].max(r.seqs[i]));
+    }
+    let el = t0.elapsed();
+    eprintln!(
+        "200 concurrent 1-op writes on the leader: {el:?} ({:.0} writes/s)",
+        200.0 / el.as_secs_f64()
+    );
+    assert_eq!(last[RlogShard::Retain.index()], 210);
+    assert_same_tables(&all, last).await;
+    drop(lg); // it holds the leader's endpoint, which must close below
+
     let mut seen = Vec::new();
     while seen.len() < 20 {
         let e = tokio::time::timeout(WAIT, sub.entries.recv())
@@ -227,7 +269,18 @@ async fn three_cores_replicate_fail_over_and_catch_up() {
     );
 
     // Restart the stopped core from its data dir, on its old address: it catches up.
-    let t = bind(old_id, old_addr);
+    // The old endpoint's socket closes once its last task lets go of it: retry briefly.
+    let deadline = Instant::now() + WAIT;
+    let t = loop {
+        match Transport::bind(TransportConfig::new(old_id, old_addr, COOKIE)) {
+            Ok(t) => break t,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("rebinding {old_addr}: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot rebind {old_addr}: {e}"),
+        }
+    };
     let back = start(old_id, t, &dir, &members, 20).await;
     let t0 = Instant::now();
     cores.push(back);
