@@ -31,6 +31,8 @@ pub fn settings(config: &Config) -> ClusterSettings {
         heartbeat_ms: c.heartbeat_ms,
         election_timeout_ms: c.election_timeout_ms,
         replica_persist: Duration::from_millis(c.replica_persist_ms),
+        node_down_purge: (c.node_down_purge_ms > 0)
+            .then(|| Duration::from_millis(c.node_down_purge_ms)),
         api: config.api.listen.clone(),
     }
 }

@@ -132,6 +132,10 @@ pub struct ClusterConfig {
     pub election_timeout_ms: u64,
     /// How often a replicant saves its table snapshot (and at shutdown). At least 1.
     pub replica_persist_ms: u64,
+    /// A node that answers no ping for this long has its routes, sessions and retained index
+    /// entries removed by the leader (it stays a member, shown `stopped`; it re-adds its routes
+    /// when it is back). 0 = never.
+    pub node_down_purge_ms: u64,
 }
 
 impl fmt::Debug for ClusterConfig {
@@ -154,6 +158,7 @@ impl fmt::Debug for ClusterConfig {
             .field("heartbeat_ms", &self.heartbeat_ms)
             .field("election_timeout_ms", &self.election_timeout_ms)
             .field("replica_persist_ms", &self.replica_persist_ms)
+            .field("node_down_purge_ms", &self.node_down_purge_ms)
             .finish()
     }
 }
@@ -950,6 +955,7 @@ mod tests {
         assert_eq!(k.heartbeat_ms, 250);
         assert_eq!(k.election_timeout_ms, 1000);
         assert_eq!(k.replica_persist_ms, 1000);
+        assert_eq!(k.node_down_purge_ms, 30_000);
         assert_eq!(Config::default(), c);
     }
 

@@ -62,6 +62,7 @@ impl Node {
             ("SHARDMQ_CLUSTER__HEARTBEAT_MS", "100".to_string()),
             ("SHARDMQ_CLUSTER__ELECTION_TIMEOUT_MS", "500".to_string()),
             ("SHARDMQ_CLUSTER__REPLICA_PERSIST_MS", "200".to_string()),
+            ("SHARDMQ_CLUSTER__NODE_DOWN_PURGE_MS", "3000".to_string()),
             (
                 "RUST_LOG",
                 "warn,shardmq=info,shardmq_cluster=info".to_string(),
@@ -552,4 +553,32 @@ async fn ctl_metrics_and_joining_nodes() {
     );
     let ok = eventually(FORM, || async { r7.all_normal() }).await;
     assert!(ok, "replicant 7 did not follow after join: {}", r7.rlog());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_has_its_routes_purged_after_the_grace_period() {
+    let mut c = Cluster::start();
+    c.formed().await;
+    let (mut sub, _) = V5::connect(c.replicants[1].port(), "sub-on-5", true).await;
+    sub.subscribe("d/#", QoS::AtLeastOnce).await;
+    routes_everywhere(&[&c.cores[0], &c.replicants[0]], 1).await;
+    drop(sub);
+    c.replicants[1].kill();
+    // node_down_purge_ms = 3000 in these tests; pings run every second.
+    let ok = eventually(Duration::from_secs(15), || async {
+        c.cores.iter().all(|n| n.routes() == 0) && c.replicants[0].routes() == 0
+    })
+    .await;
+    assert!(
+        ok,
+        "routes of the dead node 5 not purged: {}",
+        c.cores[0].cluster()
+    );
+    let members = c.cores[0].cluster()["members"].clone();
+    let five = members
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["node"] == 5))
+        .cloned()
+        .expect("node 5 stays a member");
+    assert_eq!(five["status"], "stopped");
 }

@@ -58,7 +58,13 @@ pub struct ClusterSettings {
     pub replica_persist: Duration,
     /// This node's HTTP API address, for status (may be empty).
     pub api: String,
+    /// A node silent this long has its routes, sessions and retained index entries purged by
+    /// the leader; `None` = never.
+    pub node_down_purge: Option<Duration>,
 }
+
+/// How often a node checks that the tables hold exactly its own routes, and repairs them.
+const ROUTE_AUDIT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Requests between nodes on `Node` streams: liveness and what a replicant needs to pick a
 /// core. One request, one response, per stream.
@@ -109,6 +115,8 @@ struct Inner {
     routes: Mutex<HashMap<String, RouteRef>>,
     /// Last time each node answered a ping.
     seen: Mutex<HashMap<NodeId, (Instant, Pong)>>,
+    /// Nodes this leader purged while they were down (purged once per absence).
+    purged: Mutex<std::collections::HashSet<NodeId>>,
     serve_stats: ServeStats,
     left: watch::Sender<bool>,
     started: Instant,
@@ -185,6 +193,7 @@ impl ClusterNode {
                 },
                 routes: Mutex::new(HashMap::new()),
                 seen: Mutex::new(HashMap::new()),
+                purged: Mutex::new(Default::default()),
                 serve_stats: ServeStats::default(),
                 left,
                 started: Instant::now(),
@@ -278,6 +287,7 @@ impl ClusterNode {
         tokio::spawn(self.clone().uplink_loop(uplink));
         tokio::spawn(self.clone().write_loop());
         tokio::spawn(self.clone().ping_loop());
+        tokio::spawn(self.clone().route_audit_loop());
         // A restarted node's old routes and sessions are stale: its data plane starts empty.
         let me = self.me();
         self.enqueue(Op::RoutePurge { node: me });
@@ -778,7 +788,108 @@ impl ClusterNode {
                     }
                 });
             }
+            self.purge_down_nodes();
             tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// On the leader: a member silent for `node_down_purge` loses its routes, sessions and
+    /// retained index entries (once per absence; it stays a member).
+    fn purge_down_nodes(&self) {
+        let Some(grace) = self.inner.s.node_down_purge else {
+            return;
+        };
+        let Backend::Core(core) = &self.inner.backend else {
+            return;
+        };
+        if core.leader() != Some(self.me()) || self.inner.started.elapsed() < grace {
+            return;
+        }
+        let me = self.me();
+        let members: Vec<NodeId> = self.tables(|t| t.members().keys().copied().collect());
+        let seen = self.inner.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut purged = self.inner.purged.lock().unwrap_or_else(|p| p.into_inner());
+        for node in members.into_iter().filter(|&n| n != me) {
+            let down = seen.get(&node).is_none_or(|(at, _)| at.elapsed() >= grace);
+            if !down {
+                purged.remove(&node);
+            } else if purged.insert(node) {
+                warn!(
+                    node,
+                    grace_ms = grace.as_millis() as u64,
+                    "node down: removing its routes, sessions and retained index entries"
+                );
+                self.enqueue(Op::RoutePurge { node });
+                self.enqueue(Op::SessionPurge { node });
+                self.enqueue(Op::RetainPurge { node });
+            }
+        }
+    }
+
+    /// Every few seconds: the tables must hold exactly this node's routes (a purge while it
+    /// was unreachable, or a write lost at a timeout, is repaired here).
+    async fn route_audit_loop(self) {
+        let me = self.me();
+        loop {
+            tokio::time::sleep(ROUTE_AUDIT_INTERVAL).await;
+            if *self.inner.left.borrow() {
+                continue;
+            }
+            let busy = !self
+                .inner
+                .writer
+                .queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty();
+            if busy {
+                continue;
+            }
+            let ours: std::collections::BTreeSet<String> = self
+                .inner
+                .routes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .filter(|(_, r)| r.pending_write.is_none())
+                .map(|(f, _)| f.clone())
+                .collect();
+            let (missing, extra) = self.tables(|t| {
+                let listed: std::collections::BTreeSet<String> = t
+                    .routes()
+                    .filter(|(_, nodes)| nodes.contains(&me))
+                    .map(|(f, _)| f.to_string())
+                    .collect();
+                (
+                    ours.difference(&listed).cloned().collect::<Vec<_>>(),
+                    listed.difference(&ours).cloned().collect::<Vec<_>>(),
+                )
+            });
+            // Filters added or removed since the snapshot above are in flight: skip them.
+            let routes = self.inner.routes.lock().unwrap_or_else(|p| p.into_inner());
+            let missing: Vec<String> = missing
+                .into_iter()
+                .filter(|f| routes.get(f).is_some_and(|r| r.pending_write.is_none()))
+                .collect();
+            let extra: Vec<String> = extra
+                .into_iter()
+                .filter(|f| !routes.contains_key(f))
+                .collect();
+            drop(routes);
+            if missing.is_empty() && extra.is_empty() {
+                continue;
+            }
+            info!(
+                missing = missing.len(),
+                extra = extra.len(),
+                "repairing this node's routes in the cluster tables"
+            );
+            for filter in missing {
+                self.enqueue(Op::RouteAdd { filter, node: me });
+            }
+            for filter in extra {
+                self.enqueue(Op::RouteDel { filter, node: me });
+            }
         }
     }
 
