@@ -606,3 +606,49 @@ impl std::fmt::Debug for CoreGroup {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use openraft::testing::{StoreBuilder, Suite};
+    use openraft::StorageError;
+
+    use super::log_store::LogStore;
+    use super::state_machine::StateMachine;
+    use super::{NodeId, TypeConfig};
+
+    /// Removes its directory when the test is done.
+    struct DirGuard(PathBuf);
+
+    impl Drop for DirGuard {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    struct Builder;
+
+    static N: AtomicU64 = AtomicU64::new(0);
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, DirGuard> for Builder {
+        async fn build(&self) -> Result<(DirGuard, LogStore, StateMachine), StorageError<NodeId>> {
+            let dir = std::env::temp_dir().join(format!(
+                "shardmq-raft-suite-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            let log = LogStore::open(&dir).unwrap();
+            let (sm, _hub) = StateMachine::open(&dir, 16, 16, 16)?;
+            Ok((DirGuard(dir), log, sm))
+        }
+    }
+
+    /// openraft's own conformance suite for log storage and state machine.
+    #[test]
+    fn openraft_storage_suite() {
+        Suite::test_all(Builder).unwrap();
+    }
+}
