@@ -20,7 +20,7 @@ use shardmq_rlog::{
 };
 
 const CORES: usize = 3;
-const STEPS: u64 = 400;
+const STEPS: u64 = 300;
 const HEAL_STEPS_MAX: u64 = 3000;
 
 struct Rng(u64);
