@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use shardmq_rlog::{
-    Change, Member, NodeId, Op, ReplicantShard, RlogServer, RlogShard, Role, ShardState, ShardTail,
-    Tables, ToCore, ToReplicant,
+    Change, Member, NodeId, Op, ReplicantShard, RlogError, RlogServer, RlogShard, Role, ShardState,
+    ShardTail, Tables, ToCore, ToReplicant,
 };
 
 const CORES: usize = 3;
@@ -46,6 +46,8 @@ struct Stats {
     bootstraps: u64,
     resumes: u64,
     stream_errors: u64,
+    gaps: u64,
+    replay_overflows: u64,
     breaks: u64,
     core_restarts: u64,
     replicant_restarts: u64,
@@ -59,6 +61,8 @@ impl std::ops::AddAssign for Stats {
         self.bootstraps += o.bootstraps;
         self.resumes += o.resumes;
         self.stream_errors += o.stream_errors;
+        self.gaps += o.gaps;
+        self.replay_overflows += o.replay_overflows;
         self.breaks += o.breaks;
         self.core_restarts += o.core_restarts;
         self.replicant_restarts += o.replicant_restarts;
@@ -512,8 +516,13 @@ impl Sim {
             let mut out = Vec::new();
             let r = rep.shards[s].on_message(msg, &mut rep.tables, &mut changes, &mut out);
             rep.dp.apply(&mut changes);
-            if r.is_err() {
+            if let Err(e) = r {
                 self.stats.stream_errors += 1;
+                match e {
+                    RlogError::Gap { .. } => self.stats.gaps += 1,
+                    RlogError::ReplayOverflow { .. } => self.stats.replay_overflows += 1,
+                    RlogError::Protocol(_) => {}
+                }
                 return Err("replicant: stream error");
             }
             if rep.shards[s].state() == ShardState::Normal {
