@@ -36,6 +36,12 @@ impl Node {
         Node::start_with_cookie(id, role, quic, seeds, cpu, COOKIE)
     }
 
+    /// Sets `key` for the next (re)start.
+    fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
     fn start_with_cookie(
         id: u64,
         role: &str,
@@ -94,6 +100,13 @@ impl Node {
 
     fn kill(&mut self) {
         self.broker = None;
+    }
+
+    /// SIGTERM, and the process's exit status.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = self.broker.as_mut().expect("node running").terminate();
+        self.broker = None;
+        status
     }
 
     fn b(&self) -> &Broker {
@@ -322,8 +335,11 @@ async fn a_restarted_replicant_resumes_without_bootstrap() {
     let (mut sub, _) = V5::connect(c.cores[0].port(), "sub-on-1", true).await;
     sub.subscribe("r/#", QoS::AtLeastOnce).await;
     routes_everywhere(&[&c.replicants[0]], 1).await;
-    // Let it save its tables, then restart it on the same data directory.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // SIGTERM saves its tables; it restarts on the same data directory, and saves no more
+    // periodically (so the resume below comes from the SIGTERM save or the first run's).
+    let status = c.replicants[0].terminate();
+    assert!(status.success(), "SIGTERM: clean exit, got {status}");
+    c.replicants[0].set_env("SHARDMQ_CLUSTER__REPLICA_PERSIST_MS", "600000");
     c.replicants[0].restart();
     let ok = eventually(FORM, || async { c.replicants[0].all_normal() }).await;
     assert!(

@@ -270,6 +270,30 @@ impl ClusterNode {
                         self.inner.left.subscribe(),
                     ));
                 }
+                // SIGTERM/SIGINT: the replica is saved first, so a restart resumes from it.
+                let r = replica.clone();
+                tokio::spawn(async move {
+                    use tokio::signal::unix::{signal, SignalKind};
+                    let (Ok(mut term), Ok(mut int)) = (
+                        signal(SignalKind::terminate()),
+                        signal(SignalKind::interrupt()),
+                    ) else {
+                        warn!(
+                            "cannot watch SIGTERM/SIGINT: the replica is saved only periodically"
+                        );
+                        return;
+                    };
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
+                    r.mark_dirty();
+                    match r.persist() {
+                        Ok(()) => info!("replica saved; exiting"),
+                        Err(e) => warn!(error = %e, "cannot save the replica snapshot; exiting"),
+                    }
+                    std::process::exit(0);
+                });
                 let r = replica.clone();
                 let every = self.inner.s.replica_persist;
                 tokio::spawn(async move {

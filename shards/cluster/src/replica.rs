@@ -95,6 +95,11 @@ impl Replica {
             .collect()
     }
 
+    /// Makes the next `persist` write even if nothing changed.
+    pub(crate) fn mark_dirty(&self) {
+        self.dirty.store(true, Ordering::Release);
+    }
+
     /// Writes the tables to disk (tmp file, then rename) if they changed since last time.
     pub(crate) fn persist(&self) -> std::io::Result<()> {
         if !self.dirty.swap(false, Ordering::AcqRel) {
