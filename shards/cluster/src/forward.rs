@@ -577,7 +577,8 @@ mod tests {
         assert!(out[0].retain);
         assert_eq!(out[0].payload, a.payload);
         assert_eq!(out[0].properties.content_type, a.properties.content_type);
-        assert_eq!(out[0].remaining_expiry_secs(now), Some(30));
+        assert_eq!(out[0].remaining_expiry_secs(now), a.remaining_expiry_secs(now));
+        assert!(out[0].remaining_expiry_secs(now).is_some_and(|s| (30..=31).contains(&s)));
         assert_eq!(out[1].expires_at, None);
     }
 
@@ -587,5 +588,160 @@ mod tests {
         assert!(decode_batch(&mut d, vec![0x30, 0x05, 0, 9], &[], Instant::now()).is_err());
         let mut d = Decoder::with_protocol(Protocol::V5, PACKET_MAX_BYTES);
         assert!(decode_batch(&mut d, vec![0xC0, 0x00], &[], Instant::now()).is_err());
+    }
+
+    struct Collect(Mutex<Vec<Fwd>>);
+
+    impl Deliver for Collect {
+        fn deliver(
+            &self,
+            msgs: Vec<Fwd>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+            self.0.lock().unwrap().extend(msgs);
+            Box::pin(async {})
+        }
+    }
+
+    fn pair() -> (Transport, Transport) {
+        use crate::transport::TransportConfig;
+        let any = "127.0.0.1:0".parse().unwrap();
+        let a = Transport::bind(TransportConfig::new(1, any, "forward-test-cookie")).unwrap();
+        let b = Transport::bind(TransportConfig::new(2, any, "forward-test-cookie")).unwrap();
+        (a, b)
+    }
+
+    fn batch(id: u64, msgs: &[Message]) -> FwdFrame {
+        let mut buf = BytesMut::new();
+        for m in msgs {
+            encode_message(m, Instant::now(), &mut buf);
+        }
+        FwdFrame::Batch {
+            id,
+            packets: buf.to_vec(),
+            shares: Vec::new(),
+        }
+    }
+
+    /// The receiver delivers each batch once per (sender incarnation, lane), across streams,
+    /// and acknowledges duplicates without delivering them.
+    #[tokio::test]
+    async fn the_receiver_delivers_a_resent_batch_once() {
+        let (a, b) = pair();
+        let receiver = Arc::new(Forwarder::new(2, b.clone(), 1, 100));
+        let got = Arc::new(Collect(Mutex::new(Vec::new())));
+        {
+            let (b, receiver, got) = (b.clone(), receiver.clone(), got.clone());
+            tokio::spawn(async move {
+                while let Some(acc) = b.accept().await {
+                    let (receiver, got) = (receiver.clone(), got.clone());
+                    tokio::spawn(async move { receiver.serve(acc.stream, &*got).await });
+                }
+            });
+        }
+        let m = |t: &str| msg(t, QoS::AtLeastOnce, None);
+        let hello = FwdFrame::Hello {
+            node: 1,
+            incarnation: 7,
+            lane: 0,
+        };
+        let mut s = a.open(b.local_addr(), StreamKind::Forward).await.unwrap();
+        s.send(&hello).await.unwrap();
+        for (id, t) in [(1, "a"), (1, "a"), (2, "b")] {
+            s.send(&batch(id, &[m(t)])).await.unwrap();
+            let ack: FwdAck = s.recv().await.unwrap().unwrap();
+            assert_eq!(ack.upto, id);
+        }
+        drop(s);
+        // A new stream of the same incarnation resends batch 2, then sends 3.
+        let mut s = a.open(b.local_addr(), StreamKind::Forward).await.unwrap();
+        s.send(&hello).await.unwrap();
+        for (id, t) in [(2, "b"), (3, "c")] {
+            s.send(&batch(id, &[m(t)])).await.unwrap();
+            let ack: FwdAck = s.recv().await.unwrap().unwrap();
+            assert_eq!(ack.upto, id);
+        }
+        let topics: Vec<String> = got
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(m, _)| m.topic.to_string())
+            .collect();
+        assert_eq!(topics, ["a", "b", "c"]);
+        assert_eq!(receiver.stats.duplicates.load(Ordering::Relaxed), 2);
+    }
+
+    /// A lane whose stream breaks before the ack sends the batch again on a new stream, QoS 1
+    /// messages only (QoS 0 ones are given up and counted), then goes on with new batches.
+    #[tokio::test]
+    async fn a_lane_resends_unacknowledged_qos1_after_a_break() {
+        let (a, b) = pair();
+        let sender = Forwarder::new(1, a.clone(), 1, 100);
+        sender.set_peer(2, Some(b.local_addr()));
+        let q1 = Arc::new(msg("x", QoS::AtLeastOnce, None));
+        let q0 = Arc::new(msg("x", QoS::AtMostOnce, None));
+        sender.send(2, &q1, None);
+        sender.send(2, &q0, None);
+        // First stream: read Hello and the batch, then drop it without acking.
+        let mut first = tokio::time::timeout(Duration::from_secs(5), b.accept())
+            .await
+            .unwrap()
+            .unwrap()
+            .stream;
+        assert!(matches!(
+            first.recv::<FwdFrame>().await.unwrap(),
+            Some(FwdFrame::Hello { lane: 0, .. })
+        ));
+        let Some(FwdFrame::Batch { id, packets, .. }) = first.recv::<FwdFrame>().await.unwrap()
+        else {
+            panic!("expected a batch");
+        };
+        let mut d = Decoder::with_protocol(Protocol::V5, PACKET_MAX_BYTES);
+        assert_eq!(
+            decode_batch(&mut d, packets, &[], Instant::now())
+                .unwrap()
+                .len(),
+            2
+        );
+        drop(first);
+        // Second stream: the same batch again, with the QoS 1 message only.
+        let mut second = tokio::time::timeout(Duration::from_secs(5), b.accept())
+            .await
+            .unwrap()
+            .unwrap()
+            .stream;
+        assert!(matches!(
+            second.recv::<FwdFrame>().await.unwrap(),
+            Some(FwdFrame::Hello { .. })
+        ));
+        let Some(FwdFrame::Batch {
+            id: again, packets, ..
+        }) = second.recv::<FwdFrame>().await.unwrap()
+        else {
+            panic!("expected the resent batch");
+        };
+        assert_eq!(again, id);
+        let mut d = Decoder::with_protocol(Protocol::V5, PACKET_MAX_BYTES);
+        let resent = decode_batch(&mut d, packets, &[], Instant::now()).unwrap();
+        assert_eq!(resent.len(), 1);
+        assert_eq!(resent[0].0.qos, QoS::AtLeastOnce);
+        second.send(&FwdAck { upto: id }).await.unwrap();
+        assert_eq!(sender.stats.resent.load(Ordering::Relaxed), 1);
+        assert_eq!(sender.stats.dropped.load(Ordering::Relaxed), 1);
+        // Acked: nothing pending; a new message goes out as the next batch.
+        let ok = async {
+            while sender.pending_total() != 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), ok)
+            .await
+            .unwrap();
+        sender.send(2, &q1, None);
+        let Some(FwdFrame::Batch { id: next, .. }) = second.recv::<FwdFrame>().await.unwrap()
+        else {
+            panic!("expected a new batch");
+        };
+        assert_eq!(next, id + 1);
     }
 }
