@@ -633,3 +633,39 @@ async fn without_a_quorum_subscribes_are_answered_and_the_route_lands_when_it_he
         .await;
     assert_eq!(&sub.expect_publish().await.topic[..], b"p/remote");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_reach_every_node_including_one_started_later() {
+    let mut c = Cluster::start();
+    c.formed().await;
+    let (mut p1, _) = V5::connect(c.cores[0].port(), "pub-on-1", true).await;
+    p1.publish("ret/a", QoS::AtLeastOnce, true, "kept").await;
+    // A node that was up when it was published has it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut s5, _) = V5::connect(c.replicants[1].port(), "sub-on-5", true).await;
+    s5.subscribe("ret/#", QoS::AtLeastOnce).await;
+    let p = s5.expect_publish().await;
+    assert_eq!((&p.topic[..], p.retain), (&b"ret/a"[..], true));
+    // A restarted replicant lost its retained store with its process: it fetches the message
+    // from the node the retained index names.
+    c.replicants[0].restart();
+    let ok = eventually(FORM, || async { c.replicants[0].all_normal() }).await;
+    assert!(ok, "restarted replicant not normal");
+    let port = c.replicants[0].port();
+    let mut n = 0;
+    let got = eventually(Duration::from_secs(10), || {
+        n += 1;
+        let id = format!("sub-on-4-{n}");
+        async move {
+            let (mut s4, _) = V5::connect(port, &id, true).await;
+            s4.subscribe("ret/#", QoS::AtLeastOnce).await;
+            let p = s4.next_publish(Duration::from_millis(300)).await;
+            p.is_some_and(|p| &p.topic[..] == b"ret/a" && p.retain && &p.payload[..] == b"kept")
+        }
+    })
+    .await;
+    assert!(
+        got,
+        "the restarted replicant never had the retained message"
+    );
+}

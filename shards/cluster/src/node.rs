@@ -70,8 +70,25 @@ const ROUTE_AUDIT_INTERVAL: Duration = Duration::from_secs(5);
 /// core. One request, one response, per stream.
 #[derive(Debug, Serialize, Deserialize)]
 enum NodeRequest {
-    Ping { from: NodeId },
+    Ping {
+        from: NodeId,
+    },
+    /// The retained messages the receiver holds as the index's owner, as `RetainedChunk`s and
+    /// a final `RetainedEnd`.
+    Retained,
 }
+
+#[derive(Debug, Serialize, Deserialize)]
+enum RetainedFrame {
+    Chunk {
+        #[serde(with = "serde_bytes")]
+        packets: Vec<u8>,
+    },
+    End,
+}
+
+/// Bytes of retained PUBLISH packets per frame when a node hands its retained messages over.
+const RETAINED_CHUNK_BYTES: usize = 1 << 20;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Pong {
@@ -103,7 +120,11 @@ struct Writer {
     ops: AtomicU64,
     failures: AtomicU64,
     timeouts: AtomicU64,
+    dropped: AtomicU64,
 }
+
+/// Most ops queued for raft writes before session and retained-index updates are dropped.
+const WRITE_QUEUE_MAX: usize = 1_000_000;
 
 struct Inner {
     s: ClusterSettings,
@@ -121,6 +142,9 @@ struct Inner {
     left: watch::Sender<bool>,
     started: Instant,
     extra_cores: Mutex<Vec<(NodeId, SocketAddr)>>,
+    /// Retained dumps asked of the data plane, by request id.
+    dumps: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Vec<Arc<shardmq_broker::Message>>>>>,
+    next_dump: AtomicU64,
 }
 
 /// A running cluster member. Cheap to clone.
@@ -190,6 +214,7 @@ impl ClusterNode {
                     ops: AtomicU64::new(0),
                     failures: AtomicU64::new(0),
                     timeouts: AtomicU64::new(0),
+                    dropped: AtomicU64::new(0),
                 },
                 routes: Mutex::new(HashMap::new()),
                 seen: Mutex::new(HashMap::new()),
@@ -198,6 +223,8 @@ impl ClusterNode {
                 left,
                 started: Instant::now(),
                 extra_cores: Mutex::new(Vec::new()),
+                dumps: Mutex::new(HashMap::new()),
+                next_dump: AtomicU64::new(1),
                 s,
             }),
         };
@@ -312,6 +339,7 @@ impl ClusterNode {
         tokio::spawn(self.clone().write_loop());
         tokio::spawn(self.clone().ping_loop());
         tokio::spawn(self.clone().route_audit_loop());
+        tokio::spawn(self.clone().fetch_retained_once_synced());
         // A restarted node's old routes and sessions are stale: its data plane starts empty.
         let me = self.me();
         self.enqueue(Op::RoutePurge { node: me });
@@ -381,6 +409,9 @@ impl ClusterNode {
         let me = self.me();
         while let Some(batch) = uplink.recv().await {
             let mut commits: Vec<(ShardId, u64)> = Vec::new();
+            // Writes that SUBACKs now wait for: answered at cluster.write_timeout_ms at the
+            // latest, even while earlier writes are still retrying.
+            let mut awaited: Vec<u64> = Vec::new();
             for m in batch {
                 match m {
                     ToCluster::RouteAdd {
@@ -403,15 +434,17 @@ impl ClusterNode {
                             r.pending_write = Some(id);
                         }
                         match (sync, r.pending_write) {
-                            (Some(token), Some(id)) => self
-                                .inner
-                                .writer
-                                .waiters
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .entry(id)
-                                .or_default()
-                                .push((shard, token)),
+                            (Some(token), Some(id)) => {
+                                self.inner
+                                    .writer
+                                    .waiters
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .entry(id)
+                                    .or_default()
+                                    .push((shard, token));
+                                awaited.push(id);
+                            }
                             (Some(token), None) => commits.push((shard, token)),
                             (None, _) => {}
                         }
@@ -438,6 +471,32 @@ impl ClusterNode {
                     ToCluster::ForwardShared { node, share, msg } => {
                         self.inner.forwarder.send(node, &msg, Some(share));
                     }
+                    ToCluster::RetainSet { topic } => {
+                        if self.tables(|t| t.retained_owner(&topic)) != Some(me) {
+                            self.enqueue(Op::RetainSet {
+                                topic: topic.to_string(),
+                                node: me,
+                            });
+                        }
+                    }
+                    ToCluster::RetainDel { topic } => {
+                        if self.tables(|t| t.retained_owner(&topic)).is_some() {
+                            self.enqueue(Op::RetainDel {
+                                topic: topic.to_string(),
+                            });
+                        }
+                    }
+                    ToCluster::RetainedDump { request, msgs } => {
+                        let waiter = self
+                            .inner
+                            .dumps
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&request);
+                        if let Some(w) = waiter {
+                            let _ = w.send(msgs);
+                        }
+                    }
                     ToCluster::SessionSet { client_id } => {
                         self.enqueue(Op::SessionSet {
                             client_id: client_id.to_string(),
@@ -452,6 +511,17 @@ impl ClusterNode {
                     }
                 }
             }
+            if !awaited.is_empty() {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(me.inner.s.write_timeout).await;
+                    let released = me.release(&awaited).await;
+                    if released > 0 {
+                        me.inner.writer.timeouts.fetch_add(1, Ordering::Relaxed);
+                        warn!(released, "route write not committed within cluster.write_timeout_ms; SUBACK sent anyway");
+                    }
+                });
+            }
             for (shard, token) in commits {
                 self.send_shard(shard, vec![FromCluster::RouteCommitted { token }])
                     .await;
@@ -461,14 +531,26 @@ impl ClusterNode {
 
     // ---- writes --------------------------------------------------------------------------
 
-    /// Queues `op` for the next raft write; returns its write id.
+    /// Queues `op` for the next raft write; returns its write id. Over `WRITE_QUEUE_MAX`
+    /// queued ops (the cluster has been unwritable for long), session and retained-index ops
+    /// are dropped and counted; route ops never are (there is at most one per filter and
+    /// change, and the route audit repairs the rest).
     fn enqueue(&self, op: Op) -> u64 {
         let w = &self.inner.writer;
         let id = w.next_id.fetch_add(1, Ordering::Relaxed);
-        w.queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push_back((id, op));
+        let mut q = w.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() >= WRITE_QUEUE_MAX && !matches!(op, Op::RouteAdd { .. } | Op::RouteDel { .. }) {
+            let n = w.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                warn!(
+                    dropped = n,
+                    "cluster write queue full: session and retained index updates dropped"
+                );
+            }
+            return id;
+        }
+        q.push_back((id, op));
+        drop(q);
         w.notify.notify_one();
         id
     }
@@ -489,19 +571,6 @@ impl ClusterNode {
             }
             let ids: Vec<u64> = batch.iter().map(|(id, _)| *id).collect();
             let ops: Vec<Op> = batch.into_iter().map(|(_, op)| op).collect();
-            // SUBACKs wait at most write_timeout: then they are answered, and the write goes on.
-            let timer = {
-                let me = self.clone();
-                let ids = ids.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(me.inner.s.write_timeout).await;
-                    let released = me.release(&ids).await;
-                    if released > 0 {
-                        me.inner.writer.timeouts.fetch_add(1, Ordering::Relaxed);
-                        warn!(released, "route write not committed within cluster.write_timeout_ms; SUBACK sent anyway");
-                    }
-                })
-            };
             let mut backoff = Duration::from_millis(50);
             let seqs = loop {
                 match self.write(ops.clone()).await {
@@ -517,7 +586,6 @@ impl ClusterNode {
             w.writes.fetch_add(1, Ordering::Relaxed);
             w.ops.fetch_add(ops.len() as u64, Ordering::Relaxed);
             self.wait_applied(seqs).await;
-            timer.abort();
             self.release(&ids).await;
         }
     }
@@ -722,6 +790,12 @@ impl ClusterNode {
 
     async fn serve_node(&self, mut stream: FramedStream, peer: NodeId) {
         match stream.recv::<NodeRequest>().await {
+            Ok(Some(NodeRequest::Retained)) => {
+                if let Err(e) = self.send_retained(&mut stream).await {
+                    debug!(peer, error = %e, "retained hand-over failed");
+                }
+                let _ = stream.finish();
+            }
             Ok(Some(NodeRequest::Ping { .. })) => {
                 let pong = self.pong();
                 if let Err(e) = stream.send(&pong).await {
@@ -731,6 +805,126 @@ impl ClusterNode {
             }
             Ok(None) => {}
             Err(e) => debug!(peer, error = %e, "bad node request"),
+        }
+    }
+
+    /// This node's retained messages (every shard holds them all; shard 0 answers).
+    async fn dump_retained(&self) -> Option<Vec<Arc<shardmq_broker::Message>>> {
+        let request = self.inner.next_dump.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.inner
+            .dumps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(request, tx);
+        self.send_shard(0, vec![FromCluster::DumpRetained { request }])
+            .await;
+        let r = tokio::time::timeout(Duration::from_secs(10), rx).await;
+        self.inner
+            .dumps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&request);
+        r.ok().and_then(Result::ok)
+    }
+
+    /// Answers `NodeRequest::Retained`: the retained messages the index says this node owns.
+    async fn send_retained(&self, stream: &mut FramedStream) -> Result<(), String> {
+        let msgs = self
+            .dump_retained()
+            .await
+            .ok_or("the data plane did not answer")?;
+        let me = self.me();
+        let now = Instant::now();
+        let mut buf = bytes::BytesMut::new();
+        let owned: Vec<_> = self.tables(|t| {
+            msgs.into_iter()
+                .filter(|m| t.retained_owner(&m.topic) == Some(me))
+                .collect()
+        });
+        for m in owned {
+            crate::forward::encode_message(&m, now, &mut buf);
+            if buf.len() >= RETAINED_CHUNK_BYTES {
+                let packets = buf.split().to_vec();
+                stream
+                    .send(&RetainedFrame::Chunk { packets })
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        if !buf.is_empty() {
+            let packets = buf.split().to_vec();
+            stream
+                .send(&RetainedFrame::Chunk { packets })
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        stream
+            .send(&RetainedFrame::End)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Once this node follows the tables, fetch the retained messages other nodes own (they
+    /// were published before this node started) and store them here.
+    async fn fetch_retained_once_synced(self) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let synced = match &self.inner.backend {
+                Backend::Core(core) => core.leader().is_some(),
+                Backend::Replicant(r) => r
+                    .states()
+                    .iter()
+                    .all(|s| s.0 == shardmq_rlog::ShardState::Normal),
+            };
+            if synced {
+                break;
+            }
+        }
+        let me = self.me();
+        let owners: BTreeMap<NodeId, SocketAddr> = self.tables(|t| {
+            t.retained_owners()
+                .filter(|&n| n != me)
+                .filter_map(|n| Some((n, t.members().get(&n)?.addr.parse().ok()?)))
+                .collect()
+        });
+        for (node, addr) in owners {
+            match self.fetch_retained_from(addr).await {
+                Ok(n) => info!(node, messages = n, "retained messages fetched"),
+                Err(e) => warn!(node, error = %e, "cannot fetch retained messages"),
+            }
+        }
+    }
+
+    async fn fetch_retained_from(&self, addr: SocketAddr) -> Result<usize, String> {
+        let mut s = self
+            .inner
+            .transport
+            .open(addr, StreamKind::Node)
+            .await
+            .map_err(|e| e.to_string())?;
+        s.send(&NodeRequest::Retained)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut decoder =
+            shardmq_codec::Decoder::with_protocol(shardmq_codec::Protocol::V5, 256 << 20);
+        let mut n = 0;
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(30), s.recv::<RetainedFrame>())
+                .await
+                .map_err(|_| "timed out".to_string())?
+                .map_err(|e| e.to_string())?;
+            match frame {
+                Some(RetainedFrame::Chunk { packets }) => {
+                    let msgs =
+                        crate::forward::decode_batch(&mut decoder, packets, &[], Instant::now())?;
+                    n += msgs.len();
+                    let msgs = msgs.into_iter().map(|(m, _)| m).collect();
+                    self.send_shard(0, vec![FromCluster::StoreRetained(msgs)])
+                        .await;
+                }
+                Some(RetainedFrame::End) | None => return Ok(n),
+            }
         }
     }
 
@@ -1243,6 +1437,12 @@ impl ClusterNode {
                 "shardmq_cluster_write_timeouts",
                 "Batches whose SUBACKs were answered at cluster.write_timeout_ms.",
                 load(&w.timeouts),
+                true,
+            ),
+            (
+                "shardmq_cluster_write_dropped",
+                "Session and retained-index ops dropped with the write queue full.",
+                load(&w.dropped),
                 true,
             ),
             (

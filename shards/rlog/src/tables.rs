@@ -231,6 +231,20 @@ impl Tables {
         self.retain.get(topic).copied()
     }
 
+    /// The nodes that hold at least one latest retained message, ascending, each once.
+    pub fn retained_owners(&self) -> impl Iterator<Item = NodeId> {
+        self.retain
+            .values()
+            .copied()
+            .collect::<BTreeSet<NodeId>>()
+            .into_iter()
+    }
+
+    /// Topics in the retained-message index.
+    pub fn retained_count(&self) -> usize {
+        self.retain.len()
+    }
+
     /// Cluster members.
     pub fn members(&self) -> &BTreeMap<NodeId, Member> {
         &self.members

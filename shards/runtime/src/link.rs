@@ -61,6 +61,23 @@ pub enum ToCluster {
         /// The message.
         msg: Arc<Message>,
     },
+    /// This node holds the latest retained message of `topic` (the cluster's retained index).
+    RetainSet {
+        /// The topic.
+        topic: ByteStr,
+    },
+    /// The retained message of `topic` was cleared here.
+    RetainDel {
+        /// The topic.
+        topic: ByteStr,
+    },
+    /// Answer to [`FromCluster::DumpRetained`]: every retained message of the node.
+    RetainedDump {
+        /// The request's id.
+        request: u64,
+        /// The messages.
+        msgs: Vec<Arc<Message>>,
+    },
     /// A session for `client_id` now lives on this node (the cluster's session registry).
     SessionSet {
         /// Client identifier.
@@ -94,6 +111,14 @@ pub enum FromCluster {
     Peers(Vec<NodeId>),
     /// Forget every other node's routes (a full set follows).
     ClearRoutes,
+    /// Answer with [`ToCluster::RetainedDump`].
+    DumpRetained {
+        /// Request id to answer with.
+        request: u64,
+    },
+    /// Retained messages fetched from other nodes (after this node started): stored where the
+    /// topic has none yet, delivered to nobody.
+    StoreRetained(Vec<Arc<Message>>),
     /// A message published on another node: deliver to this node's subscribers, shared
     /// groups excepted (they get theirs through `SharedPublish`); never forwarded again.
     Publish(Arc<Message>),

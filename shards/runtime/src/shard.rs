@@ -979,6 +979,14 @@ impl Shard {
     /// then, in a cluster, every other node with a matching route.
     pub(crate) fn route(&mut self, now: Instant, msg: Arc<Message>) {
         if self.cluster.is_some() {
+            if msg.retain && !msg.topic.starts_with("$SYS/") {
+                let topic = msg.topic.clone();
+                self.tell_cluster(if msg.payload.is_empty() {
+                    ToCluster::RetainDel { topic }
+                } else {
+                    ToCluster::RetainSet { topic }
+                });
+            }
             self.forward(&msg);
         }
         self.route_here(now, msg);
@@ -1357,6 +1365,27 @@ impl Shard {
                 }
             }
             FromCluster::Peers(peers) => c.peers = peers,
+            FromCluster::DumpRetained { request } => {
+                let mut msgs = Vec::with_capacity(self.retained.len());
+                self.retained.retain(|_, m| {
+                    msgs.push(m.clone());
+                    true
+                });
+                self.tell_cluster(ToCluster::RetainedDump { request, msgs });
+            }
+            FromCluster::StoreRetained(msgs) => {
+                for m in msgs {
+                    if m.payload.is_empty() || self.retained.get(&m.topic).is_some() {
+                        continue;
+                    }
+                    let topic = m.topic.clone();
+                    let stored = Some(m.detached());
+                    self.broadcast(|| ShardMsg::Retain {
+                        topic: topic.clone(),
+                        msg: stored.clone(),
+                    });
+                }
+            }
             FromCluster::ClearRoutes => {
                 c.remote = SubscriptionTrie::new();
                 c.remote_shared = SubscriptionTrie::new();
