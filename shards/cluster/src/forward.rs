@@ -577,8 +577,13 @@ mod tests {
         assert!(out[0].retain);
         assert_eq!(out[0].payload, a.payload);
         assert_eq!(out[0].properties.content_type, a.properties.content_type);
-        assert_eq!(out[0].remaining_expiry_secs(now), a.remaining_expiry_secs(now));
-        assert!(out[0].remaining_expiry_secs(now).is_some_and(|s| (30..=31).contains(&s)));
+        assert_eq!(
+            out[0].remaining_expiry_secs(now),
+            a.remaining_expiry_secs(now)
+        );
+        assert!(out[0]
+            .remaining_expiry_secs(now)
+            .is_some_and(|s| (30..=31).contains(&s)));
         assert_eq!(out[1].expires_at, None);
     }
 
