@@ -977,16 +977,16 @@ pub async fn connect_on_shard(port: u16, shard: usize) -> (Raw, String) {
 /// Waits until every shard in `0..nshards` has reported.
 pub async fn shard_connections(port: u16, nshards: usize) -> HashMap<usize, u64> {
     let (mut raw, _) = Raw::connect(port, Protocol::V3_1_1, "sys-reader", true).await;
-    let codes = raw
-        .subscribe(
-            1,
-            &[("$SYS/brokers/+/shards/+/connections", QoS::AtMostOnce)],
-        )
-        .await;
-    assert_eq!(codes, vec![0], "SUBACK for the $SYS filter");
+    raw.send(&subscribe_packet(
+        1,
+        &[("$SYS/brokers/+/shards/+/connections", QoS::AtMostOnce)],
+    ))
+    .await;
+    // The server may send matching PUBLISHes before the SUBACK (MQTT 3.1.1 §3.8.4).
+    let mut acked = false;
     let mut figures = HashMap::new();
     let deadline = Instant::now() + WAIT;
-    while figures.len() < nshards {
+    while !acked || figures.len() < nshards {
         let left = deadline.saturating_duration_since(Instant::now());
         match raw.next(left).await {
             Next::Packet(Packet::Publish(p)) => {
@@ -997,6 +997,10 @@ pub async fn shard_connections(port: u16, nshards: usize) -> HashMap<usize, u64>
                     .parse()
                     .expect("numeric figure");
                 figures.insert(shard, n);
+            }
+            Next::Packet(Packet::SubAck(ack)) => {
+                assert_eq!(ack.reasons.iter().map(|r| r.0).collect::<Vec<_>>(), [0]);
+                acked = true;
             }
             Next::Packet(_) => {}
             other => panic!("reading $SYS connections: {other:?}; so far {figures:?}"),
