@@ -351,6 +351,10 @@ pub struct ShardConfig {
     pub channel_capacity: u32,
     /// Messages per cross-shard batch. At least 1.
     pub batch_max: u32,
+    /// Microseconds a shard with nothing to run keeps polling before it sleeps in the kernel;
+    /// 0 = sleep at once. Spinning trades CPU for the wake-up latency of the next message
+    /// (see docs/benchmarks.md). At most 10,000.
+    pub spin_before_park_us: u32,
 }
 
 /// `[sys]`.
@@ -707,7 +711,7 @@ impl Config {
         const ANY: u64 = u64::MAX;
         const PACKET: u64 = Config::MAX_PACKET_SIZE_LIMIT as u64;
         let (l, m, s) = (listener, mqtt, shard);
-        let ranges: [(&str, u64, u64, u64); 14] = [
+        let ranges: [(&str, u64, u64, u64); 15] = [
             ("listener.max_connections", l.max_connections, 1, ANY),
             ("listener.backlog", l.backlog.into(), 1, i32::MAX as u64),
             ("mqtt.max_packet_size", m.max_packet_size.into(), 2, PACKET),
@@ -742,6 +746,12 @@ impl Config {
             ),
             ("shard.channel_capacity", s.channel_capacity.into(), 1, U32),
             ("shard.batch_max", s.batch_max.into(), 1, U32),
+            (
+                "shard.spin_before_park_us",
+                s.spin_before_park_us.into(),
+                0,
+                10_000,
+            ),
         ];
         for (key, value, min, max) in ranges {
             if !(min..=max).contains(&value) {
@@ -930,6 +940,7 @@ mod tests {
         assert_eq!(c.mqtt.shared_strategy, SharedStrategy::RoundRobin);
         assert_eq!(c.shard.channel_capacity, 1024);
         assert_eq!(c.shard.batch_max, 256);
+        assert_eq!(c.shard.spin_before_park_us, 0);
         assert_eq!(c.sys.interval_ms, 1000);
         assert_eq!(c.log.level, "info");
         assert_eq!(c.log.format, LogFormat::Text);

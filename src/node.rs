@@ -58,6 +58,8 @@ pub(crate) fn runtime_config(config: &Config) -> anyhow::Result<RuntimeConfig> {
         shared_strategy: m.shared_strategy,
         channel_capacity: config.shard.channel_capacity as usize,
         batch_max: config.shard.batch_max as usize,
+        spin_before_park: (config.shard.spin_before_park_us > 0)
+            .then(|| Duration::from_micros(u64::from(config.shard.spin_before_park_us))),
         sys_interval: (config.sys.interval_ms > 0)
             .then(|| Duration::from_millis(config.sys.interval_ms)),
         authenticators: authenticators(config),

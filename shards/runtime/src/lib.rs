@@ -66,6 +66,8 @@ pub struct RuntimeConfig {
     pub channel_capacity: usize,
     /// Messages per batch.
     pub batch_max: usize,
+    /// How long an idle shard polls before it sleeps in the kernel; `None` = not at all.
+    pub spin_before_park: Option<Duration>,
     /// `$SYS` publish interval; `None` disables it.
     pub sys_interval: Option<Duration>,
     /// MQTT 5.0 enhanced authentication methods offered (empty: CONNACK 0x8C to any).
@@ -151,6 +153,9 @@ impl Node {
                 .io_memory(512 * 1024);
             if cfg!(debug_assertions) {
                 builder = builder.detect_stalls(Some(Box::new(StallLogger)));
+            }
+            if let Some(spin) = cfg.spin_before_park {
+                builder = builder.spin_before_park(spin);
             }
             let handle = builder
                 .spawn(move || async move {
