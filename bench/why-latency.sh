@@ -48,10 +48,14 @@ for line in open(perf):
     parts = line.strip().split(",")
     if len(parts) > 2 and parts[0].replace(".", "").isdigit():
         counts[parts[2]] = float(parts[0])
-try:
-    b = json.load(open(bench))
-except Exception:
-    b = {}
+b = {}
+for line in open(bench):
+    try:
+        o = json.loads(line)
+    except ValueError:
+        continue
+    if o.get("summary"):
+        b = o
 lat = b.get("latency_us") or b.get("latency") or {}
 msgs = rate * secs  # delivered during the counting window at the offered rate
 per = lambda *names: sum(counts.get(n, 0) for n in names) / msgs
