@@ -11,6 +11,7 @@ mod clock;
 mod conn;
 mod procs;
 mod pubsub;
+mod routes;
 mod runner;
 mod topic;
 
@@ -45,6 +46,10 @@ enum Command {
     /// Publishers only (emqtt-bench `pub`): publish until --duration-secs, -L or Ctrl-C.
     #[command(disable_help_flag = true, args_override_self = true)]
     Pub(pubsub::PubsubArgs),
+    /// A route storm: connections each subscribing many distinct filters, one per SUBSCRIBE;
+    /// reports SUBACK latency and the storm's duration, then holds the connections.
+    #[command(disable_help_flag = true, args_override_self = true)]
+    Routes(routes::RoutesArgs),
 }
 
 /// Options every command shares: where to connect, how, and on which CPUs.
@@ -171,6 +176,7 @@ fn main() -> ExitCode {
         Command::Pubsub(args) => pubsub::run(args, pubsub::Mode::Both),
         Command::Sub(args) => pubsub::run(args, pubsub::Mode::Sub),
         Command::Pub(args) => pubsub::run(args, pubsub::Mode::Pub),
+        Command::Routes(args) => routes::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
