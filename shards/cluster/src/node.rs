@@ -64,7 +64,9 @@ pub struct ClusterSettings {
 }
 
 /// How often a node checks that the tables hold exactly its own routes, and repairs them.
-const ROUTE_AUDIT_INTERVAL: Duration = Duration::from_secs(5);
+const ROUTE_AUDIT_INTERVAL: Duration = Duration::from_secs(15);
+/// Filters the route audit looks at between two yields of the control thread.
+const AUDIT_CHUNK: usize = 10_000;
 
 /// Requests between nodes on `Node` streams: liveness and what a replicant needs to pick a
 /// core. One request, one response, per stream.
@@ -138,6 +140,8 @@ struct Inner {
     seen: Mutex<HashMap<NodeId, (Instant, Pong)>>,
     /// Nodes this leader purged while they were down (purged once per absence).
     purged: Mutex<std::collections::HashSet<NodeId>>,
+    /// When this node first saw each member listed in the tables.
+    noticed: Mutex<HashMap<NodeId, Instant>>,
     serve_stats: ServeStats,
     left: watch::Sender<bool>,
     started: Instant,
@@ -219,6 +223,7 @@ impl ClusterNode {
                 routes: Mutex::new(HashMap::new()),
                 seen: Mutex::new(HashMap::new()),
                 purged: Mutex::new(Default::default()),
+                noticed: Mutex::new(HashMap::new()),
                 serve_stats: ServeStats::default(),
                 left,
                 started: Instant::now(),
@@ -1027,8 +1032,15 @@ impl ClusterNode {
         let members: Vec<NodeId> = self.tables(|t| t.members().keys().copied().collect());
         let seen = self.inner.seen.lock().unwrap_or_else(|p| p.into_inner());
         let mut purged = self.inner.purged.lock().unwrap_or_else(|p| p.into_inner());
+        let mut noticed = self.inner.noticed.lock().unwrap_or_else(|p| p.into_inner());
         for node in members.into_iter().filter(|&n| n != me) {
-            let down = seen.get(&node).is_none_or(|(at, _)| at.elapsed() >= grace);
+            // A member never heard from counts from when this node first saw it listed (a
+            // node that just joined is not down).
+            let since = seen
+                .get(&node)
+                .map(|(at, _)| *at)
+                .unwrap_or_else(|| *noticed.entry(node).or_insert_with(Instant::now));
+            let down = since.elapsed() >= grace;
             if !down {
                 purged.remove(&node);
             } else if purged.insert(node) {
@@ -1044,26 +1056,19 @@ impl ClusterNode {
         }
     }
 
-    /// Every few seconds: the tables must hold exactly this node's routes (a purge while it
-    /// was unreachable, or a write lost at a timeout, is repaired here).
+    /// Now and then: the tables must hold exactly this node's routes (a purge while it was
+    /// unreachable, or a write lost at a timeout, is repaired here). The walk goes in chunks of
+    /// `AUDIT_CHUNK` filters and yields between them, so a table of millions of routes never
+    /// holds the control thread (Raft heartbeats, forwarding) for long.
     async fn route_audit_loop(self) {
         let me = self.me();
         loop {
             tokio::time::sleep(ROUTE_AUDIT_INTERVAL).await;
-            if *self.inner.left.borrow() {
+            if *self.inner.left.borrow() || !self.writer_idle() {
                 continue;
             }
-            let busy = !self
-                .inner
-                .writer
-                .queue
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_empty();
-            if busy {
-                continue;
-            }
-            let ours: std::collections::BTreeSet<String> = self
+            // 1. Ours, missing from the tables.
+            let ours: Vec<String> = self
                 .inner
                 .routes
                 .lock()
@@ -1072,29 +1077,49 @@ impl ClusterNode {
                 .filter(|(_, r)| r.pending_write.is_none())
                 .map(|(f, _)| f.clone())
                 .collect();
-            let (missing, extra) = self.tables(|t| {
-                let listed: std::collections::BTreeSet<String> = t
-                    .routes()
-                    .filter(|(_, nodes)| nodes.contains(&me))
-                    .map(|(f, _)| f.to_string())
-                    .collect();
-                (
-                    ours.difference(&listed).cloned().collect::<Vec<_>>(),
-                    listed.difference(&ours).cloned().collect::<Vec<_>>(),
-                )
-            });
-            // Filters added or removed since the snapshot above are in flight: skip them.
+            let mut missing = Vec::new();
+            for chunk in ours.chunks(AUDIT_CHUNK) {
+                self.tables(|t| {
+                    missing.extend(
+                        chunk
+                            .iter()
+                            .filter(|f| !t.nodes_for(f).is_some_and(|n| n.contains(&me)))
+                            .cloned(),
+                    )
+                });
+                tokio::task::yield_now().await;
+            }
+            // 2. Listed for us in the tables, but not ours.
+            let mut extra = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let (listed, last) = self.tables(|t| {
+                    let mut last = None;
+                    let mut listed = Vec::new();
+                    for (f, nodes) in t.routes_after(cursor.as_deref()).take(AUDIT_CHUNK) {
+                        if nodes.contains(&me) {
+                            listed.push(f.to_string());
+                        }
+                        last = Some(f.to_string());
+                    }
+                    (listed, last)
+                });
+                {
+                    let routes = self.inner.routes.lock().unwrap_or_else(|p| p.into_inner());
+                    extra.extend(listed.into_iter().filter(|f| !routes.contains_key(f)));
+                }
+                match last {
+                    Some(l) => cursor = Some(l),
+                    None => break,
+                }
+                tokio::task::yield_now().await;
+            }
+            // Filters added or removed during the walk are in flight: skip them.
             let routes = self.inner.routes.lock().unwrap_or_else(|p| p.into_inner());
-            let missing: Vec<String> = missing
-                .into_iter()
-                .filter(|f| routes.get(f).is_some_and(|r| r.pending_write.is_none()))
-                .collect();
-            let extra: Vec<String> = extra
-                .into_iter()
-                .filter(|f| !routes.contains_key(f))
-                .collect();
+            missing.retain(|f| routes.get(f).is_some_and(|r| r.pending_write.is_none()));
+            extra.retain(|f| !routes.contains_key(f));
             drop(routes);
-            if missing.is_empty() && extra.is_empty() {
+            if missing.is_empty() && extra.is_empty() || !self.writer_idle() {
                 continue;
             }
             info!(
@@ -1109,6 +1134,16 @@ impl ClusterNode {
                 self.enqueue(Op::RouteDel { filter, node: me });
             }
         }
+    }
+
+    /// No op is queued for a write.
+    fn writer_idle(&self) -> bool {
+        self.inner
+            .writer
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
     }
 
     /// A replicant's core: the current upstream if it still answers, else the reachable core

@@ -206,6 +206,22 @@ impl Tables {
         self.route.iter().map(|(f, n)| (f.as_str(), n))
     }
 
+    /// Routes with filters after `after` (all of them for `None`), in filter order: a cursor for
+    /// walking a large table in chunks.
+    pub fn routes_after<'a>(
+        &'a self,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = (&'a str, &'a BTreeSet<NodeId>)> {
+        use std::ops::Bound;
+        let lower = match after {
+            Some(f) => Bound::Excluded(f.to_string()),
+            None => Bound::Unbounded,
+        };
+        self.route
+            .range((lower, Bound::Unbounded))
+            .map(|(f, n)| (f.as_str(), n))
+    }
+
     /// Number of filters with at least one node.
     pub fn route_count(&self) -> usize {
         self.route.len()
