@@ -48,7 +48,7 @@ start_broker() {
       "$PORT" >"$WORK/mosquitto.conf"
     mosquitto -c "$WORK/mosquitto.conf" >"$WORK/broker.log" 2>&1 &
   else
-    local env=(RUST_LOG=warn SHARDMQ_LISTENER__BIND="127.0.0.1:$PORT" SHARDMQ_SYS__INTERVAL_MS=0)
+    local env=(RUST_LOG=warn SHARDMQ_LISTENER__BIND="127.0.0.1:$PORT" SHARDMQ_SYS__INTERVAL_MS=0 SHARDMQ_API__LISTEN=)
     if [[ -n "${BROKER_CPUS:-}" ]]; then env+=(SHARDMQ_NODE__CPUS="$BROKER_CPUS"); fi
     env "${env[@]}" "$BROKER" >"$WORK/broker.log" 2>&1 &
   fi

@@ -59,6 +59,8 @@ async function startBroker() {
   Object.assign(env, {
     SHARDMQ_LISTENER__BIND: `127.0.0.1:${port}`,
     SHARDMQ_NODE__CPUS: '0-1',
+    // No management API: brokers of the suites run in parallel, and its port is one per host.
+    SHARDMQ_API__LISTEN: '',
     RUST_LOG: 'warn,shardmq::node=info',
     NO_COLOR: '1',
   });

@@ -66,6 +66,9 @@ class Broker:
         env.update(
             SHARDMQ_LISTENER__BIND=f"127.0.0.1:{self.port}",
             SHARDMQ_NODE__CPUS="0-1",
+            # No management API: brokers of the suites run in parallel, and its default port
+            # is one per host.
+            SHARDMQ_API__LISTEN="",
             RUST_LOG="warn,shardmq::node=info",
             NO_COLOR="1",
         )
