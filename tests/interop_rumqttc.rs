@@ -459,6 +459,10 @@ async fn v5_message_expiry() {
         let (mut c, _) = V5::connect_opts(v5_persistent(broker.port, id)).await;
         c.subscribe(t, Q5::AtLeastOnce).await;
         c.disconnect().await;
+        // Let the broker read the DISCONNECT before publishing: a message already sent to the
+        // old connection is in flight, and in-flight messages are resent on reconnect whatever
+        // their expiry (MQTT 5.0 §3.3.2.3.3 only deletes copies not yet sent).
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let (mut p, _) = V5::connect(broker.port, "rumqttc-v5-expiry-pub", true).await;
         let expiry = |secs| PublishProperties {
             message_expiry_interval: Some(secs),
