@@ -118,6 +118,8 @@ struct Writer {
     next_id: AtomicU64,
     /// Write id → SUBACKs waiting for it.
     waiters: Mutex<HashMap<u64, Vec<(ShardId, u64)>>>,
+    /// Write id → the filter whose first `RouteAdd` it is, until committed.
+    pending_routes: Mutex<HashMap<u64, String>>,
     writes: AtomicU64,
     ops: AtomicU64,
     failures: AtomicU64,
@@ -214,6 +216,7 @@ impl ClusterNode {
                     notify: Notify::new(),
                     next_id: AtomicU64::new(1),
                     waiters: Mutex::new(HashMap::new()),
+                    pending_routes: Mutex::new(HashMap::new()),
                     writes: AtomicU64::new(0),
                     ops: AtomicU64::new(0),
                     failures: AtomicU64::new(0),
@@ -437,6 +440,12 @@ impl ClusterNode {
                                 node: me,
                             });
                             r.pending_write = Some(id);
+                            self.inner
+                                .writer
+                                .pending_routes
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(id, filter.to_string());
                         }
                         match (sync, r.pending_write) {
                             (Some(token), Some(id)) => {
@@ -591,7 +600,29 @@ impl ClusterNode {
             w.writes.fetch_add(1, Ordering::Relaxed);
             w.ops.fetch_add(ops.len() as u64, Ordering::Relaxed);
             self.wait_applied(seqs).await;
+            self.committed(&ids);
             self.release(&ids).await;
+        }
+    }
+
+    /// The writes `ids` are committed and applied here: their routes are no longer pending
+    /// (a later subscriber's SUBACK need not wait). Costs one lookup per route write.
+    fn committed(&self, ids: &[u64]) {
+        let mut pending = self
+            .inner
+            .writer
+            .pending_routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut routes = self.inner.routes.lock().unwrap_or_else(|p| p.into_inner());
+        for id in ids {
+            if let Some(filter) = pending.remove(id) {
+                if let Some(r) = routes.get_mut(&filter) {
+                    if r.pending_write == Some(*id) {
+                        r.pending_write = None;
+                    }
+                }
+            }
         }
     }
 
@@ -609,14 +640,6 @@ impl ClusterNode {
                 .flatten()
                 .collect()
         };
-        {
-            let mut routes = self.inner.routes.lock().unwrap_or_else(|p| p.into_inner());
-            for r in routes.values_mut() {
-                if r.pending_write.is_some_and(|id| ids.contains(&id)) {
-                    r.pending_write = None;
-                }
-            }
-        }
         let n = waiting.len();
         for (shard, token) in waiting {
             self.send_shard(shard, vec![FromCluster::RouteCommitted { token }])
