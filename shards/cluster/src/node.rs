@@ -1435,87 +1435,85 @@ impl ClusterNode {
     pub fn samples(&self) -> Vec<(&'static str, &'static str, f64, bool)> {
         let f = &self.inner.forwarder.stats;
         let w = &self.inner.writer;
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
-        vec![
+        let counters: [(&'static str, &'static str, &AtomicU64); 10] = [
             (
                 "shardmq_forward_sent",
                 "Messages forwarded to other nodes.",
-                load(&f.sent),
-                true,
+                &f.sent,
             ),
             (
                 "shardmq_forward_received",
                 "Messages received from other nodes.",
-                load(&f.received),
-                true,
+                &f.received,
             ),
             (
                 "shardmq_forward_dropped",
                 "Forwarded messages dropped (peer queue full, or QoS 0 lost at a reconnect).",
-                load(&f.dropped),
-                true,
+                &f.dropped,
             ),
             (
                 "shardmq_forward_resent",
                 "Forwarded messages sent again after a broken stream.",
-                load(&f.resent),
-                true,
+                &f.resent,
             ),
             (
                 "shardmq_forward_duplicates",
                 "Forwarded batches received twice and skipped.",
-                load(&f.duplicates),
-                true,
-            ),
-            (
-                "shardmq_forward_pending",
-                "Forwarded messages queued or awaiting acknowledgement.",
-                self.inner.forwarder.pending_total() as f64,
-                false,
+                &f.duplicates,
             ),
             (
                 "shardmq_cluster_writes",
                 "Raft writes (batches of route and session ops).",
-                load(&w.writes),
-                true,
+                &w.writes,
             ),
             (
                 "shardmq_cluster_write_ops",
                 "Route and session ops written.",
-                load(&w.ops),
-                true,
+                &w.ops,
             ),
             (
                 "shardmq_cluster_write_failures",
                 "Failed write attempts (retried).",
-                load(&w.failures),
-                true,
+                &w.failures,
             ),
             (
                 "shardmq_cluster_write_timeouts",
                 "Batches whose SUBACKs were answered at cluster.write_timeout_ms.",
-                load(&w.timeouts),
-                true,
+                &w.timeouts,
             ),
             (
                 "shardmq_cluster_write_dropped",
                 "Session and retained-index ops dropped with the write queue full.",
-                load(&w.dropped),
-                true,
+                &w.dropped,
+            ),
+        ];
+        let queued = w.queue.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let gauges = [
+            (
+                "shardmq_forward_pending",
+                "Forwarded messages queued or awaiting acknowledgement.",
+                self.inner.forwarder.pending_total() as f64,
             ),
             (
                 "shardmq_cluster_write_queue",
                 "Ops waiting to be written.",
-                w.queue.lock().unwrap_or_else(|p| p.into_inner()).len() as f64,
-                false,
+                queued as f64,
             ),
             (
                 "shardmq_cluster_uptime_seconds",
                 "Seconds since the node joined the cluster.",
                 self.inner.started.elapsed().as_secs_f64(),
-                false,
             ),
-        ]
+        ];
+        counters
+            .into_iter()
+            .map(|(name, help, a)| (name, help, a.load(Ordering::Relaxed) as f64, true))
+            .chain(
+                gauges
+                    .into_iter()
+                    .map(|(name, help, v)| (name, help, v, false)),
+            )
+            .collect()
     }
 }
 
