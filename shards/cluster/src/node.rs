@@ -1001,26 +1001,35 @@ impl ClusterNode {
             .map_err(|_| "ping timed out".to_string())?
     }
 
+    /// Every node this one knows an address for: the seeds, the seeds given to `join`, and the
+    /// members in the tables (only the cores among them with `cores_only`).
+    fn known_nodes(&self, cores_only: bool) -> BTreeMap<NodeId, SocketAddr> {
+        let mut nodes: BTreeMap<NodeId, SocketAddr> = self.inner.s.seeds.iter().copied().collect();
+        nodes.extend(
+            self.inner
+                .extra_cores
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .copied(),
+        );
+        self.tables(|t| {
+            for (id, m) in t.members() {
+                if cores_only && m.role != Role::Core {
+                    continue;
+                }
+                if let Ok(a) = m.addr.parse() {
+                    nodes.insert(*id, a);
+                }
+            }
+        });
+        nodes
+    }
+
     /// Every second: ping every other member (and the seeds), for liveness, leaders and lag.
     async fn ping_loop(self) {
         loop {
-            let mut targets: BTreeMap<NodeId, SocketAddr> =
-                self.inner.s.seeds.iter().copied().collect();
-            targets.extend(
-                self.inner
-                    .extra_cores
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter()
-                    .copied(),
-            );
-            self.tables(|t| {
-                for (id, m) in t.members() {
-                    if let Ok(a) = m.addr.parse() {
-                        targets.insert(*id, a);
-                    }
-                }
-            });
+            let mut targets = self.known_nodes(false);
             targets.remove(&self.me());
             for (id, addr) in targets {
                 let me = self.clone();
@@ -1178,24 +1187,7 @@ impl ClusterNode {
         if let Some(up) = *r.upstream.lock().unwrap_or_else(|p| p.into_inner()) {
             return Some(up);
         }
-        let mut cands: BTreeMap<NodeId, SocketAddr> = self.inner.s.seeds.iter().copied().collect();
-        cands.extend(
-            self.inner
-                .extra_cores
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .copied(),
-        );
-        self.tables(|t| {
-            for (id, m) in t.members() {
-                if m.role == Role::Core {
-                    if let Ok(a) = m.addr.parse() {
-                        cands.insert(*id, a);
-                    }
-                }
-            }
-        });
+        let cands = self.known_nodes(true);
         let mut best: Option<(f64, NodeId, SocketAddr)> = None;
         for (id, addr) in cands {
             let Ok(p) = self.ping(addr).await else {
