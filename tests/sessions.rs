@@ -240,7 +240,14 @@ async fn takeover_v311_repeated_keeps_the_session() {
         publisher
             .publish("tk4/t", &i.to_be_bytes(), Q::AtLeastOnce, i + 1, false)
             .await;
-        let p = next.expect_publish().await;
+        let mut p = next.expect_publish().await;
+        // The previous message's PUBACK may still sit unread in the old connection when the
+        // takeover happens: that message is then still in flight and comes again, as DUP
+        // (at-least-once). Acknowledge it and look at the next one.
+        if i > 0 && p.dup && p.payload[..] == (i - 1).to_be_bytes() {
+            next.send(&puback(p.pkid)).await;
+            p = next.expect_publish().await;
+        }
         assert_eq!(
             p.payload[..],
             i.to_be_bytes(),
