@@ -18,6 +18,9 @@ const IO_MEMORY_BYTES: usize = 1024 * 1024;
 /// How long a task may run before the executor polls for I/O again. Short, so that a
 /// publisher sending flat out on one executor delays its subscribers' reads by at most this.
 const PREEMPT: Duration = Duration::from_millis(1);
+/// The longest a client task may be stranded by glommio 0.9's park bug (a run of the load
+/// generator once hung forever on it): see `shardmq_shards::spawn_park_guard`.
+const PARK_GUARD: Duration = Duration::from_millis(5);
 /// How often tasks waiting on a flag set by the reporting thread look at it.
 pub(crate) const POLL_FLAGS: Duration = Duration::from_millis(20);
 /// Highest latency a histogram records, in nanoseconds (higher values are clamped).
@@ -165,7 +168,10 @@ where
             .name(&format!("bench-{index}"))
             .io_memory(IO_MEMORY_BYTES)
             .preempt_timer(PREEMPT)
-            .spawn(move || make(index, count))
+            .spawn(move || async move {
+                shardmq_shards::spawn_park_guard(PARK_GUARD);
+                make(index, count).await
+            })
             .map_err(|e| anyhow::anyhow!("cannot start executor {index}: {e}"))?;
         handles.push(handle);
     }

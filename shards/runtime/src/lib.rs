@@ -327,6 +327,7 @@ async fn serve(
     }
     spawn_into(queues.bus, flusher(shard.clone(), senders, uplink));
     spawn_into(queues.housekeeping, housekeeping(shard.clone()));
+    spawn_park_guard(PARK_GUARD);
     let accept = accept_loop(shard, listener, queues.connections);
     spawn_into(queues.connections, accept);
     futures_lite::future::pending::<()>().await;
@@ -511,4 +512,28 @@ pub fn reexec_with_lazy_commit() {
         .env(MI_EAGER_COMMIT_ENV, "0")
         .exec();
     eprintln!("warning: could not re-execute with {MI_EAGER_COMMIT_ENV}=0: {err}");
+}
+
+/// How long a shard's runnable tasks can be stranded by the glommio 0.9 park bug at most:
+/// see [`spawn_park_guard`]. An idle shard wakes this often (about 10 µs of CPU each time).
+const PARK_GUARD: Duration = Duration::from_millis(10);
+
+/// Keeps a glommio 0.9 executor from sleeping forever with runnable tasks: spawns a detached
+/// task that wakes the executor every `period`.
+///
+/// glommio 0.9.0 parks when its preemption timer has fired before the first task queue of a
+/// loop iteration ran (`run_task_queues` reports "nothing ran", and the loop parks as if
+/// nothing were runnable). The timer fires in that window whenever the thread is descheduled for
+/// longer than the preemption interval between arming and checking it, which a loaded host with
+/// shared CPUs does (1 ms here: the bus queue's `Latency::Matters`). Parked, the executor waits
+/// for I/O or a timer; if none is due, its runnable tasks never run. Fixed upstream in
+/// glommio/glommio#53 (not released). A due timer ends such a park: with this guard a stranded
+/// task waits at most `period`. `shards/runtime/tests/park_guard.rs` reproduces the hang.
+pub fn spawn_park_guard(period: Duration) {
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(period).await;
+        }
+    })
+    .detach();
 }

@@ -1,0 +1,45 @@
+//! A canary for the glommio 0.9 bug that `shardmq_shards::spawn_park_guard` works around: an
+//! executor whose preemption timer fires before its first task queue of a loop iteration runs
+//! parks as if it had nothing to run, and sleeps until I/O or a timer wakes it, stranding its
+//! runnable tasks. A preemption interval shorter than one loop iteration makes that happen on the
+//! very first iteration, so the executor never runs its main task. When this test fails, the
+//! glommio in use is fixed (glommio/glommio#53): drop the park guard.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use glommio::{LocalExecutorBuilder, Placement};
+
+#[test]
+fn glommio_strands_a_runnable_task_when_preempted_before_it_runs() {
+    let (tx, rx) = mpsc::channel();
+    // The executor thread is leaked when stranded: it never finishes, and the process exits.
+    let _executor = LocalExecutorBuilder::new(Placement::Unbound)
+        .preempt_timer(Duration::from_micros(1))
+        .spawn(move || async move {
+            let _ = tx.send(());
+        })
+        .expect("executor starts");
+    assert!(
+        rx.recv_timeout(Duration::from_secs(3)).is_err(),
+        "glommio ran the task: the park bug is fixed, the park guard can go"
+    );
+}
+
+#[test]
+fn the_same_executor_runs_with_a_longer_preemption_interval() {
+    let (tx, rx) = mpsc::channel();
+    let executor = LocalExecutorBuilder::new(Placement::Unbound)
+        .preempt_timer(Duration::from_millis(1))
+        .spawn(move || async move {
+            shardmq_shards::spawn_park_guard(Duration::from_millis(5));
+            for _ in 0..10_000 {
+                glommio::spawn_local(async {}).await;
+            }
+            let _ = tx.send(());
+        })
+        .expect("executor starts");
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("executor ran its tasks");
+    executor.join().unwrap();
+}
