@@ -3,6 +3,7 @@
 
 BROKER="$ROOT/target/release/shardmq"
 BENCH="$ROOT/target/release/shardmq-bench"
+CAPACITY="$ROOT/target/release/shardmq-capacity"
 BROKER_PID=""
 BENCH_PID=""
 
@@ -20,7 +21,7 @@ cleanup() {
 
 build() {
   echo "building release binaries..." >&2
-  (cd "$ROOT" && timeout 1800 cargo build --release -q -p shardmq -p shardmq-bench)
+  (cd "$ROOT" && timeout 1800 cargo build --release -q -p shardmq -p shardmq-bench -p shardmq-capacity)
 }
 
 # A TCP port nobody listens on.
@@ -41,9 +42,14 @@ free_port() {
 # $WORK/broker.log; sets BROKER_PID. BROKER_CPUS (e.g. "0") pins it to fewer shards.
 # BROKER_KIND=mosquitto starts Debian's mosquitto instead (the peer in docs/performance.md),
 # anonymous, no connection limit, persistence off; its log is $WORK/broker.log too.
+# BROKER_KIND=floor:HOLD starts `shardmq-capacity floor --hold HOLD` (glommio alone, on the
+# broker's CPUs: see bench/capacity/src/floor.rs).
 start_broker() {
   PORT=$(free_port)
-  if [[ "${BROKER_KIND:-shardmq}" == mosquitto ]]; then
+  if [[ "${BROKER_KIND:-shardmq}" == floor:* ]]; then
+    "$CAPACITY" floor --bind "127.0.0.1:$PORT" --hold "${BROKER_KIND#floor:}" \
+      ${BROKER_CPUS:+--cpus "$BROKER_CPUS"} >"$WORK/broker.log" 2>&1 &
+  elif [[ "${BROKER_KIND:-shardmq}" == mosquitto ]]; then
     printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_connections -1\npersistence false\nset_tcp_nodelay true\nlog_dest stderr\nlog_type error\nlog_type warning\n' \
       "$PORT" >"$WORK/mosquitto.conf"
     mosquitto -c "$WORK/mosquitto.conf" >"$WORK/broker.log" 2>&1 &

@@ -8,7 +8,8 @@
 # socket buffer pages (/proc/net/sockstat) and, when /proc/slabinfo is readable, the slab
 # bytes of the socket objects (TCP, sock_inode_cache, filp, dentry) per socket.
 # Both processes need N descriptors: this sandbox caps a process at 20,000.
-# Env: BROKER_CPUS (e.g. 0) to run fewer broker shards, HOLD_SECS (default 10).
+# Env: BROKER_CPUS (e.g. 0) to run fewer broker shards, HOLD_SECS (default 10), BROKER_KIND
+# (see bench/broker.sh: mosquitto, floor:HOLD), SKIP_BUILD=1 to use the binaries as built.
 set -euo pipefail
 
 N=${1:-10000}
@@ -31,7 +32,7 @@ socket_slab_bytes() {
          sum += $2 * $4 } END { print sum }' /proc/slabinfo
 }
 
-build
+[[ -n "${SKIP_BUILD:-}" ]] || build
 start_broker
 sleep 2
 rss_before=$(rss_kib "$BROKER_PID")
@@ -43,6 +44,16 @@ slab_before=$(socket_slab_bytes)
 timeout $((HOLD_SECS + 180)) "$BENCH" conn -h 127.0.0.1 -p "$PORT" -c "$N" \
   --hold-secs "$HOLD_SECS" --ifaddr 127.0.0.2-127.0.0.20 >"$WORK/bench.log" 2>&1 &
 BENCH_PID=$!
+# A load generator still running a minute after its hold is stuck: keep its stacks for a look.
+(
+  sleep $((HOLD_SECS + 60))
+  pid=$(pgrep -P "$BENCH_PID" -x shardmq-bench || true)
+  if [[ -n "$pid" ]] && command -v gdb >/dev/null; then
+    gdb -p "$pid" -batch -ex "thread apply all bt 40" >"$WORK/bench-stuck.bt" 2>&1 || true
+    echo "shardmq-bench still running after its hold: stacks in $WORK/bench-stuck.bt" >&2
+  fi
+) &
+WATCH_PID=$!
 wait_for_line "^all $N attempted" "$WORK/bench.log" 150 || { cat "$WORK/bench.log" >&2; exit 1; }
 check_broker
 grep "^all $N attempted" "$WORK/bench.log"
@@ -55,6 +66,7 @@ slab_after=$(socket_slab_bytes)
 
 bench_rc=0
 wait "$BENCH_PID" || bench_rc=$?
+kill "$WATCH_PID" 2>/dev/null || true
 if (( bench_rc != 0 )); then
   echo "shardmq-bench failed (exit $bench_rc):" >&2
   cat "$WORK/bench.log" >&2

@@ -9,6 +9,8 @@
 //! `SubscriptionTrie<ShardSet>` route replica. It reports the process's `VmRSS` before and
 //! after, per session, and the cost of matching a topic against the tries at that size.
 
+mod floor;
+
 use anyhow::{bail, Context};
 use bytes::BytesMut;
 use clap::{Parser, Subcommand};
@@ -37,6 +39,9 @@ struct Cli {
 enum Command {
     /// Build N sessions with subscriptions as one shard holds them; report memory and matching.
     Sessions(SessionsArgs),
+    /// Accept MQTT clients with glommio alone (CONNACK, then hold): glommio's floor per idle
+    /// connection, for bench/why-idle.sh.
+    Floor(floor::FloorArgs),
 }
 
 #[derive(clap::Args)]
@@ -414,5 +419,6 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Sessions(args) => sessions(args),
+        Command::Floor(args) => floor::run(args),
     }
 }
