@@ -39,6 +39,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use shardmq_shards::{FigureBoard, ShardFigures};
 
 use crate::config::{ApiConfig, Config};
 pub use shardmq_rlog::status;
@@ -112,6 +113,8 @@ pub struct ApiState {
     pub node_id: u64,
     /// The data plane's count of open client connections.
     pub connections: Arc<AtomicUsize>,
+    /// The data plane's per-shard figures.
+    pub figures: Arc<FigureBoard>,
     /// The cluster, when `cluster.enabled`.
     pub cluster: Option<Arc<dyn ClusterApi>>,
     /// When the node started, for `shardmq_uptime_seconds`.
@@ -259,6 +262,7 @@ async fn metrics(State(state): State<Shared>) -> Response {
         "Seconds since this node started",
         uptime,
     );
+    register_samples(&mut registry, figure_samples(&state.figures.shards()));
     if let Some(cluster) = &state.cluster {
         match within(STATUS_TIMEOUT_MS, "the RLOG status", cluster.rlog_status()).await {
             Ok(rlog) => register_rlog(&mut registry, &rlog),
@@ -284,6 +288,88 @@ async fn metrics(State(state): State<Shared>) -> Response {
         text,
     )
         .into_response()
+}
+
+/// The data plane's figures as samples, labelled by shard: sessions and subscriptions, and
+/// the message and byte counters (`$SYS` has the same figures). Routes and retained messages
+/// are replicated on every shard, so they are one node-wide gauge each (the largest replica).
+fn figure_samples(shards: &[ShardFigures]) -> Vec<Sample> {
+    let sample =
+        |name: &str, help: &str, labels: Vec<(String, String)>, value: u64, counter| Sample {
+            name: name.to_string(),
+            help: help.to_string(),
+            labels,
+            value: value as f64,
+            counter,
+        };
+    let mut out = Vec::new();
+    for (i, f) in shards.iter().enumerate() {
+        let per_shard: [(&str, &str, u64, bool); 7] = [
+            (
+                "shardmq_sessions",
+                "Sessions held, connected or not",
+                f.sessions,
+                false,
+            ),
+            (
+                "shardmq_subscriptions",
+                "Subscriptions of the shard's sessions",
+                f.subscriptions,
+                false,
+            ),
+            (
+                "shardmq_messages_received_total",
+                "PUBLISH packets received from clients",
+                f.messages_received,
+                true,
+            ),
+            (
+                "shardmq_messages_sent_total",
+                "PUBLISH packets sent to clients (resends not counted)",
+                f.messages_sent,
+                true,
+            ),
+            (
+                "shardmq_messages_dropped_total",
+                "Messages dropped for a subscriber: queue or write buffer full, expired, too large",
+                f.messages_dropped,
+                true,
+            ),
+            (
+                "shardmq_bytes_received_total",
+                "Bytes read from client sockets",
+                f.bytes_received,
+                true,
+            ),
+            (
+                "shardmq_bytes_sent_total",
+                "Bytes written to client sockets",
+                f.bytes_sent,
+                true,
+            ),
+        ];
+        for (name, help, value, counter) in per_shard {
+            let labels = vec![("shard".to_string(), i.to_string())];
+            out.push(sample(name, help, labels, value, counter));
+        }
+    }
+    let routes = shards.iter().map(|f| f.topics).max().unwrap_or(0);
+    let retained = shards.iter().map(|f| f.retained).max().unwrap_or(0);
+    out.push(sample(
+        "shardmq_routes",
+        "Filters subscribed on this node",
+        Vec::new(),
+        routes,
+        false,
+    ));
+    out.push(sample(
+        "shardmq_retained_messages",
+        "Retained messages",
+        Vec::new(),
+        retained,
+        false,
+    ));
+    out
 }
 
 /// A family of integer gauges by label set.
@@ -574,9 +660,15 @@ where
 pub fn start(
     config: &Config,
     connections: Arc<AtomicUsize>,
+    figures: Arc<FigureBoard>,
     cluster: Option<Arc<dyn ClusterApi>>,
 ) -> anyhow::Result<()> {
-    start_with(config, connections, move || async move { Ok(cluster) })
+    start_with(
+        config,
+        connections,
+        figures,
+        move || async move { Ok(cluster) },
+    )
 }
 
 /// Starts the control plane: binds `api.listen` here (an error names it), then on the
@@ -587,6 +679,7 @@ pub fn start(
 pub fn start_with<F, Fut>(
     config: &Config,
     connections: Arc<AtomicUsize>,
+    figures: Arc<FigureBoard>,
     make_cluster: F,
 ) -> anyhow::Result<()>
 where
@@ -625,6 +718,7 @@ where
                     node_name,
                     node_id,
                     connections,
+                    figures,
                     cluster,
                     started,
                 };
@@ -726,6 +820,7 @@ mod tests {
             node_name: "test".into(),
             node_id: 1,
             connections: Arc::new(AtomicUsize::new(5)),
+            figures: Arc::new(FigureBoard::new(2)),
             cluster: Some(fake),
             started: Instant::now(),
         };

@@ -355,6 +355,11 @@ pub struct ShardConfig {
     /// 0 = sleep at once. Spinning trades CPU for the wake-up latency of the next message
     /// (see docs/benchmarks.md). At most 10,000.
     pub spin_before_park_us: u32,
+    /// Milliseconds between wake-ups of a shard's park guard while the shard moves client
+    /// bytes, the bound on how long glommio 0.9 can leave runnable tasks stranded in a park
+    /// (docs/decisions/0003); the guard backs off to 200 ms while idle. 0 = no guard. At most
+    /// 1,000.
+    pub park_guard_ms: u32,
 }
 
 /// `[sys]`.
@@ -711,7 +716,7 @@ impl Config {
         const ANY: u64 = u64::MAX;
         const PACKET: u64 = Config::MAX_PACKET_SIZE_LIMIT as u64;
         let (l, m, s) = (listener, mqtt, shard);
-        let ranges: [(&str, u64, u64, u64); 15] = [
+        let ranges: [(&str, u64, u64, u64); 16] = [
             ("listener.max_connections", l.max_connections, 1, ANY),
             ("listener.backlog", l.backlog.into(), 1, i32::MAX as u64),
             ("mqtt.max_packet_size", m.max_packet_size.into(), 2, PACKET),
@@ -752,6 +757,7 @@ impl Config {
                 0,
                 10_000,
             ),
+            ("shard.park_guard_ms", s.park_guard_ms.into(), 0, 1_000),
         ];
         for (key, value, min, max) in ranges {
             if !(min..=max).contains(&value) {
@@ -941,6 +947,7 @@ mod tests {
         assert_eq!(c.shard.channel_capacity, 1024);
         assert_eq!(c.shard.batch_max, 256);
         assert_eq!(c.shard.spin_before_park_us, 0);
+        assert_eq!(c.shard.park_guard_ms, 10);
         assert_eq!(c.sys.interval_ms, 1000);
         assert_eq!(c.log.level, "info");
         assert_eq!(c.log.format, LogFormat::Text);

@@ -60,6 +60,8 @@ pub(crate) fn runtime_config(config: &Config) -> anyhow::Result<RuntimeConfig> {
         batch_max: config.shard.batch_max as usize,
         spin_before_park: (config.shard.spin_before_park_us > 0)
             .then(|| Duration::from_micros(u64::from(config.shard.spin_before_park_us))),
+        park_guard: (config.shard.park_guard_ms > 0)
+            .then(|| Duration::from_millis(u64::from(config.shard.park_guard_ms))),
         sys_interval: (config.sys.interval_ms > 0)
             .then(|| Duration::from_millis(config.sys.interval_ms)),
         authenticators: authenticators(config),
@@ -155,18 +157,23 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let node = Node::start_linked(rt, Some(data)).context("starting the data plane")?;
         let settings = crate::cluster::settings(&config);
         tracing::info!(node_id = settings.node_id, role = ?settings.role, listen = %settings.listen, seeds = ?settings.seeds, "joining the cluster");
-        crate::api::start_with(&config, node.connections(), move || async move {
-            let cluster = shardmq_cluster::ClusterNode::start(settings, control)
-                .await
-                .context("starting the cluster node (cluster.*)")?;
-            let handle: Arc<dyn crate::api::ClusterApi> =
-                Arc::new(crate::cluster::ClusterHandle(cluster));
-            Ok(Some(handle))
-        })?;
+        crate::api::start_with(
+            &config,
+            node.connections(),
+            node.figures(),
+            move || async move {
+                let cluster = shardmq_cluster::ClusterNode::start(settings, control)
+                    .await
+                    .context("starting the cluster node (cluster.*)")?;
+                let handle: Arc<dyn crate::api::ClusterApi> =
+                    Arc::new(crate::cluster::ClusterHandle(cluster));
+                Ok(Some(handle))
+            },
+        )?;
         node
     } else {
         let node = Node::start(rt).context("starting the data plane")?;
-        crate::api::start(&config, node.connections(), None)?;
+        crate::api::start(&config, node.connections(), node.figures(), None)?;
         node
     };
     tracing::info!("shardmq ready");

@@ -4,7 +4,7 @@ mod common;
 
 use common::{eventually, Broker, Raw, WAIT};
 use serde_json::Value;
-use shardmq_codec::Protocol;
+use shardmq_codec::{Protocol, QoS};
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -260,4 +260,69 @@ fn api_listen_that_cannot_be_used_stops_the_broker_naming_the_key() {
     let stderr = broker_refusing(&addr);
     assert!(stderr.contains("api.listen"), "{stderr}");
     assert!(stderr.contains(&addr), "{stderr}");
+}
+
+/// The sum over shards of `name` (samples labelled `shard="…"`), or its unlabelled value.
+fn summed(samples: &BTreeMap<String, f64>, name: &str) -> f64 {
+    samples
+        .iter()
+        .filter(|(k, _)| *k == name || k.starts_with(&format!("{name}{{")))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+#[tokio::test]
+async fn metrics_count_messages_sessions_and_drops_per_shard() {
+    let broker = Broker::start_with(&[("SHARDMQ_MQTT__MAX_QUEUED_MESSAGES", "2")]);
+    let api = broker.api_addr();
+    // A persistent subscriber goes away; five QoS 1 messages arrive for it; two fit its queue.
+    let (mut sub, _) = Raw::connect(broker.port, Protocol::V3_1_1, "metrics-sub", false).await;
+    assert_eq!(
+        sub.subscribe(1, &[("metrics/t", QoS::AtLeastOnce)]).await,
+        vec![1]
+    );
+    sub.disconnect().await;
+    let (mut publisher, _) = Raw::connect(broker.port, Protocol::V3_1_1, "metrics-pub", true).await;
+    for pkid in 1..=5 {
+        publisher
+            .publish("metrics/t", b"m", QoS::AtLeastOnce, pkid, false)
+            .await;
+    }
+    let want = |samples: &BTreeMap<String, f64>| {
+        summed(samples, "shardmq_sessions") == 2.0
+            && summed(samples, "shardmq_subscriptions") == 1.0
+            && summed(samples, "shardmq_routes") == 1.0
+            && summed(samples, "shardmq_messages_received_total") >= 5.0
+            && summed(samples, "shardmq_messages_dropped_total") == 3.0
+            && summed(samples, "shardmq_bytes_received_total") > 0.0
+    };
+    let mut last = String::new();
+    let seen = eventually(WAIT, || {
+        let (status, text) = get(&api, "/metrics");
+        assert_eq!(status, 200, "{text}");
+        let ok = want(&parse_metrics(&text));
+        last = text;
+        async move { ok }
+    })
+    .await;
+    assert!(seen, "figures never matched:\n{last}");
+    assert!(
+        last.contains("# TYPE shardmq_messages_dropped counter")
+            && last.contains("shardmq_sessions{shard=\"0\"}"),
+        "{last}"
+    );
+
+    // Back online, the subscriber gets the two queued messages: counted as sent.
+    let (mut sub, _) = Raw::connect(broker.port, Protocol::V3_1_1, "metrics-sub", false).await;
+    for _ in 0..2 {
+        let p = sub.expect_publish().await;
+        sub.send(&common::puback(p.pkid)).await;
+    }
+    let sent = eventually(WAIT, || {
+        let (_, text) = get(&api, "/metrics");
+        let n = summed(&parse_metrics(&text), "shardmq_messages_sent_total");
+        async move { n >= 2.0 }
+    })
+    .await;
+    assert!(sent, "messages sent never reached 2");
 }

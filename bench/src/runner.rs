@@ -169,7 +169,8 @@ where
             .io_memory(IO_MEMORY_BYTES)
             .preempt_timer(PREEMPT)
             .spawn(move || async move {
-                shardmq_shards::spawn_park_guard(PARK_GUARD);
+                // Fixed period: a load generator is never idle for long.
+                shardmq_shards::spawn_park_guard(PARK_GUARD, PARK_GUARD, || 0);
                 make(index, count).await
             })
             .map_err(|e| anyhow::anyhow!("cannot start executor {index}: {e}"))?;

@@ -63,7 +63,8 @@ pub fn run(args: FloorArgs) -> anyhow::Result<()> {
             .name(&format!("floor-{cpu}"))
             .io_memory(512 * 1024)
             .spawn(move || async move {
-                shardmq_shards::spawn_park_guard(Duration::from_millis(10));
+                let ms10 = Duration::from_millis(10);
+                shardmq_shards::spawn_park_guard(ms10, ms10, || 0);
                 if let Err(e) = serve(bind, hold, timeout).await {
                     eprintln!("executor on cpu {cpu}: {e:#}");
                 }

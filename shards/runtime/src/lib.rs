@@ -18,6 +18,7 @@ pub use link::{
     link, ControlPlaneLink, DataPlaneLink, FromCluster, NodeId, NodeSet, SendError, ToCluster,
     LINK_CAPACITY,
 };
+pub use sys::{FigureBoard, ShardFigures};
 
 use bus::Batch;
 use conn::ConnDriver;
@@ -68,6 +69,8 @@ pub struct RuntimeConfig {
     pub batch_max: usize,
     /// How long an idle shard polls before it sleeps in the kernel; `None` = not at all.
     pub spin_before_park: Option<Duration>,
+    /// How often a shard's park guard wakes it ([`spawn_park_guard`]); `None` = no guard.
+    pub park_guard: Option<Duration>,
     /// `$SYS` publish interval; `None` disables it.
     pub sys_interval: Option<Duration>,
     /// MQTT 5.0 enhanced authentication methods offered (empty: CONNACK 0x8C to any).
@@ -102,6 +105,7 @@ impl MoveTrigger {
 pub struct Node {
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
     connections: Arc<AtomicUsize>,
+    figures: Arc<FigureBoard>,
 }
 
 impl Node {
@@ -109,6 +113,12 @@ impl Node {
     /// with the shards; read it with `Ordering::Relaxed`.
     pub fn connections(&self) -> Arc<AtomicUsize> {
         self.connections.clone()
+    }
+
+    /// Every shard's figures (sessions, subscriptions, message and byte counters), refreshed
+    /// on each shard's housekeeping tick: what `/metrics` reports.
+    pub fn figures(&self) -> Arc<FigureBoard> {
+        self.figures.clone()
     }
 
     /// Starts one pinned shard per configured CPU. Returns once every shard is listening, or
@@ -130,6 +140,7 @@ impl Node {
         let n = cfg.cpus.len();
         let mesh: MeshBuilder<Batch, _> = MeshBuilder::full(n, cfg.channel_capacity);
         let connections = Arc::new(AtomicUsize::new(0));
+        let figures = Arc::new(FigureBoard::new(n));
         let hasher = ahash::RandomState::new();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
         let mut handles = Vec::with_capacity(n);
@@ -146,6 +157,7 @@ impl Node {
             let cfg = cfg.clone();
             let mesh = mesh.clone();
             let connections = connections.clone();
+            let figures = figures.clone();
             let hasher = hasher.clone();
             let ready = ready_tx.clone();
             let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
@@ -177,6 +189,7 @@ impl Node {
                     };
                     let id = senders.peer_id();
                     let mut state = Shard::new(id, cfg.clone(), connections, hasher);
+                    state.board = Some(figures);
                     if uplink.is_some() {
                         state.cluster = Some(Box::new(shard::ClusterShard::new()));
                     }
@@ -200,6 +213,7 @@ impl Node {
         Ok(Node {
             handles,
             connections,
+            figures,
         })
     }
 
@@ -327,7 +341,14 @@ async fn serve(
     }
     spawn_into(queues.bus, flusher(shard.clone(), senders, uplink));
     spawn_into(queues.housekeeping, housekeeping(shard.clone()));
-    spawn_park_guard(PARK_GUARD);
+    let guard = shard.borrow().cfg.park_guard;
+    if let Some(period) = guard {
+        let s = shard.clone();
+        spawn_park_guard(period, PARK_GUARD_IDLE_MAX, move || {
+            let stats = &s.borrow().stats;
+            stats.bytes_in + stats.bytes_out
+        });
+    }
     let accept = accept_loop(shard, listener, queues.connections);
     spawn_into(queues.connections, accept);
     futures_lite::future::pending::<()>().await;
@@ -479,6 +500,7 @@ async fn housekeeping(shard: Rc<RefCell<Shard>>) {
         let mut s = shard.borrow_mut();
         s.expire_sessions(now);
         s.move_clients_if_moved();
+        s.post_figures();
         if let Some(interval) = sys_interval {
             if now >= next_sys {
                 s.publish_sys(now, std::time::SystemTime::now());
@@ -514,9 +536,8 @@ pub fn reexec_with_lazy_commit() {
     eprintln!("warning: could not re-execute with {MI_EAGER_COMMIT_ENV}=0: {err}");
 }
 
-/// How long a shard's runnable tasks can be stranded by the glommio 0.9 park bug at most:
-/// see [`spawn_park_guard`]. An idle shard wakes this often (about 10 µs of CPU each time).
-const PARK_GUARD: Duration = Duration::from_millis(10);
+/// The longest a shard's park guard sleeps while the shard moves no client bytes.
+const PARK_GUARD_IDLE_MAX: Duration = Duration::from_millis(200);
 
 /// Keeps a glommio 0.9 executor from sleeping forever with runnable tasks: spawns a detached
 /// task that wakes the executor every `period`.
@@ -527,12 +548,31 @@ const PARK_GUARD: Duration = Duration::from_millis(10);
 /// longer than the preemption interval between arming and checking it, which a loaded host with
 /// shared CPUs does (1 ms here: the bus queue's `Latency::Matters`). Parked, the executor waits
 /// for I/O or a timer; if none is due, its runnable tasks never run. Fixed upstream in
-/// glommio/glommio#53 (not released). A due timer ends such a park: with this guard a stranded
-/// task waits at most `period`. `shards/runtime/tests/park_guard.rs` reproduces the hang.
-pub fn spawn_park_guard(period: Duration) {
+/// glommio/glommio#53 (not released). A due timer ends such a park.
+///
+/// The guard wakes every `period` while `activity` (any counter that moves when the executor
+/// does work) changed since its last wake, and backs off by doubling up to `idle_max` while it
+/// did not, because every wake costs a park (≈120 µs of CPU on a VM, measured: 10 ms on two
+/// idle shards was 2.5–2.9 % of a CPU). A task stranded while the executor is busy waits at most
+/// `period`; one stranded on the first work after an idle stretch, at most `idle_max`.
+/// `shards/runtime/tests/park_guard.rs` reproduces the strand.
+pub fn spawn_park_guard(
+    period: Duration,
+    idle_max: Duration,
+    activity: impl Fn() -> u64 + 'static,
+) {
     glommio::spawn_local(async move {
+        let mut sleep = period;
+        let mut last = activity();
         loop {
-            glommio::timer::sleep(period).await;
+            glommio::timer::sleep(sleep).await;
+            let now = activity();
+            sleep = if now == last {
+                (sleep * 2).min(idle_max.max(period))
+            } else {
+                period
+            };
+            last = now;
         }
     })
     .detach();

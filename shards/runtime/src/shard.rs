@@ -186,6 +186,8 @@ pub(crate) struct Shard {
     pub(crate) stats: ShardStats,
     /// Shard 0 only: the latest `$SYS` snapshot of every shard, for the node's totals.
     node_figures: Option<NodeFigures>,
+    /// Where the management API reads this shard's figures (`post_figures`).
+    pub(crate) board: Option<Arc<crate::sys::FigureBoard>>,
     /// This shard's share of `listener.max_connection_rate`; `None` when unlimited.
     connect_rate: Option<TokenBucket>,
     /// Shard-owned read buffer: idle connections hold none.
@@ -277,6 +279,7 @@ impl Shard {
             connections,
             stats: ShardStats::default(),
             node_figures: (id == 0).then(|| NodeFigures::new(nshards)),
+            board: None,
             connect_rate: (cfg_rate > 0).then(|| TokenBucket::share_of(cfg_rate, nshards)),
             read_scratch: vec![0; 64 * 1024],
             match_scratch: Vec::new(),
@@ -1738,6 +1741,13 @@ impl Shard {
             messages_dropped: self.stats.messages_dropped,
             bytes_received: self.stats.bytes_in,
             bytes_sent: self.stats.bytes_out,
+        }
+    }
+
+    /// Stores this shard's figures on the board the management API reads.
+    pub(crate) fn post_figures(&self) {
+        if let Some(board) = &self.board {
+            board.store(self.id, self.figures());
         }
     }
 

@@ -4,6 +4,7 @@
 //! Shard 0 keeps the latest snapshot of every shard in a [`NodeFigures`] and publishes the
 //! node-wide totals under `$SYS/brokers/{node}/…`. Totals lag by at most one interval.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// What `$SYS/brokers/{node}/sysdescr` says.
@@ -12,27 +13,100 @@ pub(crate) const SYSDESCR: &str = "shardmq, an MQTT broker";
 /// One shard's figures at one instant. Counters (`messages_*`, `bytes_*`) are totals since
 /// start; the rest are current counts.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ShardFigures {
+pub struct ShardFigures {
     /// Client connections (sockets) the shard holds.
-    pub(crate) connections: u64,
+    pub connections: u64,
     /// Sessions the shard holds, connected or not.
-    pub(crate) sessions: u64,
+    pub sessions: u64,
     /// Subscriptions (session, filter) of the shard's sessions.
-    pub(crate) subscriptions: u64,
+    pub subscriptions: u64,
     /// Filters in the shard's route replica: every filter subscribed on the node.
-    pub(crate) topics: u64,
+    pub topics: u64,
     /// Topics in the shard's retained replica.
-    pub(crate) retained: u64,
+    pub retained: u64,
     /// PUBLISH packets received from clients.
-    pub(crate) messages_received: u64,
+    pub messages_received: u64,
     /// PUBLISH packets sent to clients for the first time (DUP resends not counted).
-    pub(crate) messages_sent: u64,
+    pub messages_sent: u64,
     /// Messages dropped for a subscriber (queue full, expired, too large, buffer full).
-    pub(crate) messages_dropped: u64,
+    pub messages_dropped: u64,
     /// Bytes read from client sockets.
-    pub(crate) bytes_received: u64,
+    pub bytes_received: u64,
     /// Bytes written to client sockets.
-    pub(crate) bytes_sent: u64,
+    pub bytes_sent: u64,
+}
+
+const FIELDS: usize = 10;
+
+impl ShardFigures {
+    fn to_array(self) -> [u64; FIELDS] {
+        [
+            self.connections,
+            self.sessions,
+            self.subscriptions,
+            self.topics,
+            self.retained,
+            self.messages_received,
+            self.messages_sent,
+            self.messages_dropped,
+            self.bytes_received,
+            self.bytes_sent,
+        ]
+    }
+
+    fn from_array(a: [u64; FIELDS]) -> ShardFigures {
+        let [connections, sessions, subscriptions, topics, retained, messages_received, messages_sent, messages_dropped, bytes_received, bytes_sent] =
+            a;
+        ShardFigures {
+            connections,
+            sessions,
+            subscriptions,
+            topics,
+            retained,
+            messages_received,
+            messages_sent,
+            messages_dropped,
+            bytes_received,
+            bytes_sent,
+        }
+    }
+}
+
+/// Every shard's latest [`ShardFigures`], for readers outside the data plane (the management
+/// API's `/metrics`). Each shard stores its own slot on its housekeeping tick (at most every
+/// 250 ms), never on the message path; a reader sees figures at most one tick old, and the
+/// figures of one slot may come from two adjacent ticks.
+#[derive(Debug)]
+pub struct FigureBoard {
+    slots: Box<[[AtomicU64; FIELDS]]>,
+}
+
+impl FigureBoard {
+    /// A board of `shards` slots, all zero.
+    pub fn new(shards: usize) -> FigureBoard {
+        FigureBoard {
+            slots: (0..shards)
+                .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
+                .collect(),
+        }
+    }
+
+    /// Shard `shard`'s figures now.
+    pub(crate) fn store(&self, shard: usize, figures: ShardFigures) {
+        for (slot, value) in self.slots[shard].iter().zip(figures.to_array()) {
+            slot.store(value, Ordering::Relaxed);
+        }
+    }
+
+    /// Every shard's latest figures, by shard id.
+    pub fn shards(&self) -> Vec<ShardFigures> {
+        self.slots
+            .iter()
+            .map(|slot| {
+                ShardFigures::from_array(std::array::from_fn(|i| slot[i].load(Ordering::Relaxed)))
+            })
+            .collect()
+    }
 }
 
 /// Shard 0's view of the node: the latest snapshot from every shard.

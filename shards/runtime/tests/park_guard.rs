@@ -32,7 +32,8 @@ fn the_same_executor_runs_with_a_longer_preemption_interval() {
     let executor = LocalExecutorBuilder::new(Placement::Unbound)
         .preempt_timer(Duration::from_millis(1))
         .spawn(move || async move {
-            shardmq_shards::spawn_park_guard(Duration::from_millis(5));
+            let ms5 = Duration::from_millis(5);
+            shardmq_shards::spawn_park_guard(ms5, ms5, || 0);
             for _ in 0..10_000 {
                 glommio::spawn_local(async {}).await;
             }
@@ -42,4 +43,42 @@ fn the_same_executor_runs_with_a_longer_preemption_interval() {
     rx.recv_timeout(Duration::from_secs(30))
         .expect("executor ran its tasks");
     executor.join().unwrap();
+}
+
+/// Counts how often a guard with a 1 ms period and a 32 ms back-off looks at its activity
+/// counter in 500 ms, when the counter moves (`busy`) and when it does not.
+fn guard_looks(busy: bool) -> u64 {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let executor = LocalExecutorBuilder::new(Placement::Unbound)
+        .spawn(move || async move {
+            let looks = Rc::new(Cell::new(0u64));
+            let seen = looks.clone();
+            shardmq_shards::spawn_park_guard(
+                Duration::from_millis(1),
+                Duration::from_millis(32),
+                move || {
+                    seen.set(seen.get() + 1);
+                    if busy {
+                        seen.get()
+                    } else {
+                        0
+                    }
+                },
+            );
+            glommio::timer::sleep(Duration::from_millis(500)).await;
+            looks.get()
+        })
+        .expect("executor starts");
+    executor.join().unwrap()
+}
+
+#[test]
+fn the_guard_wakes_at_its_period_while_busy_and_backs_off_while_idle() {
+    let idle = guard_looks(false);
+    let busy = guard_looks(true);
+    // Idle: 1 + 2 + 4 + 8 + 16 ms, then every 32 ms: about 20 looks in 500 ms.
+    assert!(idle <= 30, "idle guard looked {idle} times");
+    // Busy: every millisecond, less what a loaded machine delays.
+    assert!(busy >= 100, "busy guard looked only {busy} times");
 }
