@@ -3,7 +3,8 @@
 #
 # Usage: bench/why-idle.sh [N=10000] [ROUNDS=2]
 # Runs bench/measure-idle.sh N (N idle MQTT clients, RSS per connection) ROUNDS times for each
-# of: Mosquitto; glommio alone holding the socket (`shardmq-capacity floor --hold socket`),
+# of: Mosquitto; io_uring without a task per connection (`shardmq-capacity floor --hold
+# uring`: the design target); glommio alone holding the socket (`shardmq-capacity floor --hold socket`),
 # plus a task with a pending read (`read`), plus the keep-alive read timeout (`read-timeout`,
 # what the broker's driver holds); and shardmq. Prints one table row per kind with every
 # round's bytes per connection. shardmq minus `read-timeout` is shardmq's own state; the
@@ -19,7 +20,7 @@ source "$ROOT/bench/broker.sh"
 command -v mosquitto >/dev/null || {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >&2
 }
-kinds=(mosquitto floor:socket floor:read floor:read-timeout shardmq)
+kinds=(mosquitto floor:uring floor:socket floor:read floor:read-timeout shardmq)
 echo "| holder | bytes per idle connection, each round |"
 echo "|---|---|"
 for kind in "${kinds[@]}"; do

@@ -53,9 +53,15 @@ enum Hold {
     Read,
     /// `read` plus the keep-alive read timeout.
     ReadTimeout,
+    /// No glommio: io_uring with a multishot receive per connection and no task
+    /// (`uring_floor.rs`).
+    Uring,
 }
 
 pub fn run(args: FloorArgs) -> anyhow::Result<()> {
+    if args.hold == Hold::Uring {
+        return crate::uring_floor::run(args.bind, &args.cpus);
+    }
     let mut handles = Vec::new();
     for &cpu in &args.cpus {
         let (bind, hold, timeout) = (args.bind, args.hold, Duration::from_secs(args.timeout_secs));
@@ -106,6 +112,7 @@ async fn serve(bind: SocketAddr, hold: Hold, timeout: Duration) -> anyhow::Resul
                         hold_reading(stream, &scratch).await;
                     }
                 }
+                Hold::Uring => unreachable!("served by uring_floor"),
             }
         })
         .detach();
@@ -122,7 +129,7 @@ async fn connack(stream: &mut TcpStream, scratch: &Rc<RefCell<Vec<u8>>>) -> std:
             .map_ok(|n| protocol_level(&buf[..n]) == Some(5))
     })
     .await?;
-    let reply = if v5 { CONNACK_V5 } else { CONNACK_V4 };
+    let reply = connack_for(v5.then_some(5));
     let mut written = 0;
     while written < reply.len() {
         written += poll_fn(|cx| Pin::new(&mut *stream).poll_write(cx, &reply[written..])).await?;
@@ -130,9 +137,18 @@ async fn connack(stream: &mut TcpStream, scratch: &Rc<RefCell<Vec<u8>>>) -> std:
     Ok(())
 }
 
+/// The CONNACK for a CONNECT of protocol `level` (MQTT 3.1.1's unless 5).
+pub(crate) fn connack_for(level: Option<u8>) -> &'static [u8] {
+    if level == Some(5) {
+        CONNACK_V5
+    } else {
+        CONNACK_V4
+    }
+}
+
 /// The protocol level byte of a CONNECT: after the fixed header (type byte, remaining length
 /// of 1–4 bytes) and the protocol name "MQTT" (2-byte length + 4 bytes).
-fn protocol_level(connect: &[u8]) -> Option<u8> {
+pub(crate) fn protocol_level(connect: &[u8]) -> Option<u8> {
     let len_bytes = connect.get(1..)?.iter().position(|b| b & 0x80 == 0)? + 1;
     connect.get(1 + len_bytes + 6).copied()
 }

@@ -10,6 +10,7 @@
 //! after, per session, and the cost of matching a topic against the tries at that size.
 
 mod floor;
+mod uring_floor;
 
 use anyhow::{bail, Context};
 use bytes::BytesMut;
