@@ -42,11 +42,17 @@ free_port() {
 # $WORK/broker.log; sets BROKER_PID. BROKER_CPUS (e.g. "0") pins it to fewer shards.
 # BROKER_KIND=mosquitto starts Debian's mosquitto instead (the peer in docs/performance.md),
 # anonymous, no connection limit, persistence off; its log is $WORK/broker.log too.
-# BROKER_KIND=floor:HOLD starts `shardmq-capacity floor --hold HOLD` (glommio alone, on the
+# BROKER_KIND=rumqttd starts target/peers/bin/rumqttd (installed by bench/compare) configured
+# as bench/compare does. BROKER_KIND=floor:HOLD starts `shardmq-capacity floor --hold HOLD` (glommio alone, on the
 # broker's CPUs: see bench/capacity/src/floor.rs).
 start_broker() {
   PORT=$(free_port)
-  if [[ "${BROKER_KIND:-shardmq}" == floor:* ]]; then
+  if [[ "${BROKER_KIND:-shardmq}" == rumqttd ]]; then
+    # As bench/compare configures it: one v4 listener, inflight 100.
+    printf 'id = 0\n[router]\nid = 0\nmax_connections = 20000\nmax_outgoing_packet_count = 1000\nmax_segment_size = 104857600\nmax_segment_count = 10\n[v4.1]\nname = "v4-1"\nlisten = "127.0.0.1:%s"\nnext_connection_delay_ms = 0\n[v4.1.connections]\nconnection_timeout_ms = 60000\nmax_payload_size = 1048576\nmax_inflight_count = 100\ndynamic_filters = true\n' \
+      "$PORT" >"$WORK/rumqttd.toml"
+    "$ROOT/target/peers/bin/rumqttd" -c "$WORK/rumqttd.toml" >"$WORK/broker.log" 2>&1 &
+  elif [[ "${BROKER_KIND:-shardmq}" == floor:* ]]; then
     "$CAPACITY" floor --bind "127.0.0.1:$PORT" --hold "${BROKER_KIND#floor:}" \
       ${BROKER_CPUS:+--cpus "$BROKER_CPUS"} >"$WORK/broker.log" 2>&1 &
   elif [[ "${BROKER_KIND:-shardmq}" == mosquitto ]]; then
