@@ -13,6 +13,7 @@
 //! beyond it new messages to that peer are dropped, counted in `forward_dropped` and logged.
 
 use crate::transport::{FrameReceiver, FramedStream, StreamKind, Transport};
+use crate::Locked;
 use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 use shardmq_broker::Message;
@@ -142,7 +143,7 @@ impl Forwarder {
         if node == self.me {
             return;
         }
-        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut peers = self.peers.locked();
         match peers.get(&node) {
             Some(p) => {
                 p.addr.send_replace(addr);
@@ -158,7 +159,7 @@ impl Forwarder {
 
     /// Forgets a peer: its lanes stop, its queued messages are dropped.
     pub(crate) fn remove_peer(&self, node: NodeId) {
-        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut peers = self.peers.locked();
         if let Some(p) = peers.remove(&node) {
             p.addr.send_replace(None);
         }
@@ -166,7 +167,7 @@ impl Forwarder {
 
     /// Messages queued or unacknowledged, over every peer.
     pub(crate) fn pending_total(&self) -> usize {
-        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let peers = self.peers.locked();
         peers
             .values()
             .map(|p| p.pending.load(Ordering::Relaxed))
@@ -200,7 +201,7 @@ impl Forwarder {
 
     /// Queues `msg` for `node` on its topic's lane (for the members of `share` only, if given).
     pub(crate) fn send(&self, node: NodeId, msg: &Arc<Message>, share: Option<ByteStr>) {
-        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let peers = self.peers.locked();
         let Some(peer) = peers.get(&node) else {
             self.drop_one(node, "no address known for the node");
             return;
@@ -262,7 +263,7 @@ impl Forwarder {
                 }
             };
             let duplicate = {
-                let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                let seen = self.seen.locked();
                 seen.get(&(node, lane))
                     .is_some_and(|&(inc, last)| inc == incarnation && id <= last)
             };
@@ -282,10 +283,7 @@ impl Forwarder {
                         decoder = Decoder::with_protocol(Protocol::V5, PACKET_MAX_BYTES);
                     }
                 }
-                self.seen
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert((node, lane), (incarnation, id));
+                self.seen.locked().insert((node, lane), (incarnation, id));
             }
             if let Err(e) = stream.send(&FwdAck { upto: id }).await {
                 debug!(node, lane, error = %e, "cannot ack a forwarded batch");

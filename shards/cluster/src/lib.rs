@@ -13,6 +13,19 @@ pub mod rpc;
 pub mod transport;
 
 pub use forward::ForwardStats;
+
+/// `Mutex::lock` that takes over a poisoned lock: the control plane's mutexes guard tables
+/// that every holder leaves consistent between statements, so a panic elsewhere must not
+/// wedge the node.
+trait Locked<T> {
+    fn locked(&self) -> std::sync::MutexGuard<'_, T>;
+}
+
+impl<T> Locked<T> for std::sync::Mutex<T> {
+    fn locked(&self) -> std::sync::MutexGuard<'_, T> {
+        self.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 pub use node::{ClusterNode, ClusterSettings};
 pub use raft::{
     ClusterError, CoreConfig, CoreGroup, CoreMetrics, EntrySubscription, WriteBatch, WriteResult,

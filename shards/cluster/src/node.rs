@@ -9,6 +9,7 @@ use crate::raft::{ClusterError, CoreConfig, CoreGroup};
 use crate::replica::{self, EntrySource, PickFuture, Replica, ServeStats};
 use crate::rpc::{RpcRequest, RpcResponse};
 use crate::transport::{FramedStream, StreamKind, Transport, TransportConfig};
+use crate::Locked;
 use serde::{Deserialize, Serialize};
 use shardmq_codec::ByteStr;
 use shardmq_rlog::status::{ClusterStatus, MemberStatus, RlogStatus, ShardStatus};
@@ -288,8 +289,7 @@ impl ClusterNode {
                 });
             }
             Backend::Replicant(replica) => {
-                let initial =
-                    initial_changes(&replica.tables.lock().unwrap_or_else(|p| p.into_inner()));
+                let initial = initial_changes(&replica.tables.locked());
                 let _ = changes_tx.send(initial);
                 for &shard in &RlogShard::ALL {
                     let me = self.clone();
@@ -427,8 +427,7 @@ impl ClusterNode {
                         shard,
                         sync,
                     } => {
-                        let mut routes =
-                            self.inner.routes.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut routes = self.inner.routes.locked();
                         let r = routes.entry(filter.to_string()).or_insert(RouteRef {
                             shards: 0,
                             pending_write: None,
@@ -443,8 +442,7 @@ impl ClusterNode {
                             self.inner
                                 .writer
                                 .pending_routes
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
+                                .locked()
                                 .insert(id, filter.to_string());
                         }
                         match (sync, r.pending_write) {
@@ -452,8 +450,7 @@ impl ClusterNode {
                                 self.inner
                                     .writer
                                     .waiters
-                                    .lock()
-                                    .unwrap_or_else(|p| p.into_inner())
+                                    .locked()
                                     .entry(id)
                                     .or_default()
                                     .push((shard, token));
@@ -464,8 +461,7 @@ impl ClusterNode {
                         }
                     }
                     ToCluster::RouteDel { filter, .. } => {
-                        let mut routes =
-                            self.inner.routes.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut routes = self.inner.routes.locked();
                         if let Some(r) = routes.get_mut(filter.as_str()) {
                             r.shards = r.shards.saturating_sub(1);
                             if r.shards == 0 {
@@ -501,12 +497,7 @@ impl ClusterNode {
                         }
                     }
                     ToCluster::RetainedDump { request, msgs } => {
-                        let waiter = self
-                            .inner
-                            .dumps
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(&request);
+                        let waiter = self.inner.dumps.locked().remove(&request);
                         if let Some(w) = waiter {
                             let _ = w.send(msgs);
                         }
@@ -552,7 +543,7 @@ impl ClusterNode {
     fn enqueue(&self, op: Op) -> u64 {
         let w = &self.inner.writer;
         let id = w.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut q = w.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let mut q = w.queue.locked();
         if q.len() >= WRITE_QUEUE_MAX && !matches!(op, Op::RouteAdd { .. } | Op::RouteDel { .. }) {
             let n = w.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
@@ -575,7 +566,7 @@ impl ClusterNode {
         let w = &self.inner.writer;
         loop {
             let batch: Vec<(u64, Op)> = {
-                let mut q = w.queue.lock().unwrap_or_else(|p| p.into_inner());
+                let mut q = w.queue.locked();
                 let n = q.len().min(self.inner.s.write_batch_max);
                 q.drain(..n).collect()
             };
@@ -608,13 +599,8 @@ impl ClusterNode {
     /// The writes `ids` are committed and applied here: their routes are no longer pending
     /// (a later subscriber's SUBACK need not wait). Costs one lookup per route write.
     fn committed(&self, ids: &[u64]) {
-        let mut pending = self
-            .inner
-            .writer
-            .pending_routes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let mut routes = self.inner.routes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = self.inner.writer.pending_routes.locked();
+        let mut routes = self.inner.routes.locked();
         for id in ids {
             if let Some(filter) = pending.remove(id) {
                 if let Some(r) = routes.get_mut(&filter) {
@@ -629,12 +615,7 @@ impl ClusterNode {
     /// Answers the SUBACKs waiting for `ids`; returns how many.
     async fn release(&self, ids: &[u64]) -> usize {
         let waiting: Vec<(ShardId, u64)> = {
-            let mut waiters = self
-                .inner
-                .writer
-                .waiters
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut waiters = self.inner.writer.waiters.locked();
             ids.iter()
                 .filter_map(|id| waiters.remove(id))
                 .flatten()
@@ -761,7 +742,7 @@ impl ClusterNode {
     fn tables<R>(&self, f: impl FnOnce(&Tables) -> R) -> R {
         match &self.inner.backend {
             Backend::Core(core) => core.with_tables(f),
-            Backend::Replicant(r) => f(&r.tables.lock().unwrap_or_else(|p| p.into_inner())),
+            Backend::Replicant(r) => f(&r.tables.locked()),
         }
     }
 
@@ -840,19 +821,11 @@ impl ClusterNode {
     async fn dump_retained(&self) -> Option<Vec<Arc<shardmq_broker::Message>>> {
         let request = self.inner.next_dump.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.inner
-            .dumps
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(request, tx);
+        self.inner.dumps.locked().insert(request, tx);
         self.send_shard(0, vec![FromCluster::DumpRetained { request }])
             .await;
         let r = tokio::time::timeout(Duration::from_secs(10), rx).await;
-        self.inner
-            .dumps
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&request);
+        self.inner.dumps.locked().remove(&request);
         r.ok().and_then(Result::ok)
     }
 
@@ -969,12 +942,8 @@ impl ClusterNode {
         match &self.inner.backend {
             Backend::Core(core) => core.leader(),
             Backend::Replicant(r) => {
-                let up = r
-                    .upstream
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .map(|(n, _)| n);
-                let seen = self.inner.seen.lock().unwrap_or_else(|p| p.into_inner());
+                let up = r.upstream.locked().map(|(n, _)| n);
+                let seen = self.inner.seen.locked();
                 up.and_then(|n| seen.get(&n)).and_then(|(_, p)| p.leader)
             }
         }
@@ -1005,14 +974,7 @@ impl ClusterNode {
     /// members in the tables (only the cores among them with `cores_only`).
     fn known_nodes(&self, cores_only: bool) -> BTreeMap<NodeId, SocketAddr> {
         let mut nodes: BTreeMap<NodeId, SocketAddr> = self.inner.s.seeds.iter().copied().collect();
-        nodes.extend(
-            self.inner
-                .extra_cores
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .copied(),
-        );
+        nodes.extend(self.inner.extra_cores.locked().iter().copied());
         self.tables(|t| {
             for (id, m) in t.members() {
                 if cores_only && m.role != Role::Core {
@@ -1035,11 +997,7 @@ impl ClusterNode {
                 let me = self.clone();
                 tokio::spawn(async move {
                     if let Ok(p) = me.ping(addr).await {
-                        me.inner
-                            .seen
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(id, (Instant::now(), p));
+                        me.inner.seen.locked().insert(id, (Instant::now(), p));
                     }
                 });
             }
@@ -1062,9 +1020,9 @@ impl ClusterNode {
         }
         let me = self.me();
         let members: Vec<NodeId> = self.tables(|t| t.members().keys().copied().collect());
-        let seen = self.inner.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let mut purged = self.inner.purged.lock().unwrap_or_else(|p| p.into_inner());
-        let mut noticed = self.inner.noticed.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = self.inner.seen.locked();
+        let mut purged = self.inner.purged.locked();
+        let mut noticed = self.inner.noticed.locked();
         for node in members.into_iter().filter(|&n| n != me) {
             // A member never heard from counts from when this node first saw it listed (a
             // node that just joined is not down).
@@ -1103,8 +1061,7 @@ impl ClusterNode {
             let ours: Vec<String> = self
                 .inner
                 .routes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
+                .locked()
                 .iter()
                 .filter(|(_, r)| r.pending_write.is_none())
                 .map(|(f, _)| f.clone())
@@ -1137,7 +1094,7 @@ impl ClusterNode {
                     (listed, last)
                 });
                 {
-                    let routes = self.inner.routes.lock().unwrap_or_else(|p| p.into_inner());
+                    let routes = self.inner.routes.locked();
                     extra.extend(listed.into_iter().filter(|f| !routes.contains_key(f)));
                 }
                 match last {
@@ -1147,7 +1104,7 @@ impl ClusterNode {
                 tokio::task::yield_now().await;
             }
             // Filters added or removed during the walk are in flight: skip them.
-            let routes = self.inner.routes.lock().unwrap_or_else(|p| p.into_inner());
+            let routes = self.inner.routes.locked();
             missing.retain(|f| routes.get(f).is_some_and(|r| r.pending_write.is_none()));
             extra.retain(|f| !routes.contains_key(f));
             drop(routes);
@@ -1170,12 +1127,7 @@ impl ClusterNode {
 
     /// No op is queued for a write.
     fn writer_idle(&self) -> bool {
-        self.inner
-            .writer
-            .queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
+        self.inner.writer.queue.locked().is_empty()
     }
 
     /// A replicant's core: the current upstream if it still answers, else the reachable core
@@ -1184,7 +1136,7 @@ impl ClusterNode {
         let Backend::Replicant(r) = &self.inner.backend else {
             return None;
         };
-        if let Some(up) = *r.upstream.lock().unwrap_or_else(|p| p.into_inner()) {
+        if let Some(up) = *r.upstream.locked() {
             return Some(up);
         }
         let cands = self.known_nodes(true);
@@ -1202,7 +1154,7 @@ impl ClusterNode {
             }
         }
         let (_, id, addr) = best?;
-        let mut up = r.upstream.lock().unwrap_or_else(|p| p.into_inner());
+        let mut up = r.upstream.locked();
         // Another shard's task may have picked meanwhile: follow the same core.
         Some(*up.get_or_insert((id, addr)))
     }
@@ -1227,11 +1179,7 @@ impl ClusterNode {
         if seed.0 == self.me() {
             return Err("cannot join through this node itself".into());
         }
-        self.inner
-            .extra_cores
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(seed);
+        self.inner.extra_cores.locked().push(seed);
         match self.inner.s.role {
             Role::Core => self.add_self_via(seed.1).await?,
             Role::Replicant => {}
@@ -1243,14 +1191,7 @@ impl ClusterNode {
                 node: me,
                 member: self.member(),
             });
-            let filters: Vec<String> = self
-                .inner
-                .routes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .keys()
-                .cloned()
-                .collect();
+            let filters: Vec<String> = self.inner.routes.locked().keys().cloned().collect();
             for filter in filters {
                 self.enqueue(Op::RouteAdd { filter, node: me });
             }
@@ -1325,8 +1266,7 @@ impl ClusterNode {
         let seen = self
             .inner
             .seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .locked()
             .iter()
             .map(|(n, (at, _))| (*n, *at))
             .collect::<HashMap<_, _>>();
@@ -1377,19 +1317,9 @@ impl ClusterNode {
                 .collect(),
             Backend::Replicant(r) => {
                 let states = r.states();
-                let up = r
-                    .upstream
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .map(|(n, _)| n);
-                let core_seqs = up.and_then(|n| {
-                    self.inner
-                        .seen
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get(&n)
-                        .map(|(_, p)| p.seqs)
-                });
+                let up = r.upstream.locked().map(|(n, _)| n);
+                let core_seqs =
+                    up.and_then(|n| self.inner.seen.locked().get(&n).map(|(_, p)| p.seqs));
                 RlogShard::ALL
                     .iter()
                     .map(|&s| {
@@ -1479,7 +1409,7 @@ impl ClusterNode {
                 &w.dropped,
             ),
         ];
-        let queued = w.queue.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let queued = w.queue.locked().len();
         let gauges = [
             (
                 "shardmq_forward_pending",

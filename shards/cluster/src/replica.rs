@@ -6,6 +6,7 @@
 //! keeps a replicant's tables on disk so that a restart resumes from its checkpoint.
 
 use crate::transport::{FramedStream, StreamKind, Transport};
+use crate::Locked;
 use shardmq_rlog::{
     Change, NodeId, ReplicantShard, RlogServer, RlogShard, ShardState, Tables, ToCore, ToReplicant,
 };
@@ -80,7 +81,7 @@ impl Replica {
 
     /// State of each shard's stream.
     pub(crate) fn states(&self) -> Vec<(ShardState, u64, u64, u64, u64)> {
-        let shards = self.shards.lock().unwrap_or_else(|p| p.into_inner());
+        let shards = self.shards.locked();
         shards
             .iter()
             .map(|s| {
@@ -106,7 +107,7 @@ impl Replica {
             return Ok(());
         }
         let bytes = {
-            let t = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+            let t = self.tables.locked();
             postcard::to_allocvec(&*t).map_err(std::io::Error::other)?
         };
         if let Some(dir) = self.path.parent() {
@@ -153,7 +154,7 @@ impl Replica {
                 r = self.run_stream(shard, core, stream, &changes) => r,
                 _ = stop.changed() => Ok(()),
             };
-            self.shards.lock().unwrap_or_else(|p| p.into_inner())[shard.index()].on_disconnect();
+            self.shards.locked()[shard.index()].on_disconnect();
             match ended {
                 Ok(()) => debug!(shard = shard.name(), core, "rlog stream closed"),
                 Err(why) => {
@@ -167,7 +168,7 @@ impl Replica {
     }
 
     fn forget_upstream(&self, core: NodeId) {
-        let mut up = self.upstream.lock().unwrap_or_else(|p| p.into_inner());
+        let mut up = self.upstream.locked();
         if up.is_some_and(|(n, _)| n == core) {
             *up = None;
         }
@@ -182,8 +183,8 @@ impl Replica {
     ) -> Result<(), String> {
         let (mut tx, mut rx) = stream.split();
         let hello = {
-            let t = self.tables.lock().unwrap_or_else(|p| p.into_inner());
-            let s = self.shards.lock().unwrap_or_else(|p| p.into_inner());
+            let t = self.tables.locked();
+            let s = self.shards.locked();
             s[shard.index()].hello(self.me, &t, !self.synced.load(Ordering::Acquire))
         };
         tx.send(&hello).await.map_err(|e| e.to_string())?;
@@ -215,8 +216,8 @@ impl Replica {
             }
             let mut ch = Vec::new();
             let (state, seqs) = {
-                let mut t = self.tables.lock().unwrap_or_else(|p| p.into_inner());
-                let mut s = self.shards.lock().unwrap_or_else(|p| p.into_inner());
+                let mut t = self.tables.locked();
+                let mut s = self.shards.locked();
                 s[shard.index()]
                     .on_message(msg, &mut t, &mut ch, &mut out)
                     .map_err(|e| e.to_string())?;

@@ -33,6 +33,8 @@ use sha2::Sha256;
 use tokio::sync::mpsc;
 use tracing::{debug, trace, warn};
 
+use crate::Locked;
+
 /// A cluster node's identifier.
 pub type NodeId = u64;
 
@@ -320,7 +322,7 @@ impl Transport {
 
     async fn connection(&self, peer: SocketAddr) -> Result<quinn::Connection, TransportError> {
         let slot = {
-            let mut peers = self.inner.peers.lock().unwrap_or_else(|p| p.into_inner());
+            let mut peers = self.inner.peers.locked();
             peers.entry(peer).or_default().clone()
         };
         let mut guard = slot.lock().await;
@@ -354,7 +356,7 @@ impl Transport {
 
     async fn forget(&self, peer: SocketAddr, dead: &quinn::Connection) {
         let slot = {
-            let peers = self.inner.peers.lock().unwrap_or_else(|p| p.into_inner());
+            let peers = self.inner.peers.locked();
             peers.get(&peer).cloned()
         };
         if let Some(slot) = slot {
@@ -384,11 +386,7 @@ impl Transport {
                 .endpoint
                 .close(VarInt::from_u32(0), b"node closing");
             self.inner.accept_task.abort();
-            self.inner
-                .peers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clear();
+            self.inner.peers.locked().clear();
             debug!(node = self.inner.node_id, "cluster transport closed");
         }
     }

@@ -25,6 +25,7 @@ use tokio::sync::{broadcast, watch};
 use tracing::{debug, info};
 
 use super::{NodeId, TypeConfig, WriteResult};
+use crate::Locked;
 
 const SNAPSHOT_FILE: &str = "snapshot.bin";
 const SNAPSHOT_TMP_FILE: &str = "snapshot.bin.tmp";
@@ -62,7 +63,7 @@ pub(crate) struct Hub {
 
 impl Hub {
     pub(crate) fn lock(&self) -> MutexGuard<'_, Applied> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.locked()
     }
 }
 
