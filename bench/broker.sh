@@ -48,9 +48,7 @@ free_port() {
 start_broker() {
   PORT=$(free_port)
   if [[ "${BROKER_KIND:-shardmq}" == rumqttd ]]; then
-    # As bench/compare configures it: one v4 listener, inflight 100.
-    printf 'id = 0\n[router]\nid = 0\nmax_connections = 20000\nmax_outgoing_packet_count = 1000\nmax_segment_size = 104857600\nmax_segment_count = 10\n[v4.1]\nname = "v4-1"\nlisten = "127.0.0.1:%s"\nnext_connection_delay_ms = 0\n[v4.1.connections]\nconnection_timeout_ms = 60000\nmax_payload_size = 1048576\nmax_inflight_count = 100\ndynamic_filters = true\n' \
-      "$PORT" >"$WORK/rumqttd.toml"
+    rumqttd_config "$PORT" 20000 >"$WORK/rumqttd.toml"
     "$ROOT/target/peers/bin/rumqttd" -c "$WORK/rumqttd.toml" >"$WORK/broker.log" 2>&1 &
   elif [[ "${BROKER_KIND:-shardmq}" == floor:* ]]; then
     "$CAPACITY" floor --bind "127.0.0.1:$PORT" --hold "${BROKER_KIND#floor:}" \
@@ -79,6 +77,40 @@ start_broker() {
   done
   echo "broker did not listen on $PORT within 10s" >&2
   return 1
+}
+
+# rumqttd's configuration as bench/compare runs it, for 127.0.0.1:$1 and at most $2
+# connections: one v4 listener, inflight window 100, no connection delay.
+rumqttd_config() {
+  cat <<EOF
+id = 0
+[router]
+id = 0
+max_connections = $2
+max_outgoing_packet_count = 1000
+max_segment_size = 104857600
+max_segment_count = 10
+[v4.1]
+name = "v4-1"
+listen = "127.0.0.1:$1"
+next_connection_delay_ms = 0
+    [v4.1.connections]
+    connection_timeout_ms = 60000
+    max_payload_size = 1048576
+    max_inflight_count = 100
+    dynamic_filters = true
+EOF
+}
+
+# Sets (and exports) BROKER_KIND and BROKER_CPUS for a table label: "shardmq 2 shards" (CPUs
+# 0-1), "shardmq 1 shard" (CPU 0), or any other BROKER_KIND as it is.
+use_broker() {
+  case "$1" in
+    "shardmq 2 shards") BROKER_KIND=shardmq; BROKER_CPUS="0-1" ;;
+    "shardmq 1 shard") BROKER_KIND=shardmq; BROKER_CPUS="0" ;;
+    *) BROKER_KIND=$1; BROKER_CPUS="" ;;
+  esac
+  export BROKER_KIND BROKER_CPUS
 }
 
 # Fails if the broker died; prints its log.

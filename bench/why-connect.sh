@@ -23,12 +23,7 @@ build
 printf '| broker | connections | conn/s | CPU µs/conn | syscalls/conn | io_uring_enter/conn | accept4/conn | epoll_wait/conn | ctx switches/conn | page faults/conn |\n'
 printf '|---|---|---|---|---|---|---|---|---|---|\n'
 for kind in "shardmq 2 shards" "shardmq 1 shard" "mosquitto"; do
-  case "$kind" in
-    "shardmq 2 shards") BROKER_KIND=shardmq; BROKER_CPUS="0-1" ;;
-    "shardmq 1 shard") BROKER_KIND=shardmq; BROKER_CPUS="0" ;;
-    mosquitto) BROKER_KIND=mosquitto; BROKER_CPUS="" ;;
-  esac
-  export BROKER_KIND BROKER_CPUS
+  use_broker "$kind"
   start_broker
   perf stat -x, -e "$EVENTS" -p "$BROKER_PID" -o "$WORK/perf.csv" &
   PERF_PID=$!

@@ -25,12 +25,7 @@ build
 printf '| broker | msgs | p50 µs | p99 µs | syscalls/msg | io_uring_enter/msg | epoll_wait/msg | futex/msg | write+send/msg | read+recv/msg | ctx switches/msg |\n'
 printf '|---|---|---|---|---|---|---|---|---|---|---|\n'
 for kind in "shardmq 2 shards" "shardmq 1 shard" "mosquitto"; do
-  case "$kind" in
-    "shardmq 2 shards") BROKER_KIND=shardmq; BROKER_CPUS="0-1" ;;
-    "shardmq 1 shard") BROKER_KIND=shardmq; BROKER_CPUS="0" ;;
-    mosquitto) BROKER_KIND=mosquitto; BROKER_CPUS="" ;;
-  esac
-  export BROKER_KIND BROKER_CPUS
+  use_broker "$kind"
   start_broker
   timeout 120 "$BENCH" pubsub -h 127.0.0.1 -p "$PORT" --pubs 1 --subs 1 -q 0 -s 64 \
     --rate "$RATE" --duration-secs "$SECS" --json >"$WORK/bench.json" 2>"$WORK/bench.err" &

@@ -25,14 +25,10 @@ trap cleanup EXIT
 echo "| broker | round | delivered | p50 µs | p99 µs |"
 echo "|---|---|---|---|---|"
 for r in $(seq "$ROUNDS"); do
-  kinds=(shardmq-2 shardmq-1 mosquitto)
+  kinds=("shardmq 2 shards" "shardmq 1 shard" mosquitto)
   [[ -x "$ROOT/target/peers/bin/rumqttd" ]] && kinds+=(rumqttd)
   for kind in "${kinds[@]}"; do
-    case $kind in
-      shardmq-2) BROKER_KIND=shardmq BROKER_CPUS="" ;;
-      shardmq-1) BROKER_KIND=shardmq BROKER_CPUS=0 ;;
-      *) BROKER_KIND=$kind BROKER_CPUS="" ;;
-    esac
+    use_broker "$kind"
     start_broker 2>/dev/null
     "$BENCH" pubsub "${ARGS[@]}" --duration-secs "$SECS" -V 4 -h 127.0.0.1 -p "$PORT" --json 2>/dev/null |
       grep '"summary":true' | python3 -c '

@@ -14,11 +14,7 @@ FILTERS=${FILTERS:-1000}
 PIPELINE=${PIPELINE:-16}
 TOTAL=$((CONNS * FILTERS))
 source "$ROOT/bench/cluster/common.sh"
-trap cleanup EXIT
-trap "exit 143" INT TERM
-build
-echo "work dir: $WORK" >&2
-machine
+begin
 
 plan_node 1 core 0
 plan_node 2 replicant 1

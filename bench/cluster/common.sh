@@ -19,6 +19,16 @@ cleanup() {
   done
 }
 
+# What every script does first: stop everything on exit (and on Ctrl-C), build, say where
+# the work directory is, describe the machine.
+begin() {
+  trap cleanup EXIT
+  trap "exit 143" INT TERM
+  build
+  echo "work dir: $WORK" >&2
+  machine
+}
+
 build() {
   if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
     echo "building release binaries..." >&2

@@ -17,11 +17,7 @@ PUBS=${PUBS:-1}
 SUBS=${SUBS:-$PUBS}
 QOSES=${QOSES:-"0 1"}
 source "$ROOT/bench/cluster/common.sh"
-trap cleanup EXIT
-trap "exit 143" INT TERM
-build
-echo "work dir: $WORK" >&2
-machine
+begin
 
 # A fresh 2-node cluster for every measurement: an overloaded run cannot spoil the next one.
 fresh_cluster() {

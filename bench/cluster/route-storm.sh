@@ -15,11 +15,7 @@ INTERVAL_MS=${INTERVAL_MS:-50}
 TOPOLOGY=${TOPOLOGY:-3+2}
 TOTAL=$((CONNS * FILTERS))
 source "$ROOT/bench/cluster/common.sh"
-trap cleanup EXIT
-trap "exit 143" INT TERM
-build
-echo "work dir: $WORK" >&2
-machine
+begin
 
 # Nodes: cores 1..C, replicants 4 and 5; CPUs alternate 0/1.
 if [[ "$TOPOLOGY" == 1+2 ]]; then CORES=(1); else CORES=(1 2 3); fi
