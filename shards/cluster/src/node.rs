@@ -897,16 +897,24 @@ impl ClusterNode {
         }
     }
 
-    async fn fetch_retained_from(&self, addr: SocketAddr) -> Result<usize, String> {
+    /// Opens a Node stream to `addr` and sends `request` on it, for its answer.
+    async fn node_request(
+        &self,
+        addr: SocketAddr,
+        request: &NodeRequest,
+    ) -> Result<FramedStream, String> {
         let mut s = self
             .inner
             .transport
             .open(addr, StreamKind::Node)
             .await
             .map_err(|e| e.to_string())?;
-        s.send(&NodeRequest::Retained)
-            .await
-            .map_err(|e| e.to_string())?;
+        s.send(request).await.map_err(|e| e.to_string())?;
+        Ok(s)
+    }
+
+    async fn fetch_retained_from(&self, addr: SocketAddr) -> Result<usize, String> {
+        let mut s = self.node_request(addr, &NodeRequest::Retained).await?;
         let mut decoder =
             shardmq_codec::Decoder::with_protocol(shardmq_codec::Protocol::V5, 256 << 20);
         let mut n = 0;
@@ -952,14 +960,8 @@ impl ClusterNode {
     async fn ping(&self, addr: SocketAddr) -> Result<Pong, String> {
         let fut = async {
             let mut s = self
-                .inner
-                .transport
-                .open(addr, StreamKind::Node)
-                .await
-                .map_err(|e| e.to_string())?;
-            s.send(&NodeRequest::Ping { from: self.me() })
-                .await
-                .map_err(|e| e.to_string())?;
+                .node_request(addr, &NodeRequest::Ping { from: self.me() })
+                .await?;
             s.recv::<Pong>()
                 .await
                 .map_err(|e| e.to_string())?
