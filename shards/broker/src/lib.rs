@@ -6,6 +6,7 @@
 
 pub mod alias;
 pub mod auth;
+pub mod authz;
 pub mod limits;
 pub mod message;
 pub mod rate;

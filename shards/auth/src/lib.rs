@@ -1,0 +1,2 @@
+//! shardmq-auth (being written).
+#![warn(missing_docs, unreachable_pub)]

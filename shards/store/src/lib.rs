@@ -1,0 +1,2 @@
+//! shardmq-store (being written).
+#![warn(missing_docs, unreachable_pub)]

@@ -1,0 +1,2 @@
+//! shardmq-transport (being written).
+#![warn(missing_docs, unreachable_pub)]
