@@ -25,6 +25,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod journal;
+pub use journal::{Change, InflightMessage, QueuedMessage, SessionImage, JOURNAL_CHANGES_MAX};
+
 /// Session Expiry Interval meaning "never expires".
 pub const EXPIRY_NEVER: u32 = u32::MAX;
 
@@ -323,6 +326,8 @@ struct Queued {
     /// The shared subscription (`$share/...` filter) that chose this session, if one did: the
     /// message goes back to its group if the session ends before the client has it.
     shared: Option<ByteStr>,
+    /// Delivery number in the session's journal (0: not journaled).
+    seq: u64,
 }
 
 /// A session's subscriptions by filter. Most sessions hold one or a few: up to
@@ -439,6 +444,9 @@ pub struct Session {
     /// `None` while the client takes no topic aliases (most clients; the table is ~96 B).
     aliases_out: Option<Box<OutboundAliases>>,
     stats: SessionStats,
+    /// The change journal, while the session is stored (`storage.durability`); `None` costs
+    /// nothing (see `journal.rs`).
+    journal: Option<Box<journal::Journal>>,
 }
 
 impl Session {
@@ -458,6 +466,7 @@ impl Session {
             aliases_in: InboundAliases::default(),
             aliases_out: None,
             stats: SessionStats::default(),
+            journal: None,
         }
     }
 
@@ -513,7 +522,11 @@ impl Session {
 
     /// Removes and returns the will message (on an abnormal close).
     pub fn take_will(&mut self) -> Option<LastWill> {
-        self.will.take().map(|w| *w)
+        let will = self.will.take().map(|w| *w);
+        if will.is_some() {
+            self.journal_push(|| Change::WillCleared);
+        }
+        will
     }
 
     /// A connection takes this session: records its parameters, resends unacknowledged
@@ -528,6 +541,11 @@ impl Session {
         self.protocol = accepted.protocol;
         self.expiry_secs = accepted.expiry_secs;
         self.will = accepted.will.clone().map(Box::new);
+        self.journal_push(|| Change::Attached {
+            protocol: accepted.protocol,
+            expiry_secs: accepted.expiry_secs,
+            will: accepted.will.clone().map(Box::new),
+        });
         self.conn = Some(accepted.params);
         // A new connection starts with no topic aliases in either direction (MQTT-3.3.2-7).
         self.aliases_in = InboundAliases::default();
@@ -542,9 +560,17 @@ impl Session {
         // (MQTT-3.1.2-25); the previous connection may have allowed larger packets.
         let max = accepted.params.max_packet_size;
         let before = self.inflight.len();
+        let mut discarded: SmallVec<[u16; 4]> = SmallVec::new();
         self.inflight.retain(|out| {
-            out.state == OutState::Released || !too_large(protocol, &out.item, now, max)
+            let keep = out.state == OutState::Released || !too_large(protocol, &out.item, now, max);
+            if !keep {
+                discarded.push(out.pkid);
+            }
+            keep
         });
+        for pkid in discarded {
+            self.journal_push(|| Change::Completed { pkid });
+        }
         self.stats.dropped += (before - self.inflight.len()) as u64;
         for out in &self.inflight {
             match out.state {
@@ -561,6 +587,7 @@ impl Session {
 
     /// The connection went away. Subscriptions, inflight and queued messages stay.
     pub fn detach(&mut self) {
+        self.journal_push(|| Change::Detached);
         self.conn = None;
         self.aliases_in = InboundAliases::default();
         self.aliases_out = None;
@@ -594,10 +621,14 @@ impl Session {
                     Some(i) if ack.reason.is_error() => {
                         // The receiver refused the message: the flow ends here (MQTT-4.3.3).
                         self.inflight.remove(i);
+                        let pkid = ack.pkid;
+                        self.journal_push(|| Change::Completed { pkid });
                         self.fill_window(now, limits, wire);
                     }
                     Some(i) => {
                         self.inflight[i].state = OutState::Released;
+                        let pkid = ack.pkid;
+                        self.journal_push(|| Change::Released { pkid });
                         encode(&pubrel(ack.pkid, ReasonCode::SUCCESS), protocol, wire);
                     }
                     None if self
@@ -622,6 +653,8 @@ impl Session {
                 let reason = match self.awaiting_rel.iter().position(|&p| p == ack.pkid) {
                     Some(i) => {
                         self.awaiting_rel.swap_remove(i);
+                        let pkid = ack.pkid;
+                        self.journal_push(|| Change::RelDone { pkid });
                         ReasonCode::SUCCESS
                     }
                     None => v5_or_success(protocol, ReasonCode::PACKET_IDENTIFIER_NOT_FOUND),
@@ -659,6 +692,8 @@ impl Session {
                         ));
                     }
                     self.expiry_secs = expiry.min(limits.session_expiry_max_secs);
+                    let secs = self.expiry_secs;
+                    self.journal_push(|| Change::Expiry(secs));
                 }
                 actions.push(Action::Disconnect {
                     publish_will: d.reason == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE,
@@ -789,6 +824,7 @@ impl Session {
             QoS::ExactlyOnce => {
                 if !reason.is_error() {
                     self.awaiting_rel.push(pkid);
+                    self.journal_push(|| Change::RelAwaited { pkid });
                 }
                 encode(&Packet::PubRec(ack), protocol, wire)
             }
@@ -839,6 +875,10 @@ impl Session {
                         id,
                     };
                     self.subscriptions.insert(filter.clone(), subscription);
+                    self.journal_push(|| Change::Subscribed {
+                        filter: filter.clone(),
+                        subscription,
+                    });
                     actions.push(Action::Subscribe {
                         filter,
                         subscription,
@@ -871,6 +911,9 @@ impl Session {
         for filter in unsub.filters {
             match self.subscriptions.remove_entry(&filter) {
                 Some((filter, _)) => {
+                    self.journal_push(|| Change::Unsubscribed {
+                        filter: filter.clone(),
+                    });
                     actions.push(Action::Unsubscribe { filter });
                     reasons.push(ReasonCode::SUCCESS);
                 }
@@ -934,16 +977,29 @@ impl Session {
     /// group can give them to another member. Returns (shared filter, message) pairs.
     pub fn take_shared_pending(&mut self) -> Vec<(ByteStr, Arc<Message>)> {
         let mut taken = Vec::new();
-        let mut take = |item: &Queued| match &item.shared {
+        let mut gone: Vec<Change> = Vec::new();
+        let journaled = self.journal.is_some();
+        let mut take = |item: &Queued, change: Change| match &item.shared {
             Some(filter) if item.qos != QoS::AtMostOnce => {
                 taken.push((filter.clone(), item.msg.clone()));
+                if journaled {
+                    gone.push(change);
+                }
                 false
             }
             _ => true,
         };
-        self.inflight
-            .retain(|out| out.state == OutState::Released || take(&out.item));
-        self.queue.retain(|item| take(item));
+        self.inflight.retain(|out| {
+            let pkid = out.pkid;
+            out.state == OutState::Released || take(&out.item, Change::Completed { pkid })
+        });
+        self.queue.retain(|item| {
+            let seq = item.seq;
+            take(item, Change::Dropped { seq })
+        });
+        for change in gone {
+            self.journal_push(|| change);
+        }
         taken
     }
 
@@ -968,6 +1024,7 @@ impl Session {
             retain,
             sub_ids: SmallVec::from_slice(sub_ids),
             shared,
+            seq: 0,
         };
         let (Some(conn), Some(wire)) = (self.conn, wire) else {
             return self.enqueue(item, limits);
@@ -1024,12 +1081,16 @@ impl Session {
                 }
                 None if item.qos == QoS::AtMostOnce => return self.dropped(DropReason::QueueFull),
                 None => {
-                    self.queue.pop_front();
+                    if let Some(old) = self.queue.pop_front() {
+                        self.journal_dropped(&old);
+                    }
                 }
             }
             self.stats.dropped += 1;
             result = Delivery::Displaced;
         }
+        let mut item = item;
+        self.journal_enqueued(&mut item);
         self.queue.push_back(item);
         result
     }
@@ -1039,8 +1100,9 @@ impl Session {
         Delivery::Dropped(reason)
     }
 
-    fn send_inflight(&mut self, now: Instant, item: Queued, wire: &mut BytesMut) {
+    fn send_inflight(&mut self, now: Instant, mut item: Queued, wire: &mut BytesMut) {
         let pkid = self.next_free_pkid();
+        self.journal_sent(&mut item, pkid);
         self.write_new(now, &item, pkid, wire);
         self.stats.sent += 1;
         self.inflight.push_back(Outgoing {
@@ -1056,10 +1118,12 @@ impl Session {
         while let Some(item) = self.queue.pop_front() {
             if item.msg.is_expired(now) {
                 self.stats.dropped += 1;
+                self.journal_dropped(&item);
                 continue;
             }
             if too_large(self.protocol, &item, now, self.send_max(conn)) {
                 self.stats.dropped += 1;
+                self.journal_dropped(&item);
                 continue;
             }
             if item.qos == QoS::AtMostOnce {
@@ -1110,6 +1174,7 @@ impl Session {
         match self.inflight_position(pkid, state, qos) {
             Some(i) => {
                 self.inflight.remove(i);
+                self.journal_push(|| Change::Completed { pkid });
                 self.fill_window(now, limits, wire);
             }
             None => {
