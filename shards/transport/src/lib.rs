@@ -1,2 +1,359 @@
-//! shardmq-transport (being written).
+//! Pure transport layers for MQTT connections: PROXY protocol v1/v2, TLS (rustls) and
+//! WebSocket (RFC 6455), stacked per listener by [`Transport`].
+//!
+//! No sockets, no clock, no threads: the connection driver moves bytes between the socket and
+//! a [`Transport`]; the layers transform them; the MQTT decoder sees plaintext.
+//!
+//! # Order on the wire
+//!
+//! PROXY header (plain, before TLS), then TLS, then WebSocket, then MQTT.
+//!
+//! # Driving a [`Transport`]
+//!
+//! Inputs: [`Transport::on_wire_in`] (bytes read from the socket; MQTT plaintext is appended
+//! to the caller's buffer) and [`Transport::on_plain_out`] (MQTT bytes to send). Output:
+//! [`Transport::take_wire_out`] (bytes to write to the socket), to call after every input.
+//! Then look at [`Transport::closing`]: when true, write what `take_wire_out` gave and close.
+//! An `Err` from an input means the same, and is worth a `warn!` (the peer misbehaved); the
+//! bytes that tell the peer why (a TLS alert, an HTTP error status, a close frame) are queued
+//! for `take_wire_out`. Call [`Transport::shrink`] when the connection goes idle.
+//!
+//! A plain TCP connection without PROXY needs no `Transport` at all.
 #![warn(missing_docs, unreachable_pub)]
+
+pub mod proxy;
+pub mod tls;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+pub use proxy::{ProxyError, ProxyHeader, ProxyInfo};
+pub use tls::{
+    load_server_config, PeerCertName, TlsConfigCell, TlsError, TlsLayer, TlsSettings, VerifyPeer,
+};
+pub use ws::{WsError, WsLayer, WsSettings};
+
+/// Why a connection's transport failed. Every variant closes the connection (after the
+/// driver has written what [`Transport::take_wire_out`] gives).
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The PROXY header is missing, malformed or too long.
+    #[error("PROXY header: {0}")]
+    Proxy(#[from] ProxyError),
+    /// TLS failed: garbage or non-TLS bytes, a handshake failure, a refused client
+    /// certificate, a record the peer should not have sent.
+    #[error("TLS: {0}")]
+    Tls(#[source] rustls::Error),
+    /// rustls refused to buffer more input (an oversized handshake message).
+    #[error("TLS buffer: {0}")]
+    TlsBuffer(String),
+    /// The WebSocket upgrade was refused or a frame broke the rules.
+    #[error("WebSocket: {0}")]
+    WebSocket(#[from] WsError),
+    /// MQTT bytes were given before [`Transport::ready`] (a driver bug).
+    #[error("MQTT bytes sent before the transport is ready")]
+    NotReady,
+}
+
+impl TransportError {
+    /// A short, static description for logs and metrics labels.
+    pub fn description(&self) -> &'static str {
+        match self {
+            TransportError::Proxy(e) => e.description(),
+            TransportError::Tls(rustls::Error::InvalidMessage(_)) => "not TLS or malformed TLS",
+            TransportError::Tls(rustls::Error::InvalidCertificate(_)) => {
+                "client certificate refused"
+            }
+            TransportError::Tls(rustls::Error::NoCertificatesPresented) => {
+                "client certificate missing"
+            }
+            TransportError::Tls(rustls::Error::PeerMisbehaved(_)) => "TLS peer misbehaved",
+            TransportError::Tls(rustls::Error::PeerIncompatible(_)) => "TLS peer incompatible",
+            TransportError::Tls(rustls::Error::NoApplicationProtocol) => "no common ALPN protocol",
+            TransportError::Tls(rustls::Error::AlertReceived(_)) => "TLS alert received",
+            TransportError::Tls(_) => "TLS error",
+            TransportError::TlsBuffer(_) => "TLS input too large",
+            TransportError::WebSocket(e) => match e {
+                WsError::BadRequest(_) | WsError::RequestTooLarge | WsError::NotUpgrade(_) => {
+                    "bad WebSocket upgrade"
+                }
+                WsError::NotFound(_) => "WebSocket path not found",
+                WsError::Version => "unsupported WebSocket version",
+                WsError::Subprotocol => "no MQTT WebSocket subprotocol",
+                WsError::Protocol(_) => "WebSocket protocol error",
+                WsError::Text => "WebSocket text frame",
+                WsError::TooBig { .. } => "WebSocket message too big",
+            },
+            TransportError::NotReady => "MQTT bytes before the transport is ready",
+        }
+    }
+}
+
+/// The layers of one listener.
+#[derive(Debug, Clone, Default)]
+pub struct Stack {
+    /// Expect a PROXY v1/v2 header first.
+    pub proxy: bool,
+    /// Speak TLS with this configuration (take it from [`TlsConfigCell::current`] at accept).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Which client certificate name [`Transport::peer_cert_name`] reports.
+    pub peer_cert_name: PeerCertName,
+    /// Speak WebSocket (inside TLS when both are set).
+    pub ws: Option<WsSettings>,
+}
+
+impl Stack {
+    /// True when the stack has no layer: the connection needs no [`Transport`].
+    pub fn is_plain(&self) -> bool {
+        !self.proxy && self.tls.is_none() && self.ws.is_none()
+    }
+}
+
+/// The transport layers of one connection: PROXY, TLS, WebSocket, in wire order.
+#[derive(Debug)]
+pub struct Transport {
+    /// Bytes of an incomplete PROXY header; `None` once parsed (or when not expected).
+    proxy_pending: Option<BytesMut>,
+    proxy_info: Option<ProxyInfo>,
+    tls: Option<TlsLayer>,
+    cert_name_kind: PeerCertName,
+    cert_name: Option<Box<str>>,
+    cert_name_done: bool,
+    ws: Option<WsLayer>,
+    /// Plaintext from TLS for the WebSocket layer (empty between calls).
+    scratch: BytesMut,
+    /// Wire bytes when there is no TLS (WebSocket replies and frames).
+    out: BytesMut,
+    closing: bool,
+}
+
+impl Transport {
+    /// The layers for a new connection.
+    pub fn new(stack: &Stack) -> Result<Self, TransportError> {
+        Ok(Self {
+            proxy_pending: stack.proxy.then(BytesMut::new),
+            proxy_info: None,
+            tls: stack.tls.clone().map(TlsLayer::new).transpose()?,
+            cert_name_kind: stack.peer_cert_name,
+            cert_name: None,
+            cert_name_done: false,
+            ws: stack.ws.as_ref().map(WsLayer::new),
+            scratch: BytesMut::new(),
+            out: BytesMut::new(),
+            closing: false,
+        })
+    }
+
+    /// Consumes bytes read from the socket; appends MQTT plaintext to `plain_in`.
+    ///
+    /// On `Err`, write [`Transport::take_wire_out`] and close; [`Transport::closing`] is true.
+    pub fn on_wire_in(
+        &mut self,
+        wire: &[u8],
+        plain_in: &mut BytesMut,
+    ) -> Result<(), TransportError> {
+        let r = self.wire_in(wire, plain_in);
+        if r.is_err() {
+            self.closing = true;
+        }
+        r
+    }
+
+    fn wire_in(&mut self, mut wire: &[u8], plain_in: &mut BytesMut) -> Result<(), TransportError> {
+        if self.closing {
+            return Ok(());
+        }
+        if let Some(pending) = &mut self.proxy_pending {
+            let before = pending.len();
+            let parsed = if before == 0 {
+                ProxyHeader::parse(wire)?
+            } else {
+                pending.extend_from_slice(wire);
+                ProxyHeader::parse(pending)?
+            };
+            match parsed {
+                None => {
+                    if before == 0 {
+                        pending.extend_from_slice(wire);
+                    }
+                    assert!(
+                        pending.len() <= proxy::PROXY_MAX_BYTES,
+                        "parse bounds the header"
+                    );
+                    return Ok(());
+                }
+                Some((info, consumed)) => {
+                    assert!(consumed > before, "the header ends in the new bytes");
+                    wire = &wire[consumed - before..];
+                    self.proxy_info = Some(info);
+                    self.proxy_pending = None;
+                }
+            }
+        }
+        if wire.is_empty() {
+            return Ok(());
+        }
+        match (&mut self.tls, &mut self.ws) {
+            (None, None) => plain_in.extend_from_slice(wire),
+            (None, Some(ws)) => {
+                let r = ws.feed(wire, plain_in);
+                ws.take_out(&mut self.out);
+                if ws.is_closed() {
+                    self.closing = true;
+                }
+                r?;
+            }
+            (Some(tls), ws) => {
+                let r = match ws {
+                    None => tls.feed(wire, plain_in),
+                    Some(ws) => {
+                        debug_assert!(self.scratch.is_empty());
+                        let r = tls.feed(wire, &mut self.scratch);
+                        let w = if self.scratch.is_empty() {
+                            Ok(())
+                        } else {
+                            let w = ws.feed(&self.scratch, plain_in);
+                            self.scratch.clear();
+                            w
+                        };
+                        if ws.has_out() {
+                            ws.take_out(&mut self.out);
+                            tls.send(&self.out)?;
+                            self.out.clear();
+                        }
+                        if ws.is_closed() {
+                            self.closing = true;
+                            tls.send_close_notify();
+                        }
+                        r.and(w.map_err(TransportError::from))
+                    }
+                };
+                if tls.peer_closed() && !self.closing {
+                    self.closing = true;
+                    tls.send_close_notify();
+                }
+                if !self.cert_name_done && !tls.is_handshaking() {
+                    self.cert_name_done = true;
+                    self.cert_name = tls.peer_identity(self.cert_name_kind).map(Into::into);
+                }
+                r?;
+            }
+        }
+        Ok(())
+    }
+
+    /// MQTT bytes the broker wants to send.
+    pub fn on_plain_out(&mut self, plain: &[u8]) -> Result<(), TransportError> {
+        if self.closing {
+            return Ok(());
+        }
+        if !self.ready() {
+            return Err(TransportError::NotReady);
+        }
+        match (&mut self.tls, &mut self.ws) {
+            (None, None) => self.out.extend_from_slice(plain),
+            (None, Some(ws)) => {
+                ws.send(plain);
+                ws.take_out(&mut self.out);
+            }
+            (Some(tls), None) => tls.send(plain)?,
+            (Some(tls), Some(ws)) => {
+                ws.send(plain);
+                ws.take_out(&mut self.out);
+                tls.send(&self.out)?;
+                self.out.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the bytes to write to the socket into `wire_out` (TLS records, WebSocket frames,
+    /// handshake replies, pongs, alerts, close frames).
+    pub fn take_wire_out(&mut self, wire_out: &mut BytesMut) {
+        if !self.out.is_empty() {
+            if wire_out.is_empty() {
+                std::mem::swap(wire_out, &mut self.out);
+            } else {
+                wire_out.extend_from_slice(&self.out);
+                self.out.clear();
+            }
+        }
+        if let Some(tls) = &mut self.tls {
+            tls.take_wire_out(wire_out);
+        }
+    }
+
+    /// True when bytes wait for [`Transport::take_wire_out`].
+    pub fn wants_write(&self) -> bool {
+        !self.out.is_empty() || self.tls.as_ref().is_some_and(TlsLayer::wants_write)
+    }
+
+    /// The client address reported by the PROXY header.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.proxy_info.and_then(|i| i.source)
+    }
+
+    /// What the PROXY header reported, once parsed.
+    pub fn proxy_info(&self) -> Option<ProxyInfo> {
+        self.proxy_info
+    }
+
+    /// The client certificate's name chosen by [`Stack::peer_cert_name`], after the handshake.
+    pub fn peer_cert_name(&self) -> Option<&str> {
+        self.cert_name.as_deref()
+    }
+
+    /// The TLS layer, if any (protocol version, ALPN).
+    pub fn tls(&self) -> Option<&TlsLayer> {
+        self.tls.as_ref()
+    }
+
+    /// True when every handshake is done and MQTT may flow.
+    pub fn ready(&self) -> bool {
+        self.proxy_pending.is_none()
+            && self.tls.as_ref().is_none_or(|t| !t.is_handshaking())
+            && self.ws.as_ref().is_none_or(WsLayer::is_open)
+            && !self.closing
+    }
+
+    /// True when the layers want the connection closed once `take_wire_out` is written.
+    pub fn closing(&self) -> bool {
+        self.closing
+    }
+
+    /// Starts a clean close: a WebSocket close frame (1000) and a TLS close_notify are queued.
+    pub fn close(&mut self) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        if let Some(ws) = &mut self.ws {
+            ws.close(tungstenite::protocol::frame::coding::CloseCode::Normal);
+            ws.take_out(&mut self.out);
+        }
+        if let Some(tls) = &mut self.tls {
+            if !self.out.is_empty() {
+                // Cannot fail: rustls's buffer limit is off.
+                let _ = tls.send(&self.out);
+                self.out.clear();
+            }
+            tls.send_close_notify();
+        }
+    }
+
+    /// Releases empty buffers; call when the connection goes idle (after `take_wire_out`).
+    pub fn shrink(&mut self) {
+        if self.out.is_empty() {
+            self.out = BytesMut::new();
+        }
+        if self.scratch.is_empty() {
+            self.scratch = BytesMut::new();
+        }
+        if let Some(ws) = &mut self.ws {
+            ws.shrink();
+        }
+    }
+}
