@@ -48,6 +48,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// `[cluster]`: membership, replication and forwarding between nodes.
     pub cluster: ClusterConfig,
+    /// `[storage]`: durability of retained messages and persistent sessions.
+    pub storage: StorageConfig,
 }
 
 /// `[api]`.
@@ -68,6 +70,52 @@ impl ApiConfig {
         } else {
             text.parse().ok()
         }
+    }
+}
+
+/// `[storage]`: what the node keeps on disk so that nothing it acknowledged is lost on a
+/// restart or a crash (docs/durability.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// The node's data folder, one subfolder per concern: `shards/<id>/` holds each shard's
+    /// log. The same folder as `cluster.data_dir` by default.
+    pub dir: std::path::PathBuf,
+    /// When an acknowledgement may go out: [`Durability`].
+    pub durability: Durability,
+    /// `"async"`: how often the log is fsynced (a crash loses at most this much); `"sync"`: the
+    /// longest a change waits before its group commit starts while another one runs. At least
+    /// 1.
+    pub sync_interval_ms: u64,
+}
+
+/// `storage.durability`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Nothing is stored: a restart loses retained messages and persistent sessions.
+    Off,
+    /// Changes are written in order and fsynced every `sync_interval_ms`; acknowledgements do
+    /// not wait (a crash loses at most that interval, a clean stop nothing).
+    Async,
+    /// A PUBACK/PUBREC of a stored message, the SUBACK and CONNACK of a persistent session go
+    /// out only once the change is on disk (group commit: one fsync per batch).
+    Sync,
+}
+
+impl StorageConfig {
+    /// `[storage]`: a folder is named and the interval is at least 1 ms.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.dir.as_os_str().is_empty() {
+            return Err(ConfigError::value("storage.dir", "must not be empty"));
+        }
+        if self.sync_interval_ms == 0 {
+            return Err(ConfigError::value(
+                "storage.sync_interval_ms",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -699,7 +747,9 @@ impl Config {
             auth: _,
             api,
             cluster,
+            storage,
         } = self;
+        storage.validate()?;
         if node.name.trim().is_empty() {
             return Err(ConfigError::value("node.name", "must not be empty"));
         }
@@ -1483,5 +1533,47 @@ mod tests {
 
         let err = file_err_text("bad-syntax", "[mqtt\nmax_inflight = 1\n");
         assert!(err.contains("bad-syntax"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod storage_tests {
+    use super::*;
+
+    fn with(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
+        load_from(None, env)
+    }
+
+    #[test]
+    fn storage_defaults_to_sync_in_data() {
+        let c = Config::default();
+        assert_eq!(c.storage.durability, Durability::Sync);
+        assert_eq!(c.storage.dir, std::path::Path::new("data"));
+        assert_eq!(c.storage.sync_interval_ms, 10);
+    }
+
+    #[test]
+    fn storage_durability_takes_its_three_names_only() {
+        for (text, d) in [
+            ("off", Durability::Off),
+            ("async", Durability::Async),
+            ("sync", Durability::Sync),
+        ] {
+            let c = with(&[("SHARDMQ_STORAGE__DURABILITY", text)]).expect("valid");
+            assert_eq!(c.storage.durability, d);
+        }
+        let err = with(&[("SHARDMQ_STORAGE__DURABILITY", "fsync")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("storage.durability"), "{err}");
+    }
+
+    #[test]
+    fn storage_sync_interval_must_be_positive() {
+        let err = with(&[("SHARDMQ_STORAGE__SYNC_INTERVAL_MS", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("storage.sync_interval_ms"), "{err}");
     }
 }
