@@ -59,6 +59,23 @@ pub struct ApiConfig {
     /// Address of the HTTP management API (`/health`, `/metrics`, `/api/v1/...`), IP:PORT;
     /// empty = no API.
     pub listen: String,
+    /// The API key file (`shardmq ctl api-key` writes it; the API re-reads it when it changes).
+    /// Holds SHA-256 hashes of the keys, never the keys.
+    pub keys_file: std::path::PathBuf,
+    /// Requests from a loopback peer address need no key.
+    pub allow_unauthenticated_loopback: bool,
+    /// PEM certificate chain of the API's HTTPS listener; empty (with `tls_key_file`) = plain
+    /// HTTP.
+    pub tls_cert_file: String,
+    /// PEM private key of the API's HTTPS listener; empty (with `tls_cert_file`) = plain HTTP.
+    pub tls_key_file: String,
+}
+
+impl Default for ApiConfig {
+    /// The embedded defaults' `[api]`.
+    fn default() -> Self {
+        Config::default().api
+    }
 }
 
 impl ApiConfig {
@@ -69,6 +86,42 @@ impl ApiConfig {
             None
         } else {
             text.parse().ok()
+        }
+    }
+
+    /// `(cert, key)` PEM files when the API is served over HTTPS; both or neither are set
+    /// (validated at load).
+    pub fn tls_files(&self) -> Option<(&Path, &Path)> {
+        let (cert, key) = (self.tls_cert_file.trim(), self.tls_key_file.trim());
+        (!cert.is_empty() && !key.is_empty()).then(|| (Path::new(cert), Path::new(key)))
+    }
+
+    /// `[api]`: `listen` is an address or empty; the TLS files come in pairs; a key file is
+    /// named.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let listen = self.listen.trim();
+        if !listen.is_empty() && listen.parse::<SocketAddr>().is_err() {
+            return Err(ConfigError::value(
+                "api.listen",
+                format!(
+                    "{listen:?} is not a socket address (expected IP:PORT, e.g. \"127.0.0.1:18083\", or \"\" to disable the API)"
+                ),
+            ));
+        }
+        if self.keys_file.as_os_str().is_empty() {
+            return Err(ConfigError::value("api.keys_file", "must not be empty"));
+        }
+        let (cert, key) = (self.tls_cert_file.trim(), self.tls_key_file.trim());
+        match (cert.is_empty(), key.is_empty()) {
+            (true, false) => Err(ConfigError::value(
+                "api.tls_cert_file",
+                "missing: api.tls_key_file is set, HTTPS needs both (or neither, for plain HTTP)",
+            )),
+            (false, true) => Err(ConfigError::value(
+                "api.tls_key_file",
+                "missing: api.tls_cert_file is set, HTTPS needs both (or neither, for plain HTTP)",
+            )),
+            _ => Ok(()),
         }
     }
 }
@@ -272,6 +325,32 @@ pub struct AuthConfig {
     /// method is not offered (CONNACK 0x8C Bad authentication method). Printed redacted.
     #[serde(serialize_with = "redacted")]
     pub hmac_secret: String,
+    /// Clients that send no username (and no certificate name) may connect.
+    pub allow_anonymous: bool,
+    /// Users and password hashes in `mosquitto_passwd` format (`$7$`, `$6$`) or argon2id;
+    /// empty = none.
+    pub password_file: String,
+    /// Mosquitto `acl_file`; empty = every client may publish and subscribe to anything.
+    pub acl_file: String,
+    /// A PUBLISH the ACL denies: `ignore` or `disconnect`.
+    pub acl_deny_action: AclDenyAction,
+    /// HS256 secret of JWTs sent as the password; empty = none. Printed redacted.
+    #[serde(serialize_with = "redacted")]
+    pub jwt_secret: String,
+    /// PEM public key (RSA or EC P-256) of RS256/ES256 JWTs; empty = none.
+    pub jwt_public_key_file: String,
+    /// URL the HTTP authentication hook POSTs each CONNECT to; empty = none.
+    pub http_url: String,
+    /// How long the hook may take, ms; beyond it the CONNECT is refused.
+    pub http_timeout_ms: u64,
+    /// Answers of the hook remembered, at most.
+    pub http_cache_max: u32,
+    /// How long an answer of the hook is remembered, ms; 0 = not at all.
+    pub http_cache_ttl_ms: u64,
+    /// Threads verifying credentials (hashing, the hook), off every shard's event loop.
+    pub workers: u16,
+    /// CONNECTs waiting for a worker, at most; beyond it CONNACK 0x89 Server busy (3.x: 3).
+    pub queue_max: u32,
 }
 
 /// Serializes a secret as `"<redacted>"` (empty stays empty), so `check-config` never prints it.
@@ -287,8 +366,21 @@ impl fmt::Debug for AuthConfig {
         } else {
             "<set>"
         };
+        let jwt = if self.jwt_secret.is_empty() { "" } else { "<set>" };
         f.debug_struct("AuthConfig")
             .field("hmac_secret", &shown)
+            .field("allow_anonymous", &self.allow_anonymous)
+            .field("password_file", &self.password_file)
+            .field("acl_file", &self.acl_file)
+            .field("acl_deny_action", &self.acl_deny_action)
+            .field("jwt_secret", &jwt)
+            .field("jwt_public_key_file", &self.jwt_public_key_file)
+            .field("http_url", &self.http_url)
+            .field("http_timeout_ms", &self.http_timeout_ms)
+            .field("http_cache_max", &self.http_cache_max)
+            .field("http_cache_ttl_ms", &self.http_cache_ttl_ms)
+            .field("workers", &self.workers)
+            .field("queue_max", &self.queue_max)
             .finish()
     }
 }
@@ -312,9 +404,18 @@ pub struct NodeConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
-    /// Address the MQTT TCP listener binds (on every shard, with `SO_REUSEPORT`).
-    #[serde(deserialize_with = "socket_addr")]
-    pub bind: SocketAddr,
+    /// Address the MQTT TCP listener binds (on every shard, with `SO_REUSEPORT`); `None` (from
+    /// `""`) = no plain TCP listener.
+    #[serde(deserialize_with = "optional_socket_addr", serialize_with = "show_optional_addr")]
+    pub bind: Option<SocketAddr>,
+    /// A HAProxy PROXY v1/v2 header comes before MQTT on this listener.
+    pub proxy_protocol: bool,
+    /// `[listener.tls]`: MQTT over TLS.
+    pub tls: TlsListenerConfig,
+    /// `[listener.ws]`: MQTT over WebSocket.
+    pub ws: WsListenerConfig,
+    /// `[listener.wss]`: MQTT over WebSocket over TLS (the certificates of `[listener.tls]`).
+    pub wss: WsListenerConfig,
     /// Connections on the whole node; beyond it new clients are refused with CONNACK 0x89
     /// Server busy (MQTT 3.x return code 3). At least 1.
     pub max_connections: u64,
@@ -331,6 +432,140 @@ pub struct ListenerConfig {
     /// Server Reference to send every new client to, from start-up: CONNACK 0x9C Use another
     /// server (MQTT 3.x return code 3); empty = none.
     pub use_another_server: String,
+}
+
+impl ListenerConfig {
+    /// At least one listener; TLS listeners have their files; client verification has CAs;
+    /// no two listeners share an address; WebSocket paths are absolute.
+    fn validate_listeners(&self) -> Result<(), ConfigError> {
+        let binds = [
+            ("listener.bind", self.bind),
+            ("listener.tls.bind", self.tls.bind),
+            ("listener.ws.bind", self.ws.bind),
+            ("listener.wss.bind", self.wss.bind),
+        ];
+        if binds.iter().all(|(_, b)| b.is_none()) {
+            return Err(ConfigError::value(
+                "listener.bind",
+                "every listener is off (listener.bind, listener.tls.bind, listener.ws.bind, listener.wss.bind are all \"\")",
+            ));
+        }
+        for (i, (key, a)) in binds.iter().enumerate() {
+            if let Some(a) = a {
+                if let Some((other, _)) = binds[..i].iter().find(|(_, b)| *b == Some(*a)) {
+                    return Err(ConfigError::value(key, format!("{a} is also {other}")));
+                }
+            }
+        }
+        let tls_used = self.tls.bind.is_some() || self.wss.bind.is_some();
+        if tls_used {
+            let who = if self.tls.bind.is_some() {
+                "listener.tls.bind"
+            } else {
+                "listener.wss.bind"
+            };
+            if self.tls.cert_file.trim().is_empty() {
+                return Err(ConfigError::value(
+                    "listener.tls.cert_file",
+                    format!("missing: {who} is set"),
+                ));
+            }
+            if self.tls.key_file.trim().is_empty() {
+                return Err(ConfigError::value(
+                    "listener.tls.key_file",
+                    format!("missing: {who} is set"),
+                ));
+            }
+            if self.tls.verify_peer != VerifyPeer::None && self.tls.ca_file.trim().is_empty() {
+                return Err(ConfigError::value(
+                    "listener.tls.ca_file",
+                    "missing: listener.tls.verify_peer asks for client certificates",
+                ));
+            }
+        }
+        if self.tls.peer_cert_as_username != PeerCertName::None
+            && self.tls.verify_peer == VerifyPeer::None
+        {
+            return Err(ConfigError::value(
+                "listener.tls.peer_cert_as_username",
+                "needs listener.tls.verify_peer = \"optional\" or \"required\"",
+            ));
+        }
+        for (key, ws) in [("listener.ws.path", &self.ws), ("listener.wss.path", &self.wss)] {
+            if !ws.path.starts_with('/') {
+                return Err(ConfigError::value(key, "must start with /"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `[listener.tls]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListenerConfig {
+    /// Address of the MQTT-over-TLS listener; `None` (from `""`) = off.
+    #[serde(deserialize_with = "optional_socket_addr", serialize_with = "show_optional_addr")]
+    pub bind: Option<SocketAddr>,
+    /// PEM certificate chain (server certificate first). Used by `[listener.wss]` too.
+    pub cert_file: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+    /// PEM CA certificates that client certificates are verified against; empty = none.
+    pub ca_file: String,
+    /// Client certificates: not asked for, verified when given, or required.
+    pub verify_peer: VerifyPeer,
+    /// Take the MQTT username from the client certificate's CN or first SAN.
+    pub peer_cert_as_username: PeerCertName,
+    /// A HAProxy PROXY header comes before the TLS handshake.
+    pub proxy_protocol: bool,
+}
+
+/// `listener.tls.verify_peer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyPeer {
+    /// No client certificate is asked for.
+    None,
+    /// A client certificate is asked for and verified when sent.
+    Optional,
+    /// A verified client certificate is required.
+    Required,
+}
+
+/// `listener.tls.peer_cert_as_username`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerCertName {
+    /// The username is the CONNECT's.
+    None,
+    /// The certificate's subject Common Name.
+    Cn,
+    /// The certificate's first DNS (or e-mail) Subject Alternative Name.
+    San,
+}
+
+/// `[listener.ws]` and `[listener.wss]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WsListenerConfig {
+    /// Listener address; `None` (from `""`) = off.
+    #[serde(deserialize_with = "optional_socket_addr", serialize_with = "show_optional_addr")]
+    pub bind: Option<SocketAddr>,
+    /// HTTP path of the upgrade request (the query string is ignored).
+    pub path: String,
+    /// A HAProxy PROXY header comes before the HTTP upgrade (or the TLS handshake).
+    pub proxy_protocol: bool,
+}
+
+/// What to do with a PUBLISH the ACL denies (`auth.acl_deny_action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AclDenyAction {
+    /// MQTT 5.0: PUBACK/PUBREC 0x87 Not authorized; 3.x: acknowledged and dropped.
+    Ignore,
+    /// Close the connection (MQTT 5.0: DISCONNECT 0x87 first).
+    Disconnect,
 }
 
 /// `[mqtt]`.
@@ -713,6 +948,32 @@ fn from_config_error(error: config::ConfigError, path: Option<&Path>) -> ConfigE
 }
 
 /// Parses a socket address with an error that shows the value.
+fn optional_socket_addr<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    text.trim().parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a socket address (expected IP:PORT, e.g. \"0.0.0.0:1883\" or \"[::]:1883\", or \"\" for off)"
+        ))
+    })
+}
+
+/// Writes an optional listener address as the file has it: the address, or `""` for off.
+fn show_optional_addr<S: serde::Serializer>(
+    addr: &Option<SocketAddr>,
+    to: S,
+) -> Result<S::Ok, S::Error> {
+    match addr {
+        Some(a) => to.serialize_str(&a.to_string()),
+        None => to.serialize_str(""),
+    }
+}
+
+#[allow(dead_code)] // kept for addresses that may not be off
 fn socket_addr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
     let text = String::deserialize(deserializer)?;
     text.trim().parse().map_err(|_| {
@@ -744,7 +1005,7 @@ impl Config {
             shard,
             sys: _,
             log,
-            auth: _,
+            auth,
             api,
             cluster,
             storage,
@@ -752,6 +1013,19 @@ impl Config {
         storage.validate()?;
         if node.name.trim().is_empty() {
             return Err(ConfigError::value("node.name", "must not be empty"));
+        }
+        listener.validate_listeners()?;
+        if auth.workers == 0 {
+            return Err(ConfigError::value("auth.workers", "must be at least 1"));
+        }
+        if auth.queue_max == 0 {
+            return Err(ConfigError::value("auth.queue_max", "must be at least 1"));
+        }
+        if !auth.jwt_secret.is_empty() && !auth.jwt_public_key_file.trim().is_empty() {
+            return Err(ConfigError::value(
+                "auth.jwt_secret",
+                "set jwt_secret (HS256) or jwt_public_key_file (RS256/ES256), not both",
+            ));
         }
         node.cpus.check().map_err(|e| {
             let text = e.to_string();
@@ -824,15 +1098,7 @@ impl Config {
                 format!("{:?} is not a tracing filter directive: {e}", log.level),
             ));
         }
-        let listen = api.listen.trim();
-        if !listen.is_empty() && listen.parse::<SocketAddr>().is_err() {
-            return Err(ConfigError::value(
-                "api.listen",
-                format!(
-                    "{listen:?} is not a socket address (expected IP:PORT, e.g. \"127.0.0.1:18083\", or \"\" to disable the API)"
-                ),
-            ));
-        }
+        api.validate()?;
         Self::validate_cluster(node.role, cluster)
     }
 
@@ -972,7 +1238,7 @@ mod tests {
         assert_eq!(c.node.name, "shardmq@127.0.0.1");
         assert_eq!(c.node.cpus, CpuSpec::All);
         assert_eq!(c.node.control_cpu, ControlCpu::None);
-        assert_eq!(c.listener.bind, "0.0.0.0:1883".parse().unwrap());
+        assert_eq!(c.listener.bind, Some("0.0.0.0:1883".parse().unwrap()));
         assert_eq!(c.listener.max_connections, 1_000_000);
         assert_eq!(c.listener.max_connection_rate, 0);
         assert_eq!(c.listener.backlog, 4096);
@@ -1080,7 +1346,7 @@ mod tests {
         let c = load_from(Some(&path), env(&[])).unwrap();
         assert_eq!(c.node.name, "test@10.0.0.1");
         assert_eq!(c.node.cpus, CpuSpec::List(vec![0]));
-        assert_eq!(c.listener.bind, "127.0.0.1:18830".parse().unwrap());
+        assert_eq!(c.listener.bind, Some("127.0.0.1:18830".parse().unwrap()));
         assert_eq!(c.mqtt.max_inflight, 16);
         assert!(!c.mqtt.retain_available);
         assert_eq!(c.sys.interval_ms, 0);
@@ -1116,7 +1382,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.mqtt.max_inflight, 64);
-        assert_eq!(c.listener.bind, "127.0.0.1:1884".parse().unwrap());
+        assert_eq!(c.listener.bind, Some("127.0.0.1:1884".parse().unwrap()));
         assert_eq!(c.node.cpus, CpuSpec::List(vec![0, 1]));
         assert!(!c.mqtt.retain_available);
         assert_eq!(c.node.name, "edge@10.1.2.3");

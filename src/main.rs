@@ -39,8 +39,20 @@ enum Command {
         #[command(subcommand)]
         action: TuneCommand,
     },
-    /// Ask a running node's management API (api.listen, or --api) about the cluster.
+    /// Ask a running node's management API (api.listen, or --api) about the cluster; manage
+    /// its API keys (api-key create/list/delete).
     Ctl(shardmq::ctl::CtlArgs),
+    /// Add or change a user of a password file (auth.password_file), hashed with argon2id.
+    /// The password is asked for twice on a terminal, or read as the first line of stdin.
+    Passwd {
+        /// The password file (created if missing; other users' lines are kept).
+        file: PathBuf,
+        /// The user name.
+        user: String,
+        /// Remove the user instead.
+        #[arg(long, short = 'D')]
+        delete: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,6 +97,9 @@ fn try_main() -> anyhow::Result<()> {
         // Reads the configuration only when it needs api.listen.
         return ctl(&cli, args);
     }
+    if let Command::Passwd { file, user, delete } = &command {
+        return passwd(file, user, *delete);
+    }
     let config = load(&cli)?;
     match command {
         Command::Run => {
@@ -94,13 +109,41 @@ fn try_main() -> anyhow::Result<()> {
         Command::CheckConfig => check_config(&config),
         Command::Tune { action } => tune(action, &config),
         Command::Ctl(_) => unreachable!("ctl is handled before the configuration is loaded"),
+        Command::Passwd { .. } => unreachable!("passwd needs no configuration"),
     }
+}
+
+/// `shardmq passwd FILE USER`: the password from a terminal prompt (twice), or stdin's first line.
+fn passwd(file: &std::path::Path, user: &str, delete: bool) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if delete {
+        let removed = shardmq_auth::passwd_delete(file, user)
+            .with_context(|| format!("updating {}", file.display()))?;
+        anyhow::ensure!(removed, "{user} is not in {}", file.display());
+        return Ok(());
+    }
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ").context("reading the password")?;
+        let again =
+            rpassword::prompt_password("Reenter password: ").context("reading the password")?;
+        anyhow::ensure!(first == again, "the passwords do not match");
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the password from stdin")?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    };
+    anyhow::ensure!(!password.is_empty(), "empty password");
+    shardmq_auth::passwd_set(file, user, &password)
+        .with_context(|| format!("updating {}", file.display()))?;
+    Ok(())
 }
 
 /// `shardmq ctl ...`: the configuration is read only for api.listen, when --api is not given.
 fn ctl(cli: &Cli, args: &shardmq::ctl::CtlArgs) -> anyhow::Result<()> {
-    let api = shardmq::ctl::api_address(args.api.as_deref(), || Ok(load(cli)?.api))?;
-    print!("{}", shardmq::ctl::run(&api, args)?);
+    print!("{}", shardmq::ctl::main(args, || Ok(load(cli)?.api))?);
     Ok(())
 }
 
@@ -160,6 +203,12 @@ fn install_tracing(config: &Config) -> anyhow::Result<()> {
             EnvFilter::try_new(&directive).with_context(|| format!("RUST_LOG={directive:?}"))?
         }
         _ => EnvFilter::try_new(&config.log.level).context("log.level")?,
+    };
+    // rustls warns about each client's harmless quirks (an IP address sent as SNI, as
+    // mosquitto_pub does); the broker logs what matters of a TLS failure itself.
+    let filter = match "rustls=error".parse() {
+        Ok(quiet) if !config.log.level.contains("rustls") => filter.add_directive(quiet),
+        _ => filter,
     };
     match config.log.format {
         LogFormat::Text => tracing_subscriber::fmt()

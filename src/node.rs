@@ -11,7 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Translates the validated configuration into the data plane's terms.
-pub(crate) fn runtime_config(config: &Config) -> anyhow::Result<RuntimeConfig> {
+pub(crate) fn runtime_config(
+    config: &Config,
+    security: &Security,
+) -> anyhow::Result<RuntimeConfig> {
     let mut cpus = config
         .node
         .cpus
@@ -48,7 +51,14 @@ pub(crate) fn runtime_config(config: &Config) -> anyhow::Result<RuntimeConfig> {
     Ok(RuntimeConfig {
         node_name: config.node.name.clone(),
         cpus,
-        bind: config.listener.bind,
+        listeners: listeners(config, security)?,
+        auth: security.auth.clone(),
+        acl_deny_action: match config.auth.acl_deny_action {
+            crate::config::AclDenyAction::Ignore => shardmq_broker::authz::DenyAction::Ignore,
+            crate::config::AclDenyAction::Disconnect => {
+                shardmq_broker::authz::DenyAction::Disconnect
+            }
+        },
         backlog: config.listener.backlog,
         max_connections: usize::try_from(config.listener.max_connections).unwrap_or(usize::MAX),
         max_connection_rate: config.listener.max_connection_rate,
@@ -71,6 +81,200 @@ pub(crate) fn runtime_config(config: &Config) -> anyhow::Result<RuntimeConfig> {
         ),
         move_trigger: MoveTrigger::default(),
     })
+}
+
+/// What SIGHUP (and `POST /api/v1/reload`) reloads: the TLS certificates of the TLS and WSS
+/// listeners, and the auth service's files (password file, ACL, JWT key).
+#[derive(Clone, Default)]
+pub(crate) struct Security {
+    /// `[listener.tls]`'s configuration with ALPN `mqtt`.
+    tls: Option<Arc<shardmq_transport::TlsConfigCell>>,
+    /// The same certificates with ALPN `http/1.1`, for `[listener.wss]`.
+    wss: Option<Arc<shardmq_transport::TlsConfigCell>>,
+    settings: Option<shardmq_transport::TlsSettings>,
+    /// `None` when `[auth]` asks for nothing (anonymous allowed, no file, no hook).
+    pub(crate) auth: Option<Arc<shardmq_auth::AuthService>>,
+}
+
+impl Security {
+    /// Loads the certificates and the auth files the configuration names.
+    pub(crate) fn load(config: &Config) -> anyhow::Result<Security> {
+        let l = &config.listener;
+        let mut security = Security::default();
+        if l.tls.bind.is_some() || l.wss.bind.is_some() {
+            let settings = tls_settings(config);
+            if l.tls.bind.is_some() {
+                let cell = shardmq_transport::TlsConfigCell::new(&settings, &[b"mqtt"])
+                    .context("[listener.tls]")?;
+                security.tls = Some(Arc::new(cell));
+            }
+            if l.wss.bind.is_some() {
+                let cell = shardmq_transport::TlsConfigCell::new(&settings, &[b"http/1.1"])
+                    .context("[listener.wss] (the certificates of [listener.tls])")?;
+                security.wss = Some(Arc::new(cell));
+            }
+            security.settings = Some(settings);
+        }
+        security.auth = auth_service(config)?;
+        Ok(security)
+    }
+
+    /// Re-reads certificates and auth files; what fails to load keeps its previous state.
+    /// Connections already open keep theirs.
+    pub(crate) fn reload(&self) -> anyhow::Result<()> {
+        let mut failed = Vec::new();
+        if let Some(settings) = &self.settings {
+            for cell in [&self.tls, &self.wss].into_iter().flatten() {
+                if let Err(e) = cell.reload(settings) {
+                    failed.push(format!("TLS: {e}"));
+                }
+            }
+        }
+        if let Some(auth) = &self.auth {
+            if let Err(e) = auth.reload() {
+                failed.push(format!("auth: {e}"));
+            }
+        }
+        if failed.is_empty() {
+            tracing::info!("reloaded certificates and auth files");
+            Ok(())
+        } else {
+            anyhow::bail!("reload failed, previous state kept: {}", failed.join("; "))
+        }
+    }
+}
+
+fn tls_settings(config: &Config) -> shardmq_transport::TlsSettings {
+    use crate::config::VerifyPeer;
+    let t = &config.listener.tls;
+    shardmq_transport::TlsSettings {
+        cert_file: t.cert_file.trim().into(),
+        key_file: t.key_file.trim().into(),
+        ca_file: (!t.ca_file.trim().is_empty()).then(|| t.ca_file.trim().into()),
+        verify_peer: match t.verify_peer {
+            VerifyPeer::None => shardmq_transport::VerifyPeer::None,
+            VerifyPeer::Optional => shardmq_transport::VerifyPeer::Optional,
+            VerifyPeer::Required => shardmq_transport::VerifyPeer::Required,
+        },
+        peer_cert_as_username: peer_cert_name(t.peer_cert_as_username),
+    }
+}
+
+fn peer_cert_name(name: crate::config::PeerCertName) -> shardmq_transport::PeerCertName {
+    use crate::config::PeerCertName;
+    match name {
+        PeerCertName::None => shardmq_transport::PeerCertName::None,
+        PeerCertName::Cn => shardmq_transport::PeerCertName::Cn,
+        PeerCertName::San => shardmq_transport::PeerCertName::San,
+    }
+}
+
+/// The client listeners the configuration turns on.
+fn listeners(
+    config: &Config,
+    security: &Security,
+) -> anyhow::Result<Vec<shardmq_shards::ListenerSpec>> {
+    use shardmq_shards::{ListenerKind, ListenerSpec};
+    let l = &config.listener;
+    let cert_name = peer_cert_name(l.tls.peer_cert_as_username);
+    let mut specs = Vec::new();
+    if let Some(bind) = l.bind {
+        specs.push(ListenerSpec {
+            kind: ListenerKind::Tcp,
+            bind,
+            proxy_protocol: l.proxy_protocol,
+            tls: None,
+            peer_cert_name: shardmq_transport::PeerCertName::None,
+            ws_path: None,
+        });
+    }
+    if let Some(bind) = l.tls.bind {
+        specs.push(ListenerSpec {
+            kind: ListenerKind::Tls,
+            bind,
+            proxy_protocol: l.tls.proxy_protocol,
+            tls: security.tls.clone(),
+            peer_cert_name: cert_name,
+            ws_path: None,
+        });
+    }
+    if let Some(bind) = l.ws.bind {
+        specs.push(ListenerSpec {
+            kind: ListenerKind::Ws,
+            bind,
+            proxy_protocol: l.ws.proxy_protocol,
+            tls: None,
+            peer_cert_name: shardmq_transport::PeerCertName::None,
+            ws_path: Some(l.ws.path.clone()),
+        });
+    }
+    if let Some(bind) = l.wss.bind {
+        specs.push(ListenerSpec {
+            kind: ListenerKind::Wss,
+            bind,
+            proxy_protocol: l.wss.proxy_protocol,
+            tls: security.wss.clone(),
+            peer_cert_name: cert_name,
+            ws_path: Some(l.wss.path.clone()),
+        });
+    }
+    anyhow::ensure!(!specs.is_empty(), "every listener is off");
+    Ok(specs)
+}
+
+/// The auth service for `[auth]`, or `None` when it would allow everyone everything.
+fn auth_service(config: &Config) -> anyhow::Result<Option<Arc<shardmq_auth::AuthService>>> {
+    let a = &config.auth;
+    let nothing = a.allow_anonymous
+        && a.password_file.trim().is_empty()
+        && a.acl_file.trim().is_empty()
+        && a.jwt_secret.is_empty()
+        && a.jwt_public_key_file.trim().is_empty()
+        && a.http_url.trim().is_empty();
+    if nothing {
+        return Ok(None);
+    }
+    let path = |p: &str| (!p.trim().is_empty()).then(|| std::path::PathBuf::from(p.trim()));
+    let settings = shardmq_auth::AuthSettings {
+        allow_anonymous: a.allow_anonymous,
+        password_file: path(&a.password_file),
+        acl_file: path(&a.acl_file),
+        jwt_secret: (!a.jwt_secret.is_empty()).then(|| a.jwt_secret.clone()),
+        jwt_public_key_file: path(&a.jwt_public_key_file),
+        http_url: (!a.http_url.trim().is_empty()).then(|| a.http_url.trim().to_string()),
+        http_timeout_ms: a.http_timeout_ms,
+        http_cache_max: a.http_cache_max as usize,
+        http_cache_ttl_ms: a.http_cache_ttl_ms,
+        workers: usize::from(a.workers),
+        queue_max: a.queue_max as usize,
+        acl_deny_action: match a.acl_deny_action {
+            crate::config::AclDenyAction::Ignore => shardmq_broker::authz::DenyAction::Ignore,
+            crate::config::AclDenyAction::Disconnect => {
+                shardmq_broker::authz::DenyAction::Disconnect
+            }
+        },
+        ..Default::default()
+    };
+    let service = shardmq_auth::AuthService::new(&settings).context("[auth]")?;
+    Ok(Some(service))
+}
+
+/// SIGHUP reloads certificates and auth files (connections stay up).
+fn watch_reload_signal(security: Security) -> anyhow::Result<()> {
+    use signal_hook::{consts::SIGHUP, iterator::Signals};
+    let mut signals = Signals::new([SIGHUP]).context("installing the SIGHUP handler")?;
+    std::thread::Builder::new()
+        .name("reload".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                tracing::info!("SIGHUP: reloading certificates and auth files");
+                if let Err(e) = security.reload() {
+                    tracing::error!("{e:#}");
+                }
+            }
+        })
+        .context("starting the reload thread")?;
+    Ok(())
 }
 
 /// The enhanced authentication methods `[auth]` offers.
@@ -141,14 +345,21 @@ fn warn_if_nofile_too_low(max_connections: u64) {
 
 /// Runs the broker node described by `config` until the process is stopped.
 pub fn run(config: Config) -> anyhow::Result<()> {
-    let rt = runtime_config(&config)?;
+    let security = Security::load(&config)?;
+    let rt = runtime_config(&config, &security)?;
+    watch_reload_signal(security.clone())?;
     let control = control_cpu(&config, &rt.cpus)?;
     warn_if_nofile_too_low(config.listener.max_connections);
     watch_move_signal(
         rt.move_trigger.clone(),
         !config.listener.moved_to.is_empty(),
     )?;
-    tracing::info!(node = %rt.node_name, cpus = ?rt.cpus, bind = %rt.bind, "starting shardmq {}", env!("CARGO_PKG_VERSION"));
+    let binds: Vec<String> = rt
+        .listeners
+        .iter()
+        .map(|l| format!("{:?} {}", l.kind, l.bind))
+        .collect();
+    tracing::info!(node = %rt.node_name, cpus = ?rt.cpus, listeners = ?binds, "starting shardmq {}", env!("CARGO_PKG_VERSION"));
     // Control plane (src/api.rs): the management API and, in a cluster, the cluster node on
     // the `shardmq-control` thread; an api.listen that cannot be bound stops the node here.
     let node = if config.cluster.enabled {

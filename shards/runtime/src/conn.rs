@@ -1,6 +1,11 @@
 //! The per-connection driver: one task per client socket, written as a hand-rolled future so
 //! that it borrows the shard's read buffer only inside `poll` (an idle connection holds no
 //! buffer) and writes straight from the connection's buffer in the shard.
+//!
+//! A connection of a TLS, WebSocket or PROXY listener also has a [`Transport`]: bytes read go
+//! through it before the decoder, and the shard's MQTT bytes go through it before the socket.
+//! Plaintext moves into the transport only once its previous wire bytes are written, so the
+//! connection's write buffer still measures the client's backlog (`max_write_buffer_bytes`).
 
 use crate::shard::{ConnKey, Phase, Shard};
 use bytes::{Buf, BytesMut};
@@ -8,6 +13,7 @@ use futures_lite::io::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use shardmq_broker::session::Close;
 use shardmq_codec::{Decoder, ReasonCode};
+use shardmq_transport::Transport;
 use std::cell::RefCell;
 use std::future::Future;
 use std::io::ErrorKind;
@@ -19,6 +25,8 @@ use tracing::{debug, warn};
 
 /// Read/decode/write rounds before the driver yields to other tasks.
 const ROUNDS_MAX: usize = 16;
+/// Plaintext handed to a transport at once (a few TLS records or WebSocket frames).
+const PLAIN_CHUNK_BYTES: usize = 64 * 1024;
 
 pub(crate) struct ConnDriver {
     shard: Rc<RefCell<Shard>>,
@@ -28,6 +36,14 @@ pub(crate) struct ConnDriver {
     /// Bytes of a packet not yet complete; empty (unallocated) between packets.
     rbuf: BytesMut,
     timeout: Option<Duration>,
+    /// TLS / WebSocket / PROXY layers; `None` for plain TCP.
+    transport: Option<Box<Transport>>,
+    /// Wire bytes from the transport not yet written; empty (unallocated) when idle.
+    wout: BytesMut,
+    /// The transport failed: write what it queued (an alert, a close frame), then close.
+    broken: bool,
+    /// The shard has been told the transport's peer address and certificate name.
+    identity_told: bool,
 }
 
 impl ConnDriver {
@@ -35,6 +51,7 @@ impl ConnDriver {
         shard: Rc<RefCell<Shard>>,
         stream: TcpStream,
         key: ConnKey,
+        transport: Option<Box<Transport>>,
         max_packet_size: u32,
         send_timeout: Duration,
     ) -> ConnDriver {
@@ -49,6 +66,10 @@ impl ConnDriver {
             decoder: Decoder::new(max_packet_size),
             rbuf: BytesMut::new(),
             timeout: None,
+            transport,
+            wout: BytesMut::new(),
+            broken: false,
+            identity_told: false,
         }
     }
 }
@@ -75,32 +96,85 @@ impl Future for ConnDriver {
                 }
             }
             // 1. Write what the shard queued for this client.
-            while !conn.out.is_empty() {
-                match Pin::new(&mut this.stream).poll_write(cx, &conn.out) {
-                    Poll::Ready(Err(e)) if e.kind() == ErrorKind::TimedOut => {
-                        warn!(
-                            shard = shard.id,
-                            conn = conn.id,
-                            "client took no bytes for mqtt.send_timeout_ms; closing"
-                        );
-                        return finish(shard, now, key);
+            let written = match &mut this.transport {
+                None => write_out(&mut this.stream, cx, &mut conn.out),
+                Some(t) => {
+                    let mut result = Ok(0);
+                    loop {
+                        if this.wout.is_empty() {
+                            if !this.broken && !conn.out.is_empty() && t.ready() {
+                                let n = conn.out.len().min(PLAIN_CHUNK_BYTES);
+                                if let Err(e) = t.on_plain_out(&conn.out[..n]) {
+                                    warn!(shard = shard.id, conn = conn.id, error = %e, "transport refused output; closing");
+                                    this.broken = true;
+                                }
+                                conn.out.advance(n);
+                            }
+                            t.take_wire_out(&mut this.wout);
+                        }
+                        if this.wout.is_empty() {
+                            break;
+                        }
+                        match (write_out(&mut this.stream, cx, &mut this.wout), &mut result) {
+                            (Ok(n), Ok(total)) => {
+                                *total += n;
+                                if !this.wout.is_empty() {
+                                    break;
+                                }
+                            }
+                            (Err(e), _) => {
+                                result = Err(e);
+                                break;
+                            }
+                            (Ok(_), Err(_)) => unreachable!("the loop ends on the first error"),
+                        }
                     }
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return finish(shard, now, key),
-                    Poll::Ready(Ok(n)) => {
-                        conn.out.advance(n);
-                        shard.stats.bytes_out += n as u64;
-                    }
-                    Poll::Pending => break,
+                    result
                 }
+            };
+            match written {
+                Ok(n) => shard.stats.bytes_out += n as u64,
+                Err(WriteFailed::TimedOut) => {
+                    warn!(
+                        shard = shard.id,
+                        conn = conn.id,
+                        "client took no bytes for mqtt.send_timeout_ms; closing"
+                    );
+                    return finish(shard, now, key);
+                }
+                Err(WriteFailed::Closed) => return finish(shard, now, key),
             }
             if conn.out.is_empty() && conn.out.capacity() > 0 {
                 // An idle connection keeps no write buffer.
                 conn.out = BytesMut::new();
             }
-            let unwritten = conn.out.len();
+            if this.wout.is_empty() && this.wout.capacity() > 0 {
+                this.wout = BytesMut::new();
+            }
+            let unwritten = conn.out.len() + this.wout.len();
+            if let Some(t) = &mut this.transport {
+                if this.broken || t.closing() {
+                    if this.wout.is_empty() {
+                        return finish(shard, now, key);
+                    }
+                    return Poll::Pending;
+                }
+                if conn.phase == Phase::Closing && unwritten == 0 {
+                    // A clean end for the layers too: WebSocket close frame, TLS close_notify.
+                    t.close();
+                    continue;
+                }
+                if !this.identity_told && t.ready() {
+                    this.identity_told = true;
+                    if let Some(peer) = t.peer_addr() {
+                        conn.peer = Some(peer);
+                    }
+                    conn.cert_name = t.peer_cert_name().map(Box::from);
+                }
+            }
             match conn.phase {
                 Phase::Closing if unwritten == 0 => return finish(shard, now, key),
-                Phase::Closing | Phase::Claiming => return Poll::Pending,
+                Phase::Closing | Phase::Claiming | Phase::Verifying => return Poll::Pending,
                 Phase::AwaitConnect | Phase::Authenticating | Phase::Active => {}
             }
             // 2. Decode what is buffered.
@@ -147,7 +221,16 @@ impl Future for ConnDriver {
                 }
                 Poll::Ready(Ok(n)) => {
                     shard.stats.bytes_in += n as u64;
-                    this.rbuf.extend_from_slice(&scratch[..n]);
+                    match &mut this.transport {
+                        None => this.rbuf.extend_from_slice(&scratch[..n]),
+                        Some(t) => {
+                            if let Err(e) = t.on_wire_in(&scratch[..n], &mut this.rbuf) {
+                                let conn = &shard.conns[key];
+                                warn!(shard = shard.id, conn = conn.id, peer = ?conn.peer, error = %e, what = e.description(), "transport error; closing");
+                                this.broken = true;
+                            }
+                        }
+                    }
                     shard.read_scratch = scratch;
                 }
                 Poll::Ready(Err(e)) if e.kind() == ErrorKind::TimedOut => {
@@ -174,6 +257,12 @@ impl Future for ConnDriver {
                 }
                 Poll::Pending => {
                     shard.read_scratch = scratch;
+                    if let Some(t) = &mut this.transport {
+                        if t.wants_write() {
+                            continue;
+                        }
+                        t.shrink();
+                    }
                     return Poll::Pending;
                 }
             }
@@ -182,6 +271,37 @@ impl Future for ConnDriver {
         cx.waker().wake_by_ref();
         Poll::Pending
     }
+}
+
+/// Why a write ended the connection.
+enum WriteFailed {
+    /// `mqtt.send_timeout_ms` passed without the socket taking a byte.
+    TimedOut,
+    /// The peer is gone.
+    Closed,
+}
+
+/// Writes from `buf` until it is empty or the socket would block; returns the bytes written.
+fn write_out(
+    stream: &mut TcpStream,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Result<usize, WriteFailed> {
+    let mut total = 0;
+    while !buf.is_empty() {
+        match Pin::new(&mut *stream).poll_write(cx, buf) {
+            Poll::Ready(Err(e)) if e.kind() == ErrorKind::TimedOut => {
+                return Err(WriteFailed::TimedOut)
+            }
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(WriteFailed::Closed),
+            Poll::Ready(Ok(n)) => {
+                buf.advance(n);
+                total += n;
+            }
+            Poll::Pending => break,
+        }
+    }
+    Ok(total)
 }
 
 fn finish(shard: &mut Shard, now: Instant, key: ConnKey) -> Poll<()> {

@@ -46,8 +46,14 @@ pub struct RuntimeConfig {
     pub node_name: String,
     /// One shard per CPU, pinned to it.
     pub cpus: Vec<usize>,
-    /// MQTT/TCP listener address, bound by every shard with `SO_REUSEPORT`.
-    pub bind: SocketAddr,
+    /// The client listeners (MQTT over TCP, TLS, WebSocket, WebSocket over TLS), each bound by
+    /// every shard with `SO_REUSEPORT`. At least one.
+    pub listeners: Vec<ListenerSpec>,
+    /// Verifies credentials off the shards' loops (`[auth]`); `None` = everyone may connect
+    /// and no ACL applies.
+    pub auth: Option<Arc<shardmq_auth::AuthService>>,
+    /// What a PUBLISH the ACL denies gets (`auth.acl_deny_action`).
+    pub acl_deny_action: shardmq_broker::authz::DenyAction,
     /// Listen backlog.
     pub backlog: u32,
     /// Node-wide connection limit.
@@ -79,6 +85,64 @@ pub struct RuntimeConfig {
     pub redirect: shardmq_broker::redirect::Redirect,
     /// Pulled to move the node's clients to `redirect`'s `moved_to` (SIGUSR2 in the binary).
     pub move_trigger: MoveTrigger,
+}
+
+/// What a listener speaks under MQTT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// MQTT over TCP (`[listener]`).
+    Tcp,
+    /// MQTT over TLS (`[listener.tls]`).
+    Tls,
+    /// MQTT over WebSocket (`[listener.ws]`).
+    Ws,
+    /// MQTT over WebSocket over TLS (`[listener.wss]`).
+    Wss,
+}
+
+impl ListenerKind {
+    /// The configuration key of the listener's address, for messages.
+    pub fn bind_key(self) -> &'static str {
+        match self {
+            ListenerKind::Tcp => "listener.bind",
+            ListenerKind::Tls => "listener.tls.bind",
+            ListenerKind::Ws => "listener.ws.bind",
+            ListenerKind::Wss => "listener.wss.bind",
+        }
+    }
+}
+
+/// One client listener.
+#[derive(Debug, Clone)]
+pub struct ListenerSpec {
+    /// What it speaks.
+    pub kind: ListenerKind,
+    /// Its address.
+    pub bind: SocketAddr,
+    /// A PROXY v1/v2 header comes first on each connection.
+    pub proxy_protocol: bool,
+    /// TLS configuration (Tls and Wss), reloadable: each connection takes the current one.
+    pub tls: Option<Arc<shardmq_transport::TlsConfigCell>>,
+    /// Which client certificate name becomes the MQTT username (`peer_cert_as_username`).
+    pub peer_cert_name: shardmq_transport::PeerCertName,
+    /// WebSocket path (Ws and Wss).
+    pub ws_path: Option<String>,
+}
+
+impl ListenerSpec {
+    /// The layers a new connection of this listener needs; `None` for plain TCP.
+    fn stack(&self, max_message_bytes: usize) -> Option<shardmq_transport::Stack> {
+        let stack = shardmq_transport::Stack {
+            proxy: self.proxy_protocol,
+            tls: self.tls.as_ref().map(|cell| cell.current()),
+            peer_cert_name: self.peer_cert_name,
+            ws: self.ws_path.as_ref().map(|path| shardmq_transport::WsSettings {
+                path: path.clone(),
+                max_message_bytes,
+            }),
+        };
+        (!stack.is_plain()).then_some(stack)
+    }
 }
 
 /// Moves a node's clients elsewhere when pulled: from the next housekeeping tick (≤ 250 ms)
@@ -171,13 +235,16 @@ impl Node {
             }
             let handle = builder
                 .spawn(move || async move {
-                    let listener = match listen(&cfg) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            let _ = ready.send(Err(e));
-                            return;
+                    let mut listeners = Vec::with_capacity(cfg.listeners.len());
+                    for spec in &cfg.listeners {
+                        match listen(spec, cfg.backlog) {
+                            Ok(l) => listeners.push((l, spec.clone())),
+                            Err(e) => {
+                                let _ = ready.send(Err(e));
+                                return;
+                            }
                         }
-                    };
+                    }
                     let (senders, receivers) = match mesh.join().await {
                         Ok(x) => x,
                         Err(e) => {
@@ -194,10 +261,12 @@ impl Node {
                         state.cluster = Some(Box::new(shard::ClusterShard::new()));
                     }
                     let shard = Rc::new(RefCell::new(state));
-                    info!(shard = id, cpu, addr = %cfg.bind, "shard listening");
+                    for spec in &cfg.listeners {
+                        info!(shard = id, cpu, addr = %spec.bind, kind = ?spec.kind, proxy_protocol = spec.proxy_protocol, "shard listening");
+                    }
                     let _ = ready.send(Ok(()));
                     let link = uplink.zip(inbox);
-                    serve(shard, listener, senders, receivers, link).await;
+                    serve(shard, listeners, senders, receivers, link).await;
                 })
                 .map_err(|e| io::Error::other(format!("cannot start shard on cpu {cpu}: {e}")))?;
             handles.push(handle);
@@ -227,11 +296,11 @@ impl Node {
     }
 }
 
-/// Binds the shard's own listener: `SO_REUSEPORT`, so the kernel spreads connections over
-/// shards and no accept thread exists.
-fn listen(cfg: &RuntimeConfig) -> io::Result<TcpListener> {
+/// Binds one of the shard's own listeners: `SO_REUSEPORT`, so the kernel spreads connections
+/// over shards and no accept thread exists.
+fn listen(spec: &ListenerSpec, backlog: u32) -> io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
-    let domain = if cfg.bind.is_ipv6() {
+    let domain = if spec.bind.is_ipv6() {
         Domain::IPV6
     } else {
         Domain::IPV4
@@ -240,13 +309,13 @@ fn listen(cfg: &RuntimeConfig) -> io::Result<TcpListener> {
     sock.set_reuse_address(true)?;
     sock.set_reuse_port(true)?;
     sock.set_nonblocking(true)?;
-    sock.bind(&cfg.bind.into()).map_err(|e| {
+    sock.bind(&spec.bind.into()).map_err(|e| {
         io::Error::new(
             e.kind(),
-            format!("cannot bind listener.bind {}: {e}", cfg.bind),
+            format!("cannot bind {} {}: {e}", spec.kind.bind_key(), spec.bind),
         )
     })?;
-    sock.listen(cfg.backlog.min(i32::MAX as u32) as i32)?;
+    sock.listen(backlog.min(i32::MAX as u32) as i32)?;
     // SAFETY: the fd is a bound, listening TCP socket that we own and hand over.
     Ok(unsafe { TcpListener::from_raw_fd(sock.into_raw_fd()) })
 }
@@ -312,7 +381,7 @@ impl glommio::StallDetectionHandler for StallLogger {
 
 async fn serve(
     shard: Rc<RefCell<Shard>>,
-    listener: TcpListener,
+    listeners: Vec<(TcpListener, ListenerSpec)>,
     senders: Senders<Batch>,
     mut receivers: Receivers<Batch>,
     link: Option<(Uplink, link::ShardInbox)>,
@@ -349,12 +418,44 @@ async fn serve(
             stats.bytes_in + stats.bytes_out
         });
     }
-    let accept = accept_loop(shard, listener, queues.connections);
-    spawn_into(queues.connections, accept);
+    if shard.borrow().cfg.auth.is_some() {
+        let (inbox, wake) = shard::AuthInbox::new();
+        shard.borrow_mut().auth_inbox = Some(inbox);
+        spawn_into(queues.bus, auth_replies(shard.clone(), wake));
+    }
+    for (listener, spec) in listeners {
+        let accept = accept_loop(shard.clone(), listener, spec, queues.connections);
+        spawn_into(queues.connections, accept);
+    }
     futures_lite::future::pending::<()>().await;
 }
 
-async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener, queue: TaskQueueHandle) {
+/// Applies the verdicts of the auth workers: one byte on the wake socket, then the whole queue.
+async fn auth_replies(shard: Rc<RefCell<Shard>>, wake: std::os::unix::net::UnixStream) {
+    use futures_lite::AsyncReadExt;
+    // SAFETY: the fd is our end of a socket pair that we own and give up here.
+    let mut wake = unsafe { glommio::net::UnixStream::from_raw_fd(wake.into_raw_fd()) };
+    let mut bytes = [0u8; 256];
+    loop {
+        match wake.read(&mut bytes).await {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                error!(error = %e, "auth wake socket failed");
+                break;
+            }
+        }
+        let now = Instant::now();
+        shard.borrow_mut().apply_auth_replies(now);
+    }
+}
+
+async fn accept_loop(
+    shard: Rc<RefCell<Shard>>,
+    listener: TcpListener,
+    spec: ListenerSpec,
+    queue: TaskQueueHandle,
+) {
     let max_packet_size = shard.borrow().cfg.limits.max_packet_size;
     let send_timeout = shard.borrow().cfg.send_timeout;
     loop {
@@ -363,10 +464,28 @@ async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener, queue: Ta
                 if let Err(e) = stream.set_nodelay(true) {
                     debug!(error = %e, "set_nodelay failed");
                 }
-                let (key, _) = shard.borrow_mut().open_conn();
+                let peer = stream.peer_addr().ok();
+                let transport = match spec.stack(max_packet_size as usize) {
+                    None => None,
+                    Some(stack) => match shardmq_transport::Transport::new(&stack) {
+                        Ok(t) => Some(Box::new(t)),
+                        Err(e) => {
+                            error!(error = %e, kind = ?spec.kind, "cannot set up a connection's transport");
+                            continue;
+                        }
+                    },
+                };
+                let (key, _) = shard.borrow_mut().open_conn(peer);
                 spawn_into(
                     queue,
-                    ConnDriver::new(shard.clone(), stream, key, max_packet_size, send_timeout),
+                    ConnDriver::new(
+                        shard.clone(),
+                        stream,
+                        key,
+                        transport,
+                        max_packet_size,
+                        send_timeout,
+                    ),
                 );
             }
             Err(e) => {

@@ -44,6 +44,8 @@ pub(crate) type SessionKey = usize;
 pub(crate) enum Phase {
     /// Accepted; only CONNECT may come.
     AwaitConnect,
+    /// CONNECT accepted; its credentials are with the auth workers (`[auth]`). Not read.
+    Verifying,
     /// CONNECT with an Authentication Method accepted; only AUTH may come (MQTT 5.0 §4.12).
     Authenticating,
     /// CONNECT accepted; waiting for the registry and, on takeover, the old session.
@@ -71,6 +73,65 @@ pub(crate) struct Conn {
     graceful: Option<bool>,
     /// Enhanced authentication, for connections whose CONNECT named a method.
     auth: Option<Box<ConnAuth>>,
+    /// The client's address: the socket's peer, or what a PROXY header said.
+    pub(crate) peer: Option<std::net::SocketAddr>,
+    /// The client certificate's name (`listener.tls.peer_cert_as_username`), after the handshake.
+    pub(crate) cert_name: Option<Box<str>>,
+    /// Who the auth workers said the client is, and its ACL; `None` when `[auth]` is off.
+    ident: Option<Box<ConnIdent>>,
+}
+
+/// A verified client: its username and what it may do.
+struct ConnIdent {
+    username: Option<String>,
+    authorizer: Option<shardmq_broker::authz::SharedAuthorizer>,
+}
+
+/// A CONNECT whose credentials the auth workers are checking.
+struct PendingAuth {
+    conn: ConnKey,
+    conn_id: u64,
+    connect: Box<Connect>,
+    accepted: Accepted,
+}
+
+/// Where the auth workers' verdicts come back to a shard: a queue, and a socket pair whose
+/// byte wakes the shard's `auth_replies` task (the same pattern as the control plane's link).
+pub(crate) struct AuthInbox {
+    tx: crossbeam_channel::Sender<(u64, shardmq_auth::AuthOutcome)>,
+    rx: crossbeam_channel::Receiver<(u64, shardmq_auth::AuthOutcome)>,
+    wake: Arc<std::os::unix::net::UnixStream>,
+}
+
+impl AuthInbox {
+    /// An inbox and the end of its wake socket that the shard awaits.
+    pub(crate) fn new() -> (AuthInbox, std::os::unix::net::UnixStream) {
+        let (wake, read) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        wake.set_nonblocking(true).expect("non-blocking socket");
+        // Verdicts in flight are bounded by the service's queue; the channel needs no bound.
+        let (tx, rx) = crossbeam_channel::unbounded();
+        (
+            AuthInbox {
+                tx,
+                rx,
+                wake: Arc::new(wake),
+            },
+            read,
+        )
+    }
+
+    /// The closure a worker calls with the verdict for `token`.
+    fn reply_to(&self, token: u64) -> Box<dyn FnOnce(shardmq_auth::AuthOutcome) + Send> {
+        let tx = self.tx.clone();
+        let wake = self.wake.clone();
+        Box::new(move |outcome| {
+            use std::io::Write;
+            if tx.send((token, outcome)).is_ok() {
+                // A full socket buffer already holds a wake-up: nothing is lost.
+                let _ = (&*wake).write(&[1]);
+            }
+        })
+    }
 }
 
 /// A connection's enhanced authentication: the exchange (kept for re-authentication) and,
@@ -166,6 +227,10 @@ pub(crate) struct Shard {
     retained: RetainedStore<Arc<Message>>,
     registry: ahash::AHashMap<ByteStr, RegEntry>,
     pending_connects: ahash::AHashMap<u64, PendingConnect>,
+    /// CONNECTs whose credentials the auth workers are checking, by token.
+    pending_auth: ahash::AHashMap<u64, PendingAuth>,
+    /// Where the auth workers' verdicts arrive (`[auth]` configured).
+    pub(crate) auth_inbox: Option<AuthInbox>,
     /// Takeovers that arrived while this shard's own claim for the client was in flight.
     deferred_takeovers: ahash::AHashMap<ByteStr, (ShardId, u64, bool)>,
     route_syncs: ahash::AHashMap<u64, RouteSync>,
@@ -264,6 +329,8 @@ impl Shard {
             retained: RetainedStore::new(),
             registry: Default::default(),
             pending_connects: Default::default(),
+            pending_auth: Default::default(),
+            auth_inbox: None,
             deferred_takeovers: Default::default(),
             route_syncs: Default::default(),
             connect_syncs: Default::default(),
@@ -372,7 +439,7 @@ impl Shard {
     // ---- connections -------------------------------------------------------------------
 
     /// Registers an accepted connection.
-    pub(crate) fn open_conn(&mut self) -> (ConnKey, u64) {
+    pub(crate) fn open_conn(&mut self, peer: Option<std::net::SocketAddr>) -> (ConnKey, u64) {
         let n = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
         self.next_conn_id += 1;
         let id = self.next_conn_id;
@@ -387,6 +454,9 @@ impl Shard {
             over_limit: n > self.cfg.max_connections,
             graceful: None,
             auth: None,
+            peer,
+            cert_name: None,
+            ident: None,
         });
         (key, id)
     }
@@ -569,7 +639,7 @@ impl Shard {
                 }
             },
             Phase::Authenticating => self.on_connect_auth(key, packet),
-            Phase::Claiming | Phase::Closing => {
+            Phase::Verifying | Phase::Claiming | Phase::Closing => {
                 debug!(shard = self.id, "packet while not active ignored");
             }
             Phase::Active if conn.auth.is_some() && matches!(packet, Packet::Auth(_)) => {
@@ -665,6 +735,162 @@ impl Shard {
                 return;
             }
         };
+        if let Some(service) = self.cfg.auth.clone() {
+            self.verify(now, key, connect, accepted, &service);
+            return;
+        }
+        self.begin_session(key, connect, accepted);
+    }
+
+    /// Hands the CONNECT's credentials to the auth workers (or decides at once when nothing
+    /// expensive is needed).
+    fn verify(
+        &mut self,
+        now: Instant,
+        key: ConnKey,
+        connect: &Connect,
+        accepted: Accepted,
+        service: &shardmq_auth::AuthService,
+    ) {
+        let conn = &mut self.conns[key];
+        let username = match &conn.cert_name {
+            Some(name) => Some(name.to_string()),
+            None => connect.username.as_ref().map(|u| u.to_string()),
+        };
+        let request = shardmq_auth::AuthRequest {
+            client_id: accepted.client_id.to_string(),
+            username,
+            password: connect.password.clone(),
+            peer: conn
+                .peer
+                .map(|p| p.ip())
+                .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+            cert_name: conn.cert_name.as_ref().map(|n| n.to_string()),
+            protocol_version: connect.protocol.level(),
+        };
+        if let Some(name) = &conn.cert_name {
+            // `peer_cert_as_username`: the verified certificate is the credential (Mosquitto's
+            // `use_identity_as_username`); the ACL applies to its name.
+            let authorizer = service.acl_for(Some(name), &accepted.client_id);
+            let outcome = shardmq_auth::AuthOutcome::Allowed {
+                username: Some(name.to_string()),
+                authorizer,
+            };
+            self.verified(now, key, connect, accepted, outcome);
+            return;
+        }
+        let token = self.token();
+        let conn = &mut self.conns[key];
+        let inbox = self
+            .auth_inbox
+            .as_ref()
+            .expect("a shard with [auth] has an inbox");
+        match service.check(request, inbox.reply_to(token)) {
+            shardmq_auth::Submitted::Done(outcome) => {
+                self.verified(now, key, connect, accepted, outcome);
+            }
+            shardmq_auth::Submitted::Queued => {
+                conn.phase = Phase::Verifying;
+                self.pending_auth.insert(
+                    token,
+                    PendingAuth {
+                        conn: key,
+                        conn_id: conn.id,
+                        connect: Box::new(connect.clone()),
+                        accepted,
+                    },
+                );
+            }
+            shardmq_auth::Submitted::Busy => {
+                warn!(shard = self.id, client_id = %connect.client_id, "auth.queue_max CONNECTs wait for verification; refusing");
+                Self::refuse_connect(conn, connect.protocol, ReasonCode::SERVER_BUSY);
+            }
+        }
+    }
+
+    /// The auth workers' verdicts that arrived since the last call.
+    pub(crate) fn apply_auth_replies(&mut self, now: Instant) {
+        let Some(inbox) = &self.auth_inbox else {
+            return;
+        };
+        let replies: Vec<_> = inbox.rx.try_iter().collect();
+        for (token, outcome) in replies {
+            let Some(pending) = self.pending_auth.remove(&token) else {
+                continue;
+            };
+            let alive = self.conns.get(pending.conn).is_some_and(|c| {
+                c.id == pending.conn_id && c.phase == Phase::Verifying
+            });
+            if alive {
+                self.conns[pending.conn].phase = Phase::AwaitConnect;
+                self.verified(now, pending.conn, &pending.connect, pending.accepted, outcome);
+                Self::wake_conn(&mut self.conns[pending.conn]);
+            }
+        }
+        self.drain_local(now);
+    }
+
+    /// Goes on with a CONNECT once its credentials are judged.
+    fn verified(
+        &mut self,
+        _now: Instant,
+        key: ConnKey,
+        connect: &Connect,
+        accepted: Accepted,
+        outcome: shardmq_auth::AuthOutcome,
+    ) {
+        let conn = &mut self.conns[key];
+        let code = match outcome {
+            shardmq_auth::AuthOutcome::Allowed {
+                username,
+                authorizer,
+            } => {
+                let will_denied = match (&accepted.will, &authorizer) {
+                    (Some(will), Some(a)) => !a.may_publish(&will.topic),
+                    _ => false,
+                };
+                if !will_denied {
+                    trace!(shard = self.id, client_id = %accepted.client_id, ?username, "credentials accepted");
+                    conn.ident = Some(Box::new(ConnIdent {
+                        username,
+                        authorizer,
+                    }));
+                    self.begin_session(key, connect, accepted);
+                    return;
+                }
+                warn!(shard = self.id, client_id = %accepted.client_id, peer = ?conn.peer, "the will's topic is denied by the ACL; refusing");
+                ReasonCode::NOT_AUTHORIZED
+            }
+            shardmq_auth::AuthOutcome::BadCredentials => {
+                warn!(shard = self.id, client_id = %accepted.client_id, peer = ?conn.peer, "bad username or password; refusing");
+                ReasonCode::BAD_USER_NAME_OR_PASSWORD
+            }
+            shardmq_auth::AuthOutcome::NotAuthorized => {
+                warn!(shard = self.id, client_id = %accepted.client_id, peer = ?conn.peer, "not authorized; refusing");
+                ReasonCode::NOT_AUTHORIZED
+            }
+        };
+        Self::refuse_connect(conn, connect.protocol, code);
+    }
+
+    /// CONNACK with a refusal, then close.
+    fn refuse_connect(conn: &mut Conn, protocol: Protocol, code: ReasonCode) {
+        encode(
+            &Packet::ConnAck(connack_refusal(code)),
+            protocol,
+            &mut conn.out,
+        );
+        conn.phase = Phase::Closing;
+        Self::wake_conn(conn);
+    }
+
+    /// Enhanced authentication (when the CONNECT names a method), then the claim.
+    fn begin_session(&mut self, key: ConnKey, connect: &Connect, accepted: Accepted) {
+        let id = self.id;
+        let conn = &mut self.conns[key];
+        let refuse = |conn: &mut Conn, code: ReasonCode| {
+            Self::refuse_connect(conn, connect.protocol, code);
+        };
         match self.cfg.authenticators.begin(connect, random_nonce) {
             Ok(None) => {}
             Ok(Some((exchange, outcome))) => {
@@ -696,7 +922,6 @@ impl Shard {
             }
         }
         self.claim(key, accepted);
-        let _ = now;
     }
 
     /// Asks the registry for the client id of an accepted (and authenticated) CONNECT.
@@ -1622,12 +1847,16 @@ impl Shard {
         let slot = &mut self.sessions[cs.session];
         slot.conn = Some(cs.conn);
         let before = slot.session.stats();
+        let authorizer = conn.ident.as_ref().and_then(|i| i.authorizer.clone());
+        slot.session
+            .set_authorizer(authorizer, self.cfg.acl_deny_action);
         slot.session
             .attach(now, &accepted, &self.limits, &mut conn.out);
         // The queue an offline session kept goes out here.
         self.stats.count_session(before, slot.session.stats());
         Self::wake_conn(conn);
-        debug!(shard = self.id, client_id = %accepted.client_id, session_present = cs.session_present, "client connected");
+        let username = conn.ident.as_ref().and_then(|i| i.username.as_deref());
+        debug!(shard = self.id, client_id = %accepted.client_id, ?username, peer = ?conn.peer, session_present = cs.session_present, "client connected");
         self.shared_set_online(cs.session, true);
     }
 
@@ -1672,7 +1901,7 @@ impl Shard {
                 Phase::AwaitConnect | Phase::Closing => continue,
                 Phase::Active if protocol.is_v5() => encode(&disconnect, protocol, &mut conn.out),
                 Phase::Active => {}
-                Phase::Authenticating | Phase::Claiming => {
+                Phase::Verifying | Phase::Authenticating | Phase::Claiming => {
                     if let Some(ack) = self.cfg.redirect.connack(true, protocol) {
                         encode(&Packet::ConnAck(ack), protocol, &mut conn.out);
                     }
