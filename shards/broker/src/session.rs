@@ -572,16 +572,16 @@ impl Session {
         // (MQTT-3.1.2-25); the previous connection may have allowed larger packets.
         let max = accepted.params.max_packet_size;
         let before = self.inflight.len();
-        let mut discarded: SmallVec<[u16; 4]> = SmallVec::new();
+        let mut discarded: SmallVec<[(u16, Arc<Message>); 1]> = SmallVec::new();
         self.inflight.retain(|out| {
             let keep = out.state == OutState::Released || !too_large(protocol, &out.item, now, max);
             if !keep {
-                discarded.push(out.pkid);
+                discarded.push((out.pkid, out.item.msg.clone()));
             }
             keep
         });
-        for pkid in discarded {
-            self.journal_push(|| Change::Completed { pkid });
+        for (pkid, msg) in discarded {
+            self.journal_push(|| Change::Completed { pkid, msg });
         }
         self.stats.dropped += (before - self.inflight.len()) as u64;
         for out in &self.inflight {
@@ -632,9 +632,11 @@ impl Session {
                 match self.inflight_position(ack.pkid, OutState::Published, QoS::ExactlyOnce) {
                     Some(i) if ack.reason.is_error() => {
                         // The receiver refused the message: the flow ends here (MQTT-4.3.3).
-                        self.inflight.remove(i);
-                        let pkid = ack.pkid;
-                        self.journal_push(|| Change::Completed { pkid });
+                        if let Some(out) = self.inflight.remove(i) {
+                            let pkid = ack.pkid;
+                            let msg = out.item.msg;
+                            self.journal_push(|| Change::Completed { pkid, msg });
+                        }
                         self.fill_window(now, limits, wire);
                     }
                     Some(i) => {
@@ -1033,11 +1035,13 @@ impl Session {
         };
         self.inflight.retain(|out| {
             let pkid = out.pkid;
-            out.state == OutState::Released || take(&out.item, Change::Completed { pkid })
+            let msg = out.item.msg.clone();
+            out.state == OutState::Released || take(&out.item, Change::Completed { pkid, msg })
         });
         self.queue.retain(|item| {
             let seq = item.seq;
-            take(item, Change::Dropped { seq })
+            let msg = item.msg.clone();
+            take(item, Change::Dropped { seq, msg })
         });
         for change in gone {
             self.journal_push(|| change);
@@ -1220,8 +1224,10 @@ impl Session {
     ) {
         match self.inflight_position(pkid, state, qos) {
             Some(i) => {
-                self.inflight.remove(i);
-                self.journal_push(|| Change::Completed { pkid });
+                if let Some(out) = self.inflight.remove(i) {
+                    let msg = out.item.msg;
+                    self.journal_push(|| Change::Completed { pkid, msg });
+                }
                 self.fill_window(now, limits, wire);
             }
             None => {

@@ -102,6 +102,8 @@ pub enum Change {
     Dropped {
         /// The delivery.
         seq: u64,
+        /// Its message (the store drops its reference).
+        msg: Arc<Message>,
     },
     /// The client sent PUBREC for `pkid` (QoS 2); PUBREL sent.
     Released {
@@ -113,6 +115,8 @@ pub enum Change {
     Completed {
         /// Packet identifier.
         pkid: u16,
+        /// Its message (the store drops its reference).
+        msg: Arc<Message>,
     },
     /// An incoming QoS 2 PUBLISH `pkid` was accepted (PUBREC sent): a repeat must not be routed
     /// again until PUBREL.
@@ -227,13 +231,13 @@ impl SessionImage {
                     });
                 }
             }
-            Change::Dropped { seq } => self.queue.retain(|m| m.seq != *seq),
+            Change::Dropped { seq, .. } => self.queue.retain(|m| m.seq != *seq),
             Change::Released { pkid } => {
                 if let Some(m) = self.inflight.iter_mut().find(|m| m.pkid == *pkid) {
                     m.released = true;
                 }
             }
-            Change::Completed { pkid } => self.inflight.retain(|m| m.pkid != *pkid),
+            Change::Completed { pkid, .. } => self.inflight.retain(|m| m.pkid != *pkid),
             Change::RelAwaited { pkid } => {
                 if !self.awaiting_rel.contains(pkid) {
                     self.awaiting_rel.push(*pkid);
@@ -429,8 +433,8 @@ impl Session {
     #[inline]
     pub(super) fn journal_dropped(&mut self, item: &Queued) {
         if item.seq != 0 && item.qos != QoS::AtMostOnce {
-            let seq = item.seq;
-            self.journal_push(|| Change::Dropped { seq });
+            let (seq, msg) = (item.seq, item.msg.clone());
+            self.journal_push(|| Change::Dropped { seq, msg });
         }
     }
 }
