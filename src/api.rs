@@ -11,6 +11,10 @@
 //! | POST   | `/api/v1/cluster/leave`  | this node leaves the cluster                        |
 //! | GET    | `/api/v1/rlog`           | per RLOG shard state                                |
 //!
+//! Every route but `/health` needs an API key ([`auth`]; keys in `api.keys_file`, see
+//! [`keys`]), except from loopback peers while `api.allow_unauthenticated_loopback`; with
+//! `api.tls_cert_file` and `api.tls_key_file` the API is served over HTTPS ([`tls`]).
+//!
 //! Errors are JSON, `{"error": "..."}`, with a fitting status code. Without a cluster
 //! (`cluster.enabled = false`) the node reports itself as a standalone core that leads itself,
 //! with no RLOG shards, and refuses join/leave with 409 Conflict.
@@ -42,6 +46,11 @@ use serde_json::json;
 use shardmq_shards::{FigureBoard, ShardFigures};
 
 use crate::config::{ApiConfig, Config};
+use auth::{Authenticator, KeyRing};
+
+pub mod auth;
+pub mod keys;
+pub mod tls;
 pub use shardmq_rlog::status;
 use shardmq_rlog::status::{ClusterStatus, MemberStatus, RlogStatus, ShardStatus};
 use shardmq_rlog::Role as RlogRole;
@@ -119,12 +128,28 @@ pub struct ApiState {
     pub cluster: Option<Arc<dyn ClusterApi>>,
     /// When the node started, for `shardmq_uptime_seconds`.
     pub started: Instant,
+    /// Who may call the API.
+    pub auth: Arc<Authenticator>,
+}
+
+impl ApiState {
+    /// The authenticator `config` asks for: keys from `api.keys_file`, loopback peers let
+    /// through when `api.allow_unauthenticated_loopback`.
+    pub fn authenticator(config: &ApiConfig) -> Arc<Authenticator> {
+        Arc::new(Authenticator {
+            keys: KeyRing::new(config.keys_file.clone()),
+            allow_unauthenticated_loopback: config.allow_unauthenticated_loopback,
+        })
+    }
 }
 
 type Shared = Arc<ApiState>;
 
-/// The API's routes over `state`.
+/// The API's routes over `state`, behind the key check ([`auth::require_key`]). Serve it with
+/// connect info (`into_make_service_with_connect_info::<SocketAddr>`), as [`serve`] does, or
+/// no peer counts as loopback.
 pub fn router(state: ApiState) -> Router {
+    let auth = state.auth.clone();
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -134,15 +159,48 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/rlog", get(rlog_status))
         .fallback(not_found)
         .with_state(Arc::new(state))
+        .layer(axum::middleware::from_fn_with_state(
+            auth,
+            auth::require_key,
+        ))
 }
 
-/// Serves the API on `listener` until the runtime stops.
-pub async fn serve(listener: tokio::net::TcpListener, state: ApiState) -> anyhow::Result<()> {
+/// Serves the API on `listener` until the runtime stops: over HTTPS with `tls`, else plain
+/// HTTP.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> anyhow::Result<()> {
+    use axum::serve::ListenerExt as _;
     let addr = listener.local_addr().ok();
-    tracing::info!(addr = ?addr, "management API listening");
-    axum::serve(listener, router(state))
-        .await
-        .with_context(|| format!("api.listen: serving on {addr:?}"))
+    let open = if state.auth.allow_unauthenticated_loopback {
+        "keys required except from loopback"
+    } else {
+        "keys required"
+    };
+    let app = router(state);
+    let served = match tls {
+        Some(config) => {
+            tracing::info!(addr = ?addr, auth = open, "management API listening (HTTPS)");
+            // tap_io: its connect info is the listener's address type, SocketAddr.
+            let listener = tls::TlsListener::new(listener, config)?.tap_io(|_| {});
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+        }
+        None => {
+            tracing::info!(addr = ?addr, auth = open, "management API listening");
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+        }
+    };
+    served.with_context(|| format!("api.listen: serving on {addr:?}"))
 }
 
 // ---- errors ---------------------------------------------------------------------------------
@@ -687,6 +745,11 @@ where
     Fut: Future<Output = anyhow::Result<Option<Arc<dyn ClusterApi>>>> + 'static,
 {
     let listener = bind(&config.api)?;
+    let tls = match config.api.tls_files() {
+        Some((cert, key)) if listener.is_some() => Some(tls::server_config(cert, key)?),
+        _ => None,
+    };
+    let auth = ApiState::authenticator(&config.api);
     let cpu = config
         .node
         .control_cpu
@@ -721,8 +784,9 @@ where
                     figures,
                     cluster,
                     started,
+                    auth,
                 };
-                if let Err(e) = serve(listener, state).await {
+                if let Err(e) = serve(listener, state, tls).await {
                     tracing::error!(error = %format!("{e:#}"), "management API stopped");
                 }
                 // The cluster's tasks keep running on this runtime.
@@ -823,8 +887,9 @@ mod tests {
             figures: Arc::new(FigureBoard::new(2)),
             cluster: Some(fake),
             started: Instant::now(),
+            auth: ApiState::authenticator(&ApiConfig::default()),
         };
-        tokio::spawn(serve(listener, state));
+        tokio::spawn(serve(listener, state, None));
         addr
     }
 

@@ -1,5 +1,6 @@
 //! `shardmq ctl`: asks a node's management API (`api.listen`, see [`crate::api`]) about the
-//! cluster and prints the answer as aligned tables, or as the API's JSON with `--json`.
+//! cluster and prints the answer as aligned tables, or as the API's JSON with `--json`; and
+//! manages the API keys in `api.keys_file` (on the file itself: no running node needed).
 //!
 //! ```text
 //! shardmq ctl cluster status
@@ -8,15 +9,25 @@
 //! shardmq ctl rlog status --json
 //! shardmq -c /etc/shardmq.toml ctl rlog status      # the API address from that file
 //! shardmq ctl --api 10.0.0.3:18083 cluster status   # any node
+//! shardmq ctl --api https://10.0.0.3:18083 --cacert ca.pem --api-key smq_... cluster status
+//! shardmq ctl api-key create --name grafana         # prints the key, once
+//! shardmq ctl api-key list
+//! shardmq ctl api-key delete grafana                # by id or name
 //! ```
+//!
+//! The API key comes from `--api-key` or `SHARDMQ_API_KEY` and is sent as
+//! `Authorization: Bearer`.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use serde_json::Value;
+use serde_json::{json, Value};
 
+use crate::api::keys::{self, KeyFile};
 use crate::config::ApiConfig;
 
 /// How long one request may take, connection included: more than the API gives the cluster
@@ -31,8 +42,22 @@ pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
 pub struct CtlArgs {
     /// Management API of the node to ask, HOST:PORT. Default: api.listen of the configuration
     /// (--config, SHARDMQ_API__LISTEN).
+    /// `https://HOST:PORT` for an API served over HTTPS (then --cacert).
     #[arg(long, global = true, value_name = "HOST:PORT")]
     pub api: Option<String>,
+    /// API key sent as `Authorization: Bearer` (see `ctl api-key create`).
+    #[arg(
+        long,
+        global = true,
+        env = "SHARDMQ_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub api_key: Option<String>,
+    /// PEM CA certificate(s) to trust for an HTTPS API. Default, when the address comes from
+    /// the configuration: api.tls_cert_file (right for a self-signed certificate).
+    #[arg(long, global = true, env = "SHARDMQ_API_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
     /// Print the API's JSON answer instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -55,6 +80,31 @@ pub enum CtlCommand {
         /// What to do.
         #[command(subcommand)]
         action: RlogAction,
+    },
+    /// API keys in api.keys_file (edits the file; a running node picks changes up by itself).
+    ApiKey {
+        /// What to do.
+        #[command(subcommand)]
+        action: ApiKeyAction,
+    },
+}
+
+/// `shardmq ctl api-key <action>`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ApiKeyAction {
+    /// Make a key: printed once on stdout (only its SHA-256 is stored).
+    Create {
+        /// A name to list and delete it by; unique.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Ids, names and creation times (never the keys).
+    List,
+    /// Delete a key by id or name.
+    Delete {
+        /// The key's id or name.
+        #[arg(value_name = "ID|NAME")]
+        which: String,
     },
 }
 
@@ -80,20 +130,46 @@ pub enum RlogAction {
     Status,
 }
 
-/// The API address `ctl` uses: `--api` if given, else `api.listen` of the configuration that
-/// `load` reads (a wildcard address is asked on loopback).
-pub fn api_address(
+/// Where and how `ctl` reaches a node's API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// HOST:PORT.
+    pub addr: String,
+    /// Over HTTPS.
+    pub https: bool,
+    /// PEM CA file to trust, for HTTPS.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Endpoint {
+    /// `http://HOST:PORT` or `https://HOST:PORT`.
+    pub fn base_url(&self) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+}
+
+/// The API `ctl` asks: `--api` if given (`https://` for HTTPS), else `api.listen` of the
+/// configuration that `load` reads (a wildcard address is asked on loopback; HTTPS when
+/// `api.tls_cert_file` is set, trusting that file unless `cacert` is given).
+pub fn endpoint(
     given: Option<&str>,
+    cacert: Option<&Path>,
     load: impl FnOnce() -> anyhow::Result<ApiConfig>,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Endpoint> {
     if let Some(api) = given {
         let api = api.trim();
-        let api = api
-            .strip_prefix("http://")
-            .unwrap_or(api)
-            .trim_end_matches('/');
-        anyhow::ensure!(!api.is_empty(), "--api: empty address");
-        return Ok(api.to_owned());
+        let (https, rest) = match api.strip_prefix("https://") {
+            Some(rest) => (true, rest),
+            None => (false, api.strip_prefix("http://").unwrap_or(api)),
+        };
+        let rest = rest.trim_end_matches('/');
+        anyhow::ensure!(!rest.is_empty(), "--api: empty address");
+        return Ok(Endpoint {
+            addr: rest.to_owned(),
+            https,
+            ca_file: cacert.map(Path::to_path_buf),
+        });
     }
     let config = load()?;
     let Some(addr) = config.listen_addr() else {
@@ -107,12 +183,108 @@ pub fn api_address(
         IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
         ip => ip,
     };
-    Ok(SocketAddr::new(ip, addr.port()).to_string())
+    let tls = config.tls_files();
+    Ok(Endpoint {
+        addr: SocketAddr::new(ip, addr.port()).to_string(),
+        https: tls.is_some(),
+        ca_file: cacert
+            .map(Path::to_path_buf)
+            .or_else(|| tls.map(|(cert, _)| cert.to_path_buf())),
+    })
 }
 
-/// Runs `args` against the API at `api` (HOST:PORT); returns what to print.
-pub fn run(api: &str, args: &CtlArgs) -> anyhow::Result<String> {
-    let client = Client::new(api);
+/// Runs `shardmq ctl`: `api-key` commands on `api.keys_file` of the configuration `load`
+/// reads, the others against the node's API ([`endpoint`], [`run`]). Returns what to print
+/// on stdout; notes for the operator go to stderr.
+pub fn main(
+    args: &CtlArgs,
+    load: impl FnOnce() -> anyhow::Result<ApiConfig>,
+) -> anyhow::Result<String> {
+    if let CtlCommand::ApiKey { action } = &args.command {
+        let config = load()?;
+        return api_key(&config.keys_file, action, args.json);
+    }
+    let endpoint = endpoint(args.api.as_deref(), args.cacert.as_deref(), load)?;
+    run(&endpoint, args)
+}
+
+/// `ctl api-key create|list|delete` on `file`.
+pub fn api_key(file: &Path, action: &ApiKeyAction, json: bool) -> anyhow::Result<String> {
+    let shown = file.display();
+    match action {
+        ApiKeyAction::Create { name } => {
+            let (secret, id) = keys::random_key_material()?;
+            let made = KeyFile::update(file, |f| {
+                f.add(name.as_deref(), keys::now_unix_secs(), secret, id)
+            })
+            .with_context(|| format!("api.keys_file {shown}"))?;
+            let stored = &made.stored;
+            if json {
+                return Ok(pretty(&json!({
+                    "id": stored.id,
+                    "name": stored.name,
+                    "created": keys::rfc3339_utc(stored.created_unix_secs),
+                    "key": made.secret,
+                })));
+            }
+            eprintln!(
+                "API key {} created{} in {shown} (only its SHA-256 is stored): it is shown \
+                 this once",
+                stored.id,
+                if stored.name.is_empty() {
+                    String::new()
+                } else {
+                    format!(" as {:?}", stored.name)
+                },
+            );
+            Ok(format!("{}\n", made.secret))
+        }
+        ApiKeyAction::List => {
+            let f = KeyFile::read(file).with_context(|| format!("api.keys_file {shown}"))?;
+            if json {
+                let list: Vec<Value> = f
+                    .keys
+                    .iter()
+                    .map(|k| {
+                        json!({
+                            "id": k.id,
+                            "name": k.name,
+                            "created": keys::rfc3339_utc(k.created_unix_secs),
+                        })
+                    })
+                    .collect();
+                return Ok(pretty(&Value::Array(list)));
+            }
+            if f.keys.is_empty() {
+                return Ok(format!("no API keys in {shown}\n"));
+            }
+            let rows: Vec<Vec<String>> = f
+                .keys
+                .iter()
+                .map(|k| {
+                    vec![
+                        k.id.clone(),
+                        cell(Some(&Value::String(k.name.clone()))),
+                        keys::rfc3339_utc(k.created_unix_secs),
+                    ]
+                })
+                .collect();
+            Ok(table(&["ID", "NAME", "CREATED"], &rows))
+        }
+        ApiKeyAction::Delete { which } => {
+            let gone = KeyFile::update(file, |f| f.remove(which))
+                .with_context(|| format!("api.keys_file {shown}"))?;
+            if json {
+                return Ok(pretty(&json!({ "deleted": gone.id, "name": gone.name })));
+            }
+            Ok(format!("deleted API key {}\n", gone.id))
+        }
+    }
+}
+
+/// Runs `args` (not `api-key`) against the API at `endpoint`; returns what to print.
+pub fn run(endpoint: &Endpoint, args: &CtlArgs) -> anyhow::Result<String> {
+    let client = Client::new(endpoint, args.api_key.as_deref())?;
     let json = args.json;
     match &args.command {
         CtlCommand::Cluster {
@@ -158,40 +330,56 @@ pub fn run(api: &str, args: &CtlArgs) -> anyhow::Result<String> {
                 render_rlog(&status)
             })
         }
+        CtlCommand::ApiKey { .. } => bail!("ctl api-key works on api.keys_file, not the API"),
     }
 }
 
 /// A blocking HTTP client for one node's API.
 struct Client {
     api: String,
+    base: String,
     agent: ureq::Agent,
+    authorization: Option<String>,
 }
 
 impl Client {
-    fn new(api: &str) -> Self {
-        let agent = ureq::Agent::config_builder()
+    fn new(endpoint: &Endpoint, api_key: Option<&str>) -> anyhow::Result<Self> {
+        let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_millis(REQUEST_TIMEOUT_MS)))
-            .timeout_connect(Some(Duration::from_millis(CONNECT_TIMEOUT_MS)))
-            .build()
-            .into();
-        Self {
-            api: api.to_owned(),
-            agent,
+            .timeout_connect(Some(Duration::from_millis(CONNECT_TIMEOUT_MS)));
+        if endpoint.https {
+            config = config.tls_config(tls_config(endpoint.ca_file.as_deref())?);
         }
+        Ok(Self {
+            api: endpoint.addr.clone(),
+            base: endpoint.base_url(),
+            agent: config.build().into(),
+            authorization: api_key
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(|k| format!("Bearer {k}")),
+        })
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.api)
+        format!("{}{path}", self.base)
     }
 
     fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let answer = self.agent.get(&self.url(path)).call();
+        let mut request = self.agent.get(&self.url(path));
+        if let Some(auth) = &self.authorization {
+            request = request.header("authorization", auth);
+        }
+        let answer = request.call();
         self.answer("GET", path, answer)
     }
 
     fn post(&self, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
-        let request = self.agent.post(&self.url(path));
+        let mut request = self.agent.post(&self.url(path));
+        if let Some(auth) = &self.authorization {
+            request = request.header("authorization", auth);
+        }
         let answer = match body {
             Some(body) => request
                 .header("content-type", "application/json")
@@ -229,10 +417,48 @@ impl Client {
                 .and_then(Value::as_str)
                 .map(str::to_owned)
                 .unwrap_or(text);
-            bail!("{method} {path} at {}: {status}: {why}", self.api);
+            let hint = if status == 401 {
+                if self.authorization.is_some() {
+                    " (the key given with --api-key / SHARDMQ_API_KEY is not in that node's \
+                     api.keys_file)"
+                } else {
+                    " (give a key with --api-key KEY or SHARDMQ_API_KEY; make one with \
+                     `shardmq ctl api-key create` on the node's host)"
+                }
+            } else {
+                ""
+            };
+            bail!("{method} {path} at {}: {status}: {why}{hint}", self.api);
         }
         body.with_context(|| format!("{method} {path} at {}: the answer is not JSON", self.api))
     }
+}
+
+/// TLS for an HTTPS API: rustls (ring), trusting the certificates of `ca_file`.
+fn tls_config(ca_file: Option<&Path>) -> anyhow::Result<ureq::tls::TlsConfig> {
+    use ureq::tls::{parse_pem, PemItem, RootCerts, TlsConfig};
+    let Some(ca_file) = ca_file else {
+        bail!("an HTTPS API needs a CA to trust: give --cacert FILE (or SHARDMQ_API_CACERT)");
+    };
+    let pem = std::fs::read(ca_file)
+        .with_context(|| format!("--cacert: reading {}", ca_file.display()))?;
+    let mut certs = Vec::new();
+    for item in parse_pem(&pem) {
+        if let PemItem::Certificate(cert) =
+            item.with_context(|| format!("--cacert: {}", ca_file.display()))?
+        {
+            certs.push(cert);
+        }
+    }
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "--cacert: no certificate in {}",
+        ca_file.display()
+    );
+    Ok(TlsConfig::builder()
+        .root_certs(RootCerts::new_with_certs(&certs))
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .build())
 }
 
 fn pretty(value: &Value) -> String {
@@ -390,23 +616,48 @@ mod tests {
     fn api_address_defaults_to_api_listen_on_loopback() {
         let cfg = |listen: &str| {
             let listen = listen.to_owned();
-            move || Ok(ApiConfig { listen })
+            move || {
+                Ok(ApiConfig {
+                    listen,
+                    ..ApiConfig::default()
+                })
+            }
         };
+        let addr = |given, load| endpoint(given, None, load).map(|e| e.base_url());
         assert_eq!(
-            api_address(None, cfg("127.0.0.1:18083")).unwrap(),
-            "127.0.0.1:18083"
+            addr(None, cfg("127.0.0.1:18083")).unwrap(),
+            "http://127.0.0.1:18083"
         );
         assert_eq!(
-            api_address(None, cfg("0.0.0.0:9000")).unwrap(),
-            "127.0.0.1:9000"
+            addr(None, cfg("0.0.0.0:9000")).unwrap(),
+            "http://127.0.0.1:9000"
         );
-        assert_eq!(api_address(None, cfg("[::]:9000")).unwrap(), "[::1]:9000");
+        assert_eq!(addr(None, cfg("[::]:9000")).unwrap(), "http://[::1]:9000");
         assert_eq!(
-            api_address(Some("http://node2:18083/"), cfg("")).unwrap(),
-            "node2:18083"
+            addr(Some("http://node2:18083/"), cfg("")).unwrap(),
+            "http://node2:18083"
         );
-        let err = api_address(None, cfg("")).unwrap_err().to_string();
+        assert_eq!(
+            addr(Some("https://node2:18083"), cfg("")).unwrap(),
+            "https://node2:18083"
+        );
+        let err = addr(None, cfg("")).unwrap_err().to_string();
         assert!(err.contains("api.listen") && err.contains("--api"), "{err}");
+
+        // HTTPS from the configuration trusts its certificate unless told otherwise.
+        let tls = || {
+            Ok(ApiConfig {
+                listen: "127.0.0.1:1".into(),
+                tls_cert_file: "/etc/c.pem".into(),
+                tls_key_file: "/etc/k.pem".into(),
+                ..ApiConfig::default()
+            })
+        };
+        let e = endpoint(None, None, tls).unwrap();
+        assert!(e.https);
+        assert_eq!(e.ca_file.as_deref(), Some(Path::new("/etc/c.pem")));
+        let e = endpoint(None, Some(Path::new("ca.pem")), tls).unwrap();
+        assert_eq!(e.ca_file.as_deref(), Some(Path::new("ca.pem")));
     }
 
     #[test]

@@ -212,16 +212,16 @@ async fn empty_api_listen_disables_the_api() {
     assert_eq!(ack.code.0, 0);
 }
 
-/// Runs the broker with `api_listen`; it must exit non-zero within the start-up bound.
-/// Returns its stderr.
-fn broker_refusing(api_listen: &str) -> String {
+/// Runs the broker with the test's `env` (`api.listen` among them); it must exit non-zero
+/// within the start-up bound. Returns its stderr.
+fn broker_refusing_with(env: &[(&str, &std::ffi::OsStr)]) -> String {
     let mqtt = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let mqtt_port = mqtt.local_addr().expect("addr").port();
     drop(mqtt);
     let mut child = Command::new(env!("CARGO_BIN_EXE_shardmq"))
         .env("SHARDMQ_LISTENER__BIND", format!("127.0.0.1:{mqtt_port}"))
         .env("SHARDMQ_NODE__CPUS", "0")
-        .env("SHARDMQ_API__LISTEN", api_listen)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "warn")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
@@ -237,7 +237,7 @@ fn broker_refusing(api_listen: &str) -> String {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("shardmq still running with api.listen = {api_listen:?}");
+            panic!("shardmq still running with {env:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -246,6 +246,11 @@ fn broker_refusing(api_listen: &str) -> String {
         .expect("read stderr");
     assert!(!status.success(), "exit status {status}; stderr:\n{stderr}");
     stderr
+}
+
+/// [`broker_refusing_with`] `api.listen = api_listen`.
+fn broker_refusing(api_listen: &str) -> String {
+    broker_refusing_with(&[("SHARDMQ_API__LISTEN", api_listen.as_ref())])
 }
 
 #[test]
@@ -325,4 +330,245 @@ async fn metrics_count_messages_sessions_and_drops_per_shard() {
     })
     .await;
     assert!(sent, "messages sent never reached 2");
+}
+
+// ---- authentication and HTTPS -----------------------------------------------------------------
+
+/// A fresh directory for one test's files.
+fn scratch_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("shardmq-api-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// Runs `shardmq ctl api-key <args>` on `keys_file`; returns stdout, asserting success.
+fn api_key(keys_file: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_shardmq"))
+        .arg("ctl")
+        .arg("api-key")
+        .args(args)
+        .env("SHARDMQ_API__KEYS_FILE", keys_file)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run shardmq ctl");
+    assert!(
+        out.status.success(),
+        "ctl api-key {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// `GET path` with an `Authorization` header (or none) → (status, WWW-Authenticate, body).
+fn get_as(api: &str, path: &str, authorization: Option<&str>) -> (u16, String, String) {
+    let mut request = agent().get(&format!("http://{api}{path}"));
+    if let Some(value) = authorization {
+        request = request.header("authorization", value);
+    }
+    let mut r = request
+        .call()
+        .unwrap_or_else(|e| panic!("GET {path} at {api}: {e}"));
+    let challenge = r
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = r.body_mut().read_to_string().expect("body");
+    (r.status().as_u16(), challenge, body)
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    let pair = format!("{user}:{password}");
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
+#[test]
+fn api_keys_guard_every_route_but_health_and_follow_the_file() {
+    let dir = scratch_dir("keys");
+    let keys_file = dir.join("api_keys.json");
+    let keys = keys_file.to_str().expect("utf-8 path");
+    // Made before the broker runs, by the real command.
+    let key = api_key(&keys_file, &["create", "--name", "monitoring"]);
+    let key = key.trim().to_owned();
+    assert!(key.starts_with("smq_"), "{key}");
+
+    let broker = Broker::start_with(&[
+        ("SHARDMQ_API__KEYS_FILE", keys),
+        ("SHARDMQ_API__ALLOW_UNAUTHENTICATED_LOOPBACK", "false"),
+    ]);
+    let api = broker.api_addr();
+
+    let (status, _, body) = get_as(&api, "/health", None);
+    assert_eq!(status, 200, "/health stays open: {body}");
+
+    for path in [
+        "/metrics",
+        "/api/v1/cluster",
+        "/api/v1/rlog",
+        "/no/such/route",
+    ] {
+        let (status, challenge, body) = get_as(&api, path, None);
+        assert_eq!(status, 401, "{path}: {body}");
+        assert!(
+            challenge.contains("Bearer") && challenge.contains("Basic"),
+            "{challenge}"
+        );
+        assert!(json(&body)["error"].is_string(), "{body}");
+    }
+    let (status, _, _) = get_as(&api, "/metrics", Some("Bearer smq_not-a-key"));
+    assert_eq!(status, 401);
+    let (status, _, _) = get_as(&api, "/metrics", Some(&basic("x", "smq_not-a-key")));
+    assert_eq!(status, 401);
+
+    let bearer = format!("Bearer {key}");
+    let (status, _, text) = get_as(&api, "/metrics", Some(&bearer));
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("shardmq_connections"), "{text}");
+    let (status, _, body) = get_as(&api, "/api/v1/cluster", Some(&basic("x", &key)));
+    assert_eq!(status, 200, "Basic, any user: {body}");
+    let (status, _, _) = get_as(&api, "/metrics", Some(&basic("", &key)));
+    assert_eq!(status, 200, "Basic, empty user");
+    // A POST route too.
+    let request = agent()
+        .post(&format!("http://{api}/api/v1/cluster/leave"))
+        .header("authorization", &bearer);
+    let r = request.send_empty().expect("POST");
+    assert_eq!(
+        r.status().as_u16(),
+        409,
+        "authenticated, then refused standalone"
+    );
+
+    // A second key works at once; the deleted one stops at once (no restart, no signal).
+    let second = api_key(&keys_file, &["create"]).trim().to_owned();
+    let (status, _, _) = get_as(&api, "/metrics", Some(&format!("Bearer {second}")));
+    assert_eq!(status, 200, "a key made while the node runs");
+    api_key(&keys_file, &["delete", "monitoring"]);
+    let (status, _, _) = get_as(&api, "/metrics", Some(&bearer));
+    assert_eq!(status, 401, "a deleted key");
+    let (status, _, _) = get_as(&api, "/metrics", Some(&format!("Bearer {second}")));
+    assert_eq!(status, 200, "the other key still works");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn loopback_needs_no_key_by_default() {
+    let dir = scratch_dir("loopback");
+    let keys_file = dir.join("api_keys.json");
+    api_key(&keys_file, &["create"]);
+    let broker = Broker::start_with(&[("SHARDMQ_API__KEYS_FILE", keys_file.to_str().unwrap())]);
+    let (status, _, body) = get_as(&broker.api_addr(), "/metrics", None);
+    assert_eq!(status, 200, "{body}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn https_api_with_a_test_certificate() {
+    let dir = scratch_dir("https");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("test certificate");
+    let (cert_file, key_file) = (dir.join("api.crt"), dir.join("api.key"));
+    std::fs::write(&cert_file, cert.cert.pem()).expect("write cert");
+    std::fs::write(&key_file, cert.signing_key.serialize_pem()).expect("write key");
+    let keys_file = dir.join("api_keys.json");
+    let key = api_key(&keys_file, &["create", "--name", "tls"]);
+    let broker = Broker::start_with(&[
+        ("SHARDMQ_API__TLS_CERT_FILE", cert_file.to_str().unwrap()),
+        ("SHARDMQ_API__TLS_KEY_FILE", key_file.to_str().unwrap()),
+        ("SHARDMQ_API__KEYS_FILE", keys_file.to_str().unwrap()),
+        ("SHARDMQ_API__ALLOW_UNAUTHENTICATED_LOOPBACK", "false"),
+    ]);
+    let api = broker.api_addr();
+
+    let ca = ureq::tls::Certificate::from_der(cert.cert.der()).to_owned();
+    let tls = ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::new_with_certs(&[ca]))
+        .unversioned_rustls_crypto_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .build();
+    let https: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(WAIT))
+        .tls_config(tls)
+        .build()
+        .into();
+    for host in ["127.0.0.1", "localhost"] {
+        let port = broker.api_port;
+        let mut r = https
+            .get(&format!("https://{host}:{port}/health"))
+            .call()
+            .unwrap_or_else(|e| panic!("HTTPS /health via {host}: {e}"));
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(
+            json(&r.body_mut().read_to_string().unwrap())["status"],
+            "ok"
+        );
+    }
+    let url = format!("https://127.0.0.1:{}/metrics", broker.api_port);
+    let r = https.get(&url).call().expect("HTTPS /metrics");
+    assert_eq!(r.status().as_u16(), 401, "keys over HTTPS too");
+    let mut r = https
+        .get(&url)
+        .header("authorization", format!("Bearer {}", key.trim()))
+        .call()
+        .expect("HTTPS /metrics with a key");
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+        .contains("shardmq_connections"));
+
+    // Plain HTTP on the HTTPS port gets no answer; an untrusting client fails the handshake.
+    assert!(agent().get(&format!("http://{api}/health")).call().is_err());
+    let strict: ureq::Agent = ureq::Agent::config_builder()
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::new_with_certs(&[]))
+                .unversioned_rustls_crypto_provider(std::sync::Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .build(),
+        )
+        .build()
+        .into();
+    assert!(strict.get(&url).call().is_err(), "unknown CA must fail");
+    // The server still serves after those failures.
+    let r = https
+        .get(&format!("https://127.0.0.1:{}/health", broker.api_port))
+        .call()
+        .expect("HTTPS /health again");
+    assert_eq!(r.status().as_u16(), 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn tls_files_that_cannot_be_used_stop_the_broker_naming_the_key() {
+    let dir = scratch_dir("badtls");
+    let missing = dir.join("missing.pem");
+    let stderr = broker_refusing_with(&[
+        ("SHARDMQ_API__LISTEN", "127.0.0.1:0".as_ref()),
+        ("SHARDMQ_API__TLS_CERT_FILE", missing.as_os_str()),
+        ("SHARDMQ_API__TLS_KEY_FILE", missing.as_os_str()),
+    ]);
+    assert!(stderr.contains("api.tls_cert_file"), "{stderr}");
+
+    // One file without the other is a configuration error.
+    let out = Command::new(env!("CARGO_BIN_EXE_shardmq"))
+        .arg("check-config")
+        .env("SHARDMQ_API__TLS_CERT_FILE", &missing)
+        .output()
+        .expect("check-config");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("api.tls_key_file"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

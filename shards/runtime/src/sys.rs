@@ -188,7 +188,7 @@ pub(crate) fn node_topics(
 }
 
 /// `wall` as RFC 3339 in UTC, to the second: `2024-05-06T07:08:09Z`.
-pub(crate) fn rfc3339(wall: SystemTime) -> String {
+pub fn rfc3339(wall: SystemTime) -> String {
     let secs = wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
