@@ -14,7 +14,7 @@
 //!    optional EMQX-style `acl` claims;
 //! 3. an HTTP hook (`http_url`), EMQX-like answers, with a bounded answer cache.
 //!
-//! Authorization is an [`shardmq_broker::Authorizer`] built once per client at CONNECT: from a
+//! Authorization is an [`Authorizer`] built once per client at CONNECT: from a
 //! Mosquitto `acl_file` ([`Acl::for_client`]) and/or from rules carried by a token or the HTTP
 //! hook's answer ([`ClaimRule`]).
 #![warn(missing_docs, unreachable_pub)]
