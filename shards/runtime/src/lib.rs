@@ -21,7 +21,7 @@ pub use link::{
     link, ControlPlaneLink, DataPlaneLink, FromCluster, NodeId, NodeSet, SendError, ToCluster,
     LINK_CAPACITY,
 };
-pub use sys::{FigureBoard, ShardFigures};
+pub use sys::{rfc3339, FigureBoard, ShardFigures};
 
 use bus::Batch;
 use conn::ConnDriver;
