@@ -245,6 +245,13 @@ impl AuthOutcome {
 /// A reply closure, called once.
 pub type Reply = Box<dyn FnOnce(AuthOutcome) + Send>;
 
+/// Calls a reply; a panicking reply is logged and does not take its thread down.
+pub(crate) fn deliver(reply: Reply, outcome: AuthOutcome) {
+    if std::panic::catch_unwind(AssertUnwindSafe(move || reply(outcome))).is_err() {
+        tracing::error!("auth reply closure panicked");
+    }
+}
+
 /// What [`AuthService::check`] did with a request.
 #[derive(Debug)]
 pub enum Submitted {
@@ -461,12 +468,12 @@ fn worker(shared: &Shared, rx: &Receiver<Job>) {
         if outcome.is_allowed() {
             table.success(req.peer);
             drop(table);
-            reply(outcome);
+            deliver(reply, outcome);
         } else {
             let delay_ms = table.failure(req.peer, now_ms);
             drop(table);
             if delay_ms == 0 {
-                reply(outcome);
+                deliver(reply, outcome);
             } else {
                 tracing::debug!(peer = %req.peer, delay_ms, "auth failure reply held back");
                 let due = Instant::now() + Duration::from_millis(delay_ms);

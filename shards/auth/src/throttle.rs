@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::service::{AuthOutcome, Reply, ThrottleSettings};
+use crate::service::{deliver, AuthOutcome, Reply, ThrottleSettings};
 
 /// IPv6 sources are counted per /64 (one host usually owns a whole /64); IPv4 (and v4-mapped
 /// v6) per address.
@@ -145,7 +145,7 @@ impl Delayer {
         let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
         if st.shutdown || st.jobs.len() >= self.max {
             drop(st);
-            reply(outcome);
+            deliver(reply, outcome);
             return;
         }
         st.seq += 1;
@@ -182,7 +182,7 @@ impl Delayer {
             if !due.is_empty() {
                 drop(st);
                 for job in due {
-                    (job.reply)(job.outcome);
+                    deliver(job.reply, job.outcome);
                 }
                 st = lock.lock().unwrap_or_else(|e| e.into_inner());
                 continue;

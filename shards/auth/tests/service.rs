@@ -503,3 +503,18 @@ fn failures_are_throttled_per_source_without_blocking_workers() {
     let (_, d) = timed(bad());
     assert!(d < Duration::from_millis(50), "{d:?}");
 }
+
+#[test]
+fn a_panicking_reply_does_not_take_the_worker_down() {
+    let svc = AuthService::new(&AuthSettings {
+        workers: 1,
+        ..settings()
+    })
+    .unwrap();
+    let boom = svc.check(
+        req(Some("bob"), Some(b"secret6")),
+        Box::new(|_| panic!("reply bug")),
+    );
+    assert!(matches!(boom, Submitted::Queued));
+    assert!(run(&svc, req(Some("bob"), Some(b"secret6"))).is_allowed());
+}
