@@ -23,10 +23,17 @@
 //! `$SYS/…`; `topic read $SYS/#` does. `#` matches every other topic, and `a/#` matches `a`.
 //!
 //! SUBSCRIBE: Mosquitto 2.0's acl_file does not check SUBSCRIBE at all (it answers success for
-//! `MOSQ_ACL_SUBSCRIBE`, "FIXME - implement ACL subscription strings"); every message is checked
-//! for READ when it is delivered (retained ones too). [`Authorizer::may_subscribe`] therefore
-//! always allows and [`Authorizer::may_receive`] does the READ check: the session must call
-//! `may_receive` for each delivery.
+//! `MOSQ_ACL_SUBSCRIBE`, "FIXME - implement ACL subscription strings") and only filters each
+//! delivery. shardmq checks both, so that a client learns at SUBACK (0x87; 3.x 0x80) that a
+//! filter gives it nothing, as EMQX and Mosquitto 1.x users expect:
+//! - [`Authorizer::may_subscribe`]: in the same order as above (own section, then patterns), a
+//!   `deny` rule that covers the whole filter (every topic the filter matches is denied)
+//!   refuses it; a `read`/`readwrite` rule that covers the whole filter (`a/#` covers `a/+/b`;
+//!   `a/+` does not cover `a/#`) allows it; otherwise it is refused. A filter only partly
+//!   covered (`#` with `topic read a/#`) is refused: subscribe to what the rules grant.
+//! - [`Authorizer::may_receive`] still does the READ check on every delivery (retained
+//!   messages and wills too), so a `deny` rule inside an allowed filter (`topic read a/#`,
+//!   `topic deny a/secret`) withholds just those messages.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -90,6 +97,21 @@ impl RuleSet {
             .allow
             .iter()
             .any(|(f, a)| a.grants(want) && f.matches_topic(topic))
+        {
+            return Some(true);
+        }
+        None
+    }
+
+    /// Like [`RuleSet::decide`] for a SUBSCRIBE filter: rules must cover all of it.
+    fn decide_filter(&self, filter: &Filter) -> Option<bool> {
+        if self.deny.iter().any(|f| f.covers(filter)) {
+            return Some(false);
+        }
+        if self
+            .allow
+            .iter()
+            .any(|(f, a)| a.grants(Want::Read) && f.covers(filter))
         {
             return Some(true);
         }
@@ -315,9 +337,20 @@ impl Authorizer for FileAuthorizer {
         self.check(topic, Want::Write)
     }
 
-    /// Always true: Mosquitto 2.0's acl_file does not check SUBSCRIBE (see the module docs).
-    fn may_subscribe(&self, _filter: &str) -> bool {
-        true
+    /// The filter must be covered by a rule granting read (see the module docs).
+    fn may_subscribe(&self, filter: &str) -> bool {
+        let Ok(filter) = Filter::parse(filter) else {
+            return false;
+        };
+        if let Some(own) = &self.own {
+            if let Some(verdict) = own.decide_filter(&filter) {
+                return verdict;
+            }
+        }
+        if self.dangerous {
+            return false;
+        }
+        self.patterns.decide_filter(&filter).unwrap_or(false)
     }
 
     fn may_receive(&self, topic: &str) -> bool {
@@ -469,9 +502,35 @@ pattern deny devices/%c/locked
         let bob = acl.for_client(Some("bob"), "b");
         assert!(!bob.may_publish("x"));
         assert!(!bob.may_receive("x"));
-        assert!(bob.may_subscribe("#"), "Mosquitto does not check SUBSCRIBE");
+        assert!(!bob.may_subscribe("#"), "no rule covers the filter");
         let anon = acl.for_client(None, "b");
         assert!(!anon.may_receive("x"));
+    }
+
+    #[test]
+    fn a_subscription_needs_a_read_rule_covering_all_of_it() {
+        let acl = acl("user alice
+topic read a/#
+topic deny a/secret/#
+topic write w/#
+                       pattern read own/%u/+
+");
+        let a = acl.for_client(Some("alice"), "c");
+        assert!(a.may_subscribe("a/#") && a.may_subscribe("a/+/x") && a.may_subscribe("a"));
+        assert!(!a.may_subscribe("#"), "only partly covered");
+        assert!(!a.may_subscribe("a/secret/#"), "wholly denied");
+        assert!(
+            a.may_receive("a/b") && !a.may_receive("a/secret/x"),
+            "deliveries still checked"
+        );
+        assert!(
+            !a.may_subscribe("w/#"),
+            "write does not grant a subscription"
+        );
+        assert!(!a.may_subscribe("$SYS/#"));
+        // The own section decides nothing for own/...: the pattern does.
+        assert!(a.may_subscribe("own/alice/+") && !a.may_subscribe("own/bob/+"));
+        assert!(!a.may_subscribe("a/+b"), "an invalid filter is refused");
     }
 
     #[test]
