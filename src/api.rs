@@ -157,12 +157,49 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/cluster/join", post(join))
         .route("/api/v1/cluster/leave", post(leave))
         .route("/api/v1/rlog", get(rlog_status))
+        .route("/api/v1/reload", post(reload))
         .fallback(not_found)
         .with_state(Arc::new(state))
         .layer(axum::middleware::from_fn_with_state(
             auth,
             auth::require_key,
         ))
+}
+
+/// What `POST /api/v1/reload` runs: re-reading certificates and auth files (the same as
+/// SIGHUP). One per process, set by the node at start-up.
+pub type ReloadHook = Arc<dyn Fn() -> anyhow::Result<()> + Send + Sync>;
+
+static RELOAD_HOOK: std::sync::OnceLock<ReloadHook> = std::sync::OnceLock::new();
+
+/// Sets what `POST /api/v1/reload` runs (once; later calls are ignored).
+pub fn set_reload_hook(hook: ReloadHook) {
+    let _ = RELOAD_HOOK.set(hook);
+}
+
+/// `POST /api/v1/reload`: certificates and auth files re-read without dropping a connection;
+/// 200 `{"reloaded":true}`, or 500 with what failed (the previous state stays in force).
+async fn reload() -> Response {
+    let Some(hook) = RELOAD_HOOK.get().cloned() else {
+        return (
+            StatusCode::OK,
+            Json(serde_json::json!({ "reloaded": true, "note": "nothing to reload" })),
+        )
+            .into_response();
+    };
+    match tokio::task::spawn_blocking(move || hook()).await {
+        Ok(Ok(())) => (
+            StatusCode::OK,
+            Json(serde_json::json!({ "reloaded": true })),
+        )
+            .into_response(),
+        Ok(Err(e)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(serde_json::json!({ "reloaded": false, "error": format!("{e:#}") })),
+        )
+            .into_response(),
+        Err(e) => ApiError::internal(anyhow::anyhow!("reload task failed: {e}")).into_response(),
+    }
 }
 
 /// Serves the API on `listener` until the runtime stops: over HTTPS with `tls`, else plain

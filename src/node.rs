@@ -348,6 +348,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let security = Security::load(&config)?;
     let rt = runtime_config(&config, &security)?;
     watch_reload_signal(security.clone())?;
+    let hook = security.clone();
+    crate::api::set_reload_hook(Arc::new(move || hook.reload()));
     let control = control_cpu(&config, &rt.cpus)?;
     warn_if_nofile_too_low(config.listener.max_connections);
     watch_move_signal(
