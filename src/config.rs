@@ -366,7 +366,11 @@ impl fmt::Debug for AuthConfig {
         } else {
             "<set>"
         };
-        let jwt = if self.jwt_secret.is_empty() { "" } else { "<set>" };
+        let jwt = if self.jwt_secret.is_empty() {
+            ""
+        } else {
+            "<set>"
+        };
         f.debug_struct("AuthConfig")
             .field("hmac_secret", &shown)
             .field("allow_anonymous", &self.allow_anonymous)
@@ -406,7 +410,10 @@ pub struct NodeConfig {
 pub struct ListenerConfig {
     /// Address the MQTT TCP listener binds (on every shard, with `SO_REUSEPORT`); `None` (from
     /// `""`) = no plain TCP listener.
-    #[serde(deserialize_with = "optional_socket_addr", serialize_with = "show_optional_addr")]
+    #[serde(
+        deserialize_with = "optional_socket_addr",
+        serialize_with = "show_optional_addr"
+    )]
     pub bind: Option<SocketAddr>,
     /// A HAProxy PROXY v1/v2 header comes before MQTT on this listener.
     pub proxy_protocol: bool,
@@ -491,7 +498,10 @@ impl ListenerConfig {
                 "needs listener.tls.verify_peer = \"optional\" or \"required\"",
             ));
         }
-        for (key, ws) in [("listener.ws.path", &self.ws), ("listener.wss.path", &self.wss)] {
+        for (key, ws) in [
+            ("listener.ws.path", &self.ws),
+            ("listener.wss.path", &self.wss),
+        ] {
             if !ws.path.starts_with('/') {
                 return Err(ConfigError::value(key, "must start with /"));
             }
@@ -505,7 +515,10 @@ impl ListenerConfig {
 #[serde(deny_unknown_fields)]
 pub struct TlsListenerConfig {
     /// Address of the MQTT-over-TLS listener; `None` (from `""`) = off.
-    #[serde(deserialize_with = "optional_socket_addr", serialize_with = "show_optional_addr")]
+    #[serde(
+        deserialize_with = "optional_socket_addr",
+        serialize_with = "show_optional_addr"
+    )]
     pub bind: Option<SocketAddr>,
     /// PEM certificate chain (server certificate first). Used by `[listener.wss]` too.
     pub cert_file: String,
@@ -550,7 +563,10 @@ pub enum PeerCertName {
 #[serde(deny_unknown_fields)]
 pub struct WsListenerConfig {
     /// Listener address; `None` (from `""`) = off.
-    #[serde(deserialize_with = "optional_socket_addr", serialize_with = "show_optional_addr")]
+    #[serde(
+        deserialize_with = "optional_socket_addr",
+        serialize_with = "show_optional_addr"
+    )]
     pub bind: Option<SocketAddr>,
     /// HTTP path of the upgrade request (the query string is ignored).
     pub path: String,
