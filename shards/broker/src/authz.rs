@@ -125,7 +125,11 @@ mod tests {
             assert!(!cache.may_publish("no/a"));
             assert!(!cache.may_receive("no/a"));
         }
-        assert_eq!(rules.0.load(Ordering::Relaxed), 3, "one rule match per topic and kind");
+        assert_eq!(
+            rules.0.load(Ordering::Relaxed),
+            3,
+            "one rule match per topic and kind"
+        );
         for i in 0..AUTHZ_CACHE_MAX * 2 {
             cache.may_publish(&format!("ok/{i}"));
         }
