@@ -47,9 +47,10 @@ pub enum TransportError {
     /// certificate, a record the peer should not have sent.
     #[error("TLS: {0}")]
     Tls(#[source] rustls::Error),
-    /// rustls refused to buffer more input (an oversized handshake message).
-    #[error("TLS buffer: {0}")]
-    TlsBuffer(String),
+    /// A TLS bound was hit (an oversized handshake message or record, too much plaintext
+    /// queued before the handshake).
+    #[error("TLS limit: {0}")]
+    TlsLimit(&'static str),
     /// The WebSocket upgrade was refused or a frame broke the rules.
     #[error("WebSocket: {0}")]
     WebSocket(#[from] WsError),
@@ -75,7 +76,7 @@ impl TransportError {
             TransportError::Tls(rustls::Error::NoApplicationProtocol) => "no common ALPN protocol",
             TransportError::Tls(rustls::Error::AlertReceived(_)) => "TLS alert received",
             TransportError::Tls(_) => "TLS error",
-            TransportError::TlsBuffer(_) => "TLS input too large",
+            TransportError::TlsLimit(_) => "TLS limit exceeded",
             TransportError::WebSocket(e) => match e {
                 WsError::BadRequest(_) | WsError::RequestTooLarge | WsError::NotUpgrade(_) => {
                     "bad WebSocket upgrade"
@@ -118,11 +119,11 @@ pub struct Transport {
     /// Bytes of an incomplete PROXY header; `None` once parsed (or when not expected).
     proxy_pending: Option<BytesMut>,
     proxy_info: Option<ProxyInfo>,
-    tls: Option<TlsLayer>,
+    tls: Option<Box<TlsLayer>>,
     cert_name_kind: PeerCertName,
     cert_name: Option<Box<str>>,
     cert_name_done: bool,
-    ws: Option<WsLayer>,
+    ws: Option<Box<WsLayer>>,
     /// Plaintext from TLS for the WebSocket layer (empty between calls).
     scratch: BytesMut,
     /// Wire bytes when there is no TLS (WebSocket replies and frames).
@@ -136,11 +137,16 @@ impl Transport {
         Ok(Self {
             proxy_pending: stack.proxy.then(BytesMut::new),
             proxy_info: None,
-            tls: stack.tls.clone().map(TlsLayer::new).transpose()?,
+            tls: stack
+                .tls
+                .clone()
+                .map(TlsLayer::new)
+                .transpose()?
+                .map(Box::new),
             cert_name_kind: stack.peer_cert_name,
             cert_name: None,
             cert_name_done: false,
-            ws: stack.ws.as_ref().map(WsLayer::new),
+            ws: stack.ws.as_ref().map(|w| Box::new(WsLayer::new(w))),
             scratch: BytesMut::new(),
             out: BytesMut::new(),
             closing: false,
@@ -288,7 +294,7 @@ impl Transport {
 
     /// True when bytes wait for [`Transport::take_wire_out`].
     pub fn wants_write(&self) -> bool {
-        !self.out.is_empty() || self.tls.as_ref().is_some_and(TlsLayer::wants_write)
+        !self.out.is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
     /// The client address reported by the PROXY header.
@@ -308,14 +314,14 @@ impl Transport {
 
     /// The TLS layer, if any (protocol version, ALPN).
     pub fn tls(&self) -> Option<&TlsLayer> {
-        self.tls.as_ref()
+        self.tls.as_deref()
     }
 
     /// True when every handshake is done and MQTT may flow.
     pub fn ready(&self) -> bool {
         self.proxy_pending.is_none()
             && self.tls.as_ref().is_none_or(|t| !t.is_handshaking())
-            && self.ws.as_ref().is_none_or(WsLayer::is_open)
+            && self.ws.as_ref().is_none_or(|w| w.is_open())
             && !self.closing
     }
 
@@ -354,6 +360,9 @@ impl Transport {
         }
         if let Some(ws) = &mut self.ws {
             ws.shrink();
+        }
+        if let Some(tls) = &mut self.tls {
+            tls.shrink();
         }
     }
 }

@@ -2,14 +2,14 @@
 //! configuration handle shared by all shards, and [`TlsLayer`], the sans-I/O server side of
 //! one connection.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use bytes::{BufMut, BytesMut};
-use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig, ServerConnection};
+use bytes::{Buf, BytesMut};
+use rustls::server::{UnbufferedServerConnection, WebPkiClientVerifier};
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -239,26 +239,51 @@ impl TlsConfigCell {
     }
 }
 
-/// Bytes of ciphertext handed to rustls per step. rustls decrypts what a step took before it
-/// takes more, so at most this much ciphertext (plus one partial record) is buffered inside
-/// rustls at a time, and the plaintext one step yields is bounded by it.
-pub const TLS_FEED_STEP_BYTES: usize = 16 * 1024 + 2048;
+/// Most ciphertext a connection buffers while waiting for the rest of a record or of a
+/// handshake message (rustls accepts handshake messages up to 64 KiB; a record is at most
+/// 16 KiB + 2 KiB). More than this after processing is an error.
+pub const TLS_MAX_BUFFERED_BYTES: usize = 64 * 1024 + 18 * 1024;
+/// Most plaintext queued before the handshake completes (the broker sends nothing before it
+/// has read a CONNECT, so this only bounds a misbehaving caller).
+pub const TLS_MAX_EARLY_PLAIN_BYTES: usize = 64 * 1024;
+/// Bound on state-machine steps per input byte (rustls makes progress on every step; this
+/// only turns a livelock into an error).
+const TLS_STEPS_PER_CALL_MIN: usize = 64;
+/// Room for one record's header, tag and padding when sizing an output buffer.
+const TLS_RECORD_OVERHEAD_BYTES: usize = 5 + 16 + 256;
+/// Largest plaintext in one TLS record.
+const TLS_MAX_FRAGMENT_BYTES: usize = 16 * 1024;
 
-/// The server side of one TLS connection, sans-I/O, over a [`rustls::ServerConnection`].
+/// The server side of one TLS connection, sans-I/O, over rustls's unbuffered API
+/// ([`rustls::server::UnbufferedServerConnection`]): this layer owns the ciphertext buffers,
+/// so an idle connection keeps none of them (see [`TlsLayer::shrink`]).
 ///
 /// Inputs: [`TlsLayer::feed`] (ciphertext from the socket), [`TlsLayer::send`] (plaintext to
 /// encrypt), [`TlsLayer::send_close_notify`]. Outputs: plaintext appended to the caller's
 /// buffer by `feed`, ciphertext from [`TlsLayer::take_wire_out`].
 pub struct TlsLayer {
-    conn: ServerConnection,
+    conn: UnbufferedServerConnection,
+    /// Ciphertext not processed yet (a partial record or handshake message).
+    incoming: BytesMut,
+    /// Ciphertext to send.
+    outgoing: BytesMut,
+    /// Plaintext given before the handshake completed.
+    early_plain: BytesMut,
+    /// Plaintext decrypted outside `feed` (delivered by the next `feed`).
+    stash: BytesMut,
+    close_pending: bool,
     peer_closed: bool,
+    failed: bool,
 }
 
 impl std::fmt::Debug for TlsLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsLayer")
             .field("handshaking", &self.conn.is_handshaking())
+            .field("incoming", &self.incoming.len())
+            .field("outgoing", &self.outgoing.len())
             .field("peer_closed", &self.peer_closed)
+            .field("failed", &self.failed)
             .finish()
     }
 }
@@ -266,89 +291,217 @@ impl std::fmt::Debug for TlsLayer {
 impl TlsLayer {
     /// A new server connection with `config`.
     pub fn new(config: Arc<ServerConfig>) -> Result<Self, TransportError> {
-        let mut conn = ServerConnection::new(config).map_err(TransportError::Tls)?;
-        // The driver bounds what it queues for a connection; rustls must never silently take
-        // fewer bytes than it was given.
-        conn.set_buffer_limit(None);
         Ok(Self {
-            conn,
+            conn: UnbufferedServerConnection::new(config).map_err(TransportError::Tls)?,
+            incoming: BytesMut::new(),
+            outgoing: BytesMut::new(),
+            early_plain: BytesMut::new(),
+            stash: BytesMut::new(),
+            close_pending: false,
             peer_closed: false,
+            failed: false,
         })
     }
 
-    /// Feeds ciphertext read from the socket and appends the plaintext it carries to `plain`.
+    /// Feeds ciphertext read from the socket and appends the plaintext it carries to `plain`
+    /// (never more plaintext than `wire` holds, plus what an earlier call left over).
     ///
-    /// On `Err`, the connection is dead; an alert telling the peer why may be queued: send
+    /// On `Err`, the connection is dead; an alert telling the peer why is queued: send
     /// [`TlsLayer::take_wire_out`] before closing.
-    pub fn feed(&mut self, mut wire: &[u8], plain: &mut BytesMut) -> Result<(), TransportError> {
-        while !wire.is_empty() {
-            if self.peer_closed {
-                // Bytes after close_notify are ignored.
+    pub fn feed(&mut self, wire: &[u8], plain: &mut BytesMut) -> Result<(), TransportError> {
+        if self.failed || self.peer_closed {
+            // Nothing after a fatal error or after close_notify is read.
+            return Ok(());
+        }
+        if !self.stash.is_empty() {
+            plain.extend_from_slice(&self.stash);
+            self.stash.clear();
+        }
+        self.incoming.extend_from_slice(wire);
+        let r = self.process(Some(plain), &[]);
+        if r.is_ok() && self.incoming.len() > TLS_MAX_BUFFERED_BYTES {
+            self.failed = true;
+            return Err(TransportError::TlsLimit(
+                "incomplete TLS record or handshake too large",
+            ));
+        }
+        r
+    }
+
+    /// Encrypts `plain` (queued until the handshake is done).
+    pub fn send(&mut self, plain: &[u8]) -> Result<(), TransportError> {
+        if self.failed {
+            return Ok(());
+        }
+        if self.conn.is_handshaking() {
+            if self.early_plain.len() + plain.len() > TLS_MAX_EARLY_PLAIN_BYTES {
+                return Err(TransportError::TlsLimit(
+                    "plaintext queued before the handshake",
+                ));
+            }
+            self.early_plain.extend_from_slice(plain);
+            return Ok(());
+        }
+        self.process(None, plain)
+    }
+
+    /// Queues a close_notify alert (sent once the handshake is done).
+    pub fn send_close_notify(&mut self) {
+        if self.failed {
+            return;
+        }
+        self.close_pending = true;
+        let _ = self.process(None, &[]);
+    }
+
+    /// Runs rustls until it needs more input. `plain_in`: where decrypted bytes go (the stash
+    /// when `None`); `to_send`: plaintext to encrypt once application data may flow.
+    fn process(
+        &mut self,
+        plain_in: Option<&mut BytesMut>,
+        to_send: &[u8],
+    ) -> Result<(), TransportError> {
+        let plain_in = match plain_in {
+            Some(p) => p,
+            None => &mut self.stash,
+        };
+        let mut to_send = Some(to_send).filter(|s| !s.is_empty());
+        let max_steps = TLS_STEPS_PER_CALL_MIN + self.incoming.len();
+        for _ in 0..max_steps {
+            let UnbufferedStatus { discard, state } =
+                self.conn.process_tls_records(&mut self.incoming[..]);
+            let mut stop = false;
+            let step: Result<(), TransportError> = match state {
+                Err(e) => Err(TransportError::Tls(e)),
+                Ok(ConnectionState::ReadTraffic(mut r)) => {
+                    let mut res = Ok(());
+                    while let Some(rec) = r.next_record() {
+                        match rec {
+                            Ok(rec) => {
+                                debug_assert_eq!(rec.discard, 0);
+                                plain_in.extend_from_slice(rec.payload);
+                            }
+                            Err(e) => {
+                                res = Err(TransportError::Tls(e));
+                                break;
+                            }
+                        }
+                    }
+                    res
+                }
+                Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                    encode_into(&mut self.outgoing, 512, |buf| match e.encode(buf) {
+                        Ok(n) => Ok(n),
+                        Err(EncodeError::InsufficientSize(s)) => Err(Some(s.required_size)),
+                        Err(EncodeError::AlreadyEncoded) => Err(None),
+                    });
+                    Ok(())
+                }
+                Ok(ConnectionState::TransmitTlsData(t)) => {
+                    // The bytes wait in `outgoing` for take_wire_out.
+                    t.done();
+                    Ok(())
+                }
+                Ok(ConnectionState::WriteTraffic(mut w)) => {
+                    stop = true;
+                    let mut res = Ok(());
+                    for data in [&self.early_plain[..], to_send.take().unwrap_or(&[])] {
+                        if res.is_ok() && !data.is_empty() {
+                            res =
+                                encrypt_into(&mut self.outgoing, data, |d, buf| w.encrypt(d, buf));
+                        }
+                    }
+                    self.early_plain.clear();
+                    if res.is_ok() && self.close_pending {
+                        self.close_pending = false;
+                        res = encrypt_into(&mut self.outgoing, &[], |_, buf| {
+                            w.queue_close_notify(buf)
+                        });
+                    }
+                    res
+                }
+                Ok(ConnectionState::PeerClosed) => {
+                    self.peer_closed = true;
+                    Ok(())
+                }
+                Ok(ConnectionState::ReadEarlyData(mut r)) => {
+                    // 0-RTT is not enabled; drop anything that shows up.
+                    while r.next_record().is_some() {}
+                    Ok(())
+                }
+                Ok(ConnectionState::BlockedHandshake | ConnectionState::Closed) | Ok(_) => {
+                    stop = true;
+                    Ok(())
+                }
+            };
+            self.incoming.advance(discard);
+            if let Err(e) = step {
+                self.fail();
+                return Err(e);
+            }
+            if stop {
+                if let Some(data) = to_send {
+                    // Handshake not done yet (cannot happen from `send`, which checks).
+                    self.early_plain.extend_from_slice(data);
+                }
                 return Ok(());
             }
-            let step = wire.len().min(TLS_FEED_STEP_BYTES);
-            let mut chunk = &wire[..step];
-            let taken = match self.conn.read_tls(&mut chunk) {
-                Ok(n) => n,
-                // rustls refuses input when its buffers are full: a single handshake message
-                // over 64 KiB, or records it cannot make progress on.
-                Err(e) => return Err(TransportError::TlsBuffer(e.to_string())),
-            };
-            wire = &wire[taken..];
-            let state = self
-                .conn
-                .process_new_packets()
-                .map_err(TransportError::Tls)?;
-            let n = state.plaintext_bytes_to_read();
-            if n > 0 {
-                assert!(
-                    n <= TLS_FEED_STEP_BYTES + rustls_max_fragment(),
-                    "plaintext per step"
-                );
-                plain.reserve(n);
-                let start = plain.len();
-                plain.resize(start + n, 0);
-                self.conn
-                    .reader()
-                    .read_exact(&mut plain[start..])
-                    .expect("rustls reported this many plaintext bytes");
-            }
-            if state.peer_has_closed() {
-                self.peer_closed = true;
-            }
-            if taken == 0 {
-                // rustls took nothing (it returns 0 only when it cannot buffer more): nothing
-                // more will happen with this input.
-                return Err(TransportError::TlsBuffer("rustls accepted no input".into()));
-            }
         }
-        Ok(())
+        self.fail();
+        Err(TransportError::TlsLimit(
+            "TLS state machine made no progress",
+        ))
     }
 
-    /// Encrypts `plain` (buffered inside rustls until the handshake is done).
-    pub fn send(&mut self, plain: &[u8]) -> Result<(), TransportError> {
-        let n = self
-            .conn
-            .writer()
-            .write(plain)
-            .map_err(|e| TransportError::TlsBuffer(e.to_string()))?;
-        assert_eq!(n, plain.len(), "rustls buffer limit is off");
-        Ok(())
-    }
-
-    /// Queues a close_notify alert.
-    pub fn send_close_notify(&mut self) {
-        self.conn.send_close_notify();
+    /// After a fatal error: moves the alert rustls queued into `outgoing`.
+    fn fail(&mut self) {
+        self.failed = true;
+        // Each call encodes one queued record, then reports it for transmission.
+        // Pop only what is queued (`wants_write`): a call with nothing queued would deframe
+        // the bad input again. rustls's handshake deframer remembers positions in the buffer,
+        // so it gets the same (discarded-from) buffer as before, never an empty one.
+        for _ in 0..8 {
+            if !self.conn.wants_write() {
+                break;
+            }
+            let UnbufferedStatus { discard, state } =
+                self.conn.process_tls_records(&mut self.incoming[..]);
+            if let Ok(ConnectionState::EncodeTlsData(mut e)) = state {
+                encode_into(&mut self.outgoing, 64, |buf| match e.encode(buf) {
+                    Ok(n) => Ok(n),
+                    Err(EncodeError::InsufficientSize(s)) => Err(Some(s.required_size)),
+                    Err(EncodeError::AlreadyEncoded) => Err(None),
+                });
+            }
+            self.incoming.advance(discard);
+        }
+        self.incoming = BytesMut::new();
+        self.early_plain = BytesMut::new();
     }
 
     /// Moves every queued TLS record (handshake, application data, alerts) into `wire_out`.
     pub fn take_wire_out(&mut self, wire_out: &mut BytesMut) {
-        let mut w = wire_out.writer();
-        while self.conn.wants_write() {
-            match self.conn.write_tls(&mut w) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) => unreachable!("writing to a BytesMut cannot fail: {e}"),
+        if self.outgoing.is_empty() {
+            return;
+        }
+        if wire_out.is_empty() {
+            std::mem::swap(wire_out, &mut self.outgoing);
+        } else {
+            wire_out.extend_from_slice(&self.outgoing);
+            self.outgoing.clear();
+        }
+    }
+
+    /// Releases empty buffers (call when the connection is idle).
+    pub fn shrink(&mut self) {
+        for b in [
+            &mut self.incoming,
+            &mut self.outgoing,
+            &mut self.early_plain,
+            &mut self.stash,
+        ] {
+            if b.is_empty() && b.capacity() > 0 {
+                *b = BytesMut::new();
             }
         }
     }
@@ -360,12 +513,17 @@ impl TlsLayer {
 
     /// True when TLS records are waiting for [`TlsLayer::take_wire_out`].
     pub fn wants_write(&self) -> bool {
-        self.conn.wants_write()
+        !self.outgoing.is_empty()
     }
 
     /// True once the peer sent close_notify.
     pub fn peer_closed(&self) -> bool {
         self.peer_closed
+    }
+
+    /// True once a fatal error happened (the alert may still wait in `take_wire_out`).
+    pub fn failed(&self) -> bool {
+        self.failed
     }
 
     /// The negotiated ALPN protocol, if any.
@@ -386,9 +544,55 @@ impl TlsLayer {
     }
 }
 
-fn rustls_max_fragment() -> usize {
-    // A TLS record holds at most 2^14 plaintext bytes.
-    16 * 1024
+/// Appends what `f` writes to `out`, growing the room to what `f` asks for
+/// (`Err(Some(n))`); `Err(None)`: nothing to write.
+fn encode_into(
+    out: &mut BytesMut,
+    first_guess: usize,
+    mut f: impl FnMut(&mut [u8]) -> Result<usize, Option<usize>>,
+) {
+    let mut room = first_guess;
+    loop {
+        let start = out.len();
+        out.resize(start + room, 0);
+        match f(&mut out[start..]) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return;
+            }
+            Err(Some(needed)) if needed > room => {
+                out.truncate(start);
+                room = needed;
+            }
+            Err(_) => {
+                out.truncate(start);
+                return;
+            }
+        }
+    }
+}
+
+/// Encrypts `data` into `out` (rustls splits it into records).
+fn encrypt_into(
+    out: &mut BytesMut,
+    data: &[u8],
+    mut f: impl FnMut(&[u8], &mut [u8]) -> Result<usize, EncryptError>,
+) -> Result<(), TransportError> {
+    let records = data.len() / TLS_MAX_FRAGMENT_BYTES + 1;
+    let mut failure = None;
+    encode_into(
+        out,
+        data.len() + records * TLS_RECORD_OVERHEAD_BYTES,
+        |buf| match f(data, buf) {
+            Ok(n) => Ok(n),
+            Err(EncryptError::InsufficientSize(s)) => Err(Some(s.required_size)),
+            Err(_) => {
+                failure = Some(TransportError::TlsLimit("TLS encrypter exhausted"));
+                Err(None)
+            }
+        },
+    );
+    failure.map_or(Ok(()), Err)
 }
 
 /// The CN or the first DNS / e-mail SAN of a DER certificate.
