@@ -52,7 +52,8 @@ pub use message_table::{MessageRef, MessageTable, MESSAGE_TABLE_MAX};
 pub use record::*;
 pub use recover::{recover, recover_shard, Recovered, SegmentReport, ShardReport, Stop, StopKind};
 pub use snapshot::{
-    remove_obsolete, restart, write_snapshot, Cleanup, Restart, ShardStart, SNAPSHOT_FLUSH_BYTES,
+    remove_generations_above, remove_obsolete, restart, write_snapshot, Cleanup, Restart,
+    ShardStart, SNAPSHOT_FLUSH_BYTES,
 };
 pub use state::{RetainedEntry, State};
 pub use writer::{

@@ -60,6 +60,8 @@ pub struct Stop {
     pub why: String,
     /// Bytes of the log not replayed (from the stop to the end of the last segment).
     pub skipped_bytes: u64,
+    /// The segment's header was unreadable (the file holds no replayable record).
+    pub bad_header: bool,
 }
 
 /// One segment as recovery saw it.
@@ -184,11 +186,9 @@ pub fn recover_shard(
             Err(e) => maps.push((seq, path, map, Err(e))),
         }
     }
-    // Bad-header files before the first good header of this generation are stale.
-    while matches!(maps.first(), Some((_, _, _, Err(_)))) && maps.len() > 1 {
-        let (_, path, _, _) = maps.remove(0);
-        report.stale.push(path);
-    }
+    // A file whose header does not read is kept in the chain wherever it sits: it may be one
+    // of ours. (Start-up removes such files once recovered — see `crate::restart` — so a
+    // leftover of an older generation never sits in front of this one.)
     let mut state = State::new();
     let total: Vec<u64> = maps.iter().map(|(_, _, m, _)| m.len() as u64).collect();
     let n = maps.len();
@@ -212,6 +212,7 @@ pub fn recover_shard(
             lsn,
             why,
             skipped_bytes: rest_bytes(offset),
+            bad_header: false,
         };
         let h = match header {
             Ok(h) => *h,
@@ -223,7 +224,9 @@ pub fn recover_shard(
                     StopKind::Corrupt
                 };
                 let lsn = expected_lsn.unwrap_or(0);
-                report.stop = Some(stop(kind, 0, lsn, format!("bad segment header ({e:?})")));
+                let mut st = stop(kind, 0, lsn, format!("bad segment header ({e:?})"));
+                st.bad_header = true;
+                report.stop = Some(st);
                 report.segments.push(seg);
                 break;
             }

@@ -4,7 +4,8 @@
 //! 1. [`crate::recover`] the storage directory (generation `G`).
 //! 2. [`crate::State::split`] the state over the shards that exist now (owner of each client
 //!    id; owner of each retained topic's record).
-//! 3. [`write_snapshot`] for every shard, with generation `G + 1`: a fresh log holding just
+//! 3. [`remove_generations_above`]`(G)` (leftovers of a start-up that crashed before its
+//!    commit), then [`write_snapshot`] for every shard, with generation `G + 1`: a fresh log holding just
 //!    the live state, fsynced. Done in parallel (one per shard thread) or in sequence.
 //! 4. [`crate::commit_generation`]`(G + 1)`: the atomic switch. A crash before it recovers `G`
 //!    again (the half-written `G + 1` segments are ignored); after it, `G + 1`.
@@ -136,11 +137,7 @@ pub fn remove_obsolete(
                 continue;
             }
             if corrupt.contains(&path) {
-                let mut to = path.clone().into_os_string();
-                to.push(CORRUPT_SUFFIX);
-                let to = PathBuf::from(to);
-                std::fs::rename(&path, &to).map_err(|e| StoreError::io(&path, e))?;
-                out.kept_corrupt.push(to);
+                out.kept_corrupt.push(set_aside(&path)?);
             } else {
                 std::fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
                 out.removed.push(path);
@@ -157,12 +154,39 @@ pub fn remove_obsolete(
     Ok(out)
 }
 
+/// Renames a segment to `<name>.corrupt` (no longer listed as a segment).
+fn set_aside(path: &Path) -> Result<PathBuf, StoreError> {
+    let mut to = path.to_path_buf().into_os_string();
+    to.push(CORRUPT_SUFFIX);
+    let to = PathBuf::from(to);
+    std::fs::rename(path, &to).map_err(|e| StoreError::io(path, e))?;
+    Ok(to)
+}
+
 fn read_header(path: &Path) -> Option<SegmentHeader> {
     use std::io::Read;
     let mut buf = [0u8; SEGMENT_HEADER_LEN];
     let mut f = std::fs::File::open(path).ok()?;
     f.read_exact(&mut buf).ok()?;
     SegmentHeader::read(&buf).ok()
+}
+
+/// Removes the segments of every generation above `committed`: what a start-up that crashed
+/// before [`commit_generation`] left. Run it before [`write_snapshot`] of `committed + 1`.
+pub fn remove_generations_above(
+    storage_dir: &Path,
+    committed: u64,
+) -> Result<Vec<PathBuf>, StoreError> {
+    let mut removed = Vec::new();
+    for (_, dir) in list_shard_dirs(storage_dir)? {
+        for (_, path) in list_segments(&dir)? {
+            if read_header(&path).is_some_and(|h| h.generation > committed) {
+                std::fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
+                removed.push(path);
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// A shard's starting point after [`restart`].
@@ -207,6 +231,20 @@ pub fn restart(
         generation,
         shards: reports,
     } = recover(storage_dir)?;
+    // Leftovers of an interrupted start-up carry the generation about to be written: go first.
+    let mut leftovers = remove_generations_above(storage_dir, generation)?;
+    // A file with an unreadable header holds nothing replayable: remove it (torn) or set it
+    // aside (corrupt) now, so it never sits in front of the new generation's log.
+    for stop in reports.iter().filter_map(|r| r.stop.as_ref()) {
+        if stop.bad_header && stop.path.exists() {
+            if stop.kind == StopKind::TornTail {
+                std::fs::remove_file(&stop.path).map_err(|e| StoreError::io(&stop.path, e))?;
+                leftovers.push(stop.path.clone());
+            } else {
+                set_aside(&stop.path)?;
+            }
+        }
+    }
     let generation = generation + 1;
     let (anomalies, dangling) = (state.anomalies, state.dangling);
     let parts = state.split(shard_count as usize, owner_of_client, owner_of_topic);
@@ -224,7 +262,9 @@ pub fn restart(
         });
     }
     commit_generation(storage_dir, generation)?;
-    let cleanup = remove_obsolete(storage_dir, generation, shard_count, &reports)?;
+    let mut cleanup = remove_obsolete(storage_dir, generation, shard_count, &reports)?;
+    leftovers.append(&mut cleanup.removed);
+    cleanup.removed = leftovers;
     Ok(Restart {
         generation,
         shards,
