@@ -358,3 +358,22 @@ fn reload_keeps_existing_connections() {
     assert!(o.server_err.is_none() && s_new.ready());
     assert_ne!(c_new.peer_certificates().unwrap()[0], p.server_cert_der);
 }
+
+/// Writes fuzz seeds (a TLS 1.3 and a TLS 1.2 ClientHello, whole and split) when
+/// `SHARDMQ_FUZZ_SEEDS` names the fuzz corpus folder: `$SHARDMQ_FUZZ_SEEDS/tls/…`.
+#[test]
+fn write_fuzz_seeds() {
+    let Some(dir) = std::env::var_os("SHARDMQ_FUZZ_SEEDS") else { return };
+    let dir = std::path::Path::new(&dir).join("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, version) in [&TLS13, &TLS12].into_iter().enumerate() {
+        let mut c = client(client_config(version, Some(&pki().client), &[b"mqtt"]));
+        let mut hello = Vec::new();
+        c.write_tls(&mut hello).unwrap();
+        for piece in [255u8, 3] {
+            let mut seed = vec![piece];
+            seed.extend_from_slice(&hello);
+            std::fs::write(dir.join(format!("client-hello-{i}-{piece}")), seed).unwrap();
+        }
+    }
+}
