@@ -10,15 +10,32 @@
 //!
 //! # Driving a [`Transport`]
 //!
-//! Inputs: [`Transport::on_wire_in`] (bytes read from the socket; MQTT plaintext is appended
-//! to the caller's buffer) and [`Transport::on_plain_out`] (MQTT bytes to send). Output:
-//! [`Transport::take_wire_out`] (bytes to write to the socket), to call after every input.
-//! Then look at [`Transport::closing`]: when true, write what `take_wire_out` gave and close.
-//! An `Err` from an input means the same, and is worth a `warn!` (the peer misbehaved); the
-//! bytes that tell the peer why (a TLS alert, an HTTP error status, a close frame) are queued
-//! for `take_wire_out`. Call [`Transport::shrink`] when the connection goes idle.
+//! A plain TCP listener without PROXY needs no `Transport` at all ([`Stack::is_plain`]): keep
+//! an `Option<Box<Transport>>` in the connection and skip it when `None`.
 //!
-//! A plain TCP connection without PROXY needs no `Transport` at all.
+//! 1. At accept: `Transport::new(&stack)`, with `stack.tls` taken from
+//!    [`TlsConfigCell::current`] (a reload later does not touch this connection).
+//! 2. After each socket read: [`Transport::on_wire_in`]`(bytes, &mut plain_in)`, then decode
+//!    MQTT packets from `plain_in` as for a plain connection (only once [`Transport::ready`]
+//!    is true can there be any; `plain_in` never grows by more than the bytes read).
+//! 3. After each input and each [`Transport::on_plain_out`]: [`Transport::take_wire_out`]
+//!    `(&mut wire_out)` and write `wire_out` to the socket. The TLS handshake, the WebSocket
+//!    101 reply, pongs, alerts and close frames all come out here, so call it even when the
+//!    broker sent nothing.
+//! 4. After that, if [`Transport::closing`]: finish writing `wire_out`, then close. An `Err` from
+//!    an input means the same (`closing()` is then true) and deserves a `warn!` with
+//!    [`TransportError::description`]; the bytes telling the peer why (a TLS alert, an HTTP
+//!    404/400/426, a WebSocket close 1002/1003/1009) are already queued for `take_wire_out`.
+//! 5. To close from the broker side (a DISCONNECT sent, a takeover): [`Transport::close`],
+//!    `take_wire_out`, write, close.
+//! 6. When the connection goes idle (a read left `plain_in` empty and `wire_out` is written):
+//!    [`Transport::shrink`] releases every empty buffer. Between bursts the layers hold no
+//!    buffer: measured (tests/memory.rs) 3.6 KB of heap for an idle TLS 1.3 connection
+//!    (`Box<Transport>` 200 B, `TlsLayer` 1.2 KB, rustls's keys and state 2.2 KB), 4.2 KB with
+//!    a client certificate, 450 B for PROXY + WebSocket without TLS, 200 B for PROXY only.
+//!
+//! MQTT bytes given to `on_plain_out` before `ready()` are refused ([`TransportError::NotReady`]).
+//! Nothing here reads a clock: rustls checks certificate validity against the system time.
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod proxy;

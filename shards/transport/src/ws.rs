@@ -574,3 +574,138 @@ fn write_frame(out: &mut BytesMut, opcode: OpCode, payload: &[u8]) {
         .expect("writing to a BytesMut cannot fail");
     out.extend_from_slice(payload);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UPGRADE: &[u8] = b"GET /mqtt HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: WebSocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: mqttv3.1\r\n\r\n";
+
+    fn open() -> WsLayer {
+        let mut ws = WsLayer::new(&WsSettings {
+            path: "/mqtt".into(),
+            max_message_bytes: 100,
+        });
+        ws.feed(UPGRADE, &mut BytesMut::new()).unwrap();
+        let mut out = BytesMut::new();
+        ws.take_out(&mut out);
+        let text = std::str::from_utf8(&out).unwrap();
+        // RFC 6455 §1.3's example key and accept value.
+        assert!(
+            text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Sec-WebSocket-Protocol: mqttv3.1\r\n"),
+            "{text}"
+        );
+        assert_eq!(ws.subprotocol(), Some("mqttv3.1"));
+        ws
+    }
+
+    /// A masked client frame: first byte as given (FIN, RSV, opcode), then the payload.
+    fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x11, 0x22, 0x33, 0x44];
+        let mut v = vec![first];
+        assert!(payload.len() < 126);
+        v.push(0x80 | payload.len() as u8);
+        v.extend_from_slice(&mask);
+        v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        v
+    }
+
+    fn close_code(ws: &mut WsLayer) -> u16 {
+        let mut out = BytesMut::new();
+        ws.take_out(&mut out);
+        assert_eq!(out[0], 0x88, "a close frame: {out:?}");
+        u16::from_be_bytes([out[2], out[3]])
+    }
+
+    #[test]
+    fn byte_by_byte_frames() {
+        let mut ws = open();
+        let mut bytes = frame(0x02, &[1, 2, 3, 4, 5]); // binary, no FIN
+        bytes.extend(frame(0x89, b"ping")); // ping inside a fragmented message
+        bytes.extend(frame(0x80, &[6, 7])); // continuation, FIN
+        let mut plain = BytesMut::new();
+        for b in &bytes {
+            ws.feed(std::slice::from_ref(b), &mut plain).unwrap();
+        }
+        assert_eq!(&plain[..], &[1, 2, 3, 4, 5, 6, 7]);
+        let mut out = BytesMut::new();
+        ws.take_out(&mut out);
+        assert_eq!(&out[..], b"\x8a\x04ping");
+        ws.send(&[9; 200]);
+        let mut out = BytesMut::new();
+        ws.take_out(&mut out);
+        assert_eq!(&out[..4], &[0x82, 126, 0, 200]);
+        assert_eq!(out.len(), 204);
+    }
+
+    #[test]
+    fn protocol_errors_close_1002() {
+        let cases: Vec<Vec<u8>> = vec![
+            frame(0xc2, &[1]),                               // RSV1 set
+            frame(0x80, &[1]),                               // continuation without a message
+            frame(0x09, b"x"),                               // fragmented ping
+            frame(0x83, &[1]),                               // reserved data opcode
+            frame(0x8b, &[]),                                // reserved control opcode
+            frame(0x88, &[3]),                               // close with 1 byte
+            frame(0x88, &[0x03, 0xec]),                      // close 1004 (reserved)
+            [frame(0x02, &[1]), frame(0x82, &[2])].concat(), // new message inside one
+            vec![0x82, 0x7e, 0x01, 0x00],                    // unmasked
+        ];
+        for bytes in cases {
+            let mut ws = open();
+            let e = ws.feed(&bytes, &mut BytesMut::new()).unwrap_err();
+            assert!(matches!(e, WsError::Protocol(_)), "{bytes:?}: {e:?}");
+            assert_eq!(close_code(&mut ws), 1002, "{bytes:?}");
+            assert!(ws.is_closed());
+            ws.feed(&frame(0x82, &[1]), &mut BytesMut::new()).unwrap();
+        }
+        // A ping over 125 bytes, announced with a 16-bit length.
+        let mut ws = open();
+        let e = ws
+            .feed(&[0x89, 0xfe, 0, 126, 1, 2, 3, 4], &mut BytesMut::new())
+            .unwrap_err();
+        assert!(matches!(e, WsError::Protocol(_)));
+    }
+
+    #[test]
+    fn close_echoes_the_code() {
+        let mut ws = open();
+        ws.feed(
+            &frame(0x88, &[0x03, 0xe9, b'b', b'y', b'e']),
+            &mut BytesMut::new(),
+        )
+        .unwrap();
+        assert_eq!(close_code(&mut ws), 1001);
+        assert!(ws.is_closed());
+        ws.send(b"dropped");
+        assert!(!ws.has_out());
+    }
+
+    #[test]
+    fn size_limit_from_the_header() {
+        let mut ws = open();
+        // 64-bit length of 2^40 bytes: refused from the header alone.
+        let mut bytes = vec![0x82, 0xff];
+        bytes.extend_from_slice(&(1u64 << 40).to_be_bytes());
+        bytes.extend_from_slice(&[0; 4]);
+        let e = ws.feed(&bytes, &mut BytesMut::new()).unwrap_err();
+        assert!(matches!(e, WsError::TooBig { .. }));
+        assert_eq!(close_code(&mut ws), 1009);
+    }
+
+    #[test]
+    fn pipelined_frames_after_the_request() {
+        let mut ws = WsLayer::new(&WsSettings::default());
+        let mut bytes = UPGRADE.to_vec();
+        bytes.extend(frame(0x82, &[0xc0, 0]));
+        let mut plain = BytesMut::new();
+        ws.feed(&bytes[..10], &mut plain).unwrap();
+        ws.feed(&bytes[10..], &mut plain).unwrap();
+        assert!(ws.is_open());
+        assert_eq!(&plain[..], &[0xc0, 0]);
+    }
+}

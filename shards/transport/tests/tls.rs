@@ -363,7 +363,9 @@ fn reload_keeps_existing_connections() {
 /// `SHARDMQ_FUZZ_SEEDS` names the fuzz corpus folder: `$SHARDMQ_FUZZ_SEEDS/tls/…`.
 #[test]
 fn write_fuzz_seeds() {
-    let Some(dir) = std::env::var_os("SHARDMQ_FUZZ_SEEDS") else { return };
+    let Some(dir) = std::env::var_os("SHARDMQ_FUZZ_SEEDS") else {
+        return;
+    };
     let dir = std::path::Path::new(&dir).join("tls");
     std::fs::create_dir_all(&dir).unwrap();
     for (i, version) in [&TLS13, &TLS12].into_iter().enumerate() {
