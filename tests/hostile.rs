@@ -8,43 +8,6 @@ use rumqttc::QoS;
 use shardmq_codec::{Packet, Protocol, QoS as Q};
 use std::time::{Duration, Instant};
 
-/// A subscriber and a publisher connected before an attack; [`Healthy::check`] proves they
-/// still work.
-struct Healthy {
-    sub: V4,
-    publisher: V4,
-    round: u32,
-}
-
-impl Healthy {
-    async fn connect(port: u16) -> Healthy {
-        let (mut sub, _) = V4::connect(port, "healthy-sub", true).await;
-        sub.subscribe("healthy/t", QoS::AtLeastOnce).await;
-        let (publisher, _) = V4::connect(port, "healthy-pub", true).await;
-        let mut h = Healthy {
-            sub,
-            publisher,
-            round: 0,
-        };
-        h.check().await;
-        h
-    }
-
-    async fn check(&mut self) {
-        self.round += 1;
-        let body = format!("still here {}", self.round);
-        self.publisher
-            .publish("healthy/t", QoS::AtLeastOnce, false, body.clone())
-            .await;
-        loop {
-            let p = self.sub.expect_publish().await;
-            if p.payload == body.as_bytes() {
-                return;
-            }
-        }
-    }
-}
-
 /// Expects a 5.0 DISCONNECT with `reason`, then the close.
 async fn expect_disconnect(raw: &mut Raw, reason: u8) {
     match raw.expect_closed(WAIT).await.as_slice() {

@@ -75,24 +75,6 @@ fn v5_persistent(port: u16, id: &str) -> rumqttc::v5::MqttOptions {
     o
 }
 
-/// The 5.0 SUBACK's reason code for `filter`.
-async fn subscribe5(c: &mut V5, filter: &str, qos: Q5) -> Code5 {
-    c.client
-        .subscribe(filter, qos)
-        .await
-        .expect("queue SUBSCRIBE");
-    let codes = c
-        .inbox
-        .wait_for(WAIT, |p| match p {
-            P5::SubAck(a) => Some(a.return_codes.clone()),
-            _ => None,
-        })
-        .await
-        .unwrap_or_else(|| panic!("no SUBACK for {filter}: {:?}", c.inbox.error));
-    assert_eq!(codes.len(), 1, "SUBACK codes {codes:?}");
-    codes[0]
-}
-
 /// Publishes with properties and, for QoS 1, waits for the PUBACK.
 async fn publish5(c: &mut V5, topic: &str, payload: &'static [u8], props: PublishProperties) {
     c.client
@@ -355,7 +337,7 @@ async fn v5_shared_subscription() {
         let (mut m1, _) = V5::connect(broker.port, "rumqttc-v5-shared-1", true).await;
         let (mut m2, _) = V5::connect(broker.port, "rumqttc-v5-shared-2", true).await;
         for m in [&mut m1, &mut m2] {
-            let code = subscribe5(m, f, Q5::AtLeastOnce).await;
+            let code = m.suback(f, Q5::AtLeastOnce).await;
             assert_eq!(code, Code5::Success(Q5::AtLeastOnce), "SUBACK for {f}");
         }
         let (mut p, _) = V5::connect(broker.port, "rumqttc-v5-shared-pub", true).await;

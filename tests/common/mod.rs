@@ -51,6 +51,12 @@ fn free_port() -> u16 {
     }
 }
 
+/// A free port on 127.0.0.1 that no other test of this process gets: for a broker's extra
+/// listeners (`SHARDMQ_LISTENER__TLS__BIND` and the like).
+pub fn reserve_port() -> u16 {
+    free_port()
+}
+
 /// A `shardmq` process listening on its own port, killed on drop. Its log (stdout and stderr,
 /// `warn` and above plus the start-up lines) goes to a temporary file that tests can search;
 /// when a test fails, the drop prints the log's tail.
@@ -61,6 +67,8 @@ pub struct Broker {
     /// The management API port on 127.0.0.1 (0 when the caller's env set `SHARDMQ_API__LISTEN`).
     pub api_port: u16,
     log: PathBuf,
+    /// The storage folder the harness made for it (removed on drop), unless the test named one.
+    storage: Option<PathBuf>,
 }
 
 impl Broker {
@@ -92,6 +100,17 @@ impl Broker {
             cmd.env("SHARDMQ_API__LISTEN", format!("127.0.0.1:{api_port}"));
             api_port
         };
+        // Its own storage folder: brokers of parallel tests must never share one (the broker
+        // refuses a folder another live process holds).
+        let storage = if env.iter().any(|(k, _)| *k == "SHARDMQ_STORAGE__DIR") {
+            None
+        } else {
+            let dir =
+                std::env::temp_dir().join(format!("shardmq-it-data-{}-{port}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            cmd.env("SHARDMQ_STORAGE__DIR", &dir);
+            Some(dir)
+        };
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -101,6 +120,7 @@ impl Broker {
             port,
             api_port,
             log,
+            storage,
         };
         broker.wait_ready();
         broker
@@ -213,6 +233,9 @@ impl Drop for Broker {
             }
         }
         let _ = std::fs::remove_file(&self.log);
+        if let Some(dir) = &self.storage {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -859,7 +882,20 @@ impl V5 {
         filter: &str,
         qos: rumqttc::v5::mqttbytes::QoS,
     ) -> Option<rumqttc::v5::mqttbytes::QoS> {
-        use rumqttc::v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
+        use rumqttc::v5::mqttbytes::v5::SubscribeReasonCode;
+        match self.suback(filter, qos).await {
+            SubscribeReasonCode::Success(q) => Some(q),
+            _ => None,
+        }
+    }
+
+    /// Subscribes to one filter and waits for the SUBACK; returns its reason code.
+    pub async fn suback(
+        &mut self,
+        filter: &str,
+        qos: rumqttc::v5::mqttbytes::QoS,
+    ) -> rumqttc::v5::mqttbytes::v5::SubscribeReasonCode {
+        use rumqttc::v5::mqttbytes::v5::Packet;
         self.client
             .subscribe(filter, qos)
             .await
@@ -873,8 +909,7 @@ impl V5 {
             .await
             .unwrap_or_else(|| panic!("no SUBACK for {filter}: {:?}", self.inbox.error));
         match codes.as_slice() {
-            [SubscribeReasonCode::Success(q)] => Some(*q),
-            [_] => None,
+            [code] => *code,
             other => panic!("unexpected SUBACK codes {other:?}"),
         }
     }
@@ -943,6 +978,49 @@ impl V5 {
             self.inbox.finished(),
             "event loop still running after DISCONNECT"
         );
+    }
+}
+
+// ---- a client that must survive an attack --------------------------------------------------
+
+/// A subscriber and a publisher (rumqttc, MQTT 3.1.1) connected before an attack;
+/// [`Healthy::check`] proves they still work.
+pub struct Healthy {
+    /// Subscribed to `healthy/t`.
+    pub sub: V4,
+    /// Publishes to `healthy/t`.
+    pub publisher: V4,
+    round: u32,
+}
+
+impl Healthy {
+    /// Connects both on the plain listener at `port` and checks them once.
+    pub async fn connect(port: u16) -> Healthy {
+        let (mut sub, _) = V4::connect(port, "healthy-sub", true).await;
+        sub.subscribe("healthy/t", rumqttc::QoS::AtLeastOnce).await;
+        let (publisher, _) = V4::connect(port, "healthy-pub", true).await;
+        let mut h = Healthy {
+            sub,
+            publisher,
+            round: 0,
+        };
+        h.check().await;
+        h
+    }
+
+    /// A QoS 1 message from the publisher reaches the subscriber.
+    pub async fn check(&mut self) {
+        self.round += 1;
+        let body = format!("still here {}", self.round);
+        self.publisher
+            .publish("healthy/t", rumqttc::QoS::AtLeastOnce, false, body.clone())
+            .await;
+        loop {
+            let p = self.sub.expect_publish().await;
+            if p.payload == body.as_bytes() {
+                return;
+            }
+        }
     }
 }
 

@@ -5,11 +5,13 @@
 #   paho       paho-mqtt 2.x (Python)            tests/interop/paho_test.py
 #   mqttjs     MQTT.js 5.x (node --test)         tests/interop/mqttjs_test.mjs
 #   rumqttc    rumqttc (Rust, also in cargo test) tests/interop_rumqttc.rs
+#   security   TLS, WebSocket, passwords, JWT, ACLs (mosquitto clients, paho, MQTT.js in Node
+#              and in headless Chromium): tests/interop/security.sh, its own scenario list
 # The four run in parallel. Prints one line per scenario per client (PASS, FAIL, XFAIL or
 # XPASS), and last `N passed, M failed`; exits non-zero if anything failed. Expected failures
 # (features not built yet) are listed in tests/interop/xfail. Install the clients first with
 # tests/interop/install.sh (.ci/test does).
-#   INTEROP_CLIENTS  which clients (default "mosquitto paho mqttjs rumqttc")
+#   INTEROP_CLIENTS  which clients (default "mosquitto paho mqttjs rumqttc security")
 #   INTEROP_ONLY     only scenarios whose name contains this, e.g. v5/ or will
 #   INTEROP_XFAIL    expected failures, replacing tests/interop/xfail ("" expects all to pass)
 #   INTEROP_BROKER   the broker binary (default: target/debug/shardmq, built here)
@@ -26,7 +28,7 @@ scenarios=(
     v5/connect v5/qos v5/retained v5/will v5/persistent_session
     v5/shared_subscription v5/topic_alias v5/message_expiry v5/request_response
 )
-read -r -a clients <<<"${INTEROP_CLIENTS:-mosquitto paho mqttjs rumqttc}"
+read -r -a clients <<<"${INTEROP_CLIENTS:-mosquitto paho mqttjs rumqttc security}"
 only="${INTEROP_ONLY:-}"
 export INTEROP_ONLY="$only"
 
@@ -73,6 +75,7 @@ client_command() {
     mqttjs) echo node --test --test-reporter="./$here/js/reporter.mjs" \
         --test-reporter-destination=stdout "$here/mqttjs_test.mjs" ;;
     rumqttc) echo cargo test --test interop_rumqttc -- --nocapture "${only//\//_}" ;;
+    security) echo bash "$here/security.sh" ;;
     *)
         echo "unknown client $1 (INTEROP_CLIENTS)" >&2
         return 1
@@ -102,7 +105,9 @@ line() {
 
 for c in "${clients[@]}"; do
     log="$work/$c.log"
-    for full in "${scenarios[@]}"; do
+    client_scenarios=("${scenarios[@]}")
+    [[ "$c" == security ]] && mapfile -t client_scenarios < <(bash "$here/security.sh" --list)
+    for full in "${client_scenarios[@]}"; do
         [[ "$full" == *"$only"* ]] || continue
         # The client's line for this scenario: "@@ PASS|FAIL <client> <full> [:: detail]"
         # (libtest may print its progress on the same line, before it).
