@@ -30,6 +30,29 @@ pub struct ProxyInfo {
     pub destination: Option<SocketAddr>,
 }
 
+// ppp's v1 and v2 share these address types.
+impl ProxyInfo {
+    fn v4(a: &v1::IPv4) -> Self {
+        Self {
+            source: Some(SocketAddr::from((a.source_address, a.source_port))),
+            destination: Some(SocketAddr::from((
+                a.destination_address,
+                a.destination_port,
+            ))),
+        }
+    }
+
+    fn v6(a: &v1::IPv6) -> Self {
+        Self {
+            source: Some(SocketAddr::from((a.source_address, a.source_port))),
+            destination: Some(SocketAddr::from((
+                a.destination_address,
+                a.destination_port,
+            ))),
+        }
+    }
+}
+
 /// Why a PROXY header was refused. Every variant closes the connection.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ProxyError {
@@ -129,20 +152,8 @@ impl ProxyHeader {
                 debug_assert!(consumed <= PROXY_V1_MAX_BYTES);
                 let info = match header.addresses {
                     v1::Addresses::Unknown => ProxyInfo::default(),
-                    v1::Addresses::Tcp4(a) => ProxyInfo {
-                        source: Some(SocketAddr::from((a.source_address, a.source_port))),
-                        destination: Some(SocketAddr::from((
-                            a.destination_address,
-                            a.destination_port,
-                        ))),
-                    },
-                    v1::Addresses::Tcp6(a) => ProxyInfo {
-                        source: Some(SocketAddr::from((a.source_address, a.source_port))),
-                        destination: Some(SocketAddr::from((
-                            a.destination_address,
-                            a.destination_port,
-                        ))),
-                    },
+                    v1::Addresses::Tcp4(a) => ProxyInfo::v4(&a),
+                    v1::Addresses::Tcp6(a) => ProxyInfo::v6(&a),
                 };
                 Ok(Some((info, consumed)))
             }
@@ -162,20 +173,8 @@ impl ProxyHeader {
                 let info = match header.command {
                     v2::Command::Local => ProxyInfo::default(),
                     v2::Command::Proxy => match header.addresses {
-                        v2::Addresses::IPv4(a) => ProxyInfo {
-                            source: Some(SocketAddr::from((a.source_address, a.source_port))),
-                            destination: Some(SocketAddr::from((
-                                a.destination_address,
-                                a.destination_port,
-                            ))),
-                        },
-                        v2::Addresses::IPv6(a) => ProxyInfo {
-                            source: Some(SocketAddr::from((a.source_address, a.source_port))),
-                            destination: Some(SocketAddr::from((
-                                a.destination_address,
-                                a.destination_port,
-                            ))),
-                        },
+                        v2::Addresses::IPv4(a) => ProxyInfo::v4(&a),
+                        v2::Addresses::IPv6(a) => ProxyInfo::v6(&a),
                         v2::Addresses::Unspecified | v2::Addresses::Unix(_) => ProxyInfo::default(),
                     },
                 };
