@@ -1,9 +1,10 @@
 //! One MQTT client connection on a glommio executor: opens the socket (optionally from a
 //! chosen source address), does the CONNECT/CONNACK handshake, and moves packets through the
-//! project's codec. It owns no policy: the commands decide what to send and when.
+//! project's codec. It owns no policy: the commands decide what to send and when. TLS and
+//! WebSocket, when asked for, sit between the socket and the codec ([`crate::transport`]).
 
+use crate::transport::{Layers, Stream, WsFraming};
 use bytes::BytesMut;
-use futures_lite::io::{AsyncRead, AsyncWriteExt};
 use glommio::net::TcpStream;
 use shardmq_codec::{
     encode, ByteStr, Connect, ConnectProperties, Decoder, Packet, Protocol, ReasonCode,
@@ -14,7 +15,6 @@ use std::future::poll_fn;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{FromRawFd, IntoRawFd};
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -40,6 +40,8 @@ pub(crate) struct ConnectOptions {
     pub(crate) username: Option<String>,
     pub(crate) password: Option<String>,
     pub(crate) nodelay: bool,
+    /// TLS and WebSocket, if any.
+    pub(crate) layers: Layers,
 }
 
 /// Why a client did not get a successful CONNACK.
@@ -84,7 +86,9 @@ pub(crate) fn describe_io(e: &io::Error) -> String {
 
 /// A connected MQTT client.
 pub(crate) struct Client {
-    stream: TcpStream,
+    stream: Stream,
+    /// WebSocket framing, with `--ws`; `None` on TCP and TLS.
+    ws: Option<Box<WsFraming>>,
     protocol: Protocol,
     decoder: Decoder,
     rbuf: BytesMut,
@@ -100,12 +104,21 @@ impl Client {
         client_id: &str,
         source: Option<IpAddr>,
     ) -> Result<Client, ConnectError> {
-        let stream = open_stream(opts.target, source).await?;
+        let tcp = open_stream(opts.target, source).await?;
         if opts.nodelay {
-            stream.set_nodelay(true).map_err(io::Error::from)?;
+            tcp.set_nodelay(true).map_err(io::Error::from)?;
         }
+        let mut stream = Stream::start(tcp, opts.layers.tls.as_ref()).await?;
+        let ws = match &opts.layers.ws {
+            None => None,
+            Some(ws) => {
+                let seed = crate::clock::now_ns() ^ client_id.len() as u64;
+                Some(Box::new(WsFraming::open(&mut stream, ws, seed).await?))
+            }
+        };
         let mut client = Client {
             stream,
+            ws,
             protocol: opts.protocol,
             decoder: Decoder::with_protocol(opts.protocol, MAX_PACKET_BYTES),
             rbuf: BytesMut::new(),
@@ -147,7 +160,14 @@ impl Client {
     /// Writes the whole send buffer.
     pub(crate) async fn flush(&mut self) -> io::Result<()> {
         if !self.wbuf.is_empty() {
-            self.stream.write_all(&self.wbuf).await?;
+            match &mut self.ws {
+                None => self.stream.write_all(&self.wbuf).await?,
+                Some(ws) => {
+                    let frames = ws.frame(&self.wbuf);
+                    self.stream.write_all(frames).await?;
+                    ws.sent(IDLE_WRITE_CAPACITY_MAX);
+                }
+            }
             self.wbuf.clear();
         }
         if self.wbuf.capacity() > IDLE_WRITE_CAPACITY_MAX {
@@ -232,21 +252,56 @@ impl Client {
 
     /// Bounds how long [`Client::fill`] waits.
     pub(crate) fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.stream.set_read_timeout(timeout).map_err(Into::into)
+        self.stream
+            .tcp()
+            .set_read_timeout(timeout)
+            .map_err(Into::into)
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>, chunk: usize) -> Poll<io::Result<usize>> {
+        if self.ws.is_some() {
+            return self.poll_fill_ws(cx, chunk);
+        }
         // Resize, read and truncate within one poll so that no await point ever sees the
         // zero-filled tail.
         let start = self.rbuf.len();
         self.rbuf.resize(start + chunk, 0);
-        let read = Pin::new(&mut self.stream).poll_read(cx, &mut self.rbuf[start..]);
+        let read = self.stream.poll_read(cx, &mut self.rbuf[start..]);
         let n = match read {
             Poll::Ready(Ok(n)) => n,
             _ => 0,
         };
         self.rbuf.truncate(start + n);
         read
+    }
+
+    /// [`Client::poll_fill`] through WebSocket framing: reads raw bytes until at least one
+    /// payload byte is unframed (or the socket has nothing, or ends).
+    fn poll_fill_ws(&mut self, cx: &mut Context<'_>, chunk: usize) -> Poll<io::Result<usize>> {
+        let Client {
+            stream, ws, rbuf, ..
+        } = self;
+        let ws = ws.as_mut().expect("a WebSocket client");
+        loop {
+            let start = ws.inbuf.len();
+            ws.inbuf.resize(start + chunk, 0);
+            let read = stream.poll_read(cx, &mut ws.inbuf[start..]);
+            let n = match read {
+                Poll::Ready(Ok(n)) => n,
+                _ => 0,
+            };
+            ws.inbuf.truncate(start + n);
+            match read {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(0)),
+                Poll::Ready(Ok(_)) => {
+                    let moved = ws.unframe(rbuf)?;
+                    if moved > 0 {
+                        return Poll::Ready(Ok(moved));
+                    }
+                }
+                other => return other,
+            }
+        }
     }
 }
 

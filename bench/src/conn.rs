@@ -44,9 +44,10 @@ pub(crate) fn run(args: ConnArgs) -> anyhow::Result<()> {
     let progress = common.progress();
     let dial = common.dial(false)?;
     progress.line(&format!(
-        "conn: {} connections to {} (MQTT level {}) from {}, rate {}",
+        "conn: {} connections to {} over {} (MQTT level {}) from {}, rate {}",
         args.count,
         dial.opts.target,
+        dial.opts.layers.describe(),
         dial.opts.protocol.level(),
         dial.describe_sources(),
         match args.rate {

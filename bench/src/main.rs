@@ -14,13 +14,16 @@ mod pubsub;
 mod routes;
 mod runner;
 mod topic;
+mod transport;
 
 use anyhow::Context as _;
 use clap::{ArgAction, Args, Parser, Subcommand};
 use client::ConnectOptions;
 use shardmq_codec::{Protocol, QoS};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// MQTT load generator for shardmq (and any MQTT broker).
@@ -79,6 +82,26 @@ pub(crate) struct CommonArgs {
     /// Password sent in CONNECT.
     #[arg(short = 'P', long)]
     password: Option<String>,
+    /// TLS to the broker (rustls, ring), every connection a full handshake (no resumption).
+    /// With --ws: WebSocket over TLS (wss).
+    #[arg(long)]
+    tls: bool,
+    /// PEM CA certificate(s) the broker's certificate must chain to; without it, with --tls,
+    /// the certificate is not verified (handshake signatures still are).
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    cafile: Option<PathBuf>,
+    /// PEM client certificate chain to present (with --key).
+    #[arg(long, value_name = "FILE", requires_all = ["tls", "key"])]
+    cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, value_name = "FILE", requires_all = ["tls", "cert"])]
+    key: Option<PathBuf>,
+    /// MQTT over WebSocket (subprotocol mqtt); with --tls, over TLS (wss).
+    #[arg(long)]
+    ws: bool,
+    /// Path of the WebSocket upgrade request.
+    #[arg(long, value_name = "PATH", default_value = "/mqtt", requires = "ws")]
+    ws_path: String,
     /// Local source addresses to spread connections over, round robin by client number:
     /// a comma-separated list of addresses and ranges (127.0.0.2-127.0.0.50,10.0.0.1).
     /// Each socket binds one with IP_BIND_ADDRESS_NO_PORT before connecting.
@@ -124,6 +147,43 @@ impl CommonArgs {
             .with_context(|| format!("{} has no address", self.host))
     }
 
+    /// TLS and WebSocket as the flags ask.
+    fn layers(&self) -> anyhow::Result<transport::Layers> {
+        let tls = if self.tls {
+            let config = transport::tls_client_config(
+                self.cafile.as_deref(),
+                self.cert.as_deref(),
+                self.key.as_deref(),
+            )?;
+            let server_name = rustls::pki_types::ServerName::try_from(self.host.clone())
+                .with_context(|| format!("--host {}: not a TLS server name", self.host))?;
+            Some(transport::Tls {
+                connector: futures_rustls::TlsConnector::from(Arc::new(config)),
+                server_name,
+                verified: self.cafile.is_some(),
+            })
+        } else {
+            None
+        };
+        let ws = self.ws.then(|| {
+            let scheme = if self.tls { "wss" } else { "ws" };
+            let path = if self.ws_path.starts_with('/') {
+                self.ws_path.clone()
+            } else {
+                format!("/{}", self.ws_path)
+            };
+            let host = if self.host.contains(':') {
+                format!("[{}]", self.host)
+            } else {
+                self.host.clone()
+            };
+            transport::Ws {
+                url: format!("{scheme}://{host}:{}{path}", self.port),
+            }
+        });
+        Ok(transport::Layers { tls, ws })
+    }
+
     fn connect_options(&self, nodelay: bool) -> anyhow::Result<ConnectOptions> {
         Ok(ConnectOptions {
             target: self.target()?,
@@ -134,6 +194,7 @@ impl CommonArgs {
             username: self.username.clone(),
             password: self.password.clone(),
             nodelay,
+            layers: self.layers()?,
         })
     }
 

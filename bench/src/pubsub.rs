@@ -231,12 +231,13 @@ pub(crate) fn run(mut args: PubsubArgs, mode: Mode) -> anyhow::Result<()> {
         ..plan
     };
     progress.line(&format!(
-        "{}: {} publishers -> {} subscribers on {} (MQTT level {}), topic {:?}, filter {:?}, \
-         QoS {}, {} bytes, {}s, rate {}",
+        "{}: {} publishers -> {} subscribers on {} over {} (MQTT level {}), topic {:?}, \
+         filter {:?}, QoS {}, {} bytes, {}s, rate {}",
         mode.name(),
         plan.pubs,
         plan.subs,
         plan.dial.opts.target,
+        plan.dial.opts.layers.describe(),
         plan.dial.opts.protocol.level(),
         plan.topic,
         plan.sub_topic,
