@@ -52,8 +52,10 @@ printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nke
   >"$WORK/server.ext"
 openssl x509 -req -in "$WORK/server.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" \
   -CAcreateserial -days 2 -extfile "$WORK/server.ext" -out "$WORK/server.pem" 2>/dev/null
-# Mosquitto reads the key as its own user may not: keep it readable in the scratch dir.
-chmod 644 "$WORK/server.key"
+# Mosquitto drops to its own user before reading them: the scratch dir and the files must be
+# readable to it (throwaway test keys).
+chmod 755 "$WORK"
+chmod 644 "$WORK"/*.pem "$WORK/server.key"
 
 # ---- helpers ----------------------------------------------------------------------------------
 # utime + stime of $1 in clock ticks (fields 14 and 15, counted after the ")" of comm).
@@ -137,6 +139,7 @@ measure() {
   local idle0 idle1 before after t0 t1 log="$WORK/bench-$kind.log"
   idle0=$(cpu_ticks "$BROKER_PID"); sleep 2; idle1=$(cpu_ticks "$BROKER_PID")
   before=$(cpu_ticks "$BROKER_PID")
+  : >"$log"
   t0=$(date +%s.%N)
   "$BENCH" conn -h 127.0.0.1 -p "$port" -V 5 -c "$N" -R "$RATE" --hold-secs 600 \
     --prefix "hs-$kind" ${BENCH_CPUS:+--cpus "$BENCH_CPUS"} "${flags[@]}" >"$log" 2>&1 &
