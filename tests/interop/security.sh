@@ -204,6 +204,8 @@ acl_file = "$aclfile"
 jwt_secret = "$jwt_secret"
 [api]
 listen = ""
+[storage]
+dir = "$work/main-data"
 EOF
 
 cat >"$work/mtls.toml" <<EOF
@@ -221,6 +223,8 @@ verify_peer = "required"
 allow_anonymous = true
 [api]
 listen = ""
+[storage]
+dir = "$work/mtls-data"
 EOF
 
 # start_broker NAME PORT...: starts shardmq with $work/NAME.toml; waits until it is ready and
