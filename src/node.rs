@@ -80,6 +80,22 @@ pub(crate) fn runtime_config(
             &config.listener.use_another_server,
         ),
         move_trigger: MoveTrigger::default(),
+        storage: storage_spec(&config.storage),
+    })
+}
+
+/// `[storage]` in the data plane's terms; `None` for `durability = "off"`.
+fn storage_spec(s: &crate::config::StorageConfig) -> Option<shardmq_shards::StorageSpec> {
+    use crate::config::Durability;
+    let mode = match s.durability {
+        Durability::Off => return None,
+        Durability::Async => shardmq_shards::DurabilityMode::Async,
+        Durability::Sync => shardmq_shards::DurabilityMode::Sync,
+    };
+    Some(shardmq_shards::StorageSpec {
+        dir: s.dir.clone(),
+        mode,
+        sync_interval: Duration::from_millis(s.sync_interval_ms),
     })
 }
 

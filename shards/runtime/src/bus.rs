@@ -163,6 +163,20 @@ pub(crate) enum ShardMsg {
         /// The overtaken claim's token.
         token: u64,
     },
+    /// `storage.durability = "sync"`: `shard` stored durably what the QoS 1/2 publishes the
+    /// receiver sent it (counted per shard pair, in order) up to number `upto` changed.
+    DurableAck {
+        /// The acknowledging shard.
+        shard: ShardId,
+        /// Publishes of the receiver's, counted from 1, that are durable there.
+        upto: u64,
+    },
+    /// The session of `client_id` this shard took over is durable in its log: a shard still
+    /// holding the old copy in its own log deletes it there.
+    SessionStored {
+        /// Client identifier.
+        client_id: ByteStr,
+    },
     /// To the claiming shard: the claim is granted, with the previous session if kept.
     Handoff {
         /// Client identifier.

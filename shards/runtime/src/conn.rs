@@ -85,6 +85,8 @@ impl Future for ConnDriver {
         let now = Instant::now();
         let key = this.key;
         for _ in 0..ROUNDS_MAX {
+            // `storage.durability = "sync"`: output past a durable gate waits (docs/durability.md).
+            let limit = shard.write_limit(key);
             let conn = &mut shard.conns[key];
             if !conn.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 conn.waker = Some(cx.waker().clone());
@@ -95,20 +97,27 @@ impl Future for ConnDriver {
                     debug!(error = %e, "set_read_timeout failed");
                 }
             }
-            // 1. Write what the shard queued for this client.
+            // 1. Write what the shard queued for this client (up to a durable gate).
+            let mut taken = 0;
             let written = match &mut this.transport {
-                None => write_out(&mut this.stream, cx, &mut conn.out),
+                None => {
+                    let r = write_gated(&mut this.stream, cx, &mut conn.out, limit);
+                    taken = *r.as_ref().unwrap_or(&0);
+                    r
+                }
                 Some(t) => {
                     let mut result = Ok(0);
                     loop {
                         if this.wout.is_empty() {
-                            if !this.broken && !conn.out.is_empty() && t.ready() {
-                                let n = conn.out.len().min(PLAIN_CHUNK_BYTES);
+                            let n = conn.out.len().min(PLAIN_CHUNK_BYTES);
+                            let n = limit.map_or(n, |l| n.min(l - taken));
+                            if !this.broken && n > 0 && t.ready() {
                                 if let Err(e) = t.on_plain_out(&conn.out[..n]) {
                                     warn!(shard = shard.id, conn = conn.id, error = %e, "transport refused output; closing");
                                     this.broken = true;
                                 }
                                 conn.out.advance(n);
+                                taken += n;
                             }
                             t.take_wire_out(&mut this.wout);
                         }
@@ -132,6 +141,10 @@ impl Future for ConnDriver {
                     result
                 }
             };
+            if taken > 0 && conn.gates.is_some() {
+                shard.wrote(key, taken);
+            }
+            let conn = &mut shard.conns[key];
             match written {
                 Ok(n) => shard.stats.bytes_out += n as u64,
                 Err(WriteFailed::TimedOut) => {
@@ -239,6 +252,7 @@ impl Future for ConnDriver {
                     warn!(
                         shard = shard.id,
                         conn = shard.conns[key].id,
+                        peer = ?shard.conns[key].peer,
                         ?phase,
                         "keep-alive or connect timeout; closing"
                     );
@@ -279,6 +293,25 @@ enum WriteFailed {
     TimedOut,
     /// The peer is gone.
     Closed,
+}
+
+/// Writes from `buf`, at most `limit` bytes (`None`: all), until done or the socket would
+/// block; returns the bytes written.
+fn write_gated(
+    stream: &mut TcpStream,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+    limit: Option<usize>,
+) -> Result<usize, WriteFailed> {
+    match limit {
+        Some(l) if l < buf.len() => {
+            let rest = buf.split_off(l);
+            let r = write_out(stream, cx, buf);
+            buf.unsplit(rest);
+            r
+        }
+        _ => write_out(stream, cx, buf),
+    }
 }
 
 /// Writes from `buf` until it is empty or the socket would block; returns the bytes written.

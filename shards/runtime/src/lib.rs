@@ -9,14 +9,14 @@
 
 mod bus;
 mod conn;
+mod durable;
 mod link;
 mod shard;
-// The shard's durable log (docs/durability.md); wired into the shard step by step.
-#[allow(dead_code)]
 mod store;
 mod sys;
 
 pub use bus::{ShardId, ShardSet, MAX_SHARDS};
+pub use durable::{DurabilityMode, ShardStorageFigures, StorageFigures, StorageSpec, LOCK_FILE};
 pub use link::{
     link, ControlPlaneLink, DataPlaneLink, FromCluster, NodeId, NodeSet, SendError, ToCluster,
     LINK_CAPACITY,
@@ -88,6 +88,8 @@ pub struct RuntimeConfig {
     pub redirect: shardmq_broker::redirect::Redirect,
     /// Pulled to move the node's clients to `redirect`'s `moved_to` (SIGUSR2 in the binary).
     pub move_trigger: MoveTrigger,
+    /// `[storage]`; `None` = `durability = "off"`: nothing is written, nothing recovered.
+    pub storage: Option<StorageSpec>,
 }
 
 /// What a listener speaks under MQTT.
@@ -139,10 +141,13 @@ impl ListenerSpec {
             proxy: self.proxy_protocol,
             tls: self.tls.as_ref().map(|cell| cell.current()),
             peer_cert_name: self.peer_cert_name,
-            ws: self.ws_path.as_ref().map(|path| shardmq_transport::WsSettings {
-                path: path.clone(),
-                max_message_bytes,
-            }),
+            ws: self
+                .ws_path
+                .as_ref()
+                .map(|path| shardmq_transport::WsSettings {
+                    path: path.clone(),
+                    max_message_bytes,
+                }),
         };
         (!stack.is_plain()).then_some(stack)
     }
@@ -173,6 +178,9 @@ pub struct Node {
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
     connections: Arc<AtomicUsize>,
     figures: Arc<FigureBoard>,
+    storage: Option<Arc<StorageFigures>>,
+    /// The `flock` on `storage.dir`, held while the node runs.
+    _storage_lock: Option<std::fs::File>,
 }
 
 impl Node {
@@ -186,6 +194,12 @@ impl Node {
     /// on each shard's housekeeping tick: what `/metrics` reports.
     pub fn figures(&self) -> Arc<FigureBoard> {
         self.figures.clone()
+    }
+
+    /// The storage figures (bytes written, fsyncs, group commits, disk used, recovery);
+    /// `None` with `durability = "off"`.
+    pub fn storage(&self) -> Option<Arc<StorageFigures>> {
+        self.storage.clone()
     }
 
     /// Starts one pinned shard per configured CPU. Returns once every shard is listening, or
@@ -209,6 +223,17 @@ impl Node {
         let connections = Arc::new(AtomicUsize::new(0));
         let figures = Arc::new(FigureBoard::new(n));
         let hasher = ahash::RandomState::new();
+        // Recovery runs before any shard serves: sessions go to the shard that owns their
+        // client id now (the same hash as `Shard::owner_of`).
+        let (restored, storage, storage_lock) = match &cfg.storage {
+            None => (None, None, None),
+            Some(spec) => {
+                let h = hasher.clone();
+                let owner = move |client_id: &str| (h.hash_one(client_id) % n as u64) as usize;
+                let (restored, figures, lock) = durable::start_up(spec, n, owner)?;
+                (Some(Arc::new(restored)), Some(figures), Some(lock))
+            }
+        };
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
         let mut handles = Vec::with_capacity(n);
         let (uplink, mut inboxes) = match link {
@@ -227,6 +252,8 @@ impl Node {
             let figures = figures.clone();
             let hasher = hasher.clone();
             let ready = ready_tx.clone();
+            let restored = restored.clone();
+            let storage = storage.clone();
             let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("shard-{i}"))
                 .io_memory(512 * 1024);
@@ -263,6 +290,12 @@ impl Node {
                     if uplink.is_some() {
                         state.cluster = Some(Box::new(shard::ClusterShard::new()));
                     }
+                    if let (Some(spec), Some(restored), Some(figures)) =
+                        (&cfg.storage, &restored, storage)
+                    {
+                        state.restore(Instant::now(), spec, restored, figures);
+                    }
+                    drop(restored);
                     let shard = Rc::new(RefCell::new(state));
                     for spec in &cfg.listeners {
                         info!(shard = id, cpu, addr = %spec.bind, kind = ?spec.kind, proxy_protocol = spec.proxy_protocol, "shard listening");
@@ -286,6 +319,8 @@ impl Node {
             handles,
             connections,
             figures,
+            storage,
+            _storage_lock: storage_lock,
         })
     }
 
@@ -403,16 +438,23 @@ async fn serve(
             while let Some(batch) = stream.recv().await {
                 let now = Instant::now();
                 let mut s = shard.borrow_mut();
+                let durable_publishes = s.durable_count(&batch);
                 for msg in batch {
                     s.handle_msg(now, msg);
                 }
                 s.drain_local(now);
+                if durable_publishes > 0 {
+                    s.durable_received(now, peer, durable_publishes);
+                }
             }
             debug!(peer, "channel from peer closed");
         });
     }
     spawn_into(queues.bus, flusher(shard.clone(), senders, uplink));
     spawn_into(queues.housekeeping, housekeeping(shard.clone()));
+    if shard.borrow().durable.is_some() {
+        spawn_into(queues.bus, durable::writer(shard.clone()));
+    }
     let guard = shard.borrow().cfg.park_guard;
     if let Some(period) = guard {
         let s = shard.clone();

@@ -32,6 +32,7 @@ use std::task::Waker;
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, trace, warn};
 
+mod durable;
 mod shared;
 
 /// Key of a connection in the shard's slab.
@@ -79,6 +80,8 @@ pub(crate) struct Conn {
     pub(crate) cert_name: Option<Box<str>>,
     /// Who the auth workers said the client is, and its ACL; `None` when `[auth]` is off.
     ident: Option<Box<ConnIdent>>,
+    /// `storage.durability = "sync"`: output held until what it acknowledges is durable.
+    pub(crate) gates: Option<Box<crate::durable::ConnGates>>,
 }
 
 /// A verified client: its username and what it may do.
@@ -268,6 +271,8 @@ pub(crate) struct Shard {
     moved: bool,
     /// The shard's side of the cluster, when the node is in one.
     pub(crate) cluster: Option<Box<ClusterShard>>,
+    /// The shard's durable log (`[storage]`); `None` with `durability = "off"`.
+    pub(crate) durable: Option<Box<crate::durable::ShardDurable>>,
 }
 
 /// Most messages a shard queues for the control plane; beyond it, forwarded publishes are
@@ -355,6 +360,7 @@ impl Shard {
             actions_scratch: Vec::new(),
             moved: false,
             cluster: None,
+            durable: None,
         }
     }
 
@@ -457,6 +463,7 @@ impl Shard {
             peer,
             cert_name: None,
             ident: None,
+            gates: None,
         });
         (key, id)
     }
@@ -506,6 +513,7 @@ impl Shard {
         if expiry != 0 {
             self.shared_set_online(skey, false);
         }
+        self.journal_flush(now, skey);
         if expiry == 0 {
             self.end_session(skey);
         } else if expiry != EXPIRY_NEVER {
@@ -519,6 +527,7 @@ impl Shard {
 
     /// Removes a session for good: its subscriptions leave the trie, the registry forgets it.
     fn end_session(&mut self, skey: SessionKey) {
+        self.durable_end(skey);
         let mut slot = self.sessions.remove(skey);
         let client_id = slot.session.client_id().clone();
         debug!(shard = self.id, client_id = %client_id, "session ended");
@@ -619,6 +628,21 @@ impl Shard {
     /// One decoded packet from connection `key`.
     pub(crate) fn on_packet(&mut self, now: Instant, key: ConnKey, packet: Packet) {
         self.stats.messages_in += u64::from(matches!(packet, Packet::Publish(_)));
+        // What a stored change acknowledges (`storage.durability = "sync"`): the PUBACK/PUBREC
+        // of a QoS 1/2 PUBLISH, and the PUBCOMP of a PUBREL (an early one could let a reused
+        // packet id pass for a duplicate after a crash).
+        let gate = match &packet {
+            Packet::Publish(p) if p.qos != QoS::AtMostOnce => {
+                if self.storage_refuses() && self.conns[key].phase == Phase::Active {
+                    self.refuse_publish(key, p.qos, p.pkid);
+                    return;
+                }
+                true
+            }
+            Packet::PubRel(_) => true,
+            _ => false,
+        } && self.durable.is_some();
+        let gate_at = self.conns[key].out.len();
         let conn = &mut self.conns[key];
         match conn.phase {
             Phase::AwaitConnect => match packet {
@@ -665,9 +689,13 @@ impl Shard {
                 self.run_actions(now, key, skey, &mut actions);
                 actions.clear();
                 self.actions_scratch = actions;
+                self.journal_flush(now, skey);
             }
         }
         self.drain_local(now);
+        if gate {
+            self.durable_gate(key, gate_at);
+        }
     }
 
     /// The decoder rejected the byte stream: answer as the spec says and close.
@@ -818,12 +846,19 @@ impl Shard {
             let Some(pending) = self.pending_auth.remove(&token) else {
                 continue;
             };
-            let alive = self.conns.get(pending.conn).is_some_and(|c| {
-                c.id == pending.conn_id && c.phase == Phase::Verifying
-            });
+            let alive = self
+                .conns
+                .get(pending.conn)
+                .is_some_and(|c| c.id == pending.conn_id && c.phase == Phase::Verifying);
             if alive {
                 self.conns[pending.conn].phase = Phase::AwaitConnect;
-                self.verified(now, pending.conn, &pending.connect, pending.accepted, outcome);
+                self.verified(
+                    now,
+                    pending.conn,
+                    &pending.connect,
+                    pending.accepted,
+                    outcome,
+                );
                 Self::wake_conn(&mut self.conns[pending.conn]);
             }
         }
@@ -1115,8 +1150,12 @@ impl Shard {
             return;
         }
         let protocol = self.sessions[rs.session].session.protocol();
+        let gate_at = conn.out.len();
         encode(&Packet::SubAck(rs.ack), protocol, &mut conn.out);
         Self::wake_conn(conn);
+        if self.sessions[rs.session].session.is_journaled() {
+            self.durable_gate(rs.conn, gate_at);
+        }
         for (filter, sub, existed) in rs.retained {
             let send = match sub.options.retain_handling {
                 // A shared subscription gets no retained messages (MQTT 5.0 §4.8.2).
@@ -1298,6 +1337,7 @@ impl Shard {
                 Some(msg.detached())
             };
             let topic = msg.topic.clone();
+            self.durable_retained(now, &topic, stored.as_ref());
             self.broadcast(|| ShardMsg::Retain {
                 topic: topic.clone(),
                 msg: stored.clone(),
@@ -1310,6 +1350,7 @@ impl Shard {
             if shard == self.id {
                 self.deliver_local(now, msg);
             } else {
+                self.durable_sent(shard, msg.qos);
                 self.send(shard, ShardMsg::Publish(msg.clone()));
             }
         }
@@ -1396,6 +1437,7 @@ impl Shard {
             }
         };
         self.stats.count_session(before, slot.session.stats());
+        let journaled = slot.session.has_changes();
         match delivery {
             Delivery::Sent => {
                 if let (Some(c), false) = (ckey, had_out) {
@@ -1406,6 +1448,9 @@ impl Shard {
             Delivery::Dropped(reason) => {
                 trace!(shard = self.id, client_id = %slot.session.client_id(), ?reason, "message dropped");
             }
+        }
+        if journaled {
+            self.journal_flush(now, skey as usize);
         }
     }
 
@@ -1525,6 +1570,8 @@ impl Shard {
                 token,
                 session,
             } => self.handoff(now, client_id, token, session),
+            ShardMsg::DurableAck { shard, upto } => self.durable_acked(now, shard, upto),
+            ShardMsg::SessionStored { client_id } => self.session_stored(&client_id),
         }
     }
 
@@ -1730,6 +1777,7 @@ impl Shard {
                 if discard {
                     self.redispatch_shared(&mut session);
                 }
+                self.durable_extracted(&session, discard);
                 (!discard).then(|| Box::new(session))
             }
             None => None,
@@ -1755,6 +1803,7 @@ impl Shard {
             .is_some_and(|c| c.id == pc.conn_id && c.phase == Phase::Claiming);
         let accepted = pc.accepted;
         let session_present = !accepted.clean_start && old.is_some();
+        let moved_in = old.is_some();
         let session = match old {
             Some(s) if !accepted.clean_start => *s,
             _ => Session::new(client_id.clone(), accepted.protocol, accepted.expiry_secs),
@@ -1771,6 +1820,7 @@ impl Shard {
             expires_at: None,
         });
         self.by_client.insert(client_id.clone(), skey);
+        self.durable_install(now, skey, accepted.expiry_secs != 0, moved_in);
         // The inherited subscriptions become routable everywhere before CONNACK, so a publish
         // sent after it (from any shard) reaches this session here, not the shard it left.
         let sync = self.token();
@@ -1843,6 +1893,7 @@ impl Shard {
         if let Some(auth) = &mut conn.auth {
             auth.exchange.complete_connack(&mut connack);
         }
+        let gate_at = conn.out.len();
         encode(&Packet::ConnAck(connack), accepted.protocol, &mut conn.out);
         let slot = &mut self.sessions[cs.session];
         slot.conn = Some(cs.conn);
@@ -1858,13 +1909,18 @@ impl Shard {
         let username = conn.ident.as_ref().and_then(|i| i.username.as_deref());
         debug!(shard = self.id, client_id = %accepted.client_id, ?username, peer = ?conn.peer, session_present = cs.session_present, "client connected");
         self.shared_set_online(cs.session, true);
+        self.journal_flush(now, cs.session);
+        if self.sessions[cs.session].session.is_journaled() {
+            self.durable_gate(cs.conn, gate_at);
+        }
     }
 
     /// A session whose connection died before CONNACK: it lives on offline, or ends now if it
     /// has no expiry.
     fn orphan_session(&mut self, now: Instant, skey: SessionKey) {
+        self.sessions[skey].session.detach();
+        self.journal_flush(now, skey);
         let slot = &mut self.sessions[skey];
-        slot.session.detach();
         match slot.session.expiry_secs() {
             0 => self.end_session(skey),
             EXPIRY_NEVER => {}

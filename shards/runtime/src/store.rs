@@ -38,6 +38,31 @@ impl Hash for MsgKey {
     }
 }
 
+/// A will as the store's records hold it (by value or boxed: the store crate boxes it to
+/// keep its records small), converted both ways.
+pub(crate) trait WillForm {
+    fn from_will(w: shardmq_codec::LastWill) -> Self;
+    fn into_will(self) -> shardmq_codec::LastWill;
+}
+
+impl WillForm for shardmq_codec::LastWill {
+    fn from_will(w: shardmq_codec::LastWill) -> Self {
+        w
+    }
+    fn into_will(self) -> shardmq_codec::LastWill {
+        self
+    }
+}
+
+impl WillForm for Box<shardmq_codec::LastWill> {
+    fn from_will(w: shardmq_codec::LastWill) -> Self {
+        Box::new(w)
+    }
+    fn into_will(self) -> shardmq_codec::LastWill {
+        *self
+    }
+}
+
 /// The two clocks a record needs, read once per shard step.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Clock {
@@ -153,7 +178,7 @@ impl ShardLog {
                     client_id,
                     protocol,
                     expiry_secs,
-                    will: will.map(|w| *w),
+                    will: will.map(|w| WillForm::from_will(*w)),
                     at_unix_ms: clock.unix_ms(),
                 },
                 Change::Detached => Record::Detached {
@@ -235,7 +260,7 @@ impl ShardLog {
             .map(|m| self.delivery(m, clock))
             .collect();
         s.awaiting_rel = image.awaiting_rel.clone();
-        s.will = image.will.clone();
+        s.will = image.will.clone().map(WillForm::from_will);
         s.last_seq = image.last_seq;
         self.append(&Record::SessionImage(Box::new(s)))
     }
@@ -284,6 +309,12 @@ impl ShardLog {
     /// Messages the table tracks (each stored once however many sessions queue it).
     pub(crate) fn messages(&self) -> usize {
         self.table.len()
+    }
+
+    /// Takes over a recovered message: `refs` references to it are in the shard's snapshot,
+    /// whose first segment is `put_segment`.
+    pub(crate) fn adopt(&mut self, msg: &Arc<Message>, id: u64, refs: u64, put_segment: u64) {
+        self.table.adopt(MsgKey(msg.clone()), id, refs, put_segment);
     }
 }
 

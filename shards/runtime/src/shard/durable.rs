@@ -1,0 +1,591 @@
+//! The shard's storage hooks (docs/durability.md): each is a no-op costing one `Option` check
+//! when `storage.durability = "off"`.
+//!
+//! - Journals: after every call into a session, [`Shard::journal_flush`] turns its drained
+//!   changes into records. A session is journaled while it is persistent (expiry ≠ 0): its
+//!   whole image is written when it becomes so here ([`Shard::durable_install`]), an end
+//!   record when it ends ([`Shard::durable_end`]). A session handed to another shard stays in
+//!   this shard's log until the new shard says its copy is durable (`SessionStored`), so a
+//!   crash during a takeover never loses it.
+//! - Retained changes are written by the shard where the PUBLISH arrives.
+//! - `"sync"` gates: output that depends on a stored change waits for its batch's fdatasync
+//!   and, for publishes delivered by other shards, for their durable acknowledgement.
+//! - Start-up: [`Shard::restore`] installs what recovery gave this shard.
+
+use super::{ConnKey, Phase, RegEntry, SessionKey, SessionSlot, Shard};
+use crate::bus::{Batch, ShardId, ShardMsg, ShardSet};
+use crate::durable::{
+    ConnGates, DurabilityMode, Gate, Restored, ShardDurable, StorageFigures, StorageSpec,
+    CONN_GATES_MAX,
+};
+use crate::link::ToCluster;
+use crate::store::{Clock, ShardLog, WillForm};
+use shardmq_broker::session::{
+    Close, InflightMessage, QueuedMessage, Session, SessionImage, Subscription, EXPIRY_NEVER,
+};
+use shardmq_broker::shared::is_shared;
+use shardmq_broker::Message;
+use shardmq_codec::{encode, Ack, AckProperties, ByteStr, Packet, Protocol, QoS, ReasonCode};
+use shardmq_store::{LogConfig, LogWriter, MessageTable, ShardStart, StoredMessage};
+use smallvec::SmallVec;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tracing::{debug, info};
+
+fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn clock(now: Instant) -> Clock {
+    Clock {
+        now,
+        unix_ns: unix_ns(),
+    }
+}
+
+/// A stored message back in the broker's terms: its wall-clock expiry on the monotonic clock.
+fn message_of(m: &StoredMessage, now: Instant, now_unix_ms: u64) -> Message {
+    Message {
+        topic: m.topic.clone(),
+        payload: m.payload.clone(),
+        qos: m.qos,
+        retain: m.retain,
+        properties: m.properties.clone(),
+        expires_at: m
+            .expires_at_unix_ms
+            .map(|t| now + Duration::from_millis(t.saturating_sub(now_unix_ms))),
+        publisher: m.publisher.clone(),
+    }
+}
+
+impl Shard {
+    // ---- start-up ----------------------------------------------------------------------
+
+    /// Installs this shard's part of the recovered state: its log continues where its
+    /// snapshot ended, its sessions (offline, expiry resumed from their wall-clock disconnect
+    /// time, wills scheduled), every shard's retained messages in the replica and every
+    /// restored subscription in the route replica. Runs before the shard serves.
+    pub(crate) fn restore(
+        &mut self,
+        now: Instant,
+        spec: &StorageSpec,
+        restored: &Restored,
+        figures: Arc<StorageFigures>,
+    ) {
+        let id = self.id;
+        let ShardStart { state, position } = restored.take(id);
+        let put_segment = position.segments.first().map_or(1, |s| s.0);
+        let writer = LogWriter::new(LogConfig::new(id as u32, restored.generation), position);
+        figures.shards[id]
+            .disk_bytes
+            .store(writer.disk_bytes(), Ordering::Relaxed);
+        let mut log = ShardLog::new(writer, MessageTable::new(state.next_message_id));
+        let now_ms = unix_ns() / 1_000_000;
+        let mut refs: ahash::AHashMap<u64, u64> = Default::default();
+        for e in state.retained.values() {
+            if let Some(m) = e.message {
+                *refs.entry(m).or_default() += 1;
+            }
+        }
+        for s in state.sessions.values() {
+            for m in s.message_ids() {
+                *refs.entry(m).or_default() += 1;
+            }
+        }
+        let mut arcs: ahash::AHashMap<u64, Arc<Message>> = Default::default();
+        for (mid, m) in &state.messages {
+            let Some(&n) = refs.get(mid) else { continue };
+            let arc = Arc::new(message_of(m, now, now_ms));
+            log.adopt(&arc, *mid, n, put_segment);
+            arcs.insert(*mid, arc);
+        }
+        for (topic, e) in &state.retained {
+            if let Some(a) = e.message.and_then(|m| arcs.get(&m)) {
+                self.retained.insert(topic, a.clone());
+            }
+        }
+        for (owner, topic, m) in &restored.retained {
+            if *owner != id {
+                self.retained
+                    .insert(topic, Arc::new(message_of(m, now, now_ms)));
+            }
+        }
+        for (filter, shard) in &restored.routes {
+            if *shard != id && !is_shared(filter) {
+                let set = self.routes.entry_or_insert_with(filter, || ShardSet::EMPTY);
+                *set = set.with(*shard);
+            }
+        }
+        self.durable = Some(Box::new(ShardDurable::new(
+            id,
+            self.nshards,
+            spec,
+            log,
+            figures,
+        )));
+        let sessions = state.sessions.len();
+        for (_, s) in state.sessions {
+            self.restore_session(now, now_ms, s, &arcs);
+        }
+        if sessions > 0 {
+            info!(
+                shard = id,
+                sessions,
+                retained = state.retained.len(),
+                "restored"
+            );
+        }
+        self.drain_local(now);
+    }
+
+    fn restore_session(
+        &mut self,
+        now: Instant,
+        now_ms: u64,
+        s: shardmq_store::StoredSession,
+        arcs: &ahash::AHashMap<u64, Arc<Message>>,
+    ) {
+        let queued = |d: shardmq_store::StoredDelivery| {
+            Some(QueuedMessage {
+                seq: d.seq,
+                msg: arcs.get(&d.message)?.clone(),
+                qos: d.qos,
+                retain: d.retain,
+                sub_ids: d.sub_ids,
+                shared: d.shared,
+            })
+        };
+        let client_id = s.client_id.clone();
+        let expiry = s.expiry_secs;
+        let subscriptions: Vec<(ByteStr, Subscription)> = s
+            .subscriptions
+            .into_iter()
+            .map(|(f, sub)| {
+                (
+                    f,
+                    Subscription {
+                        options: sub.options,
+                        id: sub.id,
+                    },
+                )
+            })
+            .collect();
+        let image = SessionImage {
+            client_id: client_id.clone(),
+            protocol: s.protocol,
+            expiry_secs: expiry,
+            connected: false,
+            subscriptions: subscriptions.clone(),
+            inflight: s
+                .inflight
+                .into_iter()
+                .filter_map(|i| {
+                    Some(InflightMessage {
+                        pkid: i.pkid,
+                        released: i.released,
+                        message: queued(i.delivery)?,
+                    })
+                })
+                .collect(),
+            queue: s.queue.into_iter().filter_map(queued).collect(),
+            awaiting_rel: s.awaiting_rel,
+            will: s.will.map(WillForm::into_will),
+            last_seq: s.last_seq,
+        };
+        let mut session = Session::from_image(image);
+        // Down since it disconnected, or since the crash if it was connected then.
+        let gone_ms = now_ms.saturating_sub(s.disconnected_at_unix_ms.unwrap_or(now_ms));
+        let will = session.take_will();
+        let token = self.token();
+        let skey = self.sessions.insert(SessionSlot {
+            session,
+            conn: None,
+            reg_token: token,
+            expires_at: None,
+        });
+        self.by_client.insert(client_id.clone(), skey);
+        self.registry.insert(
+            client_id.clone(),
+            RegEntry {
+                shard: self.id,
+                token,
+            },
+        );
+        self.tell_cluster(ToCluster::SessionSet {
+            client_id: client_id.clone(),
+        });
+        for (filter, sub) in subscriptions {
+            if self.trie_insert(&filter, skey, sub) {
+                self.announce_route(&filter, None);
+                if !is_shared(&filter) {
+                    let shard = self.id;
+                    self.tell_cluster(ToCluster::RouteAdd {
+                        filter,
+                        shard,
+                        sync: None,
+                    });
+                }
+            }
+        }
+        if expiry != EXPIRY_NEVER {
+            let left_ms = (u64::from(expiry) * 1000).saturating_sub(gone_ms);
+            let at = now + Duration::from_millis(left_ms);
+            self.sessions[skey].expires_at = Some(at);
+            self.offline.insert((at, skey, token));
+        }
+        if let Some(will) = will {
+            let delay = will.properties.will_delay_interval.unwrap_or(0);
+            let left_ms = (u64::from(delay.min(expiry)) * 1000).saturating_sub(gone_ms);
+            self.delayed_wills
+                .schedule(client_id, now + Duration::from_millis(left_ms), will);
+        }
+        self.journal_flush(now, skey);
+    }
+
+    // ---- journals ------------------------------------------------------------------------
+
+    /// Writes what session `skey` changed since the last call (nothing if it is not journaled).
+    pub(super) fn journal_flush(&mut self, now: Instant, skey: SessionKey) {
+        let Some(d) = self.durable.as_deref_mut() else {
+            return;
+        };
+        let Some(slot) = self.sessions.get_mut(skey) else {
+            return;
+        };
+        if !slot.session.has_changes() {
+            return;
+        }
+        let mut changes = std::mem::take(&mut d.changes);
+        slot.session.drain_changes(&mut changes);
+        d.log
+            .session_changes(slot.session.client_id(), &mut changes, clock(now));
+        d.changes = changes;
+        d.wake_writer();
+    }
+
+    /// Session `skey` was just installed here for a connection (`persistent`: its expiry is
+    /// not 0; `moved_in`: it came from a session this node held, maybe on another shard).
+    pub(super) fn durable_install(
+        &mut self,
+        now: Instant,
+        skey: SessionKey,
+        persistent: bool,
+        moved_in: bool,
+    ) {
+        let Some(d) = self.durable.as_deref_mut() else {
+            return;
+        };
+        let slot = &mut self.sessions[skey];
+        let client_id = slot.session.client_id().clone();
+        let ours = d.moved_out.remove(&client_id);
+        if persistent {
+            slot.session.enable_journal();
+            // The image says all the journal would.
+            slot.session.drain_changes(&mut d.changes);
+            d.changes.clear();
+            d.log.session_image(&slot.session.image(), clock(now));
+        } else {
+            if let Some(image) = &ours {
+                d.log.session_deleted(image);
+            }
+            slot.session.disable_journal();
+        }
+        if moved_in && ours.is_none() {
+            // Another shard's log holds the previous copy: it deletes it once ours is durable.
+            let at = d.log.last_lsn.filter(|&l| !d.log.writer.is_durable(l));
+            d.stored_notices.push_back((at, client_id));
+        }
+        d.wake_writer();
+        self.durable_moved(now);
+    }
+
+    /// `session` left this shard (`discard`: for good, a Clean Start; else handed over).
+    pub(super) fn durable_extracted(&mut self, session: &Session, discard: bool) {
+        let Some(d) = self.durable.as_deref_mut() else {
+            return;
+        };
+        if !session.is_journaled() {
+            return;
+        }
+        let image = session.image();
+        if discard {
+            d.log.session_deleted(&image);
+            d.wake_writer();
+        } else {
+            d.moved_out.insert(image.client_id.clone(), image);
+        }
+    }
+
+    /// Session `skey` ends (expired, Clean Start, expiry 0, evicted).
+    pub(super) fn durable_end(&mut self, skey: SessionKey) {
+        let Some(d) = self.durable.as_deref_mut() else {
+            return;
+        };
+        let Some(slot) = self.sessions.get(skey) else {
+            return;
+        };
+        if slot.session.is_journaled() {
+            d.log.session_deleted(&slot.session.image());
+            d.wake_writer();
+        }
+    }
+
+    /// Another shard holds `client_id`'s session durably now: our old copy goes.
+    pub(super) fn session_stored(&mut self, client_id: &ByteStr) {
+        let Some(d) = self.durable.as_deref_mut() else {
+            return;
+        };
+        if let Some(image) = d.moved_out.remove(client_id) {
+            d.log.session_deleted(&image);
+            d.wake_writer();
+        }
+    }
+
+    /// A retained change from a PUBLISH this shard received (`stored`: the detached copy
+    /// every replica keeps; `None` clears).
+    pub(super) fn durable_retained(
+        &mut self,
+        now: Instant,
+        topic: &ByteStr,
+        stored: Option<&Arc<Message>>,
+    ) {
+        let Some(d) = self.durable.as_deref_mut() else {
+            return;
+        };
+        if topic.starts_with("$SYS/") {
+            return;
+        }
+        let previous = self.retained.get(topic);
+        d.log.retained(topic, stored, previous, clock(now));
+        d.wake_writer();
+    }
+
+    // ---- sync: gates and cross-shard acknowledgements ------------------------------------
+
+    fn syncing(&self) -> Option<&ShardDurable> {
+        self.durable
+            .as_deref()
+            .filter(|d| d.mode == DurabilityMode::Sync)
+    }
+
+    /// A publish goes to shard `to`; it stores it for its persistent sessions.
+    pub(super) fn durable_sent(&mut self, to: ShardId, qos: QoS) {
+        if qos == QoS::AtMostOnce || self.syncing().is_none() {
+            return;
+        }
+        let d = self.durable.as_deref_mut().expect("syncing");
+        d.sent[to] += 1;
+    }
+
+    /// QoS ≥ 1 publishes in a batch from a peer (counted before it is handled).
+    pub(crate) fn durable_count(&self, batch: &Batch) -> u64 {
+        if self.syncing().is_none() {
+            return 0;
+        }
+        batch
+            .iter()
+            .filter(|m| matches!(m, ShardMsg::Publish(p) if p.qos != QoS::AtMostOnce))
+            .count() as u64
+    }
+
+    /// `n` publishes from `peer` are handled: acknowledge them once what they stored here is
+    /// durable.
+    pub(crate) fn durable_received(&mut self, now: Instant, peer: ShardId, n: u64) {
+        let Some(d) = self.durable.as_deref_mut() else {
+            return;
+        };
+        d.received[peer] += n;
+        let upto = d.received[peer];
+        match d.log.last_lsn.filter(|&l| !d.log.writer.is_durable(l)) {
+            None => {
+                let me = self.id;
+                self.send(peer, ShardMsg::DurableAck { shard: me, upto });
+                self.drain_local(now);
+            }
+            Some(lsn) => {
+                let q = &mut d.pending_acks[peer];
+                match q.back_mut() {
+                    Some(back) if back.0 == lsn => back.1 = upto,
+                    _ => q.push_back((lsn, upto)),
+                }
+            }
+        }
+    }
+
+    /// `peer` stored (durably) the publishes we sent it up to `upto`.
+    pub(super) fn durable_acked(&mut self, now: Instant, peer: ShardId, upto: u64) {
+        let Some(d) = self.durable.as_deref_mut() else {
+            return;
+        };
+        d.acked[peer] = d.acked[peer].max(upto);
+        self.durable_moved(now);
+    }
+
+    /// Durability moved (a batch is durable, a peer acknowledged): acknowledge peers, tell
+    /// shards about sessions stored here, wake connections whose gate may have opened.
+    pub(crate) fn durable_moved(&mut self, now: Instant) {
+        let me = self.id;
+        let Some(d) = self.durable.as_deref_mut() else {
+            return;
+        };
+        let mut out: SmallVec<[(ShardId, ShardMsg); 4]> = SmallVec::new();
+        for (peer, q) in d.pending_acks.iter_mut().enumerate() {
+            let mut upto = None;
+            while let Some(&(lsn, n)) = q.front() {
+                if !d.log.writer.is_durable(lsn) {
+                    break;
+                }
+                upto = Some(n);
+                q.pop_front();
+            }
+            if let Some(upto) = upto {
+                out.push((peer, ShardMsg::DurableAck { shard: me, upto }));
+            }
+        }
+        let mut stored = Vec::new();
+        while let Some((lsn, _)) = d.stored_notices.front() {
+            if !lsn.is_none_or(|l| d.log.writer.is_durable(l)) {
+                break;
+            }
+            stored.push(d.stored_notices.pop_front().expect("front").1);
+        }
+        let gated = std::mem::take(&mut d.gated);
+        for (peer, msg) in out {
+            self.send(peer, msg);
+        }
+        for client_id in stored {
+            for to in (0..self.nshards).filter(|&s| s != me) {
+                self.send(
+                    to,
+                    ShardMsg::SessionStored {
+                        client_id: client_id.clone(),
+                    },
+                );
+            }
+        }
+        for (key, id) in gated {
+            if let Some(conn) = self.conns.get_mut(key).filter(|c| c.id == id) {
+                if let Some(g) = &mut conn.gates {
+                    g.listed = false;
+                }
+                Self::wake_conn(conn);
+            }
+        }
+        self.drain_local(now);
+    }
+
+    /// `"sync"`: the output of connection `key` from `start` (its buffer's length before the
+    /// acknowledgement was written) waits until everything stored so far is durable here and
+    /// on every shard this one sent publishes to.
+    pub(super) fn durable_gate(&mut self, key: ConnKey, start: usize) {
+        let Some(d) = self.syncing() else {
+            return;
+        };
+        let lsn = d.log.last_lsn.filter(|&l| !d.log.writer.is_durable(l));
+        let marks: SmallVec<[(u8, u64); 2]> = (0..self.nshards)
+            .filter(|&p| d.sent[p] > d.acked[p])
+            .map(|p| (p as u8, d.sent[p]))
+            .collect();
+        if lsn.is_none() && marks.is_empty() {
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let g = conn.gates.get_or_insert_with(Box::<ConnGates>::default);
+        let start = g.taken + start as u64;
+        let full = g.gates.len() >= CONN_GATES_MAX;
+        match g.gates.back_mut() {
+            Some(back) if full || back.start == start => {
+                back.lsn = back.lsn.max(lsn);
+                for (p, n) in marks {
+                    match back.marks.iter_mut().find(|m| m.0 == p) {
+                        Some(m) => m.1 = m.1.max(n),
+                        None => back.marks.push((p, n)),
+                    }
+                }
+            }
+            _ => g.gates.push_back(Gate { start, lsn, marks }),
+        }
+    }
+
+    /// How many bytes of connection `key`'s output may be written now (`None`: all).
+    pub(crate) fn write_limit(&mut self, key: ConnKey) -> Option<usize> {
+        let conn = &mut self.conns[key];
+        let g = conn.gates.as_mut()?;
+        let d = self
+            .durable
+            .as_deref_mut()
+            .expect("gates only with storage");
+        while g.gates.front().is_some_and(|front| d.passes(front)) {
+            g.gates.pop_front();
+        }
+        let Some(front) = g.gates.front() else {
+            conn.gates = None;
+            return None;
+        };
+        assert!(front.start >= g.taken, "output written past a gate");
+        if !g.listed {
+            g.listed = true;
+            d.gated.push((key, conn.id));
+        }
+        Some((front.start - g.taken) as usize)
+    }
+
+    /// The driver wrote `n` bytes of connection `key`'s output.
+    pub(crate) fn wrote(&mut self, key: ConnKey, n: usize) {
+        if let Some(g) = &mut self.conns[key].gates {
+            g.taken += n as u64;
+        }
+    }
+
+    // ---- a full disk -----------------------------------------------------------------------
+
+    /// The disk refuses writes: QoS ≥ 1 PUBLISHes are refused rather than acknowledged.
+    pub(super) fn storage_refuses(&self) -> bool {
+        self.durable
+            .as_deref()
+            .is_some_and(|d| d.failing || d.figures.failing_shards.load(Ordering::Relaxed) > 0)
+    }
+
+    /// Refuses a QoS ≥ 1 PUBLISH while the disk refuses writes: MQTT 5.0 PUBACK/PUBREC 0x97
+    /// Quota exceeded; 3.x has no negative acknowledgement: the connection is closed.
+    pub(super) fn refuse_publish(&mut self, key: ConnKey, qos: QoS, pkid: u16) {
+        let conn = &mut self.conns[key];
+        if conn.phase != Phase::Active {
+            return;
+        }
+        debug!(
+            shard = self.id,
+            "storage failing: QoS {qos:?} PUBLISH refused"
+        );
+        if conn.protocol == Some(Protocol::V5) {
+            let ack = Ack {
+                pkid,
+                reason: ReasonCode::QUOTA_EXCEEDED,
+                properties: AckProperties {
+                    reason_string: Some(ByteStr::from("storage full: not stored")),
+                    ..Default::default()
+                },
+            };
+            let packet = if qos == QoS::ExactlyOnce {
+                Packet::PubRec(ack)
+            } else {
+                Packet::PubAck(ack)
+            };
+            encode(&packet, Protocol::V5, &mut conn.out);
+            Self::wake_conn(conn);
+        } else {
+            self.close_conn(
+                key,
+                Close {
+                    reason: ReasonCode::QUOTA_EXCEEDED,
+                    why: "storage full",
+                },
+            );
+        }
+    }
+}

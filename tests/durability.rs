@@ -1,0 +1,507 @@
+//! `[storage]` end to end (docs/durability.md): a real `shardmq` process, stopped cleanly or
+//! killed with SIGKILL, restarted on the same storage folder; the clients are rumqttc and the
+//! raw codec client, which sees exact acknowledgements and reason codes.
+
+mod common;
+
+use common::{Broker, Next, Raw, V4, WAIT};
+use shardmq_codec::{Packet, Protocol, QoS};
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A fresh storage folder for one test (removed when dropped).
+struct DataDir(PathBuf);
+
+impl DataDir {
+    fn new(name: &str) -> DataDir {
+        let dir =
+            std::env::temp_dir().join(format!("shardmq-durability-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the storage folder");
+        DataDir(dir)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("utf-8 temp path")
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn start(dir: &DataDir, extra: &[(&str, &str)]) -> Broker {
+    let mut env = vec![("SHARDMQ_STORAGE__DIR", dir.path())];
+    env.extend_from_slice(extra);
+    Broker::start_with(&env)
+}
+
+const Q1: rumqttc::QoS = rumqttc::QoS::AtLeastOnce;
+
+#[tokio::test]
+async fn a_clean_restart_keeps_retained_messages_and_queued_qos1_for_an_offline_session() {
+    let dir = DataDir::new("clean");
+    let mut broker = start(&dir, &[]);
+    let (mut sub, ack) = V4::connect(broker.port, "keeper", false).await;
+    assert!(!ack.session_present);
+    assert_eq!(sub.subscribe("q/#", Q1).await, Some(Q1));
+    sub.disconnect().await;
+    let (mut publisher, _) = V4::connect(broker.port, "pub", true).await;
+    publisher.publish("r/1", Q1, true, "kept").await;
+    for i in 0..3 {
+        publisher.publish("q/x", Q1, false, format!("m{i}")).await;
+    }
+    publisher.disconnect().await;
+    broker.terminate();
+    drop(broker);
+
+    let broker = start(&dir, &[]);
+    let (mut sub, ack) = V4::connect(broker.port, "keeper", false).await;
+    assert!(ack.session_present, "the persistent session came back");
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let p = sub.expect_publish().await;
+        assert_eq!(p.topic, "q/x");
+        got.push(String::from_utf8_lossy(&p.payload).to_string());
+    }
+    assert_eq!(got, ["m0", "m1", "m2"]);
+    sub.expect_no_publish(Duration::from_millis(300)).await;
+    // The subscription itself survived: a new publish reaches it.
+    let (mut publisher, _) = V4::connect(broker.port, "pub", true).await;
+    publisher.publish("q/y", Q1, false, "after").await;
+    assert_eq!(sub.expect_publish().await.payload.as_ref(), b"after");
+    let (mut fresh, _) = V4::connect(broker.port, "fresh", true).await;
+    fresh.subscribe("r/#", Q1).await;
+    let r = fresh.expect_publish().await;
+    assert_eq!(
+        (r.topic.as_str(), r.payload.as_ref(), r.retain),
+        ("r/1", &b"kept"[..], true)
+    );
+}
+
+#[tokio::test]
+async fn durability_off_writes_nothing() {
+    let dir = DataDir::new("off");
+    let mut broker = start(&dir, &[("SHARDMQ_STORAGE__DURABILITY", "off")]);
+    let (mut publisher, _) = V4::connect(broker.port, "pub", true).await;
+    publisher.publish("r/off", Q1, true, "gone").await;
+    publisher.disconnect().await;
+    broker.terminate();
+    drop(broker);
+    assert!(
+        !dir.0.join("shards").exists(),
+        "nothing stored with durability = off"
+    );
+    let broker = start(&dir, &[("SHARDMQ_STORAGE__DURABILITY", "off")]);
+    let (mut fresh, _) = V4::connect(broker.port, "fresh", true).await;
+    fresh.subscribe("r/#", Q1).await;
+    fresh.expect_no_publish(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn a_second_broker_on_the_same_storage_folder_is_refused() {
+    let dir = DataDir::new("lock");
+    let _first = start(&dir, &[]);
+    let port = common::reserve_port();
+    let api = common::reserve_port();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardmq"))
+        .env("SHARDMQ_LISTENER__BIND", format!("127.0.0.1:{port}"))
+        .env("SHARDMQ_API__LISTEN", format!("127.0.0.1:{api}"))
+        .env("SHARDMQ_NODE__CPUS", "0")
+        .env("SHARDMQ_STORAGE__DIR", dir.path())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run a second shardmq");
+    assert!(!out.status.success());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("in use by another shardmq process"),
+        "unexpected output: {text}"
+    );
+}
+
+#[tokio::test]
+async fn sessions_land_on_their_owner_when_the_shard_count_changes() {
+    let dir = DataDir::new("reshard");
+    let clients = 8;
+    for (round, cpus) in ["0", "0-1", "0"].iter().enumerate() {
+        let mut broker = start(&dir, &[("SHARDMQ_NODE__CPUS", cpus)]);
+        for i in 0..clients {
+            let id = format!("c{i}");
+            let (mut c, ack) = V4::connect(broker.port, &id, false).await;
+            if round == 0 {
+                assert!(!ack.session_present);
+                c.subscribe(&format!("c/{i}"), Q1).await;
+            } else {
+                assert!(ack.session_present, "{id} after the move to cpus {cpus}");
+                let p = c.expect_publish().await;
+                assert_eq!(p.payload.as_ref(), format!("{i}-{}", round - 1).as_bytes());
+            }
+            c.disconnect().await;
+        }
+        let (mut publisher, _) = V4::connect(broker.port, "pub", true).await;
+        for i in 0..clients {
+            publisher
+                .publish(&format!("c/{i}"), Q1, false, format!("{i}-{round}"))
+                .await;
+        }
+        publisher
+            .publish("r/shards", Q1, true, format!("{round}"))
+            .await;
+        publisher.disconnect().await;
+        if round > 0 {
+            let (mut fresh, _) = V4::connect(broker.port, "fresh", true).await;
+            fresh.subscribe("r/#", Q1).await;
+            assert_eq!(
+                fresh.expect_publish().await.payload.as_ref(),
+                format!("{round}").as_bytes()
+            );
+        }
+        broker.terminate();
+    }
+}
+
+// ---- kill -9 ------------------------------------------------------------------------------
+
+/// A small xorshift: the rounds' kill moments, reproducible from the printed seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Connects (raw 3.1.1), or `None` if the broker dies first.
+async fn try_connect(port: u16, client_id: &str, clean: bool) -> Option<(Raw, bool)> {
+    let mut raw = Raw::open(port, Protocol::V3_1_1).await;
+    let connect = common::connect_packet(Protocol::V3_1_1, client_id, clean, 0);
+    raw.send(&Packet::Connect(Box::new(connect))).await;
+    match raw.next(WAIT).await {
+        Next::Packet(Packet::ConnAck(a)) if a.code.0 == 0 => Some((raw, a.session_present)),
+        _ => None,
+    }
+}
+
+/// A persistent subscriber (raw 3.1.1, clean session off) that acknowledges everything and
+/// records the payloads it received, until the connection closes or `quiet` passes.
+async fn drain(port: u16, subscribe: bool, quiet: Duration) -> (BTreeSet<u64>, bool) {
+    let Some((sub, present)) = try_connect(port, "kill-sub", false).await else {
+        assert!(!subscribe, "the broker died while no one killed it");
+        return (BTreeSet::new(), false);
+    };
+    drain_from(sub, present, subscribe, quiet).await
+}
+
+async fn drain_from(
+    mut sub: Raw,
+    present: bool,
+    subscribe: bool,
+    quiet: Duration,
+) -> (BTreeSet<u64>, bool) {
+    if subscribe {
+        // The session resends what was in flight first: PUBLISHes may come before the SUBACK.
+        sub.send(&common::subscribe_packet(1, &[("k/t", QoS::AtLeastOnce)]))
+            .await;
+    }
+    let mut got = BTreeSet::new();
+    let mut subacked = !subscribe;
+    loop {
+        let wait = if subacked { quiet } else { WAIT };
+        match sub.next(wait).await {
+            Next::Packet(Packet::Publish(p)) => {
+                let n: u64 = std::str::from_utf8(&p.payload)
+                    .expect("utf-8")
+                    .parse()
+                    .expect("a number");
+                got.insert(n);
+                sub.send(&common::puback(p.pkid)).await;
+            }
+            Next::Packet(Packet::SubAck(a)) => {
+                assert_eq!(a.reasons.iter().map(|r| r.0).collect::<Vec<_>>(), [1]);
+                subacked = true;
+            }
+            Next::Packet(_) => {}
+            Next::Timeout | Next::Closed | Next::Garbage(_) => {
+                assert!(subacked || matches!(sub.next(Duration::ZERO).await, Next::Closed));
+                return (got, present);
+            }
+        }
+    }
+}
+
+/// Publishes QoS 1 with up to 16 in flight until the connection dies; returns the numbers
+/// acknowledged (topic `k/t`) and the highest retained one acknowledged (`k/r`).
+async fn publish_until_killed(port: u16, first: u64) -> (Vec<u64>, Option<u64>) {
+    let Some((mut p, _)) = try_connect(port, "kill-pub", true).await else {
+        return (Vec::new(), None);
+    };
+    let mut inflight: HashMap<u16, u64> = HashMap::new();
+    let (mut acked, mut retained) = (Vec::new(), None);
+    let mut next = first;
+    let mut pkid = 0u16;
+    loop {
+        while inflight.len() < 16 {
+            pkid = pkid % 60_000 + 1;
+            let (topic, retain) = if next % 7 == 0 {
+                ("k/r", true)
+            } else {
+                ("k/t", false)
+            };
+            let packet = common::publish_packet(
+                topic,
+                next.to_string().as_bytes(),
+                QoS::AtLeastOnce,
+                pkid,
+                retain,
+            );
+            p.send(&packet).await;
+            inflight.insert(pkid, next);
+            next += 1;
+        }
+        match p.next(Duration::from_secs(3)).await {
+            Next::Packet(Packet::PubAck(a)) => {
+                let n = inflight
+                    .remove(&a.pkid)
+                    .expect("a PUBACK for a PUBLISH in flight");
+                if n % 7 == 0 {
+                    retained = retained.max(Some(n));
+                } else {
+                    acked.push(n);
+                }
+            }
+            Next::Packet(other) => panic!("unexpected {other:?}"),
+            _ => return (acked, retained),
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_acknowledged_message_survives_kill_9_at_random_moments() {
+    let rounds: u64 = std::env::var("KILL_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let seed = std::env::var("KILL_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_nanos() as u64
+                | 1
+        });
+    println!("KILL_SEED={seed} KILL_ROUNDS={rounds}");
+    let mut rng = Rng(seed);
+    let dir = DataDir::new("kill");
+    let started = Instant::now();
+    let mut acked_all: BTreeSet<u64> = BTreeSet::new();
+    let mut received: BTreeSet<u64> = BTreeSet::new();
+    let mut retained_acked: Option<u64> = None;
+    let mut next = 1u64;
+    let mut total_acked = 0usize;
+    for round in 0..rounds {
+        let broker = start(&dir, &[]);
+        // What the previous rounds left for the subscriber (its session came back).
+        let (got, present) = drain(broker.port, true, Duration::from_millis(300)).await;
+        assert!(
+            round == 0 || present,
+            "round {round}: the session came back"
+        );
+        received.extend(got);
+        let missing: Vec<u64> = acked_all.difference(&received).copied().collect();
+        assert!(
+            missing.is_empty(),
+            "round {round} (KILL_SEED={seed}): {} acknowledged messages lost, first {:?}",
+            missing.len(),
+            &missing[..missing.len().min(10)]
+        );
+        if let Some(r) = retained_acked {
+            let (mut fresh, _) =
+                Raw::connect(broker.port, Protocol::V3_1_1, "kill-ret", true).await;
+            fresh.subscribe(1, &[("k/r", QoS::AtMostOnce)]).await;
+            let p = fresh.expect_publish().await;
+            let n: u64 = std::str::from_utf8(&p.payload)
+                .expect("utf-8")
+                .parse()
+                .expect("number");
+            assert!(
+                n >= r,
+                "round {round}: retained {n} older than acknowledged {r}"
+            );
+            fresh.disconnect().await;
+        }
+        // Publish with the subscriber online, and kill the broker at a random moment.
+        let port = broker.port;
+        // The subscriber's session is settled on its connection's shard before publishing
+        // starts (a session moving between shards misses what is routed meanwhile).
+        let (sub, present) = try_connect(port, "kill-sub", false)
+            .await
+            .expect("the subscriber connects");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let subscriber = tokio::spawn(drain_from(sub, present, false, Duration::from_secs(5)));
+        let publisher = tokio::spawn(publish_until_killed(port, next));
+        tokio::time::sleep(Duration::from_millis(30 + rng.below(250))).await;
+        let pid = broker.pid().to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-9", &pid])
+            .status()
+            .expect("kill -9");
+        assert!(status.success());
+        let (acked, retained) = publisher.await.expect("publisher task");
+        let (got, _) = subscriber.await.expect("subscriber task");
+        drop(broker);
+        total_acked += acked.len();
+        next = acked.iter().copied().max().unwrap_or(next).max(next) + 64;
+        acked_all.extend(acked);
+        received.extend(got);
+        retained_acked = retained_acked.max(retained);
+    }
+    // The last restart, then everything acknowledged must have been delivered.
+    let broker = start(&dir, &[]);
+    let (got, _) = drain(broker.port, true, Duration::from_millis(500)).await;
+    received.extend(got);
+    let missing: Vec<u64> = acked_all.difference(&received).copied().collect();
+    assert!(
+        missing.is_empty(),
+        "after the last round (KILL_SEED={seed}): {} acknowledged messages lost, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert!(total_acked > 0, "the rounds acknowledged nothing");
+    println!(
+        "{rounds} rounds in {:?}: {total_acked} acknowledged, all delivered",
+        started.elapsed()
+    );
+}
+
+// ---- a full disk --------------------------------------------------------------------------
+
+/// Mounts a tmpfs of `size` at `dir`; `false` (with the reason printed) if that is not
+/// possible here (not root, no mount).
+fn mount_tmpfs(dir: &Path, size: &str) -> bool {
+    let out = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .output();
+    match out {
+        Ok(o) if o.status.success() => true,
+        Ok(o) => {
+            println!(
+                "skipped: cannot mount a tmpfs: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            false
+        }
+        Err(e) => {
+            println!("skipped: cannot run mount: {e}");
+            false
+        }
+    }
+}
+
+/// Fills the file system holding `path` (a file of that name) until it refuses a write.
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).expect("create the filler");
+    let chunk = vec![0u8; 64 * 1024];
+    loop {
+        match f.write(&chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    let _ = f.flush();
+}
+
+/// A v5 PUBLISH QoS 1 and its PUBACK's reason code (None: no PUBACK within `within`).
+async fn puback_code(p: &mut Raw, pkid: u16, payload: &[u8], within: Duration) -> Option<u8> {
+    let packet = common::publish_packet("full/r", payload, QoS::AtLeastOnce, pkid, true);
+    p.send(&packet).await;
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match p.next(left).await {
+            Next::Packet(Packet::PubAck(a)) if a.pkid == pkid => return Some(a.reason.0),
+            Next::Packet(_) => {}
+            _ => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_qos1_with_0x97_and_recovers_when_space_returns() {
+    let dir = DataDir::new("full");
+    if !mount_tmpfs(&dir.0, "4m") {
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&dir.0);
+    let broker = start(&dir, &[]);
+    let filler = dir.0.join("filler");
+    fill(&filler);
+    // Stored (retained) QoS 1 publishes until the disk refuses one: its PUBACK is held.
+    let (mut first, _) = Raw::connect(broker.port, Protocol::V5, "full-1", true).await;
+    let payload = vec![b'x'; 16 * 1024];
+    let mut pkid = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        pkid += 1;
+        match puback_code(&mut first, pkid, &payload, Duration::from_millis(500)).await {
+            Some(0) => assert!(Instant::now() < deadline, "the disk never filled"),
+            None => break,
+            Some(code) => panic!("unexpected PUBACK reason {code:#x}"),
+        }
+    }
+    assert!(
+        common::eventually(WAIT, || async {
+            broker.log_contains("cannot write the log")
+        })
+        .await,
+        "{}",
+        broker.log()
+    );
+    // A new publisher is refused at once: 0x97 Quota exceeded, not acknowledged and lost.
+    let (mut second, _) = Raw::connect(broker.port, Protocol::V5, "full-2", true).await;
+    for id in 1..=3 {
+        assert_eq!(
+            puback_code(&mut second, id, b"refused", WAIT).await,
+            Some(0x97)
+        );
+    }
+    std::fs::remove_file(&filler).expect("free the space");
+    // The retry succeeds: the held PUBACK goes out, new publishes are acknowledged.
+    let held = first.expect(Duration::from_secs(5)).await;
+    assert!(
+        matches!(&held, Packet::PubAck(a) if a.pkid == pkid && a.reason.0 == 0),
+        "{held:?}"
+    );
+    assert!(
+        common::eventually(WAIT, || async {
+            broker.log_contains("writes succeed again")
+        })
+        .await
+    );
+    assert_eq!(puback_code(&mut second, 4, b"stored", WAIT).await, Some(0));
+    let errors = broker.log().matches("cannot write the log").count();
+    assert!(
+        (1..=2).contains(&errors),
+        "the error is logged once per shard, not per message: {errors}"
+    );
+}
