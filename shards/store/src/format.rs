@@ -265,7 +265,7 @@ fn put_will(out: &mut BytesMut, will: &LastWill) {
     put_bytes(out, &image);
 }
 
-fn put_opt_will(out: &mut BytesMut, will: &Option<LastWill>) {
+fn put_opt_will(out: &mut BytesMut, will: &Option<Box<LastWill>>) {
     match will {
         None => out.put_u8(0),
         Some(w) => {
@@ -578,7 +578,7 @@ impl<'a> Reader<'a> {
             shared,
         })
     }
-    fn will(&mut self) -> Result<Option<LastWill>> {
+    fn will(&mut self) -> Result<Option<Box<LastWill>>> {
         if !self.bool("will flag")? {
             return Ok(None);
         }
@@ -586,7 +586,7 @@ impl<'a> Reader<'a> {
         let mut buf = BytesMut::from(image);
         match Decoder::new(u32::MAX).decode(&mut buf) {
             Ok(Some(Packet::Connect(c))) if buf.is_empty() => match c.will {
-                Some(w) => Ok(Some(w)),
+                Some(w) => Ok(Some(Box::new(w))),
                 None => Err(DecodeError::BadImage("will", "no will in image".into())),
             },
             Ok(_) => Err(DecodeError::BadImage("will", "not one CONNECT".into())),

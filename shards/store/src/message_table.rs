@@ -166,3 +166,86 @@ impl<K: Hash + Eq> MessageTable<K> {
         self.keep_from = self.keep_from.max(from_segment);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_once_then_referenced() {
+        let mut t: MessageTable<u32> = MessageTable::new(1);
+        let a = t.acquire(7, 1);
+        assert_eq!(
+            a,
+            MessageRef {
+                id: 1,
+                needs_put: true
+            }
+        );
+        let b = t.acquire(7, 1);
+        assert_eq!(
+            b,
+            MessageRef {
+                id: 1,
+                needs_put: false
+            }
+        );
+        assert_eq!(t.acquire(8, 1).id, 2);
+        assert!(!t.release(&7));
+        assert!(t.release(&7));
+        assert_eq!(t.id_of(&7), None);
+        // Ids are never reused.
+        assert_eq!(
+            t.acquire(7, 1),
+            MessageRef {
+                id: 3,
+                needs_put: true
+            }
+        );
+    }
+
+    #[test]
+    fn compaction_puts_old_messages_again_once() {
+        let mut t: MessageTable<u32> = MessageTable::new(10);
+        t.adopt(1, 4, 2, 1);
+        assert_eq!(t.next_id(), 10);
+        t.acquire(2, 3);
+        t.begin_pass(4);
+        assert_eq!(
+            t.touch(&1, 4),
+            Some(MessageRef {
+                id: 4,
+                needs_put: true
+            })
+        );
+        assert_eq!(
+            t.touch(&1, 4),
+            Some(MessageRef {
+                id: 4,
+                needs_put: false
+            })
+        );
+        assert_eq!(
+            t.acquire(2, 5),
+            MessageRef {
+                id: 10,
+                needs_put: true
+            }
+        );
+        assert_eq!(
+            t.acquire(2, 5),
+            MessageRef {
+                id: 10,
+                needs_put: false
+            }
+        );
+        assert_eq!(t.touch(&99, 5), None);
+    }
+
+    #[test]
+    #[should_panic(expected = "does not hold")]
+    fn release_of_an_unknown_message_is_a_bug() {
+        let mut t: MessageTable<u32> = MessageTable::new(1);
+        t.release(&1);
+    }
+}

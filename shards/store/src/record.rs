@@ -115,7 +115,7 @@ pub struct StoredSession {
     /// Incoming QoS 2 packet ids awaiting PUBREL.
     pub awaiting_rel: Vec<u16>,
     /// The will (its delay is in its properties), while the session holds one.
-    pub will: Option<LastWill>,
+    pub will: Option<Box<LastWill>>,
     /// Highest delivery number used so far.
     pub last_seq: u64,
 }
@@ -190,7 +190,7 @@ pub enum Record {
         /// Session expiry interval, seconds.
         expiry_secs: u32,
         /// The connection's will.
-        will: Option<LastWill>,
+        will: Option<Box<LastWill>>,
         /// Wall-clock time, ms since the Unix epoch.
         at_unix_ms: u64,
     },

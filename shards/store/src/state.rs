@@ -106,10 +106,13 @@ impl State {
                 will,
                 at_unix_ms,
             } => {
-                let s = self
-                    .sessions
-                    .entry(client_id.clone())
-                    .or_insert_with(|| StoredSession::new(client_id, protocol, expiry_secs));
+                let s = match self.sessions.get_mut(client_id.as_str()) {
+                    Some(s) => s,
+                    None => self
+                        .sessions
+                        .entry(client_id.clone())
+                        .or_insert_with(|| StoredSession::new(client_id, protocol, expiry_secs)),
+                };
                 s.protocol = protocol;
                 s.expiry_secs = expiry_secs;
                 s.will = will;
@@ -241,6 +244,9 @@ impl State {
             });
         }
         self.dangling += dangling;
+        if self.messages.is_empty() {
+            return;
+        }
         let mut live: AHashSet<MessageId> = AHashSet::with_capacity(self.messages.len());
         live.extend(self.retained.values().filter_map(|e| e.message));
         for s in self.sessions.values() {
@@ -250,17 +256,28 @@ impl State {
     }
 
     /// Merges the (unfinished) states of several shard directories into one node state, then
-    /// finishes it. Message ids are renumbered from 1 (ids are per shard log, so two
-    /// directories may use the same one). Retained: per topic the change with the greatest
-    /// `(at_unix_ns, shard, lsn)` wins, tombstones included. Sessions: a client id held by
-    /// several directories keeps the one with the greatest `(updated_unix_ms, shard)`.
-    pub fn merge(parts: Vec<(u32, State)>) -> State {
+    /// finishes it. Message ids are renumbered from 1 when there are several parts (ids are per
+    /// shard log, so two directories may use the same one). Retained: per topic the change
+    /// with the greatest `(at_unix_ns, shard, lsn)` wins, tombstones included. Sessions: a
+    /// client id held by several directories keeps the one with the greatest
+    /// `(updated_unix_ms, shard)`.
+    pub fn merge(mut parts: Vec<(u32, State)>) -> State {
+        parts.sort_by_key(|(shard, _)| *shard);
+        if parts.len() == 1 {
+            // One log: its ids are already unique.
+            let (_, mut st) = parts.pop().expect("one part");
+            st.finish();
+            return st;
+        }
         let mut out = State {
             next_message_id: 1,
             ..State::default()
         };
-        let mut session_shard: AHashMap<ByteStr, u32> = AHashMap::new();
-        for (shard, mut part) in parts {
+        out.messages
+            .reserve(parts.iter().map(|(_, p)| p.messages.len()).sum());
+        out.sessions
+            .reserve(parts.iter().map(|(_, p)| p.sessions.len()).sum());
+        for (_, mut part) in parts {
             // Renumber: old id -> new id, for every message this part puts.
             let mut ids: AHashMap<MessageId, MessageId> =
                 AHashMap::with_capacity(part.messages.len());
@@ -291,15 +308,13 @@ impl State {
                 for d in &mut s.queue {
                     d.message = map(d.message);
                 }
-                let newer = match (out.sessions.get(&client_id), session_shard.get(&client_id)) {
-                    (Some(cur), Some(&cur_shard)) => {
-                        (s.updated_unix_ms, shard) > (cur.updated_unix_ms, cur_shard)
+                // Parts come in shard order: on equal times the later (higher) shard wins.
+                match out.sessions.get_mut(&client_id) {
+                    Some(cur) if cur.updated_unix_ms > s.updated_unix_ms => {}
+                    Some(cur) => *cur = s,
+                    None => {
+                        out.sessions.insert(client_id, s);
                     }
-                    _ => true,
-                };
-                if newer {
-                    session_shard.insert(client_id.clone(), shard);
-                    out.sessions.insert(client_id, s);
                 }
             }
             out.anomalies += part.anomalies;
@@ -320,6 +335,9 @@ impl State {
         owner_of_topic: impl Fn(&str) -> usize,
     ) -> Vec<State> {
         assert!(shard_count > 0, "split over zero shards");
+        if shard_count == 1 {
+            return vec![self];
+        }
         let mut parts: Vec<State> = (0..shard_count)
             .map(|_| State {
                 next_message_id: self.next_message_id,

@@ -433,3 +433,155 @@ impl LogWriter {
         gone
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardmq_codec::ByteStr;
+
+    fn rec(i: u64) -> Record {
+        Record::Detached {
+            client_id: ByteStr::from_static("client"),
+            at_unix_ms: i,
+        }
+    }
+
+    fn writer(segment_bytes_max: u64) -> LogWriter {
+        let mut cfg = LogConfig::new(3, 7);
+        cfg.segment_bytes_max = segment_bytes_max;
+        LogWriter::new(
+            cfg,
+            LogPosition {
+                segments: vec![(1, 0)],
+                next_lsn: 0,
+            },
+        )
+    }
+
+    #[test]
+    fn first_batch_creates_the_segment_with_its_header() {
+        let mut w = writer(1 << 20);
+        assert_eq!(w.take_batch(), None);
+        assert_eq!(w.append(&rec(1)), 0);
+        assert_eq!(w.append(&rec(2)), 1);
+        let b = w.take_batch().unwrap();
+        assert_eq!((b.first_lsn, b.last_lsn, b.records()), (0, 1, 2));
+        assert_eq!(b.writes.len(), 1);
+        let sw = &b.writes[0];
+        assert!(sw.create);
+        assert_eq!(
+            (sw.segment, sw.offset, sw.file_name.as_str()),
+            (1, 0, "00000001.log")
+        );
+        let h = SegmentHeader::read(&sw.bytes).unwrap();
+        assert_eq!((h.shard, h.generation, h.seq, h.base_lsn), (3, 7, 1, 0));
+        assert_eq!(w.disk_bytes(), sw.bytes.len() as u64);
+    }
+
+    #[test]
+    fn one_batch_in_flight_at_a_time() {
+        let mut w = writer(1 << 20);
+        w.append(&rec(1));
+        let b = w.take_batch().unwrap();
+        w.append(&rec(2));
+        assert_eq!(w.take_batch(), None, "previous batch still in flight");
+        assert!(!w.is_durable(0));
+        w.batch_written(b.last_lsn);
+        assert!(!w.is_durable(0), "written is not durable");
+        w.batch_durable(b.last_lsn);
+        assert!(w.is_durable(0));
+        let b2 = w.take_batch().unwrap();
+        assert_eq!(b2.first_lsn, 1);
+        assert!(!b2.writes[0].create);
+        assert_eq!(
+            b2.writes[0].offset,
+            b.len() as u64,
+            "appends where the last batch ended"
+        );
+    }
+
+    #[test]
+    fn rolls_at_the_size_limit_within_a_batch() {
+        let mut w = writer(SEGMENT_HEADER_LEN as u64 + 60);
+        for i in 0..10 {
+            w.append(&rec(i));
+        }
+        let b = w.take_batch().unwrap();
+        assert!(b.writes.len() > 2);
+        for (i, sw) in b.writes.iter().enumerate() {
+            assert!(sw.create);
+            assert_eq!(sw.segment, i as u64 + 1);
+            assert!(sw.bytes.len() as u64 <= SEGMENT_HEADER_LEN as u64 + 60);
+            let h = SegmentHeader::read(&sw.bytes).unwrap();
+            assert_eq!(h.seq, sw.segment);
+        }
+        // LSNs chain from segment to segment.
+        let bases: Vec<u64> = b
+            .writes
+            .iter()
+            .map(|sw| SegmentHeader::read(&sw.bytes).unwrap().base_lsn)
+            .collect();
+        assert!(bases.windows(2).all(|p| p[0] < p[1]));
+        assert_eq!(w.segments().len(), b.writes.len());
+    }
+
+    #[test]
+    fn a_record_larger_than_a_segment_gets_one_of_its_own() {
+        let mut w = writer(SEGMENT_HEADER_LEN as u64 + 10);
+        w.append(&rec(1));
+        w.append(&rec(2));
+        let b = w.take_batch().unwrap();
+        assert_eq!(b.writes.len(), 2);
+    }
+
+    #[test]
+    fn compaction_hands_out_old_segments_only_once_durable() {
+        let mut w = writer(1 << 20);
+        w.append(&rec(1));
+        let b = w.take_batch().unwrap();
+        w.batch_written(b.last_lsn);
+        w.batch_durable(b.last_lsn);
+        let pass = w.begin_compaction();
+        assert_eq!(pass.from_segment, 2);
+        assert_eq!(w.current_segment(), 2);
+        w.append(&rec(2)); // a re-image, in segment 2
+        w.end_compaction(pass);
+        assert!(w.take_obsolete().is_empty(), "pass not durable yet");
+        let b = w.take_batch().unwrap();
+        assert_eq!(b.writes[0].segment, 2);
+        assert!(b.writes[0].create);
+        w.batch_written(b.last_lsn);
+        assert!(w.take_obsolete().is_empty(), "written is not durable");
+        w.batch_durable(b.last_lsn);
+        assert_eq!(w.take_obsolete(), vec!["00000001.log".to_string()]);
+        assert_eq!(w.segments().len(), 1);
+        assert!(w.take_obsolete().is_empty());
+        assert!(w.compaction_running().is_none());
+    }
+
+    #[test]
+    fn compaction_due_follows_size_and_ratio() {
+        let mut cfg = LogConfig::new(0, 0);
+        cfg.compact_min_bytes = 1000;
+        cfg.compact_ratio = 2;
+        let mut w = LogWriter::new(
+            cfg,
+            LogPosition {
+                segments: vec![(1, 600)],
+                next_lsn: 5,
+            },
+        );
+        assert!(!w.compaction_due(), "below compact_min_bytes");
+        while w.disk_bytes() < 1100 {
+            w.append(&rec(1));
+        }
+        assert!(
+            !w.compaction_due(),
+            "below twice what the snapshot left (600)"
+        );
+        while w.disk_bytes() < 1200 {
+            w.append(&rec(1));
+        }
+        assert!(w.compaction_due());
+    }
+}

@@ -134,7 +134,7 @@ pub fn generate_with_boundaries(seed: u64, n: usize) -> (Vec<Record>, Vec<usize>
                         Protocol::V3_1_1
                     },
                     expiry_secs: rng.below(10_000) as u32,
-                    will: rng.chance(40).then(|| will(&mut rng)),
+                    will: rng.chance(40).then(|| Box::new(will(&mut rng))),
                     at_unix_ms: now_ms,
                 }
             });
