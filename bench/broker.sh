@@ -58,7 +58,8 @@ start_broker() {
       "$PORT" >"$WORK/mosquitto.conf"
     mosquitto -c "$WORK/mosquitto.conf" >"$WORK/broker.log" 2>&1 &
   else
-    local env=(RUST_LOG=warn SHARDMQ_LISTENER__BIND="127.0.0.1:$PORT" SHARDMQ_SYS__INTERVAL_MS=0 SHARDMQ_API__LISTEN=)
+    # Its own storage folder (storage.dir is locked by the process that uses it).
+    local env=(RUST_LOG=warn SHARDMQ_LISTENER__BIND="127.0.0.1:$PORT" SHARDMQ_SYS__INTERVAL_MS=0 SHARDMQ_API__LISTEN= SHARDMQ_STORAGE__DIR="$WORK/data")
     if [[ -n "${BROKER_CPUS:-}" ]]; then env+=(SHARDMQ_NODE__CPUS="$BROKER_CPUS"); fi
     env "${env[@]}" "$BROKER" >"$WORK/broker.log" 2>&1 &
   fi

@@ -157,6 +157,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/cluster/join", post(join))
         .route("/api/v1/cluster/leave", post(leave))
         .route("/api/v1/rlog", get(rlog_status))
+        .route("/api/v1/storage", get(|| async { Json(crate::storage::status()) }))
         .route("/api/v1/reload", post(reload))
         .fallback(not_found)
         .with_state(Arc::new(state))
@@ -358,6 +359,7 @@ async fn metrics(State(state): State<Shared>) -> Response {
         uptime,
     );
     register_samples(&mut registry, figure_samples(&state.figures.shards()));
+    register_samples(&mut registry, crate::storage::samples());
     if let Some(cluster) = &state.cluster {
         match within(STATUS_TIMEOUT_MS, "the RLOG status", cluster.rlog_status()).await {
             Ok(rlog) => register_rlog(&mut registry, &rlog),

@@ -81,6 +81,12 @@ pub enum CtlCommand {
         #[command(subcommand)]
         action: RlogAction,
     },
+    /// Storage (`[storage]`): durability, bytes written, fsyncs, group commits, disk used.
+    Storage {
+        /// What to do.
+        #[command(subcommand)]
+        action: StorageAction,
+    },
     /// API keys in api.keys_file (edits the file; a running node picks changes up by itself).
     ApiKey {
         /// What to do.
@@ -121,6 +127,13 @@ pub enum ClusterAction {
     },
     /// Leave the cluster.
     Leave,
+}
+
+/// `shardmq ctl storage <action>`.
+#[derive(Debug, Clone, Copy, clap::Subcommand)]
+pub enum StorageAction {
+    /// Mode, folder, recovery, bytes written, fsyncs, group-commit size, disk used, per shard.
+    Status,
 }
 
 /// `shardmq ctl rlog <action>`.
@@ -328,6 +341,16 @@ pub fn run(endpoint: &Endpoint, args: &CtlArgs) -> anyhow::Result<String> {
                 pretty(&status)
             } else {
                 render_rlog(&status)
+            })
+        }
+        CtlCommand::Storage {
+            action: StorageAction::Status,
+        } => {
+            let status = client.get("/api/v1/storage")?;
+            Ok(if json {
+                pretty(&status)
+            } else {
+                crate::storage::render(&status)
             })
         }
         CtlCommand::ApiKey { .. } => bail!("ctl api-key works on api.keys_file, not the API"),

@@ -384,6 +384,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let (data, control) =
             shardmq_shards::link(rt.cpus.len()).context("linking the data and control planes")?;
         let node = Node::start_linked(rt, Some(data)).context("starting the data plane")?;
+        if let Some(storage) = node.storage() {
+            crate::storage::set(storage);
+        }
         let settings = crate::cluster::settings(&config);
         tracing::info!(node_id = settings.node_id, role = ?settings.role, listen = %settings.listen, seeds = ?settings.seeds, "joining the cluster");
         crate::api::start_with(
@@ -402,6 +405,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         node
     } else {
         let node = Node::start(rt).context("starting the data plane")?;
+        if let Some(storage) = node.storage() {
+            crate::storage::set(storage);
+        }
         crate::api::start(&config, node.connections(), node.figures(), None)?;
         node
     };

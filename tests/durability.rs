@@ -80,6 +80,30 @@ async fn a_clean_restart_keeps_retained_messages_and_queued_qos1_for_an_offline_
         (r.topic.as_str(), r.payload.as_ref(), r.retain),
         ("r/1", &b"kept"[..], true)
     );
+    // `shardmq ctl storage status` reads /api/v1/storage.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardmq"))
+        .args([
+            "ctl",
+            "--api",
+            &broker.api_addr(),
+            "--json",
+            "storage",
+            "status",
+        ])
+        .output()
+        .expect("run shardmq ctl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(status["durability"], "sync");
+    assert_eq!(status["restored_sessions"], 1, "{status}");
+    assert_eq!(status["restored_retained"], 1, "{status}");
+    assert!(status["fsyncs"].as_u64().unwrap() > 0, "{status}");
+    assert!(status["disk_bytes"].as_u64().unwrap() > 0, "{status}");
 }
 
 #[tokio::test]
@@ -253,7 +277,7 @@ async fn publish_until_killed(port: u16, first: u64) -> (Vec<u64>, Option<u64>) 
     loop {
         while inflight.len() < 16 {
             pkid = pkid % 60_000 + 1;
-            let (topic, retain) = if next % 7 == 0 {
+            let (topic, retain) = if next.is_multiple_of(7) {
                 ("k/r", true)
             } else {
                 ("k/t", false)
@@ -274,7 +298,7 @@ async fn publish_until_killed(port: u16, first: u64) -> (Vec<u64>, Option<u64>) 
                 let n = inflight
                     .remove(&a.pkid)
                     .expect("a PUBACK for a PUBLISH in flight");
-                if n % 7 == 0 {
+                if n.is_multiple_of(7) {
                     retained = retained.max(Some(n));
                 } else {
                     acked.push(n);
