@@ -128,7 +128,7 @@ EOF
 if [[ "${1:-}" != "--no-kill" ]]; then
   echo "kill -9 loop: $ROUNDS rounds" >&2
   start=$(date +%s)
-  (cd "$ROOT" && KILL_ROUNDS="$ROUNDS" timeout 1800 cargo test -q --release --test durability \
+  (cd "$ROOT" && KILL_ROUNDS="$ROUNDS" timeout 1800 cargo test -q --test durability \
     every_acknowledged_message_survives_kill_9 -- --nocapture 2>&1 | grep -E "KILL_SEED|rounds in|lost|test result")
   echo "kill -9 loop: $(( $(date +%s) - start )) s" >&2
 fi
