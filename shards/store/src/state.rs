@@ -344,10 +344,25 @@ impl State {
                 ..State::default()
             })
             .collect();
-        let messages = std::mem::take(&mut self.messages);
-        let copy = |part: &mut State, id: MessageId| {
-            if let Some(m) = messages.get(&id) {
-                part.messages.entry(id).or_insert_with(|| m.clone());
+        // Each message moves to the last part that needs it and is copied for the others.
+        let mut messages = std::mem::take(&mut self.messages);
+        let mut refs: AHashMap<MessageId, u32> = AHashMap::with_capacity(messages.len());
+        let ids = self.retained.values().filter_map(|e| e.message);
+        for id in ids.chain(self.sessions.values().flat_map(|s| s.message_ids())) {
+            *refs.entry(id).or_default() += 1;
+        }
+        let mut copy = |part: &mut State, id: MessageId| {
+            let Some(left) = refs.get_mut(&id) else {
+                return;
+            };
+            *left -= 1;
+            let m = if *left == 0 {
+                messages.remove(&id)
+            } else {
+                messages.get(&id).cloned()
+            };
+            if let Some(m) = m {
+                part.messages.entry(id).or_insert(m);
             }
         };
         for (topic, e) in std::mem::take(&mut self.retained) {
