@@ -64,7 +64,9 @@ start_broker() {
     for try in 1 2 3 4 5; do
         port=$((20000 + RANDOM % 40000))
         port_in_use "$port" && continue
+        # Its own storage directory: the suites' brokers run in parallel.
         SHARDMQ_LISTENER__BIND="127.0.0.1:$port" SHARDMQ_NODE__CPUS=0-1 SHARDMQ_API__LISTEN= \
+            SHARDMQ_STORAGE__DIR="$work/data-$port" \
             RUST_LOG="warn,shardmq::node=info" NO_COLOR=1 \
             "$bin" >"$work/broker.log" 2>&1 &
         broker_pid=$!

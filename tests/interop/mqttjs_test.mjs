@@ -61,6 +61,8 @@ async function startBroker() {
     SHARDMQ_NODE__CPUS: '0-1',
     // No management API: brokers of the suites run in parallel, and its port is one per host.
     SHARDMQ_API__LISTEN: '',
+    // Its own storage directory, for the same reason.
+    SHARDMQ_STORAGE__DIR: join(dir, 'data'),
     RUST_LOG: 'warn,shardmq::node=info',
     NO_COLOR: '1',
   });

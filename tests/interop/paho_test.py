@@ -69,6 +69,8 @@ class Broker:
             # No management API: brokers of the suites run in parallel, and its default port
             # is one per host.
             SHARDMQ_API__LISTEN="",
+            # Its own storage directory, for the same reason.
+            SHARDMQ_STORAGE__DIR=tempfile.mkdtemp(prefix="shardmq-interop-paho-data-"),
             RUST_LOG="warn,shardmq::node=info",
             NO_COLOR="1",
         )
