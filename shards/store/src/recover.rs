@@ -84,7 +84,7 @@ pub struct ShardReport {
     pub shard: u32,
     /// The directory.
     pub dir: PathBuf,
-    /// Segments of the committed generation, in order.
+    /// Segments of the committed generation, in order (those after a stop replayed nothing).
     pub segments: Vec<SegmentReport>,
     /// Segment files of other generations (not replayed).
     pub stale: Vec<PathBuf>,
@@ -301,6 +301,15 @@ pub fn recover_shard(
             report.stop = Some(s);
             break;
         }
+    }
+    // Segments after a stop are listed too, unreplayed.
+    for (seq, path, map, _) in maps.iter().skip(report.segments.len()) {
+        report.segments.push(SegmentReport {
+            seq: *seq,
+            path: path.clone(),
+            bytes: map.len() as u64,
+            records: 0,
+        });
     }
     Ok((state, report))
 }

@@ -444,3 +444,48 @@ fn every_prefix(seed: u64) {
         assert!(same(&st, &replay(&records[..k])), "cut {}", cut);
     }
 }
+
+#[test]
+fn restart_sets_corrupt_segments_aside_and_drops_torn_headers() {
+    let records = generate(11, 200);
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 0, 0, &records, 1500, 11);
+    let sdir = shard_dir(dir.path(), 0);
+    let files = list_segments(&sdir).unwrap();
+    assert!(files.len() >= 3);
+    // Damage a record in the middle of the second segment.
+    let (_, second) = &files[1];
+    let mut bytes = std::fs::read(second).unwrap();
+    bytes[48 + 9] ^= 0xff;
+    std::fs::write(second, &bytes).unwrap();
+    let before = recover(dir.path()).unwrap();
+    assert!(before.has_corruption());
+    let expect = canon(&before.state);
+    let r = restart(dir.path(), 1, |_| 0, |_| 0, LogConfig::new(0, 0)).unwrap();
+    // The segments from the stop on are kept, renamed; the first one is removed.
+    assert_eq!(r.cleanup.kept_corrupt.len(), files.len() - 1);
+    assert!(r
+        .cleanup
+        .kept_corrupt
+        .iter()
+        .all(|p| p.to_string_lossy().ends_with(".log.corrupt")));
+    let after = recover(dir.path()).unwrap();
+    assert!(!after.has_corruption());
+    assert_eq!(canon(&after.state), expect);
+
+    // A newest segment whose header was cut: a torn tail, removed by the next start-up.
+    let last = list_segments(&sdir).unwrap().last().unwrap().0;
+    std::fs::write(sdir.join(segment_file_name(last + 1)), [0x53, 0x48]).unwrap();
+    let torn = recover(dir.path()).unwrap();
+    let stop = torn.shards[0].stop.clone().unwrap();
+    assert_eq!((stop.kind, stop.bad_header), (StopKind::TornTail, true));
+    assert_eq!(canon(&torn.state), expect);
+    let r = restart(dir.path(), 1, |_| 0, |_| 0, LogConfig::new(0, 0)).unwrap();
+    assert!(r
+        .cleanup
+        .removed
+        .contains(&sdir.join(segment_file_name(last + 1))));
+    let clean = recover(dir.path()).unwrap();
+    assert!(clean.shards[0].stop.is_none());
+    assert_eq!(canon(&clean.state), expect);
+}
