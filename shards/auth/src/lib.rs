@@ -28,6 +28,7 @@ mod rules;
 pub mod service;
 mod throttle;
 mod topic;
+mod verified;
 
 pub use acl::{Acl, ACL_FILE_RULES_MAX};
 pub use error::AuthError;

@@ -60,6 +60,7 @@ use crate::jwt::{JwtVerdict, JwtVerifier};
 use crate::passwd::{PasswordFile, PasswordVerdict};
 use crate::rules::{ClaimRule, RuleAuthorizer};
 use crate::throttle::{Delayer, FailureTable};
+use crate::verified::VerifiedCache;
 
 /// Failure throttling (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,6 +270,14 @@ struct State {
     passwords: Option<PasswordFile>,
     acl: Option<Acl>,
     jwt: Option<JwtVerifier>,
+    /// Passwords verified against `passwords` (emptied with it on reload).
+    verified: VerifiedCache,
+}
+
+impl Default for VerifiedCache {
+    fn default() -> Self {
+        VerifiedCache::new()
+    }
 }
 
 impl State {
@@ -285,6 +294,7 @@ impl State {
                 s.jwt_public_key_file.as_deref(),
                 s.jwt_leeway_s,
             )?,
+            verified: VerifiedCache::new(),
         })
     }
 
@@ -409,6 +419,15 @@ impl AuthService {
             };
             return Submitted::Done(outcome);
         }
+        if let (Some(user), Some(password)) = (&req.username, &req.password) {
+            // A password verified a moment ago (a reconnect) needs no worker: one HMAC here.
+            let state = self.shared.state.load();
+            if state.passwords.as_ref().is_some_and(|p| p.contains(user))
+                && state.verified.contains(user, password, Instant::now())
+            {
+                return Submitted::Done(state.allowed(req.username.clone(), &req.client_id, None));
+            }
+        }
         match self.tx.try_send(Job { req, reply }) {
             Ok(()) => Submitted::Queued,
             Err(TrySendError::Full(_)) => Submitted::Busy,
@@ -494,7 +513,12 @@ fn evaluate(
     let password = req.password.as_deref();
     if let (Some(pf), Some(user)) = (&state.passwords, &req.username) {
         match pf.verify(user, password) {
-            PasswordVerdict::Accepted => return state.allowed(Some(user.clone()), client_id, None),
+            PasswordVerdict::Accepted => {
+                if let Some(pw) = password {
+                    state.verified.insert(user, pw, Instant::now());
+                }
+                return state.allowed(Some(user.clone()), client_id, None);
+            }
             PasswordVerdict::Rejected => {
                 tracing::debug!(client_id, user = %user, "password rejected");
                 return AuthOutcome::BadCredentials;

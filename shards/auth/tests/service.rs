@@ -518,3 +518,25 @@ fn a_panicking_reply_does_not_take_the_worker_down() {
     assert!(matches!(boom, Submitted::Queued));
     assert!(run(&svc, req(Some("bob"), Some(b"secret6"))).is_allowed());
 }
+
+#[test]
+fn a_password_verified_a_moment_ago_needs_no_worker_until_a_reload() {
+    let svc = AuthService::new(&settings()).unwrap();
+    let ask = |pw: &[u8]| svc.check(req(Some("alice"), Some(pw)), Box::new(|_| {}));
+    // First time: hashed on a worker.
+    assert!(matches!(ask(b"secret7"), Submitted::Queued));
+    assert_eq!(
+        allowed(&run(&svc, req(Some("alice"), Some(b"secret7")))),
+        Some("alice")
+    );
+    // Again: decided at once from the verified cache.
+    match ask(b"secret7") {
+        Submitted::Done(o) => assert_eq!(allowed(&o), Some("alice")),
+        other => panic!("expected a cached verdict, got {other:?}"),
+    }
+    // Another password is never served from it.
+    assert!(matches!(ask(b"nope"), Submitted::Queued));
+    // A reload forgets every verified password (the file may have changed).
+    svc.reload().unwrap();
+    assert!(matches!(ask(b"secret7"), Submitted::Queued));
+}
