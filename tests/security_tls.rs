@@ -302,3 +302,62 @@ async fn sighup_reloads_the_certificate_and_keeps_connections() {
         .await;
     assert!(broker.pid() > 0 && !broker.log_contains("panicked"));
 }
+
+/// `POST /api/v1/reload`: what SIGHUP does, through the API: a broken certificate file is
+/// refused with 500 and the served certificate stays; a good one is taken, connections stay.
+#[tokio::test]
+async fn the_api_reloads_certificates_and_refuses_broken_files() {
+    let pki = Pki::new();
+    let (broker, ports) = secure_broker(&pki, &[]);
+    let old_trust = default_client_config(&pki, None);
+    let (mut kept, _) = V4::connect_opts(v4_tls(ports.tls, "api-kept", old_trust.clone())).await;
+    assert!(kept
+        .subscribe("api-reload/#", rumqttc::QoS::AtLeastOnce)
+        .await
+        .is_some());
+    let reload = |api: String| async move {
+        tokio::task::spawn_blocking(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into();
+            let mut answer = agent
+                .post(format!("http://{api}/api/v1/reload"))
+                .send_empty()
+                .expect("POST /api/v1/reload");
+            let status = answer.status().as_u16();
+            (
+                status,
+                answer.body_mut().read_to_string().unwrap_or_default(),
+            )
+        })
+        .await
+        .unwrap()
+    };
+
+    // A certificate file that is not PEM: 500, and the old certificate is still served.
+    std::fs::write(pki.dir.join("server-chain.pem"), "not a certificate").unwrap();
+    let (status, body) = reload(broker.api_addr()).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("\"reloaded\":false"), "{body}");
+    assert!(tls_connect(ports.tls, old_trust.clone()).await.is_ok());
+
+    // A new CA's certificate: 200, new handshakes get it, the old connection stays.
+    let next = Pki::new();
+    std::fs::copy(
+        next.dir.join("server-chain.pem"),
+        pki.dir.join("server-chain.pem"),
+    )
+    .unwrap();
+    std::fs::copy(next.dir.join("server.key"), pki.dir.join("server.key")).unwrap();
+    let (status, body) = reload(broker.api_addr()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(tls_connect(ports.tls, default_client_config(&next, None))
+        .await
+        .is_ok());
+    assert!(tls_connect(ports.tls, old_trust).await.is_err());
+    let (mut p, _) = V4::connect(broker.port, "api-reload-pub", true).await;
+    p.publish("api-reload/x", rumqttc::QoS::AtLeastOnce, false, "kept")
+        .await;
+    assert_eq!(&kept.expect_publish().await.payload[..], b"kept");
+}
