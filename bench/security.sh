@@ -11,7 +11,8 @@
 #
 # Usage: bench/security.sh
 # Knobs: SECS=5, N=16 (pairs), IDLE=10000, BASE_REV=8d9c810 (the last commit before TLS; ""
-# skips the baseline), SKIP_BUILD=1, BROKERS="base shardmq mosquitto".
+# skips the baseline), SKIP_BUILD=1, BROKERS="base shardmq mosquitto", ROWS=0 (only the idle TLS
+# and handshake figures).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WORK=$(mktemp -d /tmp/shardmq-security.XXXXXX)
@@ -60,6 +61,9 @@ prepare() {
     (cd "$ROOT" && cargo build --release -q -p shardmq)
   fi
   bash "$ROOT/tests/interop/certs.sh" "$PKI" >&2
+  # Mosquitto drops root for its own user: it must be able to read the certificates.
+  chmod 755 "$WORK" "$PKI"
+  chmod 644 "$PKI"/*
 }
 
 free_port() {
@@ -179,7 +183,7 @@ EOF
 
 prepare
 d=(--duration-secs "$SECS")
-for q in 0 1; do
+for q in $([[ ${ROWS:-1} == 0 ]] || echo 0 1); do
   for kind in $BROKERS; do
     for transport in tcp tls; do
       [[ $kind == base && $transport == tls ]] && continue

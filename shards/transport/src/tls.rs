@@ -202,6 +202,12 @@ pub fn load_server_config(
             source,
         })?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // No session resumption state: rustls's default is a process-wide stateful cache of 256
+    // sessions behind a Mutex, filled with two TLS 1.3 tickets per handshake. Shared between
+    // shards, it is a lock on every handshake, and at a broker's connection counts it holds
+    // too few sessions to resume anyway; the two tickets cost CPU on every handshake.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
