@@ -8,8 +8,13 @@
 #  2. The kill -9 loop: ROUNDS (100) rounds of tests/durability.rs's
 #     every_acknowledged_message_survives_kill_9_at_random_moments (KILL_ROUNDS=ROUNDS).
 #
+#  With PLAIN=1: the same row with NON-persistent sessions (MQTT 3.1.1, clean session: the
+#  bench's default), to show that plain QoS 1 does not pay for durability it does not use.
+#
 # Usage: bench/durability.sh [--no-kill] ; env: N (16), SECS (10), SIZE (16), ROUNDS (100),
-#        CPUS (broker shards, "0-1"), BENCH_CPUS (load generator CPUs, unset = unpinned).
+#        CPUS (broker shards, "0-1"), BENCH_CPUS (load generator CPUs, unset = unpinned),
+#        KINDS (the brokers, in order, e.g. "shardmq-off shardmq-sync"), REPEAT (1: rounds of
+#        KINDS, alternated, so that a noisy machine hits every broker alike), PLAIN (0).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d /tmp/shardmq-durability.XXXXXX)
@@ -81,8 +86,9 @@ row() {
   local kind=$1
   start_broker "$kind"
   local c0 c1 out
-  local args=(pubsub --pubs "$N" --subs "$N" -t 'bench/%i' -q 1 -s "$SIZE" -V 5
-    --clean-start false -x 3600 --duration-secs "$SECS" -h 127.0.0.1 -p "$PORT" --json)
+  local args=(pubsub --pubs "$N" --subs "$N" -t 'bench/%i' -q 1 -s "$SIZE")
+  if [[ "${PLAIN:-0}" == 1 ]]; then args+=(-V 4); else args+=(-V 5 --clean-start false -x 3600); fi
+  args+=(--duration-secs "$SECS" -h 127.0.0.1 -p "$PORT" --json)
   if [[ -n "${BENCH_CPUS:-}" ]]; then args+=(--cpus "$BENCH_CPUS"); fi
   c0=$(cpu_ticks "$BROKER_PID")
   out=$("$BENCH" "${args[@]}" 2>"$WORK/$kind.err" | grep '"summary":true' | tail -1) || true
@@ -106,15 +112,22 @@ EOF
 }
 
 [[ -x "$BROKER" && -x "$BENCH" ]] || (cd "$ROOT" && cargo build --release -q -p shardmq -p shardmq-bench)
-echo "QoS 1 1:1, $N publishers / $N persistent subscribers, ${SIZE} B, ${SECS} s, shards $CPUS" >&2
-kinds=(shardmq-off shardmq-sync shardmq-async)
-command -v mosquitto >/dev/null && kinds+=(mosquitto)
-[[ -n "${FLASHMQ:-}" ]] && kinds+=(flashmq)
-for kind in "${kinds[@]}"; do row "$kind"; done
+echo "QoS 1 1:1, $N publishers / $N subscribers (PLAIN=${PLAIN:-0}), ${SIZE} B, ${SECS} s, shards $CPUS" >&2
+if [[ -n "${KINDS:-}" ]]; then
+  read -r -a kinds <<<"$KINDS"
+else
+  kinds=(shardmq-off shardmq-sync shardmq-async)
+  command -v mosquitto >/dev/null && kinds+=(mosquitto)
+  [[ -n "${FLASHMQ:-}" ]] && kinds+=(flashmq)
+fi
+for _ in $(seq "${REPEAT:-1}"); do
+  for kind in "${kinds[@]}"; do row "$kind"; done
+done
 python3 - "$RESULTS" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-off = next((r["recv_rate"] for r in rows if r["broker"] == "shardmq-off"), None)
+offs = [r["recv_rate"] for r in rows if r["broker"] == "shardmq-off"]
+off = sum(offs) / len(offs) if offs else None  # the mean of the run's "off" rows
 print("| broker | msg/s | vs shardmq off | msgs per broker CPU-s | broker CPU s | p99 µs | disk bytes after |")
 print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
 for r in rows:
@@ -122,6 +135,18 @@ for r in rows:
     per = f'{r["msgs_per_cpu_s"]:,.0f}' if r["msgs_per_cpu_s"] else "-"
     print(f'| {r["broker"]} | {r["recv_rate"]:,.0f} | {ratio} | {per} | {r["broker_cpu_s"]:.1f} | {r["p99_us"]} | {r["disk_bytes"]:,} |')
 print()
+kinds = list(dict.fromkeys(r["broker"] for r in rows))
+if len(rows) > len(kinds):
+    print("| broker | rounds | mean msg/s | vs mean off | mean msgs per broker CPU-s |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for k in kinds:
+        rs = [r for r in rows if r["broker"] == k]
+        rate = sum(r["recv_rate"] for r in rs) / len(rs)
+        per = [r["msgs_per_cpu_s"] for r in rs if r["msgs_per_cpu_s"]]
+        per = f'{sum(per) / len(per):,.0f}' if per else "-"
+        ratio = f'{100 * rate / off:.0f} %' if off else "-"
+        print(f'| {k} | {len(rs)} | {rate:,.0f} | {ratio} | {per} |')
+    print()
 print("command:", rows[0]["cmd"] if rows else "-")
 EOF
 

@@ -68,6 +68,10 @@ impl ShardSet {
 pub(crate) enum ShardMsg {
     /// Deliver to the receiving shard's local subscribers.
     Publish(Arc<Message>),
+    /// `storage.durability = "sync"`: a QoS 1/2 publish to a shard that holds persistent
+    /// sessions: delivered like `Publish`, and counted (per shard pair, in order) for the
+    /// receiver's `DurableAck`, which the publisher's acknowledgement waits for.
+    DurablePublish(Arc<Message>),
     /// To shard 0, at each `$SYS` interval: `shard`'s figures, for the node's totals.
     Figures {
         /// Reporting shard.

@@ -9,9 +9,9 @@
 
 use crate::bus::ShardId;
 use crate::shard::{ConnKey, Shard};
-use crate::store::ShardLog;
+use crate::store::{ShardLog, Ticket};
 use shardmq_codec::ByteStr;
-use shardmq_store::{Batch, LogConfig, Lsn, ShardStart, StoredMessage};
+use shardmq_store::{Batch, LogConfig, ShardStart, StoredMessage};
 use smallvec::SmallVec;
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -49,6 +49,11 @@ pub struct StorageSpec {
 pub const LOCK_FILE: &str = "LOCK";
 /// How long a shard waits before it retries a batch the disk refused.
 const RETRY_INTERVAL: Duration = Duration::from_millis(200);
+/// `"sync"`: how long the writer task waits, before it takes a batch, for the acknowledgements
+/// of deliveries sent in it (each one that comes cancels the delivery's records: a subscriber
+/// that keeps up costs no write). Bounds the extra wait of an acknowledgement held for the
+/// batch; deliveries to a subscriber slower than this are written.
+const ACK_WAIT: Duration = Duration::from_micros(1500);
 
 /// One shard's storage counters, updated by its writer task.
 #[derive(Debug, Default)]
@@ -69,6 +74,14 @@ pub struct ShardStorageFigures {
     pub write_errors: AtomicU64,
     /// The last attempt failed: QoS ≥ 1 PUBLISHes are refused until a retry succeeds.
     pub failing: AtomicBool,
+    /// Persistent (journaled) sessions the shard holds. While it is 0, `"sync"` publishers on
+    /// other shards do not wait for this shard's durable acknowledgement: it stores nothing
+    /// for them. Raised before such a session's routes are announced (the announcement's
+    /// channel orders it before any publish routed by them), lowered when it leaves.
+    pub persistent_sessions: AtomicU64,
+    /// Records that cancelled out before their batch was written (a delivery enqueued, sent
+    /// and acknowledged within one group commit, and its message if nothing else needs it).
+    pub coalesced: AtomicU64,
 }
 
 /// The node's storage figures, shared between the shards and the control plane.
@@ -190,8 +203,13 @@ pub(crate) fn start_up(
         restored_sessions: sessions,
         restored_retained: topics,
         recovery_cut_records: cut,
-        shards: (0..shards)
-            .map(|_| ShardStorageFigures::default())
+        shards: restart
+            .shards
+            .iter()
+            .map(|part| ShardStorageFigures {
+                persistent_sessions: AtomicU64::new(part.state.sessions.len() as u64),
+                ..Default::default()
+            })
             .collect(),
         failing_shards: Default::default(),
     });
@@ -254,13 +272,13 @@ fn lock_dir(dir: &Path) -> io::Result<std::fs::File> {
 }
 
 /// Output a connection may not write before some stored change is durable: bytes from
-/// `start` on wait until the shard's log is durable up to `lsn` and every peer shard in
+/// `start` on wait until the shard's batch `ticket` is durable and every peer shard in
 /// `marks` acknowledged the publishes this shard sent it up to that number.
 #[derive(Debug)]
 pub(crate) struct Gate {
     /// Offset in the connection's output, counted from when its gates began.
     pub(crate) start: u64,
-    pub(crate) lsn: Option<Lsn>,
+    pub(crate) ticket: Option<Ticket>,
     pub(crate) marks: SmallVec<[(u8, u64); 2]>,
 }
 
@@ -298,14 +316,14 @@ pub(crate) struct ShardDurable {
     pub(crate) acked: Vec<u64>,
     /// QoS ≥ 1 publishes received from each peer.
     pub(crate) received: Vec<u64>,
-    /// Per peer: (LSN that must be durable, publishes of that peer then acknowledged).
-    pub(crate) pending_acks: Vec<VecDeque<(Lsn, u64)>>,
+    /// Per peer: (batch that must be durable, publishes of that peer then acknowledged).
+    pub(crate) pending_acks: Vec<VecDeque<(Ticket, u64)>>,
     /// Sessions this shard handed to another shard: deleted from this log once the new shard
     /// says it holds them (`SessionStored`).
     pub(crate) moved_out: ahash::AHashMap<ByteStr, shardmq_broker::session::SessionImage>,
     /// Sessions this shard took from another one: `SessionStored` goes out once the image (at
-    /// the LSN) is durable.
-    pub(crate) stored_notices: VecDeque<(Option<Lsn>, ByteStr)>,
+    /// the batch) is durable.
+    pub(crate) stored_notices: VecDeque<(Option<Ticket>, ByteStr)>,
     /// The disk refused the last attempt.
     pub(crate) failing: bool,
 }
@@ -337,14 +355,14 @@ impl ShardDurable {
         }
     }
 
-    /// Whether `lsn` (if any) is durable.
-    pub(crate) fn is_durable(&self, lsn: Option<Lsn>) -> bool {
-        lsn.is_none_or(|l| self.log.writer.is_durable(l))
+    /// Whether batch `ticket` (if any) is durable.
+    pub(crate) fn is_durable(&self, ticket: Option<Ticket>) -> bool {
+        ticket.is_none_or(|t| self.log.is_durable(t))
     }
 
     /// Whether a gate may be passed.
     pub(crate) fn passes(&self, gate: &Gate) -> bool {
-        self.is_durable(gate.lsn)
+        self.is_durable(gate.ticket)
             && gate
                 .marks
                 .iter()
@@ -382,7 +400,7 @@ pub(crate) async fn writer(shard: Rc<RefCell<Shard>>) {
         poll_fn(|cx| {
             let mut s = shard.borrow_mut();
             let d = s.durable.as_mut().expect("storage");
-            if d.log.writer.has_pending() {
+            if d.log.has_pending() {
                 Poll::Ready(())
             } else {
                 d.writer_waker = Some(cx.waker().clone());
@@ -390,18 +408,46 @@ pub(crate) async fn writer(shard: Rc<RefCell<Shard>>) {
             }
         })
         .await;
-        let batch = {
+        if mode == DurabilityMode::Sync {
+            let until = Instant::now() + ACK_WAIT;
+            loop {
+                let now = Instant::now();
+                if now >= until {
+                    break;
+                }
+                let waiting = poll_fn(|cx| {
+                    let mut s = shard.borrow_mut();
+                    let d = s.durable.as_mut().expect("storage");
+                    if d.log.awaiting() == 0 {
+                        Poll::Ready(false)
+                    } else {
+                        d.writer_waker = Some(cx.waker().clone());
+                        Poll::Pending
+                    }
+                });
+                let timeout = async {
+                    glommio::timer::sleep(until - now).await;
+                    true
+                };
+                if !futures_lite::future::or(waiting, timeout).await {
+                    break;
+                }
+            }
+        }
+        let (ticket, batch) = {
             let mut s = shard.borrow_mut();
             let d = s.durable.as_mut().expect("storage");
-            d.log
-                .writer
-                .take_batch()
-                .expect("pending and nothing in flight")
+            d.log.take_batch()
+        };
+        let Some(batch) = batch else {
+            // Everything in it cancelled out (deliveries acknowledged before it was taken).
+            shard.borrow_mut().durable_moved(Instant::now());
+            continue;
         };
         loop {
             match files.write(&dir, &batch).await {
                 Ok(fsyncs) => {
-                    shard.borrow_mut().batch_durable(&batch, fsyncs);
+                    shard.borrow_mut().batch_durable(ticket, &batch, fsyncs);
                     break;
                 }
                 Err(e) => {
@@ -478,17 +524,17 @@ impl SegmentFiles {
 
 impl Shard {
     /// The writer made `batch` durable.
-    fn batch_durable(&mut self, batch: &Batch, fsyncs: u64) {
+    fn batch_durable(&mut self, ticket: Ticket, batch: &Batch, fsyncs: u64) {
         let id = self.id;
         let d = self.durable.as_mut().expect("storage");
-        d.log.writer.batch_written(batch.last_lsn);
-        d.log.writer.batch_durable(batch.last_lsn);
+        d.log.batch_durable(ticket, batch);
         let f = &d.figures.shards[id];
         f.bytes_written
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         f.fsyncs.fetch_add(fsyncs, Ordering::Relaxed);
         f.batches.fetch_add(1, Ordering::Relaxed);
         f.records.fetch_add(batch.records(), Ordering::Relaxed);
+        f.coalesced.store(d.log.coalesced, Ordering::Relaxed);
         f.disk_bytes
             .store(d.log.writer.disk_bytes(), Ordering::Relaxed);
         f.messages.store(d.log.messages() as u64, Ordering::Relaxed);

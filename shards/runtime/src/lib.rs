@@ -443,8 +443,8 @@ async fn serve(
                     s.handle_msg(now, msg);
                 }
                 s.drain_local(now);
-                if durable_publishes > 0 {
-                    s.durable_received(now, peer, durable_publishes);
+                if let Some(counted) = durable_publishes {
+                    s.durable_received(now, peer, counted);
                 }
             }
             debug!(peer, "channel from peer closed");

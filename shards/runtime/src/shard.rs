@@ -1350,8 +1350,12 @@ impl Shard {
             if shard == self.id {
                 self.deliver_local(now, msg);
             } else {
-                self.durable_sent(shard, msg.qos);
-                self.send(shard, ShardMsg::Publish(msg.clone()));
+                let m = if self.durable_sent(shard, msg.qos) {
+                    ShardMsg::DurablePublish(msg.clone())
+                } else {
+                    ShardMsg::Publish(msg.clone())
+                };
+                self.send(shard, m);
             }
         }
     }
@@ -1459,7 +1463,7 @@ impl Shard {
     /// Handles one message from another shard (or from this one, via `send`).
     pub(crate) fn handle_msg(&mut self, now: Instant, msg: ShardMsg) {
         match msg {
-            ShardMsg::Publish(m) => self.deliver_local(now, &m),
+            ShardMsg::Publish(m) | ShardMsg::DurablePublish(m) => self.deliver_local(now, &m),
             ShardMsg::SharedPublish(sp) => self.shared_deliver(now, *sp),
             ShardMsg::SharedRoute {
                 key,

@@ -12,9 +12,10 @@ use shardmq_broker::session::{Change, QueuedMessage, SessionImage};
 use shardmq_broker::Message;
 use shardmq_codec::ByteStr;
 use shardmq_store::{
-    LogWriter, Lsn, MessageTable, Record, StoredDelivery, StoredInflight, StoredMessage,
-    StoredSession, StoredSubscription,
+    LogWriter, MessageTable, Record, StoredDelivery, StoredInflight, StoredMessage, StoredSession,
+    StoredSubscription,
 };
+use smallvec::SmallVec;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
@@ -94,14 +95,56 @@ pub(crate) fn stored_message(msg: &Message, clock: Clock) -> StoredMessage {
     }
 }
 
-/// A shard's log: the writer, its message table, and the counters `/metrics` shows.
+/// Number of a group commit (batch) of a shard's log, counted from 1: output that depends on
+/// a stored change waits until the batch that holds it is durable.
+pub(crate) type Ticket = u64;
+
+/// Most records one batch stages before they are handed to the writer in one go (the bound of
+/// the staging area; a full area is flushed into the writer, which coalesces nothing more).
+pub(crate) const STAGED_RECORDS_MAX: usize = 1 << 20;
+
+/// A session's deliveries staged in the open batch, which a completion within the same batch
+/// cancels (enqueued, sent and acknowledged before anything was written: nothing to store).
+#[derive(Debug, Default)]
+struct ClientStage {
+    /// (delivery number, index of its `Enqueued` in the staging area).
+    enqueued: Vec<(u64, usize)>,
+    /// (packet id, delivery number, index of its `Sent`, index of its `Released` if any).
+    sent: Vec<(u16, u64, usize, Option<usize>)>,
+}
+
+/// A shard's log: the writer, its message table, the staging area of the open batch, and the
+/// counters `/metrics` shows.
+///
+/// Records are staged, not encoded, until the writer task takes the batch
+/// ([`ShardLog::take_batch`]): a delivery enqueued, sent and completed (or dropped) within one
+/// open batch is never written, nor is its message when nothing else references it. Output
+/// that depends on a change waits for [`ShardLog::ticket`] to become durable.
 pub(crate) struct ShardLog {
     pub(crate) writer: LogWriter,
     table: MessageTable<MsgKey>,
-    /// Records appended since start-up.
+    /// Records accepted since start-up (staged, including those later coalesced away).
     pub(crate) records: u64,
-    /// LSN of the last record appended, if any.
-    pub(crate) last_lsn: Option<Lsn>,
+    /// Records that cancelled out before they were written.
+    pub(crate) coalesced: u64,
+    /// The open batch's records in order; `None`: cancelled.
+    staged: Vec<Option<Record>>,
+    /// Per client: its cancellable staged deliveries.
+    stages: ahash::AHashMap<ByteStr, ClientStage>,
+    /// Message id → (index of its staged `MessagePut`, staged records that reference it and
+    /// are not cancelled). The put is cancelled only when both the table's count and this
+    /// one reach 0: every prefix of the batch then still resolves what it references.
+    puts: ahash::AHashMap<u64, (usize, u64)>,
+    /// Staged deliveries sent and awaiting their acknowledgement: each may still cancel out.
+    awaiting: usize,
+    /// The batch collecting changes now.
+    open: Ticket,
+    /// Something was staged into `open`.
+    open_dirty: bool,
+    /// The batch the writer task is writing.
+    in_flight: Option<Ticket>,
+    /// Every batch up to this one is durable.
+    durable: Ticket,
 }
 
 impl ShardLog {
@@ -110,18 +153,88 @@ impl ShardLog {
             writer,
             table,
             records: 0,
-            last_lsn: None,
+            coalesced: 0,
+            staged: Vec::new(),
+            stages: Default::default(),
+            puts: Default::default(),
+            awaiting: 0,
+            open: 1,
+            open_dirty: false,
+            in_flight: None,
+            durable: 0,
         }
     }
 
-    fn append(&mut self, record: &Record) -> Lsn {
-        let lsn = self.writer.append(record);
+    fn append(&mut self, record: Record) -> usize {
+        if self.staged.len() >= STAGED_RECORDS_MAX {
+            self.flush();
+        }
         self.records += 1;
-        self.last_lsn = Some(lsn);
-        lsn
+        self.open_dirty = true;
+        self.staged.push(Some(record));
+        self.staged.len() - 1
     }
 
-    /// One more reference to `msg`: its id, with a `MessagePut` appended first if the log
+    /// The batch that will hold every change accepted so far, if it is not durable yet: the
+    /// gate of output that depends on them.
+    pub(crate) fn ticket(&self) -> Option<Ticket> {
+        if self.open_dirty {
+            Some(self.open)
+        } else {
+            self.in_flight
+        }
+    }
+
+    /// Whether batch `t` is durable.
+    pub(crate) fn is_durable(&self, t: Ticket) -> bool {
+        t <= self.durable
+    }
+
+    /// Whether changes wait for [`ShardLog::take_batch`].
+    pub(crate) fn has_pending(&self) -> bool {
+        self.open_dirty
+    }
+
+    /// Encodes the staged records into the writer (nothing more coalesces with them).
+    pub(crate) fn flush(&mut self) {
+        for r in self.staged.drain(..).flatten() {
+            self.writer.append(&r);
+        }
+        self.stages.clear();
+        self.puts.clear();
+        self.awaiting = 0;
+    }
+
+    /// Closes the open batch: its number and what to write (`None`: everything in it cancelled
+    /// out; it is durable already). One batch at a time.
+    pub(crate) fn take_batch(&mut self) -> (Ticket, Option<shardmq_store::Batch>) {
+        assert!(self.in_flight.is_none(), "one batch at a time");
+        self.flush();
+        let t = self.open;
+        self.open += 1;
+        self.open_dirty = false;
+        match self.writer.take_batch() {
+            Some(b) => {
+                self.in_flight = Some(t);
+                (t, Some(b))
+            }
+            None => {
+                self.durable = t;
+                (t, None)
+            }
+        }
+    }
+
+    /// Batch `t` (`batch`) is written and fdatasynced.
+    pub(crate) fn batch_durable(&mut self, t: Ticket, batch: &shardmq_store::Batch) {
+        assert_eq!(self.in_flight, Some(t), "durable: the batch in flight");
+        self.writer.batch_written(batch.last_lsn);
+        self.writer.batch_durable(batch.last_lsn);
+        self.in_flight = None;
+        self.durable = t;
+    }
+
+    /// One more reference to `msg`: its id, with a `MessagePut` staged first if the log
     /// needs one.
     fn acquire(&mut self, msg: &Arc<Message>, clock: Clock) -> u64 {
         let r = self
@@ -132,19 +245,94 @@ impl ShardLog {
                 id: r.id,
                 message: stored_message(msg, clock),
             };
-            self.append(&put);
+            let at = self.append(put);
+            self.puts.insert(r.id, (at, 1));
+        } else if let Some(p) = self.puts.get_mut(&r.id) {
+            p.1 += 1;
         }
         r.id
     }
 
     /// One reference fewer to `msg` (nothing is written; replay drops what nothing references).
     /// A message this shard's table does not hold (a retained message another shard stored)
-    /// is left alone.
+    /// is left alone. The last reference to a message whose put is still staged, with no
+    /// staged record referencing it any more, cancels the put.
     fn release(&mut self, msg: &Arc<Message>) {
         let key = MsgKey(msg.clone());
-        if self.table.id_of(&key).is_some() {
-            self.table.release(&key);
+        if let Some(id) = self.table.id_of(&key) {
+            if self.table.release(&key) && self.puts.get(&id).is_some_and(|p| p.1 == 0) {
+                let (at, _) = self.puts.remove(&id).expect("staged put");
+                self.cancel([at]);
+            }
         }
+    }
+
+    /// `client_id`'s staged records no longer cancel out (an image or a delete follows them).
+    fn unstage(&mut self, client_id: &ByteStr) {
+        if let Some(cs) = self.stages.remove(client_id) {
+            self.awaiting -= cs.sent.len();
+        }
+    }
+
+    /// Staged deliveries sent and awaiting their acknowledgement (the writer task may wait a
+    /// little for them before it takes the batch: each one acknowledged meanwhile is not
+    /// written).
+    pub(crate) fn awaiting(&self) -> usize {
+        self.awaiting
+    }
+
+    /// Cancels staged records (they were never written).
+    fn cancel(&mut self, at: impl IntoIterator<Item = usize>) {
+        for i in at {
+            debug_assert!(self.staged[i].is_some());
+            self.staged[i] = None;
+            self.coalesced += 1;
+        }
+    }
+
+    /// A completion (`pkid`) or a drop (`seq`) of a delivery whose records are all staged:
+    /// cancels them and returns true (the completion itself is not written either).
+    fn cancel_delivery(
+        &mut self,
+        client_id: &ByteStr,
+        pkid: Option<u16>,
+        seq: Option<u64>,
+    ) -> bool {
+        let Some(cs) = self.stages.get_mut(client_id) else {
+            return false;
+        };
+        let mut cancel: SmallVec<[usize; 3]> = SmallVec::new();
+        let seq = match (pkid, seq) {
+            (Some(pkid), _) => {
+                let Some(i) = cs.sent.iter().position(|s| s.0 == pkid) else {
+                    return false;
+                };
+                let (_, seq, sent, rel) = cs.sent.swap_remove(i);
+                self.awaiting -= 1;
+                cancel.push(sent);
+                cancel.extend(rel);
+                seq
+            }
+            (None, Some(seq)) => {
+                if cs.sent.iter().any(|s| s.1 == seq) {
+                    return false;
+                }
+                seq
+            }
+            (None, None) => return false,
+        };
+        let Some(i) = cs.enqueued.iter().position(|e| e.0 == seq) else {
+            return false;
+        };
+        let enqueued = cs.enqueued.swap_remove(i).1;
+        cancel.push(enqueued);
+        if let Some(Record::Enqueued { delivery, .. }) = &self.staged[enqueued] {
+            if let Some(p) = self.puts.get_mut(&delivery.message) {
+                p.1 -= 1;
+            }
+        }
+        self.cancel(cancel);
+        true
     }
 
     fn delivery(&mut self, m: &QueuedMessage, clock: Clock) -> StoredDelivery {
@@ -158,15 +346,15 @@ impl ShardLog {
         }
     }
 
-    /// Appends the records of `changes` (drained from session `client_id`'s journal, oldest
-    /// first) and empties it. Returns the LSN of the last record appended, if any.
+    /// Stages the records of `changes` (drained from session `client_id`'s journal, oldest
+    /// first) and empties it; a delivery completed or dropped before its batch is taken
+    /// cancels out.
     pub(crate) fn session_changes(
         &mut self,
         client_id: &ByteStr,
         changes: &mut Vec<Change>,
         clock: Clock,
-    ) -> Option<Lsn> {
-        let mut last = None;
+    ) {
         for change in changes.drain(..) {
             let client_id = client_id.clone();
             let record = match change {
@@ -202,35 +390,68 @@ impl ShardLog {
                     },
                 },
                 Change::Unsubscribed { filter } => Record::Unsubscribed { client_id, filter },
-                Change::Enqueued(m) => Record::Enqueued {
-                    client_id,
-                    delivery: self.delivery(&m, clock),
-                },
-                Change::Sent { seq, pkid } => Record::Sent {
-                    client_id,
-                    seq,
-                    pkid,
-                },
+                Change::Enqueued(m) => {
+                    let delivery = self.delivery(&m, clock);
+                    let at = self.append(Record::Enqueued {
+                        client_id: client_id.clone(),
+                        delivery,
+                    });
+                    let cs = self.stages.entry(client_id).or_default();
+                    cs.enqueued.push((m.seq, at));
+                    continue;
+                }
+                Change::Sent { seq, pkid } => {
+                    let at = self.append(Record::Sent {
+                        client_id: client_id.clone(),
+                        seq,
+                        pkid,
+                    });
+                    if let Some(cs) = self.stages.get_mut(&client_id) {
+                        if cs.enqueued.iter().any(|e| e.0 == seq) {
+                            cs.sent.push((pkid, seq, at, None));
+                            self.awaiting += 1;
+                        }
+                    }
+                    continue;
+                }
                 Change::Dropped { seq, msg } => {
+                    let cancelled = self.cancel_delivery(&client_id, None, Some(seq));
                     self.release(&msg);
+                    if cancelled {
+                        continue;
+                    }
                     Record::Dropped { client_id, seq }
                 }
-                Change::Released { pkid } => Record::Released { client_id, pkid },
+                Change::Released { pkid } => {
+                    let at = self.append(Record::Released {
+                        client_id: client_id.clone(),
+                        pkid,
+                    });
+                    if let Some(cs) = self.stages.get_mut(&client_id) {
+                        if let Some(s) = cs.sent.iter_mut().find(|s| s.0 == pkid) {
+                            s.3 = Some(at);
+                        }
+                    }
+                    continue;
+                }
                 Change::Completed { pkid, msg } => {
+                    let cancelled = self.cancel_delivery(&client_id, Some(pkid), None);
                     self.release(&msg);
+                    if cancelled {
+                        continue;
+                    }
                     Record::Completed { client_id, pkid }
                 }
                 Change::RelAwaited { pkid } => Record::RelAwaited { client_id, pkid },
                 Change::RelDone { pkid } => Record::RelDone { client_id, pkid },
             };
-            last = Some(self.append(&record));
+            self.append(record);
         }
-        last
     }
 
     /// Appends the whole session (it became durable here: a new persistent session, or one
     /// handed over from another shard). Takes a reference to every message it holds.
-    pub(crate) fn session_image(&mut self, image: &SessionImage, clock: Clock) -> Lsn {
+    pub(crate) fn session_image(&mut self, image: &SessionImage, clock: Clock) {
         let mut s = StoredSession::new(image.client_id.clone(), image.protocol, image.expiry_secs);
         s.disconnected_at_unix_ms = (!image.connected).then(|| clock.unix_ms());
         s.updated_unix_ms = clock.unix_ms();
@@ -262,21 +483,24 @@ impl ShardLog {
         s.awaiting_rel = image.awaiting_rel.clone();
         s.will = image.will.clone().map(WillForm::from_will);
         s.last_seq = image.last_seq;
-        self.append(&Record::SessionImage(Box::new(s)))
+        // What was staged for the session before stays: the image replaces it on replay.
+        self.unstage(&image.client_id);
+        self.append(Record::SessionImage(Box::new(s)));
     }
 
     /// Appends the end of a session (expired, clean start, taken to another shard) and drops
     /// its references (`image`: what it held).
-    pub(crate) fn session_deleted(&mut self, image: &SessionImage) -> Lsn {
+    pub(crate) fn session_deleted(&mut self, image: &SessionImage) {
+        self.unstage(&image.client_id);
         for m in &image.inflight {
             self.release(&m.message.msg);
         }
         for m in &image.queue {
             self.release(&m.msg);
         }
-        self.append(&Record::SessionDelete {
+        self.append(Record::SessionDelete {
             client_id: image.client_id.clone(),
-        })
+        });
     }
 
     /// Appends a retained change made by a PUBLISH this shard received: `msg` (the detached
@@ -288,7 +512,7 @@ impl ShardLog {
         msg: Option<&Arc<Message>>,
         previous: Option<&Arc<Message>>,
         clock: Clock,
-    ) -> Lsn {
+    ) {
         if let Some(prev) = previous {
             self.release(prev);
         }
@@ -303,7 +527,7 @@ impl ShardLog {
                 at_unix_ns: clock.unix_ns,
             },
         };
-        self.append(&record)
+        self.append(record);
     }
 
     /// Messages the table tracks (each stored once however many sessions queue it).
@@ -360,14 +584,19 @@ mod tests {
 
     /// Replays the records the log appended into the store's state.
     fn replay(log: &mut ShardLog) -> (State, Vec<Record>) {
-        let batch = log.writer.take_batch().expect("something appended");
+        let (_, batch) = log.take_batch();
+        let batch = batch.expect("something appended");
         let mut bytes = BytesMut::new();
         for w in &batch.writes {
             bytes.extend_from_slice(&w.bytes);
         }
         // Frames: length (u32 LE), CRC32C (u32 LE), payload; LSNs count from the batch's first.
         let mut records = Vec::new();
-        let mut off = shardmq_store::format::SEGMENT_HEADER_LEN;
+        let mut off = if batch.writes[0].create {
+            shardmq_store::format::SEGMENT_HEADER_LEN
+        } else {
+            0
+        };
         let mut lsn = batch.first_lsn;
         while off < bytes.len() {
             let len = u32::from_le_bytes(bytes[off..off + 4].try_into().expect("4 bytes")) as usize;
@@ -443,8 +672,7 @@ mod tests {
             Change::Sent { seq: 1, pkid: 1 },
             Change::Completed { pkid: 1, msg: m },
         ];
-        let lsn = log.session_changes(s.client_id(), &mut changes, c);
-        assert_eq!(lsn, log.last_lsn);
+        log.session_changes(s.client_id(), &mut changes, c);
         assert_eq!(log.messages(), 0);
         let (state, _) = replay(&mut log);
         assert!(state.sessions["a"].inflight.is_empty());
@@ -467,5 +695,131 @@ mod tests {
         // A clear is a tombstone (kept for merging, or dropped by finish): no message either way.
         assert!(state.retained.get("r").is_none_or(|e| e.message.is_none()));
         assert!(state.messages.is_empty());
+    }
+
+    /// A session that is journaled, with its image staged.
+    fn session(log: &mut ShardLog, id: &str, c: Clock) -> Session {
+        let mut s = Session::new(id.into(), Protocol::V5, 3600);
+        s.enable_journal();
+        log.session_image(&s.image(), c);
+        s
+    }
+
+    fn deliver(log: &mut ShardLog, s: &mut Session, m: &Arc<Message>, c: Clock) {
+        s.deliver(
+            c.now,
+            m,
+            QoS::AtLeastOnce,
+            false,
+            &[],
+            &Limits::default(),
+            None,
+        );
+        let mut changes = Vec::new();
+        s.drain_changes(&mut changes);
+        log.session_changes(s.client_id(), &mut changes, c);
+    }
+
+    fn sent_and_completed(log: &mut ShardLog, s: &Session, seq: u64, m: &Arc<Message>, c: Clock) {
+        let mut changes = vec![
+            Change::Sent {
+                seq,
+                pkid: seq as u16,
+            },
+            Change::Completed {
+                pkid: seq as u16,
+                msg: m.clone(),
+            },
+        ];
+        log.session_changes(s.client_id(), &mut changes, c);
+    }
+
+    #[test]
+    fn a_delivery_acknowledged_before_its_batch_is_taken_is_never_written() {
+        let c = clock();
+        let mut log = log();
+        let mut s = session(&mut log, "a", c);
+        let (t0, b) = log.take_batch();
+        let b = b.expect("the image");
+        log.batch_durable(t0, &b);
+        assert_eq!(log.ticket(), None);
+        let m = msg(1, None, c);
+        deliver(&mut log, &mut s, &m, c);
+        let t = log.ticket().expect("something staged");
+        assert!(!log.is_durable(t));
+        sent_and_completed(&mut log, &s, 1, &m, c);
+        assert_eq!(log.messages(), 0);
+        // put + enqueued + sent cancelled, completed never staged
+        assert_eq!(log.coalesced, 3);
+        let (t1, b) = log.take_batch();
+        assert_eq!(t1, t);
+        assert!(b.is_none(), "nothing left to write");
+        assert!(log.is_durable(t), "an empty batch is durable at once");
+        assert_eq!(log.ticket(), None);
+    }
+
+    #[test]
+    fn a_delivery_written_in_an_earlier_batch_is_completed_in_the_log() {
+        let c = clock();
+        let mut log = log();
+        let mut s = session(&mut log, "a", c);
+        let m = msg(1, None, c);
+        deliver(&mut log, &mut s, &m, c);
+        let (t, b) = log.take_batch();
+        log.batch_durable(t, &b.expect("image + delivery"));
+        sent_and_completed(&mut log, &s, 1, &m, c);
+        let (state, records) = replay(&mut log);
+        assert!(
+            matches!(records[..], [Record::Sent { .. }, Record::Completed { .. }]),
+            "{records:?}"
+        );
+        assert!(state.sessions.is_empty() || state.sessions["a"].inflight.is_empty());
+    }
+
+    #[test]
+    fn a_message_another_staged_record_references_keeps_its_put() {
+        let c = clock();
+        let mut log = log();
+        let mut a = session(&mut log, "a", c);
+        let mut b = session(&mut log, "b", c);
+        let m = msg(1, None, c);
+        deliver(&mut log, &mut a, &m, c);
+        deliver(&mut log, &mut b, &m, c);
+        // b goes away (its delivery stays staged, before its delete), a acknowledges.
+        log.session_deleted(&b.image());
+        sent_and_completed(&mut log, &a, 1, &m, c);
+        assert_eq!(log.messages(), 0);
+        let (state, records) = replay(&mut log);
+        let puts = records
+            .iter()
+            .filter(|r| matches!(r, Record::MessagePut { .. }))
+            .count();
+        assert_eq!(puts, 1, "b's staged delivery still resolves: {records:?}");
+        assert_eq!(state.dangling, 0);
+        assert!(state.sessions["a"].inflight.is_empty() && state.sessions["a"].queue.is_empty());
+        // Every prefix of the batch resolves its references.
+        for n in 0..=records.len() {
+            let mut st = State::new();
+            for (lsn, r) in records[..n].iter().cloned().enumerate() {
+                st.apply(0, lsn as u64, r);
+            }
+            st.finish();
+            assert_eq!(st.dangling, 0, "prefix {n}");
+        }
+    }
+
+    #[test]
+    fn a_retained_message_is_not_cancelled_by_a_delivery() {
+        let c = clock();
+        let mut log = log();
+        let mut a = session(&mut log, "a", c);
+        let topic: ByteStr = "t".into();
+        let m = msg(1, None, c);
+        log.retained(&topic, Some(&m), None, c);
+        deliver(&mut log, &mut a, &m, c);
+        sent_and_completed(&mut log, &a, 1, &m, c);
+        let (state, _) = replay(&mut log);
+        assert!(state.retained["t"].message.is_some());
+        assert_eq!(state.dangling, 0);
     }
 }

@@ -282,6 +282,8 @@ impl Shard {
         let client_id = slot.session.client_id().clone();
         let ours = d.moved_out.remove(&client_id);
         if persistent {
+            let n = &d.figures.shards[self.id].persistent_sessions;
+            n.fetch_add(1, Ordering::Relaxed);
             slot.session.enable_journal();
             // The image says all the journal would.
             slot.session.drain_changes(&mut d.changes);
@@ -295,7 +297,7 @@ impl Shard {
         }
         if moved_in && ours.is_none() {
             // Another shard's log holds the previous copy: it deletes it once ours is durable.
-            let at = d.log.last_lsn.filter(|&l| !d.log.writer.is_durable(l));
+            let at = d.log.ticket();
             d.stored_notices.push_back((at, client_id));
         }
         d.wake_writer();
@@ -304,12 +306,11 @@ impl Shard {
 
     /// `session` left this shard (`discard`: for good, a Clean Start; else handed over).
     pub(super) fn durable_extracted(&mut self, session: &Session, discard: bool) {
-        let Some(d) = self.durable.as_deref_mut() else {
-            return;
-        };
-        if !session.is_journaled() {
+        if self.durable.is_none() || !session.is_journaled() {
             return;
         }
+        self.persistent_count(-1);
+        let d = self.durable.as_deref_mut().expect("storage");
         let image = session.image();
         if discard {
             d.log.session_deleted(&image);
@@ -330,6 +331,7 @@ impl Shard {
         if slot.session.is_journaled() {
             d.log.session_deleted(&slot.session.image());
             d.wake_writer();
+            self.persistent_count(-1);
         }
     }
 
@@ -371,45 +373,83 @@ impl Shard {
             .filter(|d| d.mode == DurabilityMode::Sync)
     }
 
-    /// A publish goes to shard `to`; it stores it for its persistent sessions.
-    pub(super) fn durable_sent(&mut self, to: ShardId, qos: QoS) {
-        if qos == QoS::AtMostOnce || self.syncing().is_none() {
-            return;
+    /// A publish goes to shard `to`, which stores it for its persistent sessions: whether the
+    /// publisher's acknowledgement waits for `to`'s durable acknowledgement (`"sync"`, QoS ≥ 1,
+    /// and `to` holds persistent sessions). If so, it is sent as `DurablePublish`, counted.
+    pub(super) fn durable_sent(&mut self, to: ShardId, qos: QoS) -> bool {
+        if qos == QoS::AtMostOnce {
+            return false;
         }
-        let d = self.durable.as_deref_mut().expect("syncing");
+        let Some(d) = self
+            .durable
+            .as_deref_mut()
+            .filter(|d| d.mode == DurabilityMode::Sync)
+        else {
+            return false;
+        };
+        // Plain QoS 1 to a shard without persistent sessions pays nothing: nothing is stored
+        // there for it, so its PUBACK does not wait a round trip between shards.
+        if d.figures.shards[to]
+            .persistent_sessions
+            .load(Ordering::Relaxed)
+            == 0
+        {
+            return false;
+        }
         d.sent[to] += 1;
+        true
     }
 
-    /// QoS ≥ 1 publishes in a batch from a peer (counted before it is handled).
-    pub(crate) fn durable_count(&self, batch: &Batch) -> u64 {
-        if self.syncing().is_none() {
-            return 0;
+    /// A persistent session arrived on (`+1`) or left (`-1`) this shard.
+    fn persistent_count(&self, delta: i64) {
+        if let Some(d) = self.durable.as_deref() {
+            let n = &d.figures.shards[self.id].persistent_sessions;
+            if delta > 0 {
+                n.fetch_add(1, Ordering::Relaxed);
+            } else {
+                let was = n.fetch_sub(1, Ordering::Relaxed);
+                assert!(was > 0, "persistent session count below 0");
+            }
         }
-        batch
-            .iter()
-            .filter(|m| matches!(m, ShardMsg::Publish(p) if p.qos != QoS::AtMostOnce))
-            .count() as u64
     }
 
-    /// `n` publishes from `peer` are handled: acknowledge them once what they stored here is
-    /// durable.
-    pub(crate) fn durable_received(&mut self, now: Instant, peer: ShardId, n: u64) {
+    /// Before a batch from a peer is handled: how many publishes in it wait for our durable
+    /// acknowledgement, and how many records the log held (to see whether they stored any).
+    pub(crate) fn durable_count(&self, batch: &Batch) -> Option<(u64, u64)> {
+        let d = self.syncing()?;
+        let n = batch
+            .iter()
+            .filter(|m| matches!(m, ShardMsg::DurablePublish(_)))
+            .count() as u64;
+        (n > 0).then_some((n, d.log.records))
+    }
+
+    /// `n` publishes from `peer` are handled (`records_before`: the log's record count before
+    /// they were): acknowledge them once what they stored here is durable; at once if they
+    /// stored nothing and no earlier acknowledgement to `peer` waits.
+    pub(crate) fn durable_received(
+        &mut self,
+        now: Instant,
+        peer: ShardId,
+        (n, records_before): (u64, u64),
+    ) {
         let Some(d) = self.durable.as_deref_mut() else {
             return;
         };
         d.received[peer] += n;
         let upto = d.received[peer];
-        match d.log.last_lsn.filter(|&l| !d.log.writer.is_durable(l)) {
+        let stored_nothing = d.log.records == records_before && d.pending_acks[peer].is_empty();
+        match d.log.ticket().filter(|_| !stored_nothing) {
             None => {
                 let me = self.id;
                 self.send(peer, ShardMsg::DurableAck { shard: me, upto });
                 self.drain_local(now);
             }
-            Some(lsn) => {
+            Some(ticket) => {
                 let q = &mut d.pending_acks[peer];
                 match q.back_mut() {
-                    Some(back) if back.0 == lsn => back.1 = upto,
-                    _ => q.push_back((lsn, upto)),
+                    Some(back) if back.0 == ticket => back.1 = upto,
+                    _ => q.push_back((ticket, upto)),
                 }
             }
         }
@@ -434,8 +474,8 @@ impl Shard {
         let mut out: SmallVec<[(ShardId, ShardMsg); 4]> = SmallVec::new();
         for (peer, q) in d.pending_acks.iter_mut().enumerate() {
             let mut upto = None;
-            while let Some(&(lsn, n)) = q.front() {
-                if !d.log.writer.is_durable(lsn) {
+            while let Some(&(ticket, n)) = q.front() {
+                if !d.log.is_durable(ticket) {
                     break;
                 }
                 upto = Some(n);
@@ -446,8 +486,8 @@ impl Shard {
             }
         }
         let mut stored = Vec::new();
-        while let Some((lsn, _)) = d.stored_notices.front() {
-            if !lsn.is_none_or(|l| d.log.writer.is_durable(l)) {
+        while let Some((ticket, _)) = d.stored_notices.front() {
+            if !d.is_durable(*ticket) {
                 break;
             }
             stored.push(d.stored_notices.pop_front().expect("front").1);
@@ -484,12 +524,12 @@ impl Shard {
         let Some(d) = self.syncing() else {
             return;
         };
-        let lsn = d.log.last_lsn.filter(|&l| !d.log.writer.is_durable(l));
+        let ticket = d.log.ticket();
         let marks: SmallVec<[(u8, u64); 2]> = (0..self.nshards)
             .filter(|&p| d.sent[p] > d.acked[p])
             .map(|p| (p as u8, d.sent[p]))
             .collect();
-        if lsn.is_none() && marks.is_empty() {
+        if ticket.is_none() && marks.is_empty() {
             return;
         }
         let Some(conn) = self.conns.get_mut(key) else {
@@ -500,7 +540,7 @@ impl Shard {
         let full = g.gates.len() >= CONN_GATES_MAX;
         match g.gates.back_mut() {
             Some(back) if full || back.start == start => {
-                back.lsn = back.lsn.max(lsn);
+                back.ticket = back.ticket.max(ticket);
                 for (p, n) in marks {
                     match back.marks.iter_mut().find(|m| m.0 == p) {
                         Some(m) => m.1 = m.1.max(n),
@@ -508,7 +548,11 @@ impl Shard {
                     }
                 }
             }
-            _ => g.gates.push_back(Gate { start, lsn, marks }),
+            _ => g.gates.push_back(Gate {
+                start,
+                ticket,
+                marks,
+            }),
         }
     }
 
