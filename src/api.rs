@@ -157,7 +157,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/cluster/join", post(join))
         .route("/api/v1/cluster/leave", post(leave))
         .route("/api/v1/rlog", get(rlog_status))
-        .route("/api/v1/storage", get(|| async { Json(crate::storage::status()) }))
+        .route(
+            "/api/v1/storage",
+            get(|| async { Json(crate::storage::status()) }),
+        )
         .route("/api/v1/reload", post(reload))
         .fallback(not_found)
         .with_state(Arc::new(state))
