@@ -140,6 +140,12 @@ pub struct StorageConfig {
     /// longest a change waits before its group commit starts while another one runs. At least
     /// 1.
     pub sync_interval_ms: u64,
+    /// A shard's log segment file is closed at this size and the next one started (at least
+    /// 64 KiB).
+    pub segment_bytes: u64,
+    /// A shard compacts its log while serving (re-writes its live state, then deletes the old
+    /// segments) once the log is at least this big and 4 times what the last compaction left.
+    pub compact_min_bytes: u64,
 }
 
 /// `storage.durability`.
@@ -166,6 +172,12 @@ impl StorageConfig {
             return Err(ConfigError::value(
                 "storage.sync_interval_ms",
                 "must be at least 1",
+            ));
+        }
+        if self.segment_bytes < 64 << 10 {
+            return Err(ConfigError::value(
+                "storage.segment_bytes",
+                "must be at least 65536",
             ));
         }
         Ok(())

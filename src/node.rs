@@ -96,6 +96,8 @@ fn storage_spec(s: &crate::config::StorageConfig) -> Option<shardmq_shards::Stor
         dir: s.dir.clone(),
         mode,
         sync_interval: Duration::from_millis(s.sync_interval_ms),
+        segment_bytes: s.segment_bytes,
+        compact_min_bytes: s.compact_min_bytes,
     })
 }
 

@@ -529,3 +529,202 @@ async fn a_full_disk_refuses_qos1_with_0x97_and_recovers_when_space_returns() {
         "the error is logged once per shard, not per message: {errors}"
     );
 }
+
+// ---- compaction while serving -------------------------------------------------------------
+
+/// `shardmq ctl storage status --json`.
+fn storage_status(broker: &Broker) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardmq"))
+        .args([
+            "ctl",
+            "--api",
+            &broker.api_addr(),
+            "--json",
+            "storage",
+            "status",
+        ])
+        .output()
+        .expect("run shardmq ctl");
+    serde_json::from_slice(&out.stdout).expect("storage status JSON")
+}
+
+/// Bytes of the segment files under `dir` (what `du` counts, without the folders).
+fn disk_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let meta = match e.metadata() {
+                Ok(m) => m,
+                Err(_) => continue, // deleted meanwhile by a compaction pass
+            };
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else {
+                total += meta.len();
+            }
+        }
+    }
+    total
+}
+
+const COMPACT_TOPICS: u64 = 16;
+const COMPACT_PAYLOAD: usize = 8 << 10;
+
+/// Publishes retained QoS 1 messages `first..first + n` (payload: the number, a `:` and
+/// padding to 8 KiB) round-robin over `c/r/0..15`, 16 in flight, until done or the connection
+/// dies; records per topic the highest number acknowledged, and the largest disk use of
+/// `dir` seen every 64 acknowledgements.
+async fn publish_retained(
+    port: u16,
+    first: u64,
+    n: u64,
+    dir: &Path,
+    acked: &mut HashMap<u64, u64>,
+) -> u64 {
+    let Some((mut p, _)) = try_connect(port, "compact-pub", true).await else {
+        return 0;
+    };
+    let mut inflight: HashMap<u16, u64> = HashMap::new();
+    let (mut next, mut done, mut max_disk) = (first, 0u64, 0u64);
+    let mut pkid = 0u16;
+    while done < n {
+        while inflight.len() < 16 && next < first + n {
+            pkid = pkid % 60_000 + 1;
+            let mut payload = format!("{next}:").into_bytes();
+            payload.resize(COMPACT_PAYLOAD, b'x');
+            let topic = format!("c/r/{}", next % COMPACT_TOPICS);
+            let packet = common::publish_packet(&topic, &payload, QoS::AtLeastOnce, pkid, true);
+            p.send(&packet).await;
+            inflight.insert(pkid, next);
+            next += 1;
+        }
+        match p.next(Duration::from_secs(3)).await {
+            Next::Packet(Packet::PubAck(a)) => {
+                let m = inflight.remove(&a.pkid).expect("a PUBACK in flight");
+                let e = acked.entry(m % COMPACT_TOPICS).or_default();
+                *e = (*e).max(m);
+                done += 1;
+                if done.is_multiple_of(64) {
+                    max_disk = max_disk.max(disk_bytes(dir));
+                }
+            }
+            Next::Packet(other) => panic!("unexpected {other:?}"),
+            _ => break,
+        }
+    }
+    max_disk
+}
+
+/// Every topic's retained message is at least the last acknowledged one.
+async fn check_retained(port: u16, acked: &HashMap<u64, u64>, what: &str) {
+    let (mut fresh, _) = Raw::connect(port, Protocol::V3_1_1, "compact-check", true).await;
+    fresh.subscribe(1, &[("c/r/#", QoS::AtMostOnce)]).await;
+    let mut got: HashMap<u64, u64> = HashMap::new();
+    while got.len() < acked.len() {
+        let p = fresh.expect_publish().await;
+        let text = std::str::from_utf8(&p.payload[..24]).expect("utf-8");
+        let n: u64 = text.split(':').next().unwrap().parse().expect("number");
+        assert_eq!(p.payload.len(), COMPACT_PAYLOAD);
+        got.insert(n % COMPACT_TOPICS, n);
+    }
+    for (topic, last) in acked {
+        assert!(
+            got[topic] >= *last,
+            "{what}: c/r/{topic} holds {} older than acknowledged {last}",
+            got[topic]
+        );
+    }
+    fresh.disconnect().await;
+}
+
+#[tokio::test]
+async fn compaction_while_serving_bounds_disk_use_and_recovers_after_a_restart_and_kill_9() {
+    let dir = DataDir::new("compact");
+    let env = [
+        ("SHARDMQ_STORAGE__SEGMENT_BYTES", "131072"),
+        ("SHARDMQ_STORAGE__COMPACT_MIN_BYTES", "1048576"),
+        (
+            "RUST_LOG",
+            "warn,shardmq::node=info,shardmq_shards::durable=info",
+        ),
+    ];
+    let mut broker = start(&dir, &env);
+    // A persistent session with queued messages: live state that every pass must keep.
+    let (mut sub, _) = Raw::connect(broker.port, Protocol::V3_1_1, "compact-sub", false).await;
+    sub.subscribe(1, &[("c/q/#", QoS::AtLeastOnce)]).await;
+    sub.disconnect().await;
+    let (mut p, _) = Raw::connect(broker.port, Protocol::V3_1_1, "compact-q", true).await;
+    for i in 0..5u16 {
+        p.publish(
+            "c/q/x",
+            format!("q{i}").as_bytes(),
+            QoS::AtLeastOnce,
+            i + 1,
+            false,
+        )
+        .await;
+    }
+    p.disconnect().await;
+
+    // 2800 × 8 KiB retained ≈ 22 MiB written over 16 topics (live: 128 KiB).
+    let mut acked = HashMap::new();
+    let max_disk = publish_retained(broker.port, 1, 2800, &dir.0, &mut acked).await;
+    let status = storage_status(&broker);
+    let written = status["bytes_written"].as_u64().unwrap();
+    println!("written {written} B, disk at most {max_disk} B");
+    const BOUND: u64 = 2 << 20;
+    assert!(written >= 10 * BOUND, "{status}");
+    assert!(
+        max_disk <= BOUND,
+        "disk use {max_disk} B not bounded by the live state ({written} B written)"
+    );
+    assert!(broker.log_contains("compaction pass done"), "no pass ran");
+    check_retained(broker.port, &acked, "live").await;
+
+    // A clean restart after compaction.
+    broker.terminate();
+    drop(broker);
+    let broker = start(&dir, &env);
+    check_retained(broker.port, &acked, "clean restart").await;
+    drop(broker);
+
+    // kill -9 at moments during passes.
+    let mut next = 100_000u64;
+    for round in 0..4u64 {
+        let broker = start(&dir, &env);
+        check_retained(broker.port, &acked, &format!("kill round {round}")).await;
+        let port = broker.port;
+        let path = dir.0.clone();
+        let publisher = tokio::spawn(async move {
+            let mut acked = HashMap::new();
+            publish_retained(port, next, 1_000_000, &path, &mut acked).await;
+            acked
+        });
+        tokio::time::sleep(Duration::from_millis(300 + 170 * round)).await;
+        let status = std::process::Command::new("kill")
+            .args(["-9", &broker.pid().to_string()])
+            .status()
+            .expect("kill -9");
+        assert!(status.success());
+        for (t, n) in publisher.await.expect("publisher") {
+            let e = acked.entry(t).or_default();
+            *e = (*e).max(n);
+        }
+        next += 1_000_000;
+        drop(broker);
+    }
+    let broker = start(&dir, &env);
+    check_retained(broker.port, &acked, "after the kills").await;
+    assert!(disk_bytes(&dir.0) <= BOUND);
+    // The persistent session and its queue survived every pass and restart.
+    let (mut sub, present) = try_connect(broker.port, "compact-sub", false)
+        .await
+        .expect("connects");
+    assert!(present, "the persistent session survived compaction");
+    for i in 0..5 {
+        let p = sub.expect_publish().await;
+        assert_eq!(p.payload.as_ref(), format!("q{i}").as_bytes());
+        sub.send(&common::puback(p.pkid)).await;
+    }
+}

@@ -127,6 +127,9 @@ pub(crate) enum ShardMsg {
     Retain {
         /// The topic.
         topic: ByteStr,
+        /// The shard whose PUBLISH made the change (and whose log stores it); `None`: from
+        /// the cluster.
+        origin: Option<ShardId>,
         /// The message, detached from any read buffer.
         msg: Option<Arc<Message>>,
     },

@@ -43,6 +43,11 @@ pub struct StorageSpec {
     pub mode: DurabilityMode,
     /// `Async`: how often the log is fdatasynced.
     pub sync_interval: Duration,
+    /// A segment file is closed at this size (`storage.segment_bytes`).
+    pub segment_bytes: u64,
+    /// A shard compacts its log while serving once it is at least this big and 4 times what
+    /// the last compaction left (`storage.compact_min_bytes`).
+    pub compact_min_bytes: u64,
 }
 
 /// Name of the lock file in `storage.dir`: one live process per folder.
@@ -326,7 +331,22 @@ pub(crate) struct ShardDurable {
     pub(crate) stored_notices: VecDeque<(Option<Ticket>, ByteStr)>,
     /// The disk refused the last attempt.
     pub(crate) failing: bool,
+    /// The compaction pass being written, a few items per batch.
+    pub(crate) compaction: Option<Compaction>,
 }
+
+/// A compaction pass in progress: what is left to re-write.
+pub(crate) struct Compaction {
+    pub(crate) pass: shardmq_store::CompactionPass,
+    /// Client ids of the sessions stored when the pass began.
+    pub(crate) sessions: Vec<ByteStr>,
+    /// Retained topics this log held when the pass began.
+    pub(crate) retained: Vec<ByteStr>,
+}
+
+/// Items (sessions, retained topics) a compaction pass re-writes per batch: bounds the time
+/// one step holds the shard's loop.
+pub(crate) const COMPACT_STEP_ITEMS: usize = 512;
 
 impl ShardDurable {
     pub(crate) fn new(
@@ -352,6 +372,7 @@ impl ShardDurable {
             moved_out: Default::default(),
             stored_notices: VecDeque::new(),
             failing: false,
+            compaction: None,
         }
     }
 
@@ -436,6 +457,7 @@ pub(crate) async fn writer(shard: Rc<RefCell<Shard>>) {
         }
         let (ticket, batch) = {
             let mut s = shard.borrow_mut();
+            s.compaction_step(Instant::now());
             let d = s.durable.as_mut().expect("storage");
             d.log.take_batch()
         };
@@ -448,6 +470,21 @@ pub(crate) async fn writer(shard: Rc<RefCell<Shard>>) {
             match files.write(&dir, &batch).await {
                 Ok(fsyncs) => {
                     shard.borrow_mut().batch_durable(ticket, &batch, fsyncs);
+                    let obsolete = {
+                        let mut s = shard.borrow_mut();
+                        let d = s.durable.as_mut().expect("storage");
+                        d.log.writer.take_obsolete()
+                    };
+                    if !obsolete.is_empty() {
+                        files.reset();
+                        remove_segments(&dir, &obsolete);
+                        let mut s = shard.borrow_mut();
+                        let id = s.id;
+                        let d = s.durable.as_mut().expect("storage");
+                        d.figures.shards[id]
+                            .disk_bytes
+                            .store(d.log.writer.disk_bytes(), Ordering::Relaxed);
+                    }
                     break;
                 }
                 Err(e) => {
@@ -458,6 +495,17 @@ pub(crate) async fn writer(shard: Rc<RefCell<Shard>>) {
             }
         }
     }
+}
+
+/// Deletes the segments a durable compaction pass made obsolete (an unlink each, once per
+/// pass; a segment that survives a crash is replayed and superseded).
+fn remove_segments(dir: &Path, names: &[String]) {
+    for name in names {
+        if let Err(e) = std::fs::remove_file(dir.join(name)) {
+            warn!(dir = %dir.display(), segment = %name, error = %e, "storage: cannot delete a compacted segment");
+        }
+    }
+    info!(dir = %dir.display(), segments = names.len(), "storage: compaction pass done, old segments deleted");
 }
 
 /// The open segment files of a shard's log.

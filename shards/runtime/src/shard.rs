@@ -1338,8 +1338,10 @@ impl Shard {
             };
             let topic = msg.topic.clone();
             self.durable_retained(now, &topic, stored.as_ref());
+            let origin = Some(self.id);
             self.broadcast(|| ShardMsg::Retain {
                 topic: topic.clone(),
+                origin,
                 msg: stored.clone(),
             });
         }
@@ -1500,14 +1502,19 @@ impl Shard {
                 }
             }
             ShardMsg::RouteAck { token } => self.route_acked(now, token),
-            ShardMsg::Retain { topic, msg } => match msg {
-                Some(m) => {
-                    self.retained.insert(&topic, m);
+            ShardMsg::Retain { topic, origin, msg } => {
+                if origin != Some(self.id) {
+                    self.durable_retained_replaced(&topic);
                 }
-                None => {
-                    self.retained.remove(&topic);
+                match msg {
+                    Some(m) => {
+                        self.retained.insert(&topic, m);
+                    }
+                    None => {
+                        self.retained.remove(&topic);
+                    }
                 }
-            },
+            }
             ShardMsg::Claim {
                 client_id,
                 shard,
@@ -1661,6 +1668,7 @@ impl Shard {
                     let stored = Some(m.detached());
                     self.broadcast(|| ShardMsg::Retain {
                         topic: topic.clone(),
+                        origin: None,
                         msg: stored.clone(),
                     });
                 }

@@ -137,6 +137,10 @@ pub(crate) struct ShardLog {
     puts: ahash::AHashMap<u64, (usize, u64)>,
     /// Staged deliveries sent and awaiting their acknowledgement: each may still cancel out.
     awaiting: usize,
+    /// Retained topics whose latest change this log holds, with that change (message, or
+    /// `None`: a clear, kept until one compaction pass re-wrote it) and its time: what a
+    /// compaction pass re-writes.
+    retained_owned: ahash::AHashMap<ByteStr, (Option<Arc<Message>>, u64)>,
     /// The batch collecting changes now.
     open: Ticket,
     /// Something was staged into `open`.
@@ -158,6 +162,7 @@ impl ShardLog {
             stages: Default::default(),
             puts: Default::default(),
             awaiting: 0,
+            retained_owned: Default::default(),
             open: 1,
             open_dirty: false,
             in_flight: None,
@@ -516,6 +521,8 @@ impl ShardLog {
         if let Some(prev) = previous {
             self.release(prev);
         }
+        self.retained_owned
+            .insert(topic.clone(), (msg.cloned(), clock.unix_ns));
         let record = match msg {
             Some(m) => Record::RetainedSet {
                 topic: topic.clone(),
@@ -526,6 +533,130 @@ impl ShardLog {
                 topic: topic.clone(),
                 at_unix_ns: clock.unix_ns,
             },
+        };
+        self.append(record);
+    }
+
+    /// Another shard's change replaced retained `topic` in this shard's replica: if this log
+    /// held the topic's latest change, a clear just after it (older than the other shard's
+    /// change, which wins on merge) keeps this log self-consistent.
+    pub(crate) fn retained_replaced(&mut self, topic: &ByteStr) {
+        let Some((msg, at_unix_ns)) = self.retained_owned.remove(topic) else {
+            return;
+        };
+        if let Some(m) = &msg {
+            self.release(m);
+        }
+        self.append(Record::RetainedClear {
+            topic: topic.clone(),
+            at_unix_ns: at_unix_ns + 1,
+        });
+    }
+
+    /// A recovered retained topic this log holds.
+    pub(crate) fn adopt_retained(&mut self, topic: &ByteStr, msg: &Arc<Message>, at_unix_ns: u64) {
+        self.retained_owned
+            .insert(topic.clone(), (Some(msg.clone()), at_unix_ns));
+    }
+
+    /// Starts a compaction pass (the staged records go first: they belong before it); returns
+    /// the retained topics it re-writes.
+    pub(crate) fn begin_compaction(&mut self) -> (shardmq_store::CompactionPass, Vec<ByteStr>) {
+        self.flush();
+        let pass = self.writer.begin_compaction();
+        self.table.begin_pass(pass.from_segment);
+        (pass, self.retained_owned.keys().cloned().collect())
+    }
+
+    /// A reference a compaction image writes: the message's id, put again if its last put is
+    /// in a segment the pass makes obsolete; the reference count does not change.
+    fn touch(&mut self, msg: &Arc<Message>, clock: Clock) -> u64 {
+        let key = MsgKey(msg.clone());
+        let Some(r) = self.table.touch(&key, self.writer.current_segment()) else {
+            // Not this table's (cannot happen for what this log holds): stored afresh.
+            return self.acquire(msg, clock);
+        };
+        if r.needs_put {
+            let at = self.append(Record::MessagePut {
+                id: r.id,
+                message: stored_message(msg, clock),
+            });
+            self.puts.insert(r.id, (at, 1));
+        } else if let Some(p) = self.puts.get_mut(&r.id) {
+            p.1 += 1;
+        }
+        r.id
+    }
+
+    fn touched(&mut self, m: &QueuedMessage, clock: Clock) -> StoredDelivery {
+        StoredDelivery {
+            seq: m.seq,
+            message: self.touch(&m.msg, clock),
+            qos: m.qos,
+            retain: m.retain,
+            sub_ids: m.sub_ids.clone(),
+            shared: m.shared.clone(),
+        }
+    }
+
+    /// Compaction: re-writes a stored session whole (`disconnected_at_unix_ms`: when it went
+    /// offline, `None` if connected), without taking references.
+    pub(crate) fn compact_session(
+        &mut self,
+        image: &SessionImage,
+        disconnected_at_unix_ms: Option<u64>,
+        clock: Clock,
+    ) {
+        let mut s = StoredSession::new(image.client_id.clone(), image.protocol, image.expiry_secs);
+        s.disconnected_at_unix_ms = disconnected_at_unix_ms;
+        s.updated_unix_ms = clock.unix_ms();
+        s.subscriptions = image
+            .subscriptions
+            .iter()
+            .map(|(f, sub)| {
+                let stored = StoredSubscription {
+                    options: sub.options,
+                    id: sub.id,
+                };
+                (f.clone(), stored)
+            })
+            .collect();
+        s.inflight = image
+            .inflight
+            .iter()
+            .map(|m| StoredInflight {
+                pkid: m.pkid,
+                released: m.released,
+                delivery: self.touched(&m.message, clock),
+            })
+            .collect();
+        s.queue = image.queue.iter().map(|m| self.touched(m, clock)).collect();
+        s.awaiting_rel = image.awaiting_rel.clone();
+        s.will = image.will.clone().map(WillForm::from_will);
+        s.last_seq = image.last_seq;
+        self.unstage(&image.client_id);
+        self.append(Record::SessionImage(Box::new(s)));
+    }
+
+    /// Compaction: re-writes retained `topic` as this log holds it (a clear is written once
+    /// more, then forgotten).
+    pub(crate) fn compact_retained(&mut self, topic: &ByteStr, clock: Clock) {
+        let Some((msg, at_unix_ns)) = self.retained_owned.get(topic).cloned() else {
+            return;
+        };
+        let record = match msg {
+            Some(m) => Record::RetainedSet {
+                topic: topic.clone(),
+                message: self.touch(&m, clock),
+                at_unix_ns,
+            },
+            None => {
+                self.retained_owned.remove(topic);
+                Record::RetainedClear {
+                    topic: topic.clone(),
+                    at_unix_ns,
+                }
+            }
         };
         self.append(record);
     }

@@ -15,8 +15,8 @@
 use super::{ConnKey, Phase, RegEntry, SessionKey, SessionSlot, Shard};
 use crate::bus::{Batch, ShardId, ShardMsg, ShardSet};
 use crate::durable::{
-    ConnGates, DurabilityMode, Gate, Restored, ShardDurable, StorageFigures, StorageSpec,
-    CONN_GATES_MAX,
+    Compaction, ConnGates, DurabilityMode, Gate, Restored, ShardDurable, StorageFigures,
+    StorageSpec, COMPACT_STEP_ITEMS, CONN_GATES_MAX,
 };
 use crate::link::ToCluster;
 use crate::store::{Clock, ShardLog, WillForm};
@@ -78,7 +78,10 @@ impl Shard {
         let id = self.id;
         let ShardStart { state, position } = restored.take(id);
         let put_segment = position.segments.first().map_or(1, |s| s.0);
-        let writer = LogWriter::new(LogConfig::new(id as u32, restored.generation), position);
+        let mut config = LogConfig::new(id as u32, restored.generation);
+        config.segment_bytes_max = spec.segment_bytes;
+        config.compact_min_bytes = spec.compact_min_bytes;
+        let writer = LogWriter::new(config, position);
         figures.shards[id]
             .disk_bytes
             .store(writer.disk_bytes(), Ordering::Relaxed);
@@ -105,6 +108,7 @@ impl Shard {
         for (topic, e) in &state.retained {
             if let Some(a) = e.message.and_then(|m| arcs.get(&m)) {
                 self.retained.insert(topic, a.clone());
+                log.adopt_retained(topic, a, e.at_unix_ns);
             }
         }
         for (owner, topic, m) in &restored.retained {
@@ -363,6 +367,87 @@ impl Shard {
         let previous = self.retained.get(topic);
         d.log.retained(topic, stored, previous, clock(now));
         d.wake_writer();
+    }
+
+    /// Another shard's retained change replaced `topic` in this shard's replica.
+    pub(super) fn durable_retained_replaced(&mut self, topic: &ByteStr) {
+        if let Some(d) = self.durable.as_deref_mut() {
+            d.log.retained_replaced(topic);
+            d.wake_writer();
+        }
+    }
+
+    // ---- compaction while serving ----------------------------------------------------------
+
+    /// Called by the writer task before it takes a batch: starts a compaction pass when the
+    /// log is due (`LogWriter::compaction_due`), and re-writes up to [`COMPACT_STEP_ITEMS`]
+    /// live items of the running pass (whole sessions, retained topics) into the batch; when
+    /// none is left the pass ends, and once it is durable the writer deletes the segments
+    /// before it (docs/durability.md).
+    pub(crate) fn compaction_step(&mut self, now: Instant) {
+        let Some(d) = self.durable.as_deref_mut() else {
+            return;
+        };
+        if d.compaction.is_none() {
+            if !d.log.writer.compaction_due() {
+                return;
+            }
+            let (pass, retained) = d.log.begin_compaction();
+            let mut sessions: Vec<ByteStr> = self
+                .by_client
+                .iter()
+                .filter(|(_, &k)| self.sessions[k].session.is_journaled())
+                .map(|(c, _)| c.clone())
+                .collect();
+            sessions.extend(d.moved_out.keys().cloned());
+            info!(
+                shard = self.id,
+                disk_bytes = d.log.writer.disk_bytes(),
+                sessions = sessions.len(),
+                retained = retained.len(),
+                "storage: compaction pass started"
+            );
+            d.compaction = Some(Compaction {
+                pass,
+                sessions,
+                retained,
+            });
+        }
+        let c = clock(now);
+        let now_ms = c.unix_ns / 1_000_000;
+        let d = self.durable.as_deref_mut().expect("storage");
+        let work = d.compaction.as_mut().expect("a pass");
+        let mut budget = COMPACT_STEP_ITEMS;
+        while budget > 0 {
+            budget -= 1;
+            if let Some(client_id) = work.sessions.pop() {
+                let slot = self
+                    .by_client
+                    .get(&client_id)
+                    .and_then(|&k| self.sessions.get(k))
+                    .filter(|s| s.session.is_journaled());
+                if let Some(slot) = slot {
+                    let image = slot.session.image();
+                    // Offline since: its expiry runs from then.
+                    let since = (!image.connected).then(|| match slot.expires_at {
+                        Some(at) => (now_ms + at.saturating_duration_since(now).as_millis() as u64)
+                            .saturating_sub(u64::from(image.expiry_secs) * 1000),
+                        None => now_ms,
+                    });
+                    d.log.compact_session(&image, since, c);
+                } else if let Some(image) = d.moved_out.get(&client_id) {
+                    // Handed to another shard, not yet durable there: our copy stays.
+                    d.log.compact_session(image, Some(now_ms), c);
+                }
+            } else if let Some(topic) = work.retained.pop() {
+                d.log.compact_retained(&topic, c);
+            } else {
+                let pass = work.pass;
+                d.log.writer.end_compaction(pass);
+                d.compaction = None;
+                break;
+            }
+        }
     }
 
     // ---- sync: gates and cross-shard acknowledgements ------------------------------------
