@@ -509,6 +509,21 @@ async fn a_full_disk_refuses_qos1_with_0x97_and_recovers_when_space_returns() {
             Some(0x97)
         );
     }
+    // 3.1.1 has no negative acknowledgement: the connection is closed, the PUBLISH is not
+    // acknowledged (the publisher resends it after reconnecting).
+    let (mut old, _) = Raw::connect(broker.port, Protocol::V3_1_1, "full-3", true).await;
+    let packet = common::publish_packet("full/r", b"refused", QoS::AtLeastOnce, 7, true);
+    old.send(&packet).await;
+    loop {
+        match old.next(WAIT).await {
+            Next::Packet(Packet::PubAck(a)) => {
+                panic!("3.1.1 PUBLISH acknowledged on a full disk: {a:?}")
+            }
+            Next::Packet(_) => {}
+            Next::Closed => break,
+            other => panic!("expected the connection closed, got {other:?}"),
+        }
+    }
     std::fs::remove_file(&filler).expect("free the space");
     // The retry succeeds: the held PUBACK goes out, new publishes are acknowledged.
     let held = first.expect(Duration::from_secs(5)).await;

@@ -428,6 +428,8 @@ impl Shard {
                     .filter(|s| s.session.is_journaled());
                 if let Some(slot) = slot {
                     let image = slot.session.image();
+                    // A big session counts as many items: one step stays short.
+                    budget = budget.saturating_sub(image.queue.len() + image.inflight.len());
                     // Offline since: its expiry runs from then.
                     let since = (!image.connected).then(|| match slot.expires_at {
                         Some(at) => (now_ms + at.saturating_duration_since(now).as_millis() as u64)
