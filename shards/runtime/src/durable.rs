@@ -313,6 +313,8 @@ pub(crate) struct ShardDurable {
     pub(crate) changes: Vec<shardmq_broker::session::Change>,
     /// The writer task, parked until records are pending.
     pub(crate) writer_waker: Option<Waker>,
+    /// The writer task waits for the acknowledgements of the deliveries in its batch.
+    pub(crate) writer_awaits_acks: bool,
     /// Connections blocked on a gate: woken when durability moves.
     pub(crate) gated: Vec<(ConnKey, u64)>,
     /// QoS ≥ 1 publishes sent to each peer (`"sync"`).
@@ -364,6 +366,7 @@ impl ShardDurable {
             figures,
             changes: Vec::new(),
             writer_waker: None,
+            writer_awaits_acks: false,
             gated: Vec::new(),
             sent: vec![0; nshards],
             acked: vec![0; nshards],
@@ -392,6 +395,10 @@ impl ShardDurable {
 
     /// Records were appended: the writer task has work.
     pub(crate) fn wake_writer(&mut self) {
+        // Waiting for acknowledgements: only their end is news (not every new delivery).
+        if self.writer_awaits_acks && self.log.awaiting() > 0 {
+            return;
+        }
         if let Some(w) = self.writer_waker.take() {
             w.wake();
         }
@@ -440,8 +447,10 @@ pub(crate) async fn writer(shard: Rc<RefCell<Shard>>) {
                     let mut s = shard.borrow_mut();
                     let d = s.durable.as_mut().expect("storage");
                     if d.log.awaiting() == 0 {
+                        d.writer_awaits_acks = false;
                         Poll::Ready(false)
                     } else {
+                        d.writer_awaits_acks = true;
                         d.writer_waker = Some(cx.waker().clone());
                         Poll::Pending
                     }
@@ -454,6 +463,8 @@ pub(crate) async fn writer(shard: Rc<RefCell<Shard>>) {
                     break;
                 }
             }
+            let mut s = shard.borrow_mut();
+            s.durable.as_mut().expect("storage").writer_awaits_acks = false;
         }
         let (ticket, batch) = {
             let mut s = shard.borrow_mut();
