@@ -130,6 +130,8 @@ pub(crate) enum ShardMsg {
         /// The shard whose PUBLISH made the change (and whose log stores it); `None`: from
         /// the cluster.
         origin: Option<ShardId>,
+        /// Wall-clock time of the change, ns since the Unix epoch (0: from the cluster).
+        at_unix_ns: u64,
         /// The message, detached from any read buffer.
         msg: Option<Arc<Message>>,
     },

@@ -1337,11 +1337,12 @@ impl Shard {
                 Some(msg.detached())
             };
             let topic = msg.topic.clone();
-            self.durable_retained(now, &topic, stored.as_ref());
             let origin = Some(self.id);
+            let at_unix_ns = self.durable_retained(now, &topic, stored.as_ref());
             self.broadcast(|| ShardMsg::Retain {
                 topic: topic.clone(),
                 origin,
+                at_unix_ns,
                 msg: stored.clone(),
             });
         }
@@ -1502,9 +1503,14 @@ impl Shard {
                 }
             }
             ShardMsg::RouteAck { token } => self.route_acked(now, token),
-            ShardMsg::Retain { topic, origin, msg } => {
+            ShardMsg::Retain {
+                topic,
+                origin,
+                at_unix_ns,
+                msg,
+            } => {
                 if origin != Some(self.id) {
-                    self.durable_retained_replaced(&topic);
+                    self.durable_retained_replaced(&topic, at_unix_ns);
                 }
                 match msg {
                     Some(m) => {
@@ -1669,6 +1675,7 @@ impl Shard {
                     self.broadcast(|| ShardMsg::Retain {
                         topic: topic.clone(),
                         origin: None,
+                        at_unix_ns: 0,
                         msg: stored.clone(),
                     });
                 }

@@ -537,20 +537,25 @@ impl ShardLog {
         self.append(record);
     }
 
-    /// Another shard's change replaced retained `topic` in this shard's replica: if this log
-    /// held the topic's latest change, a clear just after it (older than the other shard's
-    /// change, which wins on merge) keeps this log self-consistent.
-    pub(crate) fn retained_replaced(&mut self, topic: &ByteStr) {
-        let Some((msg, at_unix_ns)) = self.retained_owned.remove(topic) else {
-            return;
-        };
+    /// Another shard's change, made at `other_unix_ns`, replaced retained `topic` in this
+    /// shard's replica: if this log holds an older change of the topic, a clear just before
+    /// the other one (which wins on merge; within this log the clear is the later record)
+    /// keeps this log self-consistent. A newer change of ours stays (it wins on merge).
+    /// Returns whether a record was staged.
+    pub(crate) fn retained_replaced(&mut self, topic: &ByteStr, other_unix_ns: u64) -> bool {
+        match self.retained_owned.get(topic) {
+            Some(&(_, ours)) if ours < other_unix_ns => {}
+            _ => return false,
+        }
+        let (msg, ours) = self.retained_owned.remove(topic).expect("owned");
         if let Some(m) = &msg {
             self.release(m);
         }
         self.append(Record::RetainedClear {
             topic: topic.clone(),
-            at_unix_ns: at_unix_ns + 1,
+            at_unix_ns: ours.max(other_unix_ns - 1),
         });
+        true
     }
 
     /// A recovered retained topic this log holds.
@@ -952,5 +957,30 @@ mod tests {
         let (state, _) = replay(&mut log);
         assert!(state.retained["t"].message.is_some());
         assert_eq!(state.dangling, 0);
+    }
+
+    #[test]
+    fn a_retained_topic_another_shard_replaced_is_cleared_only_if_ours_is_older() {
+        let c = clock();
+        let mut log = log();
+        let topic: ByteStr = "t".into();
+        let m = msg(1, None, c);
+        log.retained(&topic, Some(&m), None, c);
+        // Another shard's change older than ours (concurrent writes): ours stays.
+        assert!(!log.retained_replaced(&topic, c.unix_ns - 5));
+        assert_eq!(log.messages(), 1);
+        // A newer one: our log clears the topic just before it.
+        assert!(log.retained_replaced(&topic, c.unix_ns + 10));
+        assert_eq!(log.messages(), 0);
+        let (state, records) = replay(&mut log);
+        assert!(
+            matches!(records.last(), Some(Record::RetainedClear { at_unix_ns, .. }) if *at_unix_ns == c.unix_ns + 9),
+            "{records:?}"
+        );
+        assert!(state.retained.get("t").is_none_or(|e| e.message.is_none()));
+        assert!(
+            !log.retained_replaced(&topic, c.unix_ns + 20),
+            "not ours any more"
+        );
     }
 }

@@ -351,29 +351,34 @@ impl Shard {
     }
 
     /// A retained change from a PUBLISH this shard received (`stored`: the detached copy
-    /// every replica keeps; `None` clears).
+    /// every replica keeps; `None` clears); returns the change's wall-clock time (ns), 0
+    /// when nothing is stored.
     pub(super) fn durable_retained(
         &mut self,
         now: Instant,
         topic: &ByteStr,
         stored: Option<&Arc<Message>>,
-    ) {
+    ) -> u64 {
         let Some(d) = self.durable.as_deref_mut() else {
-            return;
+            return 0;
         };
         if topic.starts_with("$SYS/") {
-            return;
+            return 0;
         }
         let previous = self.retained.get(topic);
-        d.log.retained(topic, stored, previous, clock(now));
+        let c = clock(now);
+        d.log.retained(topic, stored, previous, c);
         d.wake_writer();
+        c.unix_ns
     }
 
-    /// Another shard's retained change replaced `topic` in this shard's replica.
-    pub(super) fn durable_retained_replaced(&mut self, topic: &ByteStr) {
+    /// Another shard's retained change (made at `at_unix_ns`) replaced `topic` in this
+    /// shard's replica.
+    pub(super) fn durable_retained_replaced(&mut self, topic: &ByteStr, at_unix_ns: u64) {
         if let Some(d) = self.durable.as_deref_mut() {
-            d.log.retained_replaced(topic);
-            d.wake_writer();
+            if d.log.retained_replaced(topic, at_unix_ns) {
+                d.wake_writer();
+            }
         }
     }
 
