@@ -678,11 +678,12 @@ async fn a_restarted_core_keeps_its_persistent_sessions_and_retained_messages() 
     restarted_core(false).await;
 }
 
-/// Known bug (issue 12, docs/durability.md "What remains"): after a core restarts, a publish
-/// on another node does not reach the session it restored (the restored route does not reach
-/// the other nodes' route tables, or is purged with the restarted node's old incarnation).
+/// Issue 12: after a core restarts, a publish on another node reaches a session it restored:
+/// the restored route is announced again (the tables still list it). The forward lane of the
+/// publishing node still points at the dead process, so the message comes only once that lane
+/// notices and resends (at-least-once forwarding; measured 10-20 s here, printed): the wait is
+/// bounded at 40 s. Shortening it is the cluster's work (issue 13).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: restored routes are not seen by the other nodes after a core restart"]
 async fn a_restarted_core_gets_publishes_from_other_nodes_for_its_restored_sessions() {
     restarted_core(true).await;
 }
@@ -725,13 +726,21 @@ async fn restarted_core(forwarded: bool) {
     let (mut keeper, ack) = common::V4::connect(c.cores[1].port(), "keeper-on-2", false).await;
     assert!(ack.session_present, "the persistent session came back");
     let mut got = BTreeSet::new();
+    let wait = Duration::from_secs(if forwarded { 40 } else { 5 });
+    let started = std::time::Instant::now();
     while got.len() < want.len() {
-        match keeper.next_publish(Duration::from_secs(5)).await {
+        match keeper.next_publish(wait).await {
             Some(p) => {
                 got.insert(String::from_utf8_lossy(&p.payload).into_owned());
             }
             None => break,
         }
+    }
+    if forwarded {
+        eprintln!(
+            "the forwarded publish reached the restored session {:?} after the reconnect",
+            started.elapsed()
+        );
     }
     assert_eq!(got, want);
     // The retained message, on the restarted node itself.
