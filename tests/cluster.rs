@@ -688,30 +688,51 @@ async fn a_restarted_core_gets_publishes_from_other_nodes_for_its_restored_sessi
     restarted_core(true).await;
 }
 
+/// Issue 12: a replicant restarts with its persistent sessions and retained messages, and a
+/// publish on a core reaches the restored session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_replicant_keeps_its_persistent_sessions_and_gets_other_nodes_publishes() {
+    restarted_node(true, true).await;
+}
+
 async fn restarted_core(forwarded: bool) {
+    restarted_node(forwarded, false).await;
+}
+
+/// Restarts core 2 (or, with `replicant`, replicant 4) on its storage folder; see the tests.
+async fn restarted_node(forwarded: bool, replicant: bool) {
     let mut c = Cluster::start();
+    macro_rules! node {
+        ($c:ident) => {
+            if replicant {
+                &mut $c.replicants[0]
+            } else {
+                &mut $c.cores[1]
+            }
+        };
+    }
     // Node 2 keeps its storage in its own folder across the restart.
-    let storage = c.cores[1].dir.join("storage");
-    c.cores[1].set_env("SHARDMQ_STORAGE__DIR", &storage.display().to_string());
-    c.cores[1].restart();
+    let storage = node!(c).dir.join("storage");
+    node!(c).set_env("SHARDMQ_STORAGE__DIR", &storage.display().to_string());
+    node!(c).restart();
     c.formed().await;
     let q1 = rumqttc::QoS::AtLeastOnce;
-    let (mut keeper, ack) = common::V4::connect(c.cores[1].port(), "keeper-on-2", false).await;
+    let (mut keeper, ack) = common::V4::connect(node!(c).port(), "keeper-on-2", false).await;
     assert!(!ack.session_present);
     assert_eq!(keeper.subscribe("cr/q/#", q1).await, Some(q1));
     // Offline (the connection dropped; the session stays, clean session off).
     drop(keeper);
-    let (mut p2, _) = common::V4::connect(c.cores[1].port(), "pub-on-2", true).await;
+    let (mut p2, _) = common::V4::connect(node!(c).port(), "pub-on-2", true).await;
     p2.publish("cr/ret", q1, true, "kept").await;
     p2.publish("cr/q/1", q1, false, "queued").await;
     drop(p2);
 
     // SIGTERM (a core may end by the signal rather than exit 0: the storage is written
     // either way, as after a crash).
-    c.cores[1].terminate();
-    c.cores[1].restart();
+    node!(c).terminate();
+    node!(c).restart();
     c.formed().await;
-    let restored = c.cores[1].get("/api/v1/storage").unwrap_or(Value::Null);
+    let restored = node!(c).get("/api/v1/storage").unwrap_or(Value::Null);
     assert_eq!(restored["restored_sessions"], 1, "{restored}");
     assert_eq!(restored["restored_retained"], 1, "{restored}");
     let mut want = BTreeSet::from(["queued".to_string()]);
@@ -723,7 +744,7 @@ async fn restarted_core(forwarded: bool) {
             .await;
         want.insert("after restart".to_string());
     }
-    let (mut keeper, ack) = common::V4::connect(c.cores[1].port(), "keeper-on-2", false).await;
+    let (mut keeper, ack) = common::V4::connect(node!(c).port(), "keeper-on-2", false).await;
     assert!(ack.session_present, "the persistent session came back");
     let mut got = BTreeSet::new();
     let wait = Duration::from_secs(if forwarded { 40 } else { 5 });
@@ -744,7 +765,7 @@ async fn restarted_core(forwarded: bool) {
     }
     assert_eq!(got, want);
     // The retained message, on the restarted node itself.
-    let (mut fresh, _) = common::V4::connect(c.cores[1].port(), "fresh-on-2", true).await;
+    let (mut fresh, _) = common::V4::connect(node!(c).port(), "fresh-on-2", true).await;
     fresh.subscribe("cr/ret", q1).await;
     let r = fresh.expect_publish().await;
     assert_eq!((r.payload.as_ref(), r.retain), (&b"kept"[..], true));
