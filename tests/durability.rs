@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Broker, Next, Raw, V4, WAIT};
+use common::{connect_packet, eventually, Broker, Next, Raw, V4, WAIT};
 use shardmq_codec::{Packet, Protocol, QoS};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -742,4 +742,45 @@ async fn compaction_while_serving_bounds_disk_use_and_recovers_after_a_restart_a
         assert_eq!(p.payload.as_ref(), format!("q{i}").as_bytes());
         sub.send(&common::puback(p.pkid)).await;
     }
+}
+
+/// A will waiting for its Will Delay Interval is stored with its session: a `kill -9` during
+/// the delay, then a restart, and the will is still published (once), at about the time it was
+/// due.
+#[tokio::test]
+async fn a_delayed_will_survives_kill_9_during_its_delay() {
+    let dir = DataDir::new("will");
+    let broker = start(&dir, &[]);
+    let mut connect = connect_packet(Protocol::V5, "willer", false, 0);
+    connect.properties.session_expiry_interval = Some(600);
+    connect.will = Some(shardmq_codec::LastWill {
+        topic: "wills/willer".into(),
+        payload: bytes::Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        properties: shardmq_codec::WillProperties {
+            will_delay_interval: Some(3),
+            ..Default::default()
+        },
+    });
+    let (willer, ack) = Raw::connect_with(broker.port, connect).await;
+    assert_eq!(ack.code.0, 0);
+    // Abnormal end: the TCP connection drops without DISCONNECT; the will waits 3 s.
+    drop(willer);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = std::process::Command::new("kill")
+        .args(["-9", &broker.pid().to_string()])
+        .status()
+        .expect("kill -9");
+    assert!(status.success());
+    drop(broker);
+    let broker = start(&dir, &[]);
+    // Retained: whoever subscribes after it went out sees it too.
+    let got = eventually(Duration::from_secs(8), || async {
+        let (mut sub, _) = Raw::connect(broker.port, Protocol::V5, "will-watch", true).await;
+        sub.subscribe(1, &[("wills/#", QoS::AtLeastOnce)]).await;
+        matches!(sub.next(Duration::from_millis(300)).await, Next::Packet(shardmq_codec::Packet::Publish(p)) if &p.payload[..] == b"gone")
+    })
+    .await;
+    assert!(got, "the delayed will was lost across kill -9");
 }

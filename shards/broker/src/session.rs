@@ -532,6 +532,12 @@ impl Session {
         self.stats
     }
 
+    /// The will message, if the session holds one. A will waiting for its delay stays in the
+    /// session (and so in its stored image) until it is published: see [`Session::take_will`].
+    pub fn will(&self) -> Option<&LastWill> {
+        self.will.as_deref()
+    }
+
     /// Removes and returns the will message (on an abnormal close).
     pub fn take_will(&mut self) -> Option<LastWill> {
         let will = self.will.take().map(|w| *w);

@@ -498,14 +498,22 @@ impl Shard {
         let slot = &mut self.sessions[skey];
         slot.conn = None;
         slot.session.detach();
+        let expiry = slot.session.expiry_secs();
         let will = match conn.graceful {
             Some(false) => {
                 slot.session.take_will();
                 None
             }
+            // A will that waits for its delay stays in the session (and in its stored image,
+            // so a restart in between still publishes it) until it goes out.
+            _ if slot.session.will().is_some_and(|w| {
+                will_delay(w.properties.will_delay_interval.unwrap_or(0), expiry).is_some()
+            }) =>
+            {
+                slot.session.will().cloned()
+            }
             _ => slot.session.take_will(),
         };
-        let expiry = slot.session.expiry_secs();
         if let Some(will) = will {
             let client_id = slot.session.client_id().clone();
             self.publish_will_after(now, client_id, will, expiry);
@@ -604,6 +612,11 @@ impl Shard {
     /// are due (a will is never due later than its session's end).
     pub(crate) fn expire_sessions(&mut self, now: Instant) {
         while let Some((client_id, will)) = self.delayed_wills.pop_due(now) {
+            if let Some(&skey) = self.by_client.get(&client_id) {
+                // Out now: the session (and its stored image) forgets it.
+                self.sessions[skey].session.take_will();
+                self.journal_flush(now, skey);
+            }
             self.publish_will(now, client_id, will);
         }
         while let Some(&(at, skey, token)) = self.offline.first() {

@@ -199,10 +199,11 @@ impl Shard {
             will: s.will.map(WillForm::into_will),
             last_seq: s.last_seq,
         };
-        let mut session = Session::from_image(image);
+        let session = Session::from_image(image);
         // Down since it disconnected, or since the crash if it was connected then.
         let gone_ms = now_ms.saturating_sub(s.disconnected_at_unix_ms.unwrap_or(now_ms));
-        let will = session.take_will();
+        // Kept in the session until it is published (see `expire_sessions`).
+        let will = session.will().cloned();
         let token = self.token();
         let skey = self.sessions.insert(SessionSlot {
             session,
