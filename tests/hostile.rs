@@ -256,11 +256,12 @@ async fn a_client_that_stops_reading_is_closed_after_the_send_timeout() {
     publisher
         .publish("sink/end", b"end", Q::AtLeastOnce, 1, false)
         .await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    // Whatever the kernel buffered is still readable (tens of MiB, decoded by a debug build on
-    // a busy CI machine: give it 10 s), then the broker's close shows; with the default 15 s
-    // timeout it would not have closed yet (2.5 s + 10 s < 15 s).
-    stuck.expect_closed(Duration::from_secs(10)).await;
+    // Long enough for the broker to ingest the 40 MiB and then time out the blocked write even
+    // on a loaded CI machine: reading earlier would unblock the write and hide the timeout.
+    tokio::time::sleep(Duration::from_millis(5000)).await;
+    // Whatever the kernel buffered is still readable, then the broker's close shows; with the
+    // default 15 s timeout it would not have closed yet (5 s + 8 s < 15 s).
+    stuck.expect_closed(Duration::from_secs(8)).await;
     broker.expect_warn("mqtt.send_timeout_ms").await;
     healthy.check().await;
 }
