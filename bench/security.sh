@@ -31,14 +31,9 @@ BROKER_PID=""
 echo "work directory: $WORK" >&2
 [[ -z "$BASE_REV" ]] && BROKERS=${BROKERS//base/}
 
-cleanup() {
-  if [[ -n "$BROKER_PID" ]] && kill -0 "$BROKER_PID" 2>/dev/null; then
-    kill "$BROKER_PID" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$BROKER_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$BROKER_PID" 2>/dev/null || true
-  fi
-  BROKER_PID=""
-}
+# cleanup and free_port; start_broker below replaces its start_broker.
+# shellcheck source=bench/broker.sh
+source "$ROOT/bench/broker.sh"
 trap 'cleanup; [[ -n "${BASE_TREE:-}" ]] && git -C "$ROOT" worktree remove --force "$BASE_TREE" 2>/dev/null; true' EXIT
 
 prepare() {
@@ -64,15 +59,6 @@ prepare() {
   # Mosquitto drops root for its own user: it must be able to read the certificates.
   chmod 755 "$WORK" "$PKI"
   chmod 644 "$PKI"/*
-}
-
-free_port() {
-  local port
-  for _ in $(seq 100); do
-    port=$((25000 + RANDOM % 5000))
-    if [[ -z "$(ss -Htln "sport = :$port")" ]]; then echo "$port"; return 0; fi
-  done
-  echo "no free port" >&2; return 1
 }
 
 # Starts broker $1 ("base", "shardmq" or "mosquitto") with a plain or TLS listener ($2) on
