@@ -241,8 +241,15 @@ async fn a_client_that_stops_reading_is_closed_after_the_send_timeout() {
     );
     let (mut publisher, _) = Raw::connect(broker.port, Protocol::V3_1_1, "sink-pub", true).await;
     let payload = vec![0x33; CHUNK];
-    // Enough to fill both socket buffers of the stuck client, so the broker's writes block.
-    for _ in 0..160 {
+    // Keep the stuck client's socket full until the broker gives up on it: once the flood
+    // stops, whatever the broker still holds may fit in the kernel's buffers and no write is
+    // left blocked to time out. Bounded in count and time.
+    let t0 = Instant::now();
+    let mut sent = 0;
+    while !broker.warned("mqtt.send_timeout_ms")
+        && sent < 2000
+        && t0.elapsed() < Duration::from_secs(20)
+    {
         publisher
             .send(&publish_packet(
                 "sink/data",
@@ -252,16 +259,24 @@ async fn a_client_that_stops_reading_is_closed_after_the_send_timeout() {
                 false,
             ))
             .await;
+        sent += 1;
+        if sent > 160 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
-    publisher
-        .publish("sink/end", b"end", Q::AtLeastOnce, 1, false)
-        .await;
-    // Long enough for the broker to ingest the 40 MiB and then time out the blocked write even
-    // on a loaded CI machine: reading earlier would unblock the write and hide the timeout.
-    tokio::time::sleep(Duration::from_millis(5000)).await;
-    // Whatever the kernel buffered is still readable, then the broker's close shows; with the
-    // default 15 s timeout it would not have closed yet (5 s + 8 s < 15 s).
-    stuck.expect_closed(Duration::from_secs(8)).await;
+    let took = t0.elapsed();
+    assert!(
+        broker.warned("mqtt.send_timeout_ms"),
+        "no send-timeout close after {sent} chunks in {took:?}; log:\n{}",
+        broker.log()
+    );
+    // With the default 15 s timeout it could not have fired yet.
+    assert!(
+        took < Duration::from_secs(12),
+        "the send timeout took {took:?}"
+    );
+    // Whatever the kernel buffered is still readable, then the close shows.
+    stuck.expect_closed(Duration::from_secs(10)).await;
     broker.expect_warn("mqtt.send_timeout_ms").await;
     healthy.check().await;
 }
