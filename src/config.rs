@@ -671,6 +671,18 @@ pub struct ShardConfig {
     /// (docs/decisions/0003); the guard backs off to 200 ms while idle. 0 = no guard. At most
     /// 1,000.
     pub park_guard_ms: u32,
+    /// How a shard drives its client connections (docs/decisions/0004).
+    pub driver: ShardDriver,
+}
+
+/// `shard.driver`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShardDriver {
+    /// Every connection through one io_uring of the shard's own, no task per connection.
+    Uring,
+    /// A glommio task and stream per connection (kernels before 6.0).
+    Tasks,
 }
 
 /// `[sys]`.

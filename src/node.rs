@@ -70,6 +70,10 @@ pub(crate) fn runtime_config(
         batch_max: config.shard.batch_max as usize,
         spin_before_park: (config.shard.spin_before_park_us > 0)
             .then(|| Duration::from_micros(u64::from(config.shard.spin_before_park_us))),
+        driver: match config.shard.driver {
+            crate::config::ShardDriver::Uring => shardmq_shards::ConnectionDriver::Uring,
+            crate::config::ShardDriver::Tasks => shardmq_shards::ConnectionDriver::Tasks,
+        },
         park_guard: (config.shard.park_guard_ms > 0)
             .then(|| Duration::from_millis(u64::from(config.shard.park_guard_ms))),
         sys_interval: (config.sys.interval_ms > 0)

@@ -14,6 +14,7 @@ mod link;
 mod shard;
 mod store;
 mod sys;
+mod uring;
 
 pub use bus::{ShardId, ShardSet, MAX_SHARDS};
 pub use durable::{DurabilityMode, ShardStorageFigures, StorageFigures, StorageSpec, LOCK_FILE};
@@ -90,6 +91,20 @@ pub struct RuntimeConfig {
     pub move_trigger: MoveTrigger,
     /// `[storage]`; `None` = `durability = "off"`: nothing is written, nothing recovered.
     pub storage: Option<StorageSpec>,
+    /// How the shards drive their connections (`shard.driver`).
+    pub driver: ConnectionDriver,
+}
+
+/// How a shard drives its client connections (`shard.driver`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConnectionDriver {
+    /// Every connection through one io_uring of the shard's own: multishot accept and
+    /// receive into a shared buffer pool, no task and no buffer per idle connection.
+    #[default]
+    Uring,
+    /// One glommio task and `TcpStream` per connection (the first driver; kept for kernels
+    /// without multishot receive, before 6.0).
+    Tasks,
 }
 
 /// What a listener speaks under MQTT.
@@ -275,6 +290,23 @@ impl Node {
                             }
                         }
                     }
+                    let listeners = match cfg.driver {
+                        ConnectionDriver::Tasks => Listeners::Tasks(listeners),
+                        ConnectionDriver::Uring => match uring::Driver::new(
+                            listeners,
+                            cfg.limits.max_packet_size,
+                            cfg.send_timeout,
+                        ) {
+                            Ok((driver, eventfd)) => Listeners::Uring(Box::new(driver), eventfd),
+                            Err(e) => {
+                                let _ = ready.send(Err(io::Error::new(
+                                    e.kind(),
+                                    format!("cannot set up the shard's io_uring (shard.driver = \"uring\" needs Linux 6.0 or later; \"tasks\" works before): {e}"),
+                                )));
+                                return;
+                            }
+                        },
+                    };
                     let (senders, receivers) = match mesh.join().await {
                         Ok(x) => x,
                         Err(e) => {
@@ -336,7 +368,7 @@ impl Node {
 
 /// Binds one of the shard's own listeners: `SO_REUSEPORT`, so the kernel spreads connections
 /// over shards and no accept thread exists.
-fn listen(spec: &ListenerSpec, backlog: u32) -> io::Result<TcpListener> {
+fn listen(spec: &ListenerSpec, backlog: u32) -> io::Result<std::os::fd::OwnedFd> {
     use socket2::{Domain, Socket, Type};
     let domain = if spec.bind.is_ipv6() {
         Domain::IPV6
@@ -354,8 +386,15 @@ fn listen(spec: &ListenerSpec, backlog: u32) -> io::Result<TcpListener> {
         )
     })?;
     sock.listen(backlog.min(i32::MAX as u32) as i32)?;
-    // SAFETY: the fd is a bound, listening TCP socket that we own and hand over.
-    Ok(unsafe { TcpListener::from_raw_fd(sock.into_raw_fd()) })
+    Ok(sock.into())
+}
+
+/// A shard's listeners, with what drives their connections.
+enum Listeners {
+    /// `shard.driver = "uring"`: the driver owns the listeners; the eventfd its task waits on.
+    Uring(Box<uring::Driver>, std::os::fd::OwnedFd),
+    /// `shard.driver = "tasks"`: an accept loop per listener, a task per connection.
+    Tasks(Vec<(std::os::fd::OwnedFd, ListenerSpec)>),
 }
 
 /// The shard's task queues: CPU shares say what wins when the shard is saturated.
@@ -419,7 +458,7 @@ impl glommio::StallDetectionHandler for StallLogger {
 
 async fn serve(
     shard: Rc<RefCell<Shard>>,
-    listeners: Vec<(TcpListener, ListenerSpec)>,
+    listeners: Listeners,
     senders: Senders<Batch>,
     mut receivers: Receivers<Batch>,
     link: Option<(Uplink, link::ShardInbox)>,
@@ -468,9 +507,23 @@ async fn serve(
         shard.borrow_mut().auth_inbox = Some(inbox);
         spawn_into(queues.bus, auth_replies(shard.clone(), wake));
     }
-    for (listener, spec) in listeners {
-        let accept = accept_loop(shard.clone(), listener, spec, queues.connections);
-        spawn_into(queues.connections, accept);
+    match listeners {
+        Listeners::Uring(driver, eventfd) => {
+            let driver = Rc::new(RefCell::new(*driver));
+            spawn_into(
+                queues.connections,
+                uring::run(shard.clone(), driver.clone(), eventfd),
+            );
+            spawn_into(queues.housekeeping, uring::ticker(shard.clone(), driver));
+        }
+        Listeners::Tasks(listeners) => {
+            for (listener, spec) in listeners {
+                // SAFETY: the fd is a bound, listening TCP socket that we own and hand over.
+                let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
+                let accept = accept_loop(shard.clone(), listener, spec, queues.connections);
+                spawn_into(queues.connections, accept);
+            }
+        }
     }
     futures_lite::future::pending::<()>().await;
 }

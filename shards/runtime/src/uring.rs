@@ -1,0 +1,886 @@
+//! The connection driver without a task per connection (`shard.driver = "uring"`, the
+//! default): each shard drives every one of its client sockets through one io_uring of its
+//! own, next to glommio's. A multishot accept per listener, one multishot receive per
+//! connection drawing from the shard's pool of provided buffers, one send in flight per
+//! connection, keep-alive, connect and send timeouts in a coarse timer wheel. An idle
+//! connection is a [`Slot`] in a slab and the shard's `Conn`: no future, no task, no timer
+//! object, no buffer.
+//!
+//! glommio stays the executor: one task ([`run`]) reaps this ring's completions, drives the
+//! connections they concern (and those the shard woke), and submits; when there is nothing to
+//! do it waits for the ring's eventfd through a read on glommio's own ring, so either ring's
+//! work wakes the shard's thread. A connection never waits on glommio's I/O, so glommio's park
+//! bug (decision 0003) can delay the whole loop by at most the park guard's period but can no
+//! longer strand one connection.
+//!
+//! What a connection does with its bytes is the same as in the task driver (`conn.rs`): the
+//! transport layers (PROXY, TLS, WebSocket), the decoder, the shard's packet handlers, the
+//! durable write gates, backpressure (no reading while the client's backlog is over
+//! `max_write_buffer_bytes` or the shard's outbound batches are over their bound).
+
+use crate::shard::{ConnKey, Phase, Shard};
+use crate::ListenerSpec;
+use bytes::{Buf, BytesMut};
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use shardmq_broker::session::Close;
+use shardmq_codec::{Decoder, ReasonCode};
+use shardmq_transport::Transport;
+use slab::Slab;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Poll, RawWaker, RawWakerVTable, Waker};
+use std::time::{Duration, Instant};
+use tracing::{debug, error, warn};
+
+/// Read/decode/write rounds for one connection per turn before the others get theirs.
+const ROUNDS_MAX: usize = 16;
+/// Plaintext handed to a transport at once (a few TLS records or WebSocket frames).
+const PLAIN_CHUNK_BYTES: usize = 64 * 1024;
+/// Wire bytes a transport gathers for one send.
+const WIRE_BATCH_BYTES: usize = 64 * 1024;
+/// Submission queue entries; the completion queue has four times as many.
+const RING_ENTRIES: u32 = 4096;
+/// The shard's receive pool: buffers and their size. Shared by all of the shard's connections;
+/// a connection holds one only between the completion that fills it and the copy out of it.
+const BUFS: u16 = 256;
+const BUF_LEN: usize = 4096;
+const GROUP: u16 = 1;
+/// Resolution of the timer wheel (keep-alive, connect and send timeouts).
+const TICK: Duration = Duration::from_millis(100);
+/// After accept fails (out of descriptors), wait this long before accepting again.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+/// What a completion is for: the kind in the top byte of `user_data`, the slot (or listener)
+/// below.
+const K_ACCEPT: u64 = 1 << 56;
+const K_RECV: u64 = 2 << 56;
+const K_SEND: u64 = 3 << 56;
+const K_PROVIDE: u64 = 4 << 56;
+const K_CANCEL: u64 = 5 << 56;
+const K_MASK: u64 = 0xff << 56;
+
+/// No wheel entry.
+const NO_TICK: u64 = u64::MAX;
+
+/// One connection, as the driver sees it.
+struct Slot {
+    fd: OwnedFd,
+    /// The shard's key for the connection (valid while `open`).
+    conn: ConnKey,
+    /// Tells this slot's wheel entries from those of an earlier slot at the same index.
+    serial: u32,
+    /// The shard still has the connection.
+    open: bool,
+    /// A multishot receive is armed (until its final completion).
+    recv_armed: bool,
+    /// A cancel of the receive is on its way.
+    recv_cancelling: bool,
+    send_inflight: bool,
+    /// Cancels for the slot's operations have been submitted (closing).
+    cancelled: bool,
+    /// The peer closed its side, or a read failed: finish after decoding what is buffered.
+    eof: bool,
+    /// A send failed: the peer is gone.
+    dead: bool,
+    /// In the driver's ready list.
+    ready: bool,
+    /// The transport failed: write what it queued (an alert, a close frame), then close.
+    broken: bool,
+    /// The shard has been told the transport's peer address and certificate name.
+    identity_told: bool,
+    decoder: Decoder,
+    /// Bytes of a packet not yet complete; empty (unallocated) between packets.
+    rbuf: BytesMut,
+    /// TLS / WebSocket / PROXY layers; `None` for plain TCP.
+    transport: Option<Box<Transport>>,
+    /// Wire bytes from the transport not yet sent.
+    wout: BytesMut,
+    /// The bytes of the send in flight (the kernel reads them until it completes).
+    sending: BytesMut,
+    /// The read timeout in force (the shard's `Conn::read_timeout`), and since when the
+    /// connection has been waiting for bytes.
+    read_timeout: Option<Duration>,
+    read_since: Instant,
+    /// When the send in flight started or last made progress.
+    send_since: Instant,
+    /// The earliest tick at which the wheel holds an entry for this slot.
+    wheel_due: u64,
+}
+
+/// A listener of the shard.
+struct Listen {
+    fd: OwnedFd,
+    spec: ListenerSpec,
+    armed: bool,
+    retry_at: Option<Instant>,
+}
+
+/// The shard's connection driver: the ring, the slots, the receive pool, the timer wheel.
+pub(crate) struct Driver {
+    ring: IoUring,
+    slots: Slab<Slot>,
+    listeners: Vec<Listen>,
+    /// `BUFS` buffers of `BUF_LEN` bytes, lent to the kernel.
+    pool: Box<[u8]>,
+    /// Tick → slots to look at then.
+    wheel: BTreeMap<u64, Vec<(u32, u32)>>,
+    epoch: Instant,
+    serial: u32,
+    /// Slots to drive in this turn.
+    ready: Vec<u32>,
+    /// Completions reaped but not handled yet.
+    cqes: Vec<(u64, i32, u32)>,
+    max_packet_size: u32,
+    send_timeout: Duration,
+    _eventfd: OwnedFd,
+}
+
+// ---- waking a connection ---------------------------------------------------------------
+//
+// The shard wakes a connection through its `Conn::waker` (new output, a phase change, the end
+// of congestion). Here that waker carries the slot index in its data pointer, allocates
+// nothing, and puts the slot on this thread's list of slots to drive, then wakes the driver's
+// task.
+
+struct Woken {
+    slots: Vec<u32>,
+    task: Option<Waker>,
+}
+
+thread_local! {
+    static WOKEN: RefCell<Woken> = const { RefCell::new(Woken { slots: Vec::new(), task: None }) };
+}
+
+static VTABLE: RawWakerVTable =
+    RawWakerVTable::new(waker_clone, waker_wake, waker_wake, waker_drop);
+
+unsafe fn waker_clone(p: *const ()) -> RawWaker {
+    RawWaker::new(p, &VTABLE)
+}
+
+unsafe fn waker_wake(p: *const ()) {
+    let task = WOKEN
+        .try_with(|w| {
+            let mut w = w.borrow_mut();
+            w.slots.push(p as usize as u32);
+            w.task.take()
+        })
+        .ok()
+        .flatten();
+    if let Some(t) = task {
+        t.wake();
+    }
+}
+
+unsafe fn waker_drop(_: *const ()) {}
+
+/// The waker the shard uses for the connection in slot `idx`. It is only meaningful on the
+/// shard's own thread (elsewhere it lists the slot on that thread's empty list: harmless).
+fn conn_waker(idx: usize) -> Waker {
+    // SAFETY: the vtable's functions treat the data pointer as a plain integer and never
+    // dereference it; they are sound on any thread.
+    unsafe { Waker::from_raw(RawWaker::new(idx as *const (), &VTABLE)) }
+}
+
+impl Driver {
+    /// A driver for `listeners` (bound, listening sockets of this shard).
+    pub(crate) fn new(
+        listeners: Vec<(OwnedFd, ListenerSpec)>,
+        max_packet_size: u32,
+        send_timeout: Duration,
+    ) -> io::Result<(Driver, OwnedFd)> {
+        let ring = IoUring::builder()
+            .setup_cqsize(RING_ENTRIES * 4)
+            .build(RING_ENTRIES)?;
+        // SAFETY: plain syscall; the result is checked.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a new descriptor that nothing else owns.
+        let efd = unsafe { OwnedFd::from_raw_fd(efd) };
+        ring.submitter().register_eventfd(efd.as_raw_fd())?;
+        let waiter = efd.try_clone()?;
+        let mut d = Driver {
+            ring,
+            slots: Slab::new(),
+            listeners: listeners
+                .into_iter()
+                .map(|(fd, spec)| Listen {
+                    fd,
+                    spec,
+                    armed: false,
+                    retry_at: None,
+                })
+                .collect(),
+            pool: vec![0u8; usize::from(BUFS) * BUF_LEN].into_boxed_slice(),
+            wheel: BTreeMap::new(),
+            epoch: Instant::now(),
+            serial: 0,
+            ready: Vec::new(),
+            cqes: Vec::new(),
+            max_packet_size,
+            send_timeout,
+            _eventfd: efd,
+        };
+        let base = d.pool.as_mut_ptr();
+        d.push(
+            opcode::ProvideBuffers::new(base, BUF_LEN as i32, BUFS, GROUP, 0)
+                .build()
+                .user_data(K_PROVIDE),
+        );
+        for i in 0..d.listeners.len() {
+            d.arm_accept(i);
+        }
+        d.ring.submit()?;
+        Ok((d, waiter))
+    }
+
+    // ---- the ring ----------------------------------------------------------------------
+
+    /// Queues `entry`, submitting what is queued first if the submission queue is full.
+    fn push(&mut self, entry: squeue::Entry) {
+        loop {
+            // SAFETY: every buffer an entry points to outlives the operation: the pool lives
+            // as long as the ring, a send's bytes stay in its slot's `sending` until the send
+            // completes, and a slot (and its descriptor) is removed only when none of its
+            // operations is in flight.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return;
+            }
+            if let Err(e) = self.ring.submit() {
+                if e.raw_os_error() == Some(libc::EBUSY) {
+                    // The completion queue is full: reap, then submit again.
+                    self.reap();
+                } else {
+                    error!(error = %e, "io_uring submit failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Moves the completion queue's entries to `cqes`.
+    fn reap(&mut self) {
+        let mut cq = self.ring.completion();
+        cq.sync();
+        self.cqes
+            .extend(cq.map(|c| (c.user_data(), c.result(), c.flags())));
+    }
+
+    fn arm_accept(&mut self, li: usize) {
+        let fd = self.listeners[li].fd.as_raw_fd();
+        self.listeners[li].armed = true;
+        self.listeners[li].retry_at = None;
+        self.push(
+            opcode::AcceptMulti::new(types::Fd(fd))
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+                .user_data(K_ACCEPT | li as u64),
+        );
+    }
+
+    fn arm_recv(&mut self, idx: usize, now: Instant) {
+        let slot = &mut self.slots[idx];
+        if slot.recv_armed || slot.eof || slot.dead {
+            return;
+        }
+        slot.recv_armed = true;
+        slot.read_since = now;
+        let fd = slot.fd.as_raw_fd();
+        let due = slot.read_timeout.map(|t| now + t);
+        self.push(
+            opcode::RecvMulti::new(types::Fd(fd), GROUP)
+                .build()
+                .user_data(K_RECV | idx as u64),
+        );
+        if let Some(due) = due {
+            self.schedule(idx, due);
+        }
+    }
+
+    /// Stops reading the connection (backpressure, a phase that reads nothing): the bytes
+    /// the client sends wait in the kernel.
+    fn pause_recv(&mut self, idx: usize) {
+        let slot = &mut self.slots[idx];
+        if !slot.recv_armed || slot.recv_cancelling {
+            return;
+        }
+        slot.recv_cancelling = true;
+        self.push(
+            opcode::AsyncCancel::new(K_RECV | idx as u64)
+                .build()
+                .user_data(K_CANCEL | idx as u64),
+        );
+    }
+
+    fn submit_send(&mut self, idx: usize, now: Instant) {
+        let slot = &mut self.slots[idx];
+        debug_assert!(!slot.send_inflight && !slot.sending.is_empty());
+        slot.send_inflight = true;
+        slot.send_since = now;
+        let len = slot.sending.len().min(u32::MAX as usize) as u32;
+        let entry = opcode::Send::new(types::Fd(slot.fd.as_raw_fd()), slot.sending.as_ptr(), len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(K_SEND | idx as u64);
+        self.push(entry);
+        self.schedule(idx, now + self.send_timeout);
+    }
+
+    /// Looks at slot `idx` again at `at` (or a little after: the wheel's tick).
+    fn schedule(&mut self, idx: usize, at: Instant) {
+        let tick = (at.saturating_duration_since(self.epoch).as_millis() as u64)
+            .div_ceil(TICK.as_millis() as u64);
+        let slot = &mut self.slots[idx];
+        if tick < slot.wheel_due {
+            slot.wheel_due = tick;
+            self.wheel
+                .entry(tick)
+                .or_default()
+                .push((idx as u32, slot.serial));
+        }
+    }
+
+    fn mark_ready(&mut self, idx: usize) {
+        if let Some(slot) = self.slots.get_mut(idx) {
+            if !slot.ready {
+                slot.ready = true;
+                self.ready.push(idx as u32);
+            }
+        }
+    }
+
+    // ---- one turn ----------------------------------------------------------------------
+
+    /// Handles every completion, drives every connection that has something to do, submits.
+    /// Returns whether anything happened.
+    pub(crate) fn turn(&mut self, shard: &mut Shard, now: Instant) -> bool {
+        self.reap();
+        let mut worked = !self.cqes.is_empty();
+        let mut cqes = std::mem::take(&mut self.cqes);
+        for (data, res, flags) in cqes.drain(..) {
+            self.complete(shard, now, data, res, flags);
+        }
+        if self.cqes.is_empty() {
+            self.cqes = cqes;
+        }
+        let woken = WOKEN.with(|w| std::mem::take(&mut w.borrow_mut().slots));
+        worked |= !woken.is_empty();
+        for idx in woken {
+            self.mark_ready(idx as usize);
+        }
+        let mut ready = std::mem::take(&mut self.ready);
+        worked |= !ready.is_empty();
+        for idx in ready.drain(..) {
+            if let Some(s) = self.slots.get_mut(idx as usize) {
+                s.ready = false;
+                self.drive(shard, now, idx as usize);
+            }
+        }
+        if self.ready.is_empty() {
+            self.ready = ready;
+        }
+        self.submit();
+        worked
+    }
+
+    fn submit(&mut self) {
+        let sq_empty = self.ring.submission().is_empty();
+        if !sq_empty || self.ring.submission().cq_overflow() {
+            match self.ring.submit() {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(e) => error!(error = %e, "io_uring submit failed"),
+            }
+        }
+    }
+
+    /// Whether a completion or a woken connection waits (the loop must not sleep).
+    fn has_work(&mut self) -> bool {
+        !self.ready.is_empty()
+            || !self.cqes.is_empty()
+            || !self.ring.completion().is_empty()
+            || WOKEN.with(|w| !w.borrow().slots.is_empty())
+    }
+
+    fn complete(&mut self, shard: &mut Shard, now: Instant, data: u64, res: i32, flags: u32) {
+        let idx = (data & !K_MASK) as usize;
+        match data & K_MASK {
+            K_ACCEPT => self.accepted(shard, now, idx, res, flags),
+            K_RECV => self.received(shard, now, idx, res, flags),
+            K_SEND => self.sent(shard, now, idx, res),
+            K_PROVIDE if res < 0 => {
+                error!(error = %io::Error::from_raw_os_error(-res), "io_uring provide buffers failed");
+            }
+            _ => {}
+        }
+    }
+
+    fn accepted(&mut self, shard: &mut Shard, now: Instant, li: usize, res: i32, flags: u32) {
+        if !cqueue::more(flags) {
+            self.listeners[li].armed = false;
+        }
+        if res < 0 {
+            let e = io::Error::from_raw_os_error(-res);
+            // EMFILE/ENFILE: out of descriptors. Back off instead of spinning.
+            warn!(error = %e, "accept failed");
+            if !self.listeners[li].armed {
+                self.listeners[li].retry_at = Some(now + ACCEPT_RETRY);
+            }
+            return;
+        }
+        if !self.listeners[li].armed {
+            self.arm_accept(li);
+        }
+        // SAFETY: a new descriptor from accept that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(res) };
+        let sock = socket2::SockRef::from(&fd);
+        if let Err(e) = sock.set_nodelay(true) {
+            debug!(error = %e, "set_nodelay failed");
+        }
+        let peer = sock.peer_addr().ok().and_then(|a| a.as_socket());
+        let spec = &self.listeners[li].spec;
+        let transport = match spec.stack(self.max_packet_size as usize) {
+            None => None,
+            Some(stack) => match Transport::new(&stack) {
+                Ok(t) => Some(Box::new(t)),
+                Err(e) => {
+                    error!(error = %e, kind = ?spec.kind, "cannot set up a connection's transport");
+                    return;
+                }
+            },
+        };
+        let (key, _) = shard.open_conn(peer);
+        self.serial = self.serial.wrapping_add(1);
+        let read_timeout = shard.conns[key].read_timeout;
+        let idx = self.slots.insert(Slot {
+            fd,
+            conn: key,
+            serial: self.serial,
+            open: true,
+            recv_armed: false,
+            recv_cancelling: false,
+            send_inflight: false,
+            cancelled: false,
+            eof: false,
+            dead: false,
+            ready: false,
+            broken: false,
+            identity_told: false,
+            decoder: Decoder::new(self.max_packet_size),
+            rbuf: BytesMut::new(),
+            transport,
+            wout: BytesMut::new(),
+            sending: BytesMut::new(),
+            read_timeout,
+            read_since: now,
+            send_since: now,
+            wheel_due: NO_TICK,
+        });
+        shard.conns[key].waker = Some(conn_waker(idx));
+        self.arm_recv(idx, now);
+    }
+
+    fn received(&mut self, shard: &mut Shard, now: Instant, idx: usize, res: i32, flags: u32) {
+        let slot = &mut self.slots[idx];
+        if !cqueue::more(flags) {
+            slot.recv_armed = false;
+            slot.recv_cancelling = false;
+        }
+        if let Some(bid) = cqueue::buffer_select(flags) {
+            if res > 0 && slot.open && !slot.eof && !slot.dead {
+                let at = usize::from(bid) * BUF_LEN;
+                let data = &self.pool[at..at + res as usize];
+                shard.stats.bytes_in += res as u64;
+                slot.read_since = now;
+                match &mut slot.transport {
+                    None => slot.rbuf.extend_from_slice(data),
+                    Some(t) => {
+                        if let Err(e) = t.on_wire_in(data, &mut slot.rbuf) {
+                            let conn = &shard.conns[slot.conn];
+                            warn!(shard = shard.id, conn = conn.id, peer = ?conn.peer, error = %e, what = e.description(), "transport error; closing");
+                            slot.broken = true;
+                        }
+                    }
+                }
+            }
+            // SAFETY: the buffer is inside the pool, which outlives the ring's use of it.
+            let buf = unsafe { self.pool.as_mut_ptr().add(usize::from(bid) * BUF_LEN) };
+            self.push(
+                opcode::ProvideBuffers::new(buf, BUF_LEN as i32, 1, GROUP, bid)
+                    .build()
+                    .user_data(K_PROVIDE),
+            );
+        }
+        let slot = &mut self.slots[idx];
+        match res {
+            0 => slot.eof = true,
+            r if r > 0 => {}
+            r if -r == libc::ENOBUFS || -r == libc::ECANCELED => {}
+            r => {
+                debug!(shard = shard.id, error = %io::Error::from_raw_os_error(-r), "read failed");
+                slot.eof = true;
+            }
+        }
+        self.mark_ready(idx);
+    }
+
+    fn sent(&mut self, shard: &mut Shard, now: Instant, idx: usize, res: i32) {
+        let slot = &mut self.slots[idx];
+        slot.send_inflight = false;
+        if res > 0 {
+            shard.stats.bytes_out += res as u64;
+            slot.sending.advance(res as usize);
+            slot.send_since = now;
+            if !slot.sending.is_empty() && slot.open && !slot.dead {
+                self.submit_send(idx, now);
+            }
+        } else if res != -libc::ECANCELED {
+            slot.dead = true;
+        }
+        self.mark_ready(idx);
+    }
+
+    // ---- one connection ----------------------------------------------------------------
+
+    /// Writes what the shard queued, decodes what was read, and arms or pauses the receive:
+    /// what the task driver's `poll` does, for one connection.
+    fn drive(&mut self, shard: &mut Shard, now: Instant, idx: usize) {
+        if !self.slots[idx].open {
+            self.release(idx);
+            return;
+        }
+        for _ in 0..ROUNDS_MAX {
+            let key = self.slots[idx].conn;
+            if self.slots[idx].dead {
+                return self.finish(shard, now, idx);
+            }
+            // `storage.durability = "sync"`: output past a durable gate waits.
+            let limit = shard.write_limit(key);
+            let slot = &mut self.slots[idx];
+            let conn = &mut shard.conns[key];
+            if conn.waker.is_none() {
+                conn.waker = Some(conn_waker(idx));
+            }
+            if conn.read_timeout != slot.read_timeout {
+                slot.read_timeout = conn.read_timeout;
+                slot.read_since = now;
+                if let Some(t) = slot.read_timeout {
+                    self.schedule(idx, now + t);
+                }
+            }
+            let slot = &mut self.slots[idx];
+            let conn = &mut shard.conns[key];
+            // 1. Hand the kernel what the shard queued (up to a durable gate), one send at a
+            //    time: plaintext goes into a transport only once its previous wire bytes are
+            //    sent, so the connection's write buffer still measures the client's backlog.
+            let mut taken = 0;
+            if !slot.send_inflight {
+                match &mut slot.transport {
+                    None => {
+                        let n = limit.map_or(conn.out.len(), |l| l.min(conn.out.len()));
+                        if n > 0 && slot.sending.is_empty() {
+                            if n == conn.out.len() {
+                                std::mem::swap(&mut slot.sending, &mut conn.out);
+                            } else {
+                                slot.sending = conn.out.split_to(n);
+                            }
+                            taken = n;
+                        }
+                    }
+                    Some(t) => {
+                        loop {
+                            t.take_wire_out(&mut slot.wout);
+                            if slot.wout.len() >= WIRE_BATCH_BYTES {
+                                break;
+                            }
+                            let n = conn.out.len().min(PLAIN_CHUNK_BYTES);
+                            let n = limit.map_or(n, |l| n.min(l - taken));
+                            if slot.broken || n == 0 || !t.ready() {
+                                break;
+                            }
+                            if let Err(e) = t.on_plain_out(&conn.out[..n]) {
+                                warn!(shard = shard.id, conn = conn.id, error = %e, "transport refused output; closing");
+                                slot.broken = true;
+                            }
+                            conn.out.advance(n);
+                            taken += n;
+                        }
+                        if !slot.wout.is_empty() && slot.sending.is_empty() {
+                            std::mem::swap(&mut slot.sending, &mut slot.wout);
+                        }
+                    }
+                }
+                if !slot.sending.is_empty() {
+                    self.submit_send(idx, now);
+                }
+            }
+            if taken > 0 && shard.conns[key].gates.is_some() {
+                shard.wrote(key, taken);
+            }
+            let slot = &mut self.slots[idx];
+            let conn = &mut shard.conns[key];
+            if conn.out.is_empty() && conn.out.capacity() > 0 {
+                // An idle connection keeps no write buffer.
+                conn.out = BytesMut::new();
+            }
+            if slot.wout.is_empty() && slot.wout.capacity() > 0 {
+                slot.wout = BytesMut::new();
+            }
+            if slot.sending.is_empty() && !slot.send_inflight && slot.sending.capacity() > 0 {
+                slot.sending = BytesMut::new();
+            }
+            let unwritten = conn.out.len() + slot.wout.len() + slot.sending.len();
+            if let Some(t) = &mut slot.transport {
+                if slot.broken || t.closing() {
+                    if unwritten == 0 && !t.wants_write() {
+                        return self.finish(shard, now, idx);
+                    }
+                    if !slot.send_inflight && t.wants_write() {
+                        continue;
+                    }
+                    return self.pause_recv(idx);
+                }
+                if conn.phase == Phase::Closing && unwritten == 0 {
+                    // A clean end for the layers too: WebSocket close frame, TLS close_notify.
+                    t.close();
+                    continue;
+                }
+                if !slot.identity_told && t.ready() {
+                    slot.identity_told = true;
+                    if let Some(peer) = t.peer_addr() {
+                        conn.peer = Some(peer);
+                    }
+                    conn.cert_name = t.peer_cert_name().map(Box::from);
+                }
+            }
+            match conn.phase {
+                Phase::Closing if unwritten == 0 => return self.finish(shard, now, idx),
+                Phase::Closing | Phase::Claiming | Phase::Verifying => {
+                    return self.pause_recv(idx);
+                }
+                Phase::AwaitConnect | Phase::Authenticating | Phase::Active => {}
+            }
+            // 2. Decode what is buffered.
+            let mut progressed = false;
+            while !slot.rbuf.is_empty() {
+                match slot.decoder.decode(&mut slot.rbuf) {
+                    Ok(Some(packet)) => {
+                        progressed = true;
+                        shard.on_packet(now, key, packet);
+                        if !matches!(shard.conns[key].phase, Phase::Active) {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        progressed = true;
+                        shard.on_decode_error(key, e.reason_code(), &e.to_string());
+                        slot.rbuf.clear();
+                        break;
+                    }
+                }
+            }
+            if slot.rbuf.is_empty() && slot.rbuf.capacity() > 0 {
+                slot.rbuf = BytesMut::new();
+            }
+            if progressed {
+                continue;
+            }
+            // 3. Read more, unless the client is not reading its own acks or the shard's
+            //    outbound batches are over their bound (backpressure on the publisher).
+            if slot.eof {
+                return self.finish(shard, now, idx);
+            }
+            if let Some(t) = &mut slot.transport {
+                if t.wants_write() && !slot.send_inflight {
+                    continue;
+                }
+                t.shrink();
+            }
+            if unwritten >= shard.cfg.limits.max_write_buffer_bytes {
+                return self.pause_recv(idx);
+            }
+            if shard.congested() {
+                shard.blocked_readers.push(conn_waker(idx));
+                return self.pause_recv(idx);
+            }
+            return self.arm_recv(idx, now);
+        }
+        // Come back in the next turn, after the other connections.
+        self.mark_ready(idx);
+    }
+
+    /// The connection is over: the shard forgets it, the slot goes once its operations end.
+    fn finish(&mut self, shard: &mut Shard, now: Instant, idx: usize) {
+        let slot = &mut self.slots[idx];
+        if slot.open {
+            slot.open = false;
+            shard.conn_closed(now, slot.conn);
+        }
+        self.release(idx);
+    }
+
+    /// Cancels what the closed slot still has in flight, or frees it (closing the socket)
+    /// when nothing is.
+    fn release(&mut self, idx: usize) {
+        let slot = &mut self.slots[idx];
+        debug_assert!(!slot.open);
+        if slot.recv_armed || slot.send_inflight {
+            if !slot.cancelled {
+                slot.cancelled = true;
+                let (recv, send) = (slot.recv_armed, slot.send_inflight);
+                for (on, kind) in [(recv, K_RECV), (send, K_SEND)] {
+                    if on {
+                        self.push(
+                            opcode::AsyncCancel::new(kind | idx as u64)
+                                .build()
+                                .user_data(K_CANCEL | idx as u64),
+                        );
+                    }
+                }
+            }
+            return;
+        }
+        // Dropping the slot closes the descriptor.
+        self.slots.remove(idx);
+    }
+
+    // ---- time --------------------------------------------------------------------------
+
+    /// Fires due timeouts and retries accepts; called every [`TICK`].
+    pub(crate) fn tick(&mut self, shard: &mut Shard, now: Instant) {
+        for li in 0..self.listeners.len() {
+            let l = &self.listeners[li];
+            if !l.armed && l.retry_at.is_some_and(|t| t <= now) {
+                self.arm_accept(li);
+            }
+        }
+        let now_tick =
+            now.saturating_duration_since(self.epoch).as_millis() as u64 / TICK.as_millis() as u64;
+        while let Some(entry) = self.wheel.first_entry() {
+            if *entry.key() > now_tick {
+                break;
+            }
+            let (tick, due) = entry.remove_entry();
+            for (idx, serial) in due {
+                let idx = idx as usize;
+                match self.slots.get_mut(idx) {
+                    Some(s) if s.serial == serial && s.wheel_due == tick => s.wheel_due = NO_TICK,
+                    _ => continue,
+                }
+                self.timeouts(shard, now, idx);
+            }
+        }
+        self.turn(shard, now);
+    }
+
+    /// Acts on slot `idx`'s expired timeouts; schedules the next look.
+    fn timeouts(&mut self, shard: &mut Shard, now: Instant, idx: usize) {
+        let slot = &self.slots[idx];
+        if !slot.open {
+            return;
+        }
+        if slot.send_inflight {
+            let due = slot.send_since + self.send_timeout;
+            if due <= now {
+                let conn = &shard.conns[slot.conn];
+                warn!(
+                    shard = shard.id,
+                    conn = conn.id,
+                    "client took no bytes for mqtt.send_timeout_ms; closing"
+                );
+                return self.finish(shard, now, idx);
+            }
+            self.schedule(idx, due);
+        }
+        let slot = &self.slots[idx];
+        if let (true, Some(t)) = (slot.recv_armed && !slot.recv_cancelling, slot.read_timeout) {
+            let due = slot.read_since + t;
+            if due <= now {
+                let key = slot.conn;
+                let conn = &shard.conns[key];
+                warn!(
+                    shard = shard.id,
+                    conn = conn.id,
+                    peer = ?conn.peer,
+                    phase = ?conn.phase,
+                    "keep-alive or connect timeout; closing"
+                );
+                shard.close_conn(
+                    key,
+                    Close {
+                        reason: ReasonCode::KEEP_ALIVE_TIMEOUT,
+                        why: "keep-alive timeout",
+                    },
+                );
+                self.mark_ready(idx);
+            } else {
+                self.schedule(idx, due);
+            }
+        }
+    }
+}
+
+/// The driver's task: turns while there is work (yielding to the shard's other tasks between
+/// turns), sleeps on the ring's eventfd when there is none.
+pub(crate) async fn run(shard: Rc<RefCell<Shard>>, driver: Rc<RefCell<Driver>>, eventfd: OwnedFd) {
+    // SAFETY: the descriptor is ours (a duplicate of the ring's eventfd) and given up here.
+    let efd = Rc::new(unsafe { glommio::io::BufferedFile::from_raw_fd(eventfd.into_raw_fd()) });
+    let mut wait: Option<Pin<Box<dyn Future<Output = ()>>>> = None;
+    loop {
+        let worked = {
+            let mut d = driver.borrow_mut();
+            let mut s = shard.borrow_mut();
+            d.turn(&mut s, Instant::now())
+        };
+        if worked {
+            futures_lite::future::yield_now().await;
+            continue;
+        }
+        poll_fn(|cx| {
+            WOKEN.with(|w| {
+                let mut w = w.borrow_mut();
+                if !w.task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
+                    w.task = Some(cx.waker().clone());
+                }
+            });
+            if driver.borrow_mut().has_work() {
+                return Poll::Ready(());
+            }
+            let fut = wait.get_or_insert_with(|| {
+                let f = efd.clone();
+                Box::pin(async move {
+                    if let Err(e) = f.read_at(0, 8).await {
+                        error!(error = %e, "io_uring eventfd read failed");
+                        glommio::timer::sleep(TICK).await;
+                    }
+                })
+            });
+            match fut.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    wait = None;
+                    Poll::Ready(())
+                }
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+    }
+}
+
+/// Calls [`Driver::tick`] every [`TICK`].
+pub(crate) async fn ticker(shard: Rc<RefCell<Shard>>, driver: Rc<RefCell<Driver>>) {
+    loop {
+        glommio::timer::sleep(TICK).await;
+        let mut d = driver.borrow_mut();
+        let mut s = shard.borrow_mut();
+        d.tick(&mut s, Instant::now());
+    }
+}
