@@ -18,7 +18,7 @@
 //! durable write gates, backpressure (no reading while the client's backlog is over
 //! `max_write_buffer_bytes` or the shard's outbound batches are over their bound).
 
-use crate::shard::{ConnKey, Phase, Shard};
+use crate::shard::{Phase, Shard};
 use crate::ListenerSpec;
 use bytes::{Buf, BytesMut};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
@@ -44,10 +44,10 @@ const PLAIN_CHUNK_BYTES: usize = 64 * 1024;
 /// Wire bytes a transport gathers for one send.
 const WIRE_BATCH_BYTES: usize = 64 * 1024;
 /// Submission queue entries; the completion queue has four times as many.
-const RING_ENTRIES: u32 = 4096;
+const RING_ENTRIES: u32 = 1024;
 /// The shard's receive pool: buffers and their size. Shared by all of the shard's connections;
 /// a connection holds one only between the completion that fills it and the copy out of it.
-const BUFS: u16 = 256;
+const BUFS: u16 = 128;
 const BUF_LEN: usize = 4096;
 const GROUP: u16 = 1;
 /// Resolution of the timer wheel (keep-alive, connect and send timeouts).
@@ -65,13 +65,13 @@ const K_CANCEL: u64 = 5 << 56;
 const K_MASK: u64 = 0xff << 56;
 
 /// No wheel entry.
-const NO_TICK: u64 = u64::MAX;
+const NO_TICK: u32 = u32::MAX;
 
 /// One connection, as the driver sees it.
 struct Slot {
     fd: OwnedFd,
     /// The shard's key for the connection (valid while `open`).
-    conn: ConnKey,
+    conn: u32,
     /// Tells this slot's wheel entries from those of an earlier slot at the same index.
     serial: u32,
     /// The shard still has the connection.
@@ -98,18 +98,19 @@ struct Slot {
     rbuf: BytesMut,
     /// TLS / WebSocket / PROXY layers; `None` for plain TCP.
     transport: Option<Box<Transport>>,
-    /// Wire bytes from the transport not yet sent.
-    wout: BytesMut,
-    /// The bytes of the send in flight (the kernel reads them until it completes).
+    /// The bytes of the send in flight (the kernel reads them until it completes); between
+    /// sends, where a transport's wire bytes gather. Empty whenever no send is in flight on
+    /// an open connection.
     sending: BytesMut,
-    /// The read timeout in force (the shard's `Conn::read_timeout`), and since when the
-    /// connection has been waiting for bytes.
-    read_timeout: Option<Duration>,
-    read_since: Instant,
+    /// The read timeout in force (the shard's `Conn::read_timeout`) in milliseconds, 0 for
+    /// none, and since when (the driver's clock: [`Driver::ms`]) the connection has been
+    /// waiting for bytes.
+    read_timeout_ms: u32,
+    read_since: u32,
     /// When the send in flight started or last made progress.
-    send_since: Instant,
+    send_since: u32,
     /// The earliest tick at which the wheel holds an entry for this slot.
-    wheel_due: u64,
+    wheel_due: u32,
 }
 
 /// A listener of the shard.
@@ -128,7 +129,7 @@ pub(crate) struct Driver {
     /// `BUFS` buffers of `BUF_LEN` bytes, lent to the kernel.
     pool: Box<[u8]>,
     /// Tick → slots to look at then.
-    wheel: BTreeMap<u64, Vec<(u32, u32)>>,
+    wheel: BTreeMap<u32, Vec<(u32, u32)>>,
     epoch: Instant,
     serial: u32,
     /// Slots to drive in this turn.
@@ -291,9 +292,10 @@ impl Driver {
             return;
         }
         slot.recv_armed = true;
-        slot.read_since = now;
+        slot.read_since = ms(self.epoch, now);
         let fd = slot.fd.as_raw_fd();
-        let due = slot.read_timeout.map(|t| now + t);
+        let due = (slot.read_timeout_ms > 0)
+            .then(|| now + Duration::from_millis(u64::from(slot.read_timeout_ms)));
         self.push(
             opcode::RecvMulti::new(types::Fd(fd), GROUP)
                 .build()
@@ -323,7 +325,7 @@ impl Driver {
         let slot = &mut self.slots[idx];
         debug_assert!(!slot.send_inflight && !slot.sending.is_empty());
         slot.send_inflight = true;
-        slot.send_since = now;
+        slot.send_since = ms(self.epoch, now);
         let len = slot.sending.len().min(u32::MAX as usize) as u32;
         let entry = opcode::Send::new(types::Fd(slot.fd.as_raw_fd()), slot.sending.as_ptr(), len)
             .flags(libc::MSG_NOSIGNAL)
@@ -336,7 +338,8 @@ impl Driver {
     /// Looks at slot `idx` again at `at` (or a little after: the wheel's tick).
     fn schedule(&mut self, idx: usize, at: Instant) {
         let tick = (at.saturating_duration_since(self.epoch).as_millis() as u64)
-            .div_ceil(TICK.as_millis() as u64);
+            .div_ceil(TICK.as_millis() as u64)
+            .min(u64::from(NO_TICK - 1)) as u32;
         let slot = &mut self.slots[idx];
         if tick < slot.wheel_due {
             slot.wheel_due = tick;
@@ -458,10 +461,11 @@ impl Driver {
         };
         let (key, _) = shard.open_conn(peer);
         self.serial = self.serial.wrapping_add(1);
-        let read_timeout = shard.conns[key].read_timeout;
+        let read_timeout_ms = timeout_ms(shard.conns[key].read_timeout);
+        let since = ms(self.epoch, now);
         let idx = self.slots.insert(Slot {
             fd,
-            conn: key,
+            conn: key as u32,
             serial: self.serial,
             open: true,
             recv_armed: false,
@@ -476,11 +480,10 @@ impl Driver {
             decoder: Decoder::new(self.max_packet_size),
             rbuf: BytesMut::new(),
             transport,
-            wout: BytesMut::new(),
             sending: BytesMut::new(),
-            read_timeout,
-            read_since: now,
-            send_since: now,
+            read_timeout_ms,
+            read_since: since,
+            send_since: since,
             wheel_due: NO_TICK,
         });
         shard.conns[key].waker = Some(conn_waker(idx));
@@ -498,12 +501,12 @@ impl Driver {
                 let at = usize::from(bid) * BUF_LEN;
                 let data = &self.pool[at..at + res as usize];
                 shard.stats.bytes_in += res as u64;
-                slot.read_since = now;
+                slot.read_since = ms(self.epoch, now);
                 match &mut slot.transport {
                     None => slot.rbuf.extend_from_slice(data),
                     Some(t) => {
                         if let Err(e) = t.on_wire_in(data, &mut slot.rbuf) {
-                            let conn = &shard.conns[slot.conn];
+                            let conn = &shard.conns[slot.conn as usize];
                             warn!(shard = shard.id, conn = conn.id, peer = ?conn.peer, error = %e, what = e.description(), "transport error; closing");
                             slot.broken = true;
                         }
@@ -537,7 +540,7 @@ impl Driver {
         if res > 0 {
             shard.stats.bytes_out += res as u64;
             slot.sending.advance(res as usize);
-            slot.send_since = now;
+            slot.send_since = ms(self.epoch, now);
             if !slot.sending.is_empty() && slot.open && !slot.dead {
                 self.submit_send(idx, now);
             }
@@ -557,7 +560,7 @@ impl Driver {
             return;
         }
         for _ in 0..ROUNDS_MAX {
-            let key = self.slots[idx].conn;
+            let key = self.slots[idx].conn as usize;
             if self.slots[idx].dead {
                 return self.finish(shard, now, idx);
             }
@@ -568,10 +571,11 @@ impl Driver {
             if conn.waker.is_none() {
                 conn.waker = Some(conn_waker(idx));
             }
-            if conn.read_timeout != slot.read_timeout {
-                slot.read_timeout = conn.read_timeout;
-                slot.read_since = now;
-                if let Some(t) = slot.read_timeout {
+            let read_timeout_ms = timeout_ms(conn.read_timeout);
+            if read_timeout_ms != slot.read_timeout_ms {
+                slot.read_timeout_ms = read_timeout_ms;
+                slot.read_since = ms(self.epoch, now);
+                if let Some(t) = conn.read_timeout {
                     self.schedule(idx, now + t);
                 }
             }
@@ -596,8 +600,8 @@ impl Driver {
                     }
                     Some(t) => {
                         loop {
-                            t.take_wire_out(&mut slot.wout);
-                            if slot.wout.len() >= WIRE_BATCH_BYTES {
+                            t.take_wire_out(&mut slot.sending);
+                            if slot.sending.len() >= WIRE_BATCH_BYTES {
                                 break;
                             }
                             let n = conn.out.len().min(PLAIN_CHUNK_BYTES);
@@ -611,9 +615,6 @@ impl Driver {
                             }
                             conn.out.advance(n);
                             taken += n;
-                        }
-                        if !slot.wout.is_empty() && slot.sending.is_empty() {
-                            std::mem::swap(&mut slot.sending, &mut slot.wout);
                         }
                     }
                 }
@@ -630,13 +631,10 @@ impl Driver {
                 // An idle connection keeps no write buffer.
                 conn.out = BytesMut::new();
             }
-            if slot.wout.is_empty() && slot.wout.capacity() > 0 {
-                slot.wout = BytesMut::new();
-            }
             if slot.sending.is_empty() && !slot.send_inflight && slot.sending.capacity() > 0 {
                 slot.sending = BytesMut::new();
             }
-            let unwritten = conn.out.len() + slot.wout.len() + slot.sending.len();
+            let unwritten = conn.out.len() + slot.sending.len();
             if let Some(t) = &mut slot.transport {
                 if slot.broken || t.closing() {
                     if unwritten == 0 && !t.wants_write() {
@@ -722,7 +720,7 @@ impl Driver {
         let slot = &mut self.slots[idx];
         if slot.open {
             slot.open = false;
-            shard.conn_closed(now, slot.conn);
+            shard.conn_closed(now, slot.conn as usize);
         }
         self.release(idx);
     }
@@ -762,8 +760,9 @@ impl Driver {
                 self.arm_accept(li);
             }
         }
-        let now_tick =
-            now.saturating_duration_since(self.epoch).as_millis() as u64 / TICK.as_millis() as u64;
+        let now_tick = (now.saturating_duration_since(self.epoch).as_millis() as u64
+            / TICK.as_millis() as u64)
+            .min(u64::from(NO_TICK - 1)) as u32;
         while let Some(entry) = self.wheel.first_entry() {
             if *entry.key() > now_tick {
                 break;
@@ -787,10 +786,11 @@ impl Driver {
         if !slot.open {
             return;
         }
+        let now_ms = ms(self.epoch, now);
         if slot.send_inflight {
-            let due = slot.send_since + self.send_timeout;
-            if due <= now {
-                let conn = &shard.conns[slot.conn];
+            let waited = Duration::from_millis(u64::from(now_ms.wrapping_sub(slot.send_since)));
+            if waited >= self.send_timeout {
+                let conn = &shard.conns[slot.conn as usize];
                 warn!(
                     shard = shard.id,
                     conn = conn.id,
@@ -798,13 +798,13 @@ impl Driver {
                 );
                 return self.finish(shard, now, idx);
             }
-            self.schedule(idx, due);
+            self.schedule(idx, now + (self.send_timeout - waited));
         }
         let slot = &self.slots[idx];
-        if let (true, Some(t)) = (slot.recv_armed && !slot.recv_cancelling, slot.read_timeout) {
-            let due = slot.read_since + t;
-            if due <= now {
-                let key = slot.conn;
+        if slot.recv_armed && !slot.recv_cancelling && slot.read_timeout_ms > 0 {
+            let waited = now_ms.wrapping_sub(slot.read_since);
+            if waited >= slot.read_timeout_ms {
+                let key = slot.conn as usize;
                 let conn = &shard.conns[key];
                 warn!(
                     shard = shard.id,
@@ -822,10 +822,22 @@ impl Driver {
                 );
                 self.mark_ready(idx);
             } else {
-                self.schedule(idx, due);
+                let left = slot.read_timeout_ms - waited;
+                self.schedule(idx, now + Duration::from_millis(u64::from(left)));
             }
         }
     }
+}
+
+/// Milliseconds since `epoch` on a 32-bit clock that wraps after 49 days: only differences
+/// of at most a day or so (keep-alive, connect and send timeouts) are taken.
+fn ms(epoch: Instant, now: Instant) -> u32 {
+    now.saturating_duration_since(epoch).as_millis() as u32
+}
+
+/// A read timeout in milliseconds, 0 for none.
+fn timeout_ms(t: Option<Duration>) -> u32 {
+    t.map_or(0, |t| t.as_millis().clamp(1, u128::from(u32::MAX)) as u32)
 }
 
 /// The driver's task: turns while there is work (yielding to the shard's other tasks between
