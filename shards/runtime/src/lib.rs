@@ -716,6 +716,7 @@ async fn housekeeping(shard: Rc<RefCell<Shard>>) {
         let now = Instant::now();
         let mut s = shard.borrow_mut();
         s.expire_sessions(now);
+        s.shrink_transient_tables();
         s.move_clients_if_moved();
         s.post_figures();
         if let Some(interval) = sys_interval {

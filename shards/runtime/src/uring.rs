@@ -47,7 +47,7 @@ const WIRE_BATCH_BYTES: usize = 64 * 1024;
 const RING_ENTRIES: u32 = 1024;
 /// The shard's receive pool: buffers and their size. Shared by all of the shard's connections;
 /// a connection holds one only between the completion that fills it and the copy out of it.
-const BUFS: u16 = 128;
+const BUFS: u16 = 64;
 const BUF_LEN: usize = 4096;
 const GROUP: u16 = 1;
 /// Resolution of the timer wheel (keep-alive, connect and send timeouts).
@@ -598,25 +598,23 @@ impl Driver {
                             taken = n;
                         }
                     }
-                    Some(t) => {
-                        loop {
-                            t.take_wire_out(&mut slot.sending);
-                            if slot.sending.len() >= WIRE_BATCH_BYTES {
-                                break;
-                            }
-                            let n = conn.out.len().min(PLAIN_CHUNK_BYTES);
-                            let n = limit.map_or(n, |l| n.min(l - taken));
-                            if slot.broken || n == 0 || !t.ready() {
-                                break;
-                            }
-                            if let Err(e) = t.on_plain_out(&conn.out[..n]) {
-                                warn!(shard = shard.id, conn = conn.id, error = %e, "transport refused output; closing");
-                                slot.broken = true;
-                            }
-                            conn.out.advance(n);
-                            taken += n;
+                    Some(t) => loop {
+                        t.take_wire_out(&mut slot.sending);
+                        if slot.sending.len() >= WIRE_BATCH_BYTES {
+                            break;
                         }
-                    }
+                        let n = conn.out.len().min(PLAIN_CHUNK_BYTES);
+                        let n = limit.map_or(n, |l| n.min(l - taken));
+                        if slot.broken || n == 0 || !t.ready() {
+                            break;
+                        }
+                        if let Err(e) = t.on_plain_out(&conn.out[..n]) {
+                            warn!(shard = shard.id, conn = conn.id, error = %e, "transport refused output; closing");
+                            slot.broken = true;
+                        }
+                        conn.out.advance(n);
+                        taken += n;
+                    },
                 }
                 if !slot.sending.is_empty() {
                     self.submit_send(idx, now);

@@ -132,28 +132,41 @@ impl Stack {
 
 /// The transport layers of one connection: PROXY, TLS, WebSocket, in wire order.
 #[derive(Debug)]
+///
+/// Kept small (80 bytes): every idle TLS or WebSocket connection holds one; what only some
+/// stacks need is boxed.
 pub struct Transport {
-    /// Bytes of an incomplete PROXY header; `None` once parsed (or when not expected).
-    proxy_pending: Option<BytesMut>,
-    proxy_info: Option<ProxyInfo>,
+    /// The PROXY header, expected or parsed; `None` when the listener has no PROXY protocol.
+    proxy: Option<Box<Proxy>>,
     tls: Option<Box<TlsLayer>>,
     cert_name_kind: PeerCertName,
     cert_name: Option<Box<str>>,
     cert_name_done: bool,
-    ws: Option<Box<WsLayer>>,
-    /// Plaintext from TLS for the WebSocket layer (empty between calls).
-    scratch: BytesMut,
+    /// The WebSocket layer, and the plaintext from TLS on its way to it (empty between calls).
+    ws: Option<Box<(WsLayer, BytesMut)>>,
     /// Wire bytes when there is no TLS (WebSocket replies and frames).
     out: BytesMut,
     closing: bool,
+}
+
+/// A PROXY header: the bytes of an incomplete one, then what it said.
+#[derive(Debug)]
+struct Proxy {
+    /// `None` once parsed.
+    pending: Option<BytesMut>,
+    info: Option<ProxyInfo>,
 }
 
 impl Transport {
     /// The layers for a new connection.
     pub fn new(stack: &Stack) -> Result<Self, TransportError> {
         Ok(Self {
-            proxy_pending: stack.proxy.then(BytesMut::new),
-            proxy_info: None,
+            proxy: stack.proxy.then(|| {
+                Box::new(Proxy {
+                    pending: Some(BytesMut::new()),
+                    info: None,
+                })
+            }),
             tls: stack
                 .tls
                 .clone()
@@ -163,8 +176,10 @@ impl Transport {
             cert_name_kind: stack.peer_cert_name,
             cert_name: None,
             cert_name_done: false,
-            ws: stack.ws.as_ref().map(|w| Box::new(WsLayer::new(w))),
-            scratch: BytesMut::new(),
+            ws: stack
+                .ws
+                .as_ref()
+                .map(|w| Box::new((WsLayer::new(w), BytesMut::new()))),
             out: BytesMut::new(),
             closing: false,
         })
@@ -189,7 +204,8 @@ impl Transport {
         if self.closing {
             return Ok(());
         }
-        if let Some(pending) = &mut self.proxy_pending {
+        if let Some(proxy) = self.proxy.as_mut().filter(|p| p.pending.is_some()) {
+            let pending = proxy.pending.as_mut().expect("filtered");
             let before = pending.len();
             let parsed = if before == 0 {
                 ProxyHeader::parse(wire)?
@@ -211,8 +227,8 @@ impl Transport {
                 Some((info, consumed)) => {
                     assert!(consumed > before, "the header ends in the new bytes");
                     wire = &wire[consumed - before..];
-                    self.proxy_info = Some(info);
-                    self.proxy_pending = None;
+                    proxy.info = Some(info);
+                    proxy.pending = None;
                 }
             }
         }
@@ -222,6 +238,7 @@ impl Transport {
         match (&mut self.tls, &mut self.ws) {
             (None, None) => plain_in.extend_from_slice(wire),
             (None, Some(ws)) => {
+                let ws = &mut ws.0;
                 let r = ws.feed(wire, plain_in);
                 ws.take_out(&mut self.out);
                 if ws.is_closed() {
@@ -233,13 +250,14 @@ impl Transport {
                 let r = match ws {
                     None => tls.feed(wire, plain_in),
                     Some(ws) => {
-                        debug_assert!(self.scratch.is_empty());
-                        let r = tls.feed(wire, &mut self.scratch);
-                        let w = if self.scratch.is_empty() {
+                        let (ws, scratch) = &mut **ws;
+                        debug_assert!(scratch.is_empty());
+                        let r = tls.feed(wire, scratch);
+                        let w = if scratch.is_empty() {
                             Ok(())
                         } else {
-                            let w = ws.feed(&self.scratch, plain_in);
-                            self.scratch.clear();
+                            let w = ws.feed(scratch, plain_in);
+                            scratch.clear();
                             w
                         };
                         if ws.has_out() {
@@ -279,11 +297,12 @@ impl Transport {
         match (&mut self.tls, &mut self.ws) {
             (None, None) => self.out.extend_from_slice(plain),
             (None, Some(ws)) => {
-                ws.send(plain);
-                ws.take_out(&mut self.out);
+                ws.0.send(plain);
+                ws.0.take_out(&mut self.out);
             }
             (Some(tls), None) => tls.send(plain)?,
             (Some(tls), Some(ws)) => {
+                let ws = &mut ws.0;
                 ws.send(plain);
                 ws.take_out(&mut self.out);
                 tls.send(&self.out)?;
@@ -316,12 +335,12 @@ impl Transport {
 
     /// The client address reported by the PROXY header.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
-        self.proxy_info.and_then(|i| i.source)
+        self.proxy_info().and_then(|i| i.source)
     }
 
     /// What the PROXY header reported, once parsed.
     pub fn proxy_info(&self) -> Option<ProxyInfo> {
-        self.proxy_info
+        self.proxy.as_ref().and_then(|p| p.info)
     }
 
     /// The client certificate's name chosen by [`Stack::peer_cert_name`], after the handshake.
@@ -336,9 +355,9 @@ impl Transport {
 
     /// True when every handshake is done and MQTT may flow.
     pub fn ready(&self) -> bool {
-        self.proxy_pending.is_none()
+        self.proxy.as_ref().is_none_or(|p| p.pending.is_none())
             && self.tls.as_ref().is_none_or(|t| !t.is_handshaking())
-            && self.ws.as_ref().is_none_or(|w| w.is_open())
+            && self.ws.as_ref().is_none_or(|w| w.0.is_open())
             && !self.closing
     }
 
@@ -354,6 +373,7 @@ impl Transport {
         }
         self.closing = true;
         if let Some(ws) = &mut self.ws {
+            let ws = &mut ws.0;
             ws.close(tungstenite::protocol::frame::coding::CloseCode::Normal);
             ws.take_out(&mut self.out);
         }
@@ -372,11 +392,11 @@ impl Transport {
         if self.out.is_empty() {
             self.out = BytesMut::new();
         }
-        if self.scratch.is_empty() {
-            self.scratch = BytesMut::new();
-        }
         if let Some(ws) = &mut self.ws {
-            ws.shrink();
+            if ws.1.is_empty() {
+                ws.1 = BytesMut::new();
+            }
+            ws.0.shrink();
         }
         if let Some(tls) = &mut self.tls {
             tls.shrink();
