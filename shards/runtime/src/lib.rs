@@ -8,6 +8,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod bus;
+mod chunk_slab;
 mod conn;
 mod durable;
 mod link;

@@ -4,6 +4,7 @@
 //! `.await`.
 
 use crate::bus::{ShardId, ShardMsg, ShardSet};
+use crate::chunk_slab::ChunkSlab as Slab;
 use crate::link::{FromCluster, NodeId, NodeSet, ToCluster};
 use crate::sys::{NodeFigures, ShardFigures};
 use crate::RuntimeConfig;
@@ -23,7 +24,6 @@ use shardmq_codec::{
     encode, ByteStr, Connect, LastWill, Packet, Protocol, PublishProperties, QoS, ReasonCode,
     RetainHandling, SubAck,
 };
-use slab::Slab;
 use smallvec::SmallVec;
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -18,6 +18,7 @@
 //! durable write gates, backpressure (no reading while the client's backlog is over
 //! `max_write_buffer_bytes` or the shard's outbound batches are over their bound).
 
+use crate::chunk_slab::ChunkSlab as Slab;
 use crate::shard::{Phase, Shard};
 use crate::ListenerSpec;
 use bytes::{Buf, BytesMut};
@@ -25,7 +26,6 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use shardmq_broker::session::Close;
 use shardmq_codec::{Decoder, ReasonCode};
 use shardmq_transport::Transport;
-use slab::Slab;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::future::{poll_fn, Future};
@@ -44,11 +44,11 @@ const PLAIN_CHUNK_BYTES: usize = 64 * 1024;
 /// Wire bytes a transport gathers for one send.
 const WIRE_BATCH_BYTES: usize = 64 * 1024;
 /// Submission queue entries; the completion queue has four times as many.
-const RING_ENTRIES: u32 = 1024;
+const RING_ENTRIES: u32 = 256;
 /// The shard's receive pool: buffers and their size. Shared by all of the shard's connections;
 /// a connection holds one only between the completion that fills it and the copy out of it.
 const BUFS: u16 = 64;
-const BUF_LEN: usize = 4096;
+const BUF_LEN: usize = 2048;
 const GROUP: u16 = 1;
 /// Resolution of the timer wheel (keep-alive, connect and send timeouts).
 const TICK: Duration = Duration::from_millis(100);
@@ -94,14 +94,13 @@ struct Slot {
     /// The shard has been told the transport's peer address and certificate name.
     identity_told: bool,
     decoder: Decoder,
-    /// Bytes of a packet not yet complete; empty (unallocated) between packets.
-    rbuf: BytesMut,
+    /// Bytes of a packet not yet complete, and the bytes of the send in flight (the kernel
+    /// reads them until it completes; between sends, where a transport's wire bytes gather:
+    /// empty whenever no send is in flight on an open connection). Boxed only while one of
+    /// them holds bytes: an idle connection holds neither.
+    bufs: Bufs,
     /// TLS / WebSocket / PROXY layers; `None` for plain TCP.
     transport: Option<Box<Transport>>,
-    /// The bytes of the send in flight (the kernel reads them until it completes); between
-    /// sends, where a transport's wire bytes gather. Empty whenever no send is in flight on
-    /// an open connection.
-    sending: BytesMut,
     /// The read timeout in force (the shard's `Conn::read_timeout`) in milliseconds, 0 for
     /// none, and since when (the driver's clock: [`Driver::ms`]) the connection has been
     /// waiting for bytes.
@@ -111,6 +110,44 @@ struct Slot {
     send_since: u32,
     /// The earliest tick at which the wheel holds an entry for this slot.
     wheel_due: u32,
+}
+
+/// A connection's read buffer and send buffer, in a box that exists only while one of them
+/// holds bytes.
+#[derive(Default)]
+struct Bufs(Option<Box<[BytesMut; 2]>>);
+
+impl Bufs {
+    fn rbuf(&mut self) -> &mut BytesMut {
+        &mut self.0.get_or_insert_with(Default::default)[0]
+    }
+
+    fn sending(&mut self) -> &mut BytesMut {
+        &mut self.0.get_or_insert_with(Default::default)[1]
+    }
+
+    fn rbuf_len(&self) -> usize {
+        self.0.as_ref().map_or(0, |b| b[0].len())
+    }
+
+    fn sending_len(&self) -> usize {
+        self.0.as_ref().map_or(0, |b| b[1].len())
+    }
+
+    /// Frees the empty buffers, and the box once both are (a send in flight is never empty,
+    /// so its bytes stay).
+    fn trim(&mut self) {
+        if let Some(b) = &mut self.0 {
+            for buf in b.iter_mut() {
+                if buf.is_empty() && buf.capacity() > 0 {
+                    *buf = BytesMut::new();
+                }
+            }
+            if b.iter().all(|buf| buf.capacity() == 0) {
+                self.0 = None;
+            }
+        }
+    }
 }
 
 /// A listener of the shard.
@@ -323,11 +360,13 @@ impl Driver {
 
     fn submit_send(&mut self, idx: usize, now: Instant) {
         let slot = &mut self.slots[idx];
-        debug_assert!(!slot.send_inflight && !slot.sending.is_empty());
+        debug_assert!(!slot.send_inflight && slot.bufs.sending_len() > 0);
         slot.send_inflight = true;
         slot.send_since = ms(self.epoch, now);
-        let len = slot.sending.len().min(u32::MAX as usize) as u32;
-        let entry = opcode::Send::new(types::Fd(slot.fd.as_raw_fd()), slot.sending.as_ptr(), len)
+        let fd = slot.fd.as_raw_fd();
+        let sending = slot.bufs.sending();
+        let len = sending.len().min(u32::MAX as usize) as u32;
+        let entry = opcode::Send::new(types::Fd(fd), sending.as_ptr(), len)
             .flags(libc::MSG_NOSIGNAL)
             .build()
             .user_data(K_SEND | idx as u64);
@@ -478,9 +517,8 @@ impl Driver {
             broken: false,
             identity_told: false,
             decoder: Decoder::new(self.max_packet_size),
-            rbuf: BytesMut::new(),
+            bufs: Bufs::default(),
             transport,
-            sending: BytesMut::new(),
             read_timeout_ms,
             read_since: since,
             send_since: since,
@@ -503,9 +541,9 @@ impl Driver {
                 shard.stats.bytes_in += res as u64;
                 slot.read_since = ms(self.epoch, now);
                 match &mut slot.transport {
-                    None => slot.rbuf.extend_from_slice(data),
+                    None => slot.bufs.rbuf().extend_from_slice(data),
                     Some(t) => {
-                        if let Err(e) = t.on_wire_in(data, &mut slot.rbuf) {
+                        if let Err(e) = t.on_wire_in(data, slot.bufs.rbuf()) {
                             let conn = &shard.conns[slot.conn as usize];
                             warn!(shard = shard.id, conn = conn.id, peer = ?conn.peer, error = %e, what = e.description(), "transport error; closing");
                             slot.broken = true;
@@ -539,9 +577,9 @@ impl Driver {
         slot.send_inflight = false;
         if res > 0 {
             shard.stats.bytes_out += res as u64;
-            slot.sending.advance(res as usize);
+            slot.bufs.sending().advance(res as usize);
             slot.send_since = ms(self.epoch, now);
-            if !slot.sending.is_empty() && slot.open && !slot.dead {
+            if slot.bufs.sending_len() > 0 && slot.open && !slot.dead {
                 self.submit_send(idx, now);
             }
         } else if res != -libc::ECANCELED {
@@ -589,18 +627,20 @@ impl Driver {
                 match &mut slot.transport {
                     None => {
                         let n = limit.map_or(conn.out.len(), |l| l.min(conn.out.len()));
-                        if n > 0 && slot.sending.is_empty() {
+                        if n > 0 && slot.bufs.sending_len() == 0 {
                             if n == conn.out.len() {
-                                std::mem::swap(&mut slot.sending, &mut conn.out);
+                                std::mem::swap(slot.bufs.sending(), &mut conn.out);
                             } else {
-                                slot.sending = conn.out.split_to(n);
+                                *slot.bufs.sending() = conn.out.split_to(n);
                             }
                             taken = n;
                         }
                     }
                     Some(t) => loop {
-                        t.take_wire_out(&mut slot.sending);
-                        if slot.sending.len() >= WIRE_BATCH_BYTES {
+                        if t.wants_write() {
+                            t.take_wire_out(slot.bufs.sending());
+                        }
+                        if slot.bufs.sending_len() >= WIRE_BATCH_BYTES {
                             break;
                         }
                         let n = conn.out.len().min(PLAIN_CHUNK_BYTES);
@@ -616,7 +656,7 @@ impl Driver {
                         taken += n;
                     },
                 }
-                if !slot.sending.is_empty() {
+                if slot.bufs.sending_len() > 0 {
                     self.submit_send(idx, now);
                 }
             }
@@ -629,10 +669,8 @@ impl Driver {
                 // An idle connection keeps no write buffer.
                 conn.out = BytesMut::new();
             }
-            if slot.sending.is_empty() && !slot.send_inflight && slot.sending.capacity() > 0 {
-                slot.sending = BytesMut::new();
-            }
-            let unwritten = conn.out.len() + slot.sending.len();
+            slot.bufs.trim();
+            let unwritten = conn.out.len() + slot.bufs.sending_len();
             if let Some(t) = &mut slot.transport {
                 if slot.broken || t.closing() {
                     if unwritten == 0 && !t.wants_write() {
@@ -665,8 +703,8 @@ impl Driver {
             }
             // 2. Decode what is buffered.
             let mut progressed = false;
-            while !slot.rbuf.is_empty() {
-                match slot.decoder.decode(&mut slot.rbuf) {
+            while slot.bufs.rbuf_len() > 0 {
+                match slot.decoder.decode(slot.bufs.rbuf()) {
                     Ok(Some(packet)) => {
                         progressed = true;
                         shard.on_packet(now, key, packet);
@@ -678,14 +716,12 @@ impl Driver {
                     Err(e) => {
                         progressed = true;
                         shard.on_decode_error(key, e.reason_code(), &e.to_string());
-                        slot.rbuf.clear();
+                        slot.bufs.rbuf().clear();
                         break;
                     }
                 }
             }
-            if slot.rbuf.is_empty() && slot.rbuf.capacity() > 0 {
-                slot.rbuf = BytesMut::new();
-            }
+            slot.bufs.trim();
             if progressed {
                 continue;
             }
