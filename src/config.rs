@@ -1304,6 +1304,7 @@ mod tests {
         assert_eq!(c.shard.batch_max, 256);
         assert_eq!(c.shard.spin_before_park_us, 0);
         assert_eq!(c.shard.park_guard_ms, 10);
+        assert_eq!(c.shard.driver, ShardDriver::Uring);
         assert_eq!(c.sys.interval_ms, 1000);
         assert_eq!(c.log.level, "info");
         assert_eq!(c.log.format, LogFormat::Text);

@@ -11,8 +11,19 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_shards_serve_clients_and_every_message_arrives_exactly_once() {
+    every_message_arrives_exactly_once(&[]).await;
+}
+
+/// The first connection driver (`shard.driver = "tasks"`, kept for kernels before 6.0) still
+/// serves both shards; every other test runs on the default `"uring"` driver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tasks_driver_serves_clients_and_every_message_arrives_exactly_once() {
+    every_message_arrives_exactly_once(&[("SHARDMQ_SHARD__DRIVER", "tasks")]).await;
+}
+
+async fn every_message_arrives_exactly_once(env: &[(&str, &str)]) {
     const N: usize = 40;
-    let broker = Broker::start();
+    let broker = Broker::start_with(env);
     let mut subs = Vec::new();
     for i in 0..N {
         let (mut s, _) = V4::connect(broker.port, &format!("fan-sub-{i}"), true).await;
