@@ -48,8 +48,10 @@ use shardmq_shards::{FigureBoard, ShardFigures};
 use crate::config::{ApiConfig, Config};
 use auth::{Authenticator, KeyRing};
 
+pub mod alarms;
 pub mod auth;
 pub mod keys;
+pub mod manage;
 pub mod tls;
 pub use shardmq_rlog::status;
 use shardmq_rlog::status::{ClusterStatus, MemberStatus, RlogStatus, ShardStatus};
@@ -130,6 +132,28 @@ pub struct ApiState {
     pub started: Instant,
     /// Who may call the API.
     pub auth: Arc<Authenticator>,
+    /// The shards, for the management routes ([`manage`]); `None` in tests without a data
+    /// plane.
+    pub management: Option<Arc<shardmq_shards::Management>>,
+    /// The client listeners, for the overview: `{"kind", "addr"[, "path"]}`.
+    pub listeners: Vec<serde_json::Value>,
+    /// `api.listen`, as peers reach this node.
+    pub api_addr: String,
+    /// `listener.max_connections`.
+    pub max_connections: u64,
+    /// What the alarms remember between calls.
+    pub alarms: std::sync::Mutex<alarms::AlarmState>,
+}
+
+/// What the API needs of the data plane.
+#[derive(Clone)]
+pub struct DataPlane {
+    /// The count of open client connections.
+    pub connections: Arc<AtomicUsize>,
+    /// The per-shard figures.
+    pub figures: Arc<FigureBoard>,
+    /// The shards' management inboxes.
+    pub management: Option<Arc<shardmq_shards::Management>>,
 }
 
 impl ApiState {
@@ -162,6 +186,8 @@ pub fn router(state: ApiState) -> Router {
             get(|| async { Json(crate::storage::status()) }),
         )
         .route("/api/v1/reload", post(reload))
+        .route("/api/v1/config/reload", post(reload))
+        .merge(manage::routes())
         .fallback(not_found)
         .with_state(Arc::new(state))
         .layer(axum::middleware::from_fn_with_state(
@@ -759,16 +785,10 @@ where
 /// See [`start_with`].
 pub fn start(
     config: &Config,
-    connections: Arc<AtomicUsize>,
-    figures: Arc<FigureBoard>,
+    plane: DataPlane,
     cluster: Option<Arc<dyn ClusterApi>>,
 ) -> anyhow::Result<()> {
-    start_with(
-        config,
-        connections,
-        figures,
-        move || async move { Ok(cluster) },
-    )
+    start_with(config, plane, move || async move { Ok(cluster) })
 }
 
 /// Starts the control plane: binds `api.listen` here (an error names it), then on the
@@ -776,12 +796,7 @@ pub fn start(
 /// `make_cluster` and serves the API. Returns once `make_cluster` has answered, with its error
 /// if it failed; `make_cluster` should start the cluster's tasks (spawned on the control
 /// runtime) and return, not wait for a leader.
-pub fn start_with<F, Fut>(
-    config: &Config,
-    connections: Arc<AtomicUsize>,
-    figures: Arc<FigureBoard>,
-    make_cluster: F,
-) -> anyhow::Result<()>
+pub fn start_with<F, Fut>(config: &Config, plane: DataPlane, make_cluster: F) -> anyhow::Result<()>
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = anyhow::Result<Option<Arc<dyn ClusterApi>>>> + 'static,
@@ -800,6 +815,9 @@ where
     let node_name = config.node.name.clone();
     let node_id = config.cluster.node_id;
     let started = Instant::now();
+    let listeners = listener_list(config);
+    let api_addr = config.api.listen.trim().to_string();
+    let max_connections = config.listener.max_connections;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
     control_thread(CONTROL_THREAD_NAME, cpu, move || async move {
         let cluster = match make_cluster().await {
@@ -822,11 +840,16 @@ where
                 let state = ApiState {
                     node_name,
                     node_id,
-                    connections,
-                    figures,
+                    connections: plane.connections,
+                    figures: plane.figures,
                     cluster,
                     started,
                     auth,
+                    management: plane.management,
+                    listeners,
+                    api_addr,
+                    max_connections,
+                    alarms: Default::default(),
                 };
                 if let Err(e) = serve(listener, state, tls).await {
                     tracing::error!(error = %format!("{e:#}"), "management API stopped");
@@ -841,6 +864,25 @@ where
     ready_rx
         .recv()
         .context("the control thread ended during start-up")?
+}
+
+/// The client listeners the configuration opens, for the overview.
+fn listener_list(config: &Config) -> Vec<serde_json::Value> {
+    let l = &config.listener;
+    let mut out = Vec::new();
+    if let Some(addr) = l.bind {
+        out.push(json!({ "kind": "mqtt", "addr": addr.to_string() }));
+    }
+    if let Some(addr) = l.tls.bind {
+        out.push(json!({ "kind": "mqtts", "addr": addr.to_string() }));
+    }
+    if let Some(addr) = l.ws.bind {
+        out.push(json!({ "kind": "ws", "addr": addr.to_string(), "path": l.ws.path }));
+    }
+    if let Some(addr) = l.wss.bind {
+        out.push(json!({ "kind": "wss", "addr": addr.to_string(), "path": l.wss.path }));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -930,6 +972,11 @@ mod tests {
             cluster: Some(fake),
             started: Instant::now(),
             auth: ApiState::authenticator(&ApiConfig::default()),
+            management: None,
+            listeners: Vec::new(),
+            api_addr: addr.clone(),
+            max_connections: 0,
+            alarms: Default::default(),
         };
         tokio::spawn(serve(listener, state, None));
         addr

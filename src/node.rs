@@ -10,6 +10,15 @@ use shardmq_shards::{MoveTrigger, Node, RuntimeConfig, MAX_SHARDS};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What the management API needs of the running data plane.
+fn data_plane(node: &Node) -> crate::api::DataPlane {
+    crate::api::DataPlane {
+        connections: node.connections(),
+        figures: node.figures(),
+        management: Some(node.management()),
+    }
+}
+
 /// Translates the validated configuration into the data plane's terms.
 pub(crate) fn runtime_config(
     config: &Config,
@@ -395,26 +404,21 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         }
         let settings = crate::cluster::settings(&config);
         tracing::info!(node_id = settings.node_id, role = ?settings.role, listen = %settings.listen, seeds = ?settings.seeds, "joining the cluster");
-        crate::api::start_with(
-            &config,
-            node.connections(),
-            node.figures(),
-            move || async move {
-                let cluster = shardmq_cluster::ClusterNode::start(settings, control)
-                    .await
-                    .context("starting the cluster node (cluster.*)")?;
-                let handle: Arc<dyn crate::api::ClusterApi> =
-                    Arc::new(crate::cluster::ClusterHandle(cluster));
-                Ok(Some(handle))
-            },
-        )?;
+        crate::api::start_with(&config, data_plane(&node), move || async move {
+            let cluster = shardmq_cluster::ClusterNode::start(settings, control)
+                .await
+                .context("starting the cluster node (cluster.*)")?;
+            let handle: Arc<dyn crate::api::ClusterApi> =
+                Arc::new(crate::cluster::ClusterHandle(cluster));
+            Ok(Some(handle))
+        })?;
         node
     } else {
         let node = Node::start(rt).context("starting the data plane")?;
         if let Some(storage) = node.storage() {
             crate::storage::set(storage);
         }
-        crate::api::start(&config, node.connections(), node.figures(), None)?;
+        crate::api::start(&config, data_plane(&node), None)?;
         node
     };
     tracing::info!("shardmq ready");

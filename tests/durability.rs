@@ -106,6 +106,44 @@ async fn a_clean_restart_keeps_retained_messages_and_queued_qos1_for_an_offline_
     assert!(status["disk_bytes"].as_u64().unwrap() > 0, "{status}");
 }
 
+/// `dir` as a path relative to the working directory (`../../tmp/...`).
+fn relative_to_cwd(dir: &Path) -> PathBuf {
+    let cwd = std::env::current_dir().expect("cwd");
+    let mut rel = PathBuf::new();
+    for _ in cwd.components().skip(1) {
+        rel.push("..");
+    }
+    rel.join(dir.strip_prefix("/").expect("absolute temp dir"))
+}
+
+#[tokio::test]
+async fn a_relative_storage_folder_works_like_the_default_data() {
+    // The default `storage.dir` is `data`, relative: glommio refused relative paths (EBADF),
+    // so every write failed and QoS 1 publishes were refused.
+    let dir = DataDir::new("relative");
+    let rel = relative_to_cwd(&dir.0);
+    let rel = rel.to_str().expect("utf-8");
+    let mut broker = Broker::start_with(&[("SHARDMQ_STORAGE__DIR", rel)]);
+    let (mut publisher, _) = V4::connect(broker.port, "pub", true).await;
+    publisher.publish("r/rel", Q1, true, "kept").await;
+    publisher.disconnect().await;
+    assert!(
+        !broker.log_contains("cannot write the log"),
+        "{}",
+        broker.log()
+    );
+    broker.terminate();
+    drop(broker);
+    let broker = Broker::start_with(&[("SHARDMQ_STORAGE__DIR", rel)]);
+    let (mut fresh, _) = V4::connect(broker.port, "fresh", true).await;
+    fresh.subscribe("r/#", Q1).await;
+    let r = fresh.expect_publish().await;
+    assert_eq!(
+        (r.topic.as_str(), r.payload.as_ref()),
+        ("r/rel", &b"kept"[..])
+    );
+}
+
 #[tokio::test]
 async fn durability_off_writes_nothing() {
     let dir = DataDir::new("off");

@@ -497,6 +497,12 @@ impl Session {
         self.expiry_secs
     }
 
+    /// Replaces the Session Expiry Interval (the management API ends a session with 0: it
+    /// ends when its connection does).
+    pub fn set_expiry_secs(&mut self, secs: u32) {
+        self.expiry_secs = secs;
+    }
+
     /// Whether a connection is attached.
     pub fn is_connected(&self) -> bool {
         self.conn.is_some()

@@ -114,6 +114,26 @@ impl<T> ChunkSlab<T> {
         }
     }
 
+    /// Every occupied entry with a key of at least `start`, with its key, in key order.
+    pub(crate) fn iter_from(&self, start: usize) -> impl Iterator<Item = (usize, &T)> {
+        let first = start / CHUNK;
+        self.chunks
+            .iter()
+            .enumerate()
+            .skip(first)
+            .flat_map(move |(c, chunk)| {
+                let skip = if c == first { start % CHUNK } else { 0 };
+                chunk
+                    .iter()
+                    .enumerate()
+                    .skip(skip)
+                    .filter_map(move |(i, e)| match e {
+                        Entry::Occupied(v) => Some((c * CHUNK + i, v)),
+                        Entry::Vacant(_) => None,
+                    })
+            })
+    }
+
     /// Every occupied entry with its key, in key order.
     pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut T)> {
         self.chunks.iter_mut().enumerate().flat_map(|(c, chunk)| {
@@ -181,6 +201,11 @@ mod tests {
                     Op::Remove(_) => {}
                 }
                 prop_assert_eq!(ours.len(), model.len());
+            }
+            for start in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, model.len() / 2, 3 * CHUNK] {
+                let got: Vec<(usize, u32)> = ours.iter_from(start).map(|(k, v)| (k, *v)).collect();
+                let want: Vec<(usize, u32)> = model.range(start..).map(|(&k, &v)| (k, v)).collect();
+                prop_assert_eq!(got, want, "iter_from({})", start);
             }
             let got: Vec<(usize, u32)> = ours.iter_mut().map(|(k, v)| (k, *v)).collect();
             let want: Vec<(usize, u32)> = model.into_iter().collect();

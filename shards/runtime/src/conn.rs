@@ -99,10 +99,18 @@ impl Future for ConnDriver {
             }
             // 1. Write what the shard queued for this client (up to a durable gate).
             let mut taken = 0;
+            // What goes out while the shard traces a client (`mgmt`), told after the write.
+            let mut traced: Option<Vec<u8>> = None;
             let written = match &mut this.transport {
                 None => {
+                    if shard.traces.is_some() {
+                        traced = Some(conn.out.to_vec());
+                    }
                     let r = write_gated(&mut this.stream, cx, &mut conn.out, limit);
                     taken = *r.as_ref().unwrap_or(&0);
+                    if let Some(bytes) = &mut traced {
+                        bytes.truncate(taken);
+                    }
                     r
                 }
                 Some(t) => {
@@ -115,6 +123,10 @@ impl Future for ConnDriver {
                                 if let Err(e) = t.on_plain_out(&conn.out[..n]) {
                                     warn!(shard = shard.id, conn = conn.id, error = %e, "transport refused output; closing");
                                     this.broken = true;
+                                }
+                                if shard.traces.is_some() {
+                                    let out = traced.get_or_insert_with(Vec::new);
+                                    out.extend_from_slice(&conn.out[..n]);
                                 }
                                 conn.out.advance(n);
                                 taken += n;
@@ -143,6 +155,9 @@ impl Future for ConnDriver {
             };
             if taken > 0 && conn.gates.is_some() {
                 shard.wrote(key, taken);
+            }
+            if let Some(bytes) = traced {
+                shard.trace_out(now, key, &bytes);
             }
             let conn = &mut shard.conns[key];
             match written {

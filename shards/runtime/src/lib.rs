@@ -12,6 +12,7 @@ mod chunk_slab;
 mod conn;
 mod durable;
 mod link;
+pub mod mgmt;
 mod shard;
 mod store;
 mod sys;
@@ -23,6 +24,7 @@ pub use link::{
     link, ControlPlaneLink, DataPlaneLink, FromCluster, NodeId, NodeSet, SendError, ToCluster,
     LINK_CAPACITY,
 };
+pub use mgmt::Management;
 pub use sys::{rfc3339, FigureBoard, ShardFigures};
 
 use bus::Batch;
@@ -195,6 +197,7 @@ pub struct Node {
     connections: Arc<AtomicUsize>,
     figures: Arc<FigureBoard>,
     storage: Option<Arc<StorageFigures>>,
+    management: Arc<Management>,
     /// The `flock` on `storage.dir`, held while the node runs.
     _storage_lock: Option<std::fs::File>,
 }
@@ -218,6 +221,11 @@ impl Node {
         self.storage.clone()
     }
 
+    /// The management API's handle on the shards ([`mgmt`]).
+    pub fn management(&self) -> Arc<Management> {
+        self.management.clone()
+    }
+
     /// Starts one pinned shard per configured CPU. Returns once every shard is listening, or
     /// with the first shard's start-up error.
     pub fn start(cfg: RuntimeConfig) -> io::Result<Node> {
@@ -233,6 +241,14 @@ impl Node {
         cfg.limits
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let mut cfg = cfg;
+        if let Some(spec) = &mut cfg.storage {
+            // glommio opens files relative to no directory (EBADF on a relative path): the
+            // default `data` becomes `$PWD/data` here, once.
+            spec.dir = std::path::absolute(&spec.dir).map_err(|e| {
+                io::Error::new(e.kind(), format!("storage.dir {}: {e}", spec.dir.display()))
+            })?;
+        }
         let cfg = Arc::new(cfg);
         let n = cfg.cpus.len();
         let mesh: MeshBuilder<Batch, _> = MeshBuilder::full(n, cfg.channel_capacity);
@@ -250,6 +266,9 @@ impl Node {
                 (Some(Arc::new(restored)), Some(figures), Some(lock))
             }
         };
+        let (management, mgmt_inboxes) = Management::new(n)?;
+        let mut mgmt_inboxes: Vec<Option<mgmt::Inbox>> =
+            mgmt_inboxes.into_iter().map(Some).collect();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
         let mut handles = Vec::with_capacity(n);
         let (uplink, mut inboxes) = match link {
@@ -262,6 +281,7 @@ impl Node {
         for (i, &cpu) in cfg.cpus.iter().enumerate() {
             let uplink = uplink.clone();
             let inbox = inboxes[i].take();
+            let mgmt_inbox = mgmt_inboxes[i].take().expect("one inbox per shard");
             let cfg = cfg.clone();
             let mesh = mesh.clone();
             let connections = connections.clone();
@@ -335,7 +355,7 @@ impl Node {
                     }
                     let _ = ready.send(Ok(()));
                     let link = uplink.zip(inbox);
-                    serve(shard, listeners, senders, receivers, link).await;
+                    serve(shard, listeners, senders, receivers, link, mgmt_inbox).await;
                 })
                 .map_err(|e| io::Error::other(format!("cannot start shard on cpu {cpu}: {e}")))?;
             handles.push(handle);
@@ -353,6 +373,7 @@ impl Node {
             connections,
             figures,
             storage,
+            management: Arc::new(management),
             _storage_lock: storage_lock,
         })
     }
@@ -463,8 +484,12 @@ async fn serve(
     senders: Senders<Batch>,
     mut receivers: Receivers<Batch>,
     link: Option<(Uplink, link::ShardInbox)>,
+    mgmt_inbox: mgmt::Inbox,
 ) {
     let queues = Queues::create();
+    // Management calls run in the housekeeping queue: a busy API gets its small share of a
+    // saturated shard, never the data plane's.
+    spawn_into(queues.housekeeping, mgmt_calls(shard.clone(), mgmt_inbox));
     let uplink = match link {
         Some((uplink, inbox)) => {
             spawn_into(queues.bus, downlink(shard.clone(), inbox));
@@ -529,6 +554,32 @@ async fn serve(
     futures_lite::future::pending::<()>().await;
 }
 
+/// Answers the management API: one byte on the wake socket, then every queued call.
+async fn mgmt_calls(shard: Rc<RefCell<Shard>>, inbox: mgmt::Inbox) {
+    use futures_lite::AsyncReadExt;
+    // SAFETY: the fd is one end of a socket pair that the inbox owns and gives up here.
+    let mut wake = unsafe { glommio::net::UnixStream::from_raw_fd(inbox.wake.into_raw_fd()) };
+    let mut bytes = [0u8; 64];
+    loop {
+        match wake.read(&mut bytes).await {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                error!(error = %e, "management wake socket failed");
+                break;
+            }
+        }
+        while let Ok(call) = inbox.rx.try_recv() {
+            let reply = shard.borrow_mut().handle_mgmt(Instant::now(), call.request);
+            // The caller may have given up waiting: nothing to do then.
+            let _ = call.reply.send(reply);
+            // One call per task turn: a burst of calls never holds the shard for long.
+            glommio::yield_if_needed().await;
+        }
+    }
+    debug!("management link closed");
+}
+
 /// Applies the verdicts of the auth workers: one byte on the wake socket, then the whole queue.
 async fn auth_replies(shard: Rc<RefCell<Shard>>, wake: std::os::unix::net::UnixStream) {
     use futures_lite::AsyncReadExt;
@@ -574,7 +625,7 @@ async fn accept_loop(
                         }
                     },
                 };
-                let (key, _) = shard.borrow_mut().open_conn(peer);
+                let (key, _) = shard.borrow_mut().open_conn(peer, spec.kind);
                 spawn_into(
                     queue,
                     ConnDriver::new(
@@ -717,6 +768,7 @@ async fn housekeeping(shard: Rc<RefCell<Shard>>) {
         let now = Instant::now();
         let mut s = shard.borrow_mut();
         s.expire_sessions(now);
+        s.expire_traces(now);
         s.shrink_transient_tables();
         s.move_clients_if_moved();
         s.post_figures();

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, trace, warn};
 
 mod durable;
+mod mgmt;
 mod shared;
 
 /// Key of a connection in the shard's slab.
@@ -82,6 +83,8 @@ pub(crate) struct Conn {
     ident: Option<Box<ConnIdent>>,
     /// `storage.durability = "sync"`: output held until what it acknowledges is durable.
     pub(crate) gates: Option<Box<crate::durable::ConnGates>>,
+    /// The listener it came in on.
+    pub(crate) listener: crate::ListenerKind,
 }
 
 /// A verified client: its username and what it may do.
@@ -151,6 +154,10 @@ struct SessionSlot {
     reg_token: u64,
     /// When an offline session expires.
     expires_at: Option<Instant>,
+    /// When its connection attached (Unix seconds), for the management API.
+    connected_at: u32,
+    /// The attaching CONNECT's Clean Start.
+    clean_start: bool,
 }
 
 struct PendingConnect {
@@ -273,6 +280,8 @@ pub(crate) struct Shard {
     pub(crate) cluster: Option<Box<ClusterShard>>,
     /// The shard's durable log (`[storage]`); `None` with `durability = "off"`.
     pub(crate) durable: Option<Box<crate::durable::ShardDurable>>,
+    /// Clients whose packets the management API traces here; `None` while none is.
+    pub(crate) traces: Option<Box<mgmt::Traces>>,
 }
 
 /// Most messages a shard queues for the control plane; beyond it, forwarded publishes are
@@ -361,6 +370,7 @@ impl Shard {
             moved: false,
             cluster: None,
             durable: None,
+            traces: None,
         }
     }
 
@@ -445,7 +455,11 @@ impl Shard {
     // ---- connections -------------------------------------------------------------------
 
     /// Registers an accepted connection.
-    pub(crate) fn open_conn(&mut self, peer: Option<std::net::SocketAddr>) -> (ConnKey, u64) {
+    pub(crate) fn open_conn(
+        &mut self,
+        peer: Option<std::net::SocketAddr>,
+        listener: crate::ListenerKind,
+    ) -> (ConnKey, u64) {
         let n = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
         self.next_conn_id += 1;
         let id = self.next_conn_id;
@@ -464,6 +478,7 @@ impl Shard {
             cert_name: None,
             ident: None,
             gates: None,
+            listener,
         });
         (key, id)
     }
@@ -658,6 +673,9 @@ impl Shard {
 
     /// One decoded packet from connection `key`.
     pub(crate) fn on_packet(&mut self, now: Instant, key: ConnKey, packet: Packet) {
+        if self.traces.is_some() {
+            self.trace_in(now, key, &packet);
+        }
         self.stats.messages_in += u64::from(matches!(packet, Packet::Publish(_)));
         // What a stored change acknowledges (`storage.durability = "sync"`): the PUBACK/PUBREC
         // of a QoS 1/2 PUBLISH, and the PUBCOMP of a PUBREL (an early one could let a reused
@@ -797,6 +815,13 @@ impl Shard {
         if let Some(service) = self.cfg.auth.clone() {
             self.verify(now, key, connect, accepted, &service);
             return;
+        }
+        if let Some(username) = &connect.username {
+            // Kept for the management API only (no ACL applies without `[auth]`).
+            conn.ident = Some(Box::new(ConnIdent {
+                username: Some(username.to_string()),
+                authorizer: None,
+            }));
         }
         self.begin_session(key, connect, accepted);
     }
@@ -1868,6 +1893,8 @@ impl Shard {
             conn: None,
             reg_token: token,
             expires_at: None,
+            connected_at: 0,
+            clean_start: false,
         });
         self.by_client.insert(client_id.clone(), skey);
         self.durable_install(now, skey, accepted.expiry_secs != 0, moved_in);
@@ -1947,6 +1974,8 @@ impl Shard {
         encode(&Packet::ConnAck(connack), accepted.protocol, &mut conn.out);
         let slot = &mut self.sessions[cs.session];
         slot.conn = Some(cs.conn);
+        slot.connected_at = unix_secs(SystemTime::now());
+        slot.clean_start = accepted.clean_start;
         let before = slot.session.stats();
         let authorizer = conn.ident.as_ref().and_then(|i| i.authorizer.clone());
         slot.session
@@ -2130,6 +2159,12 @@ fn will_message(will: LastWill, publisher: ByteStr, now: Instant) -> Message {
         },
         publisher,
     }
+}
+
+/// `wall` as Unix seconds (0 before 1970, saturated in 2106).
+fn unix_secs(wall: SystemTime) -> u32 {
+    wall.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs().min(u64::from(u32::MAX)) as u32)
 }
 
 /// A fresh nonce for an authentication exchange, from the operating system.

@@ -498,7 +498,7 @@ impl Driver {
                 }
             },
         };
-        let (key, _) = shard.open_conn(peer);
+        let (key, _) = shard.open_conn(peer, spec.kind);
         self.serial = self.serial.wrapping_add(1);
         let read_timeout_ms = timeout_ms(shard.conns[key].read_timeout);
         let since = ms(self.epoch, now);
@@ -623,6 +623,8 @@ impl Driver {
             //    time: plaintext goes into a transport only once its previous wire bytes are
             //    sent, so the connection's write buffer still measures the client's backlog.
             let mut taken = 0;
+            // What goes out while the shard traces a client (`mgmt`), told below.
+            let mut traced: Option<Vec<u8>> = None;
             if !slot.send_inflight {
                 match &mut slot.transport {
                     None => {
@@ -634,6 +636,9 @@ impl Driver {
                                 *slot.bufs.sending() = conn.out.split_to(n);
                             }
                             taken = n;
+                            if shard.traces.is_some() {
+                                traced = Some(slot.bufs.sending().to_vec());
+                            }
                         }
                     }
                     Some(t) => loop {
@@ -652,6 +657,10 @@ impl Driver {
                             warn!(shard = shard.id, conn = conn.id, error = %e, "transport refused output; closing");
                             slot.broken = true;
                         }
+                        if shard.traces.is_some() {
+                            let out = traced.get_or_insert_with(Vec::new);
+                            out.extend_from_slice(&conn.out[..n]);
+                        }
                         conn.out.advance(n);
                         taken += n;
                     },
@@ -662,6 +671,9 @@ impl Driver {
             }
             if taken > 0 && shard.conns[key].gates.is_some() {
                 shard.wrote(key, taken);
+            }
+            if let Some(bytes) = traced {
+                shard.trace_out(now, key, &bytes);
             }
             let slot = &mut self.slots[idx];
             let conn = &mut shard.conns[key];

@@ -210,6 +210,8 @@ impl Shard {
             conn: None,
             reg_token: token,
             expires_at: None,
+            connected_at: 0,
+            clean_start: false,
         });
         self.by_client.insert(client_id.clone(), skey);
         self.registry.insert(
