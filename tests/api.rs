@@ -572,3 +572,252 @@ fn tls_files_that_cannot_be_used_stop_the_broker_naming_the_key() {
     assert!(stderr.contains("api.tls_key_file"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `method path` with an optional JSON body → (status, JSON body).
+fn call(api: &str, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    let url = format!("http://{api}{path}");
+    let a = agent();
+    let answer = match (method, body) {
+        ("GET", _) => a.get(&url).call(),
+        ("DELETE", _) => a.delete(&url).call(),
+        (_, Some(b)) => a
+            .post(&url)
+            .header("content-type", "application/json")
+            .send(b),
+        (_, None) => a.post(&url).send_empty(),
+    };
+    let mut r = answer.unwrap_or_else(|e| panic!("{method} {path} at {api}: {e}"));
+    let text = r.body_mut().read_to_string().expect("body");
+    (r.status().as_u16(), json(&text))
+}
+
+/// Every item of a paged list, following `next` with pages of `limit`; returns the items and
+/// the number of pages.
+fn all_pages(api: &str, path: &str, limit: usize) -> (Vec<Value>, usize) {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    for page in 1..=10_000 {
+        let url = match &cursor {
+            None => format!("{path}{sep}limit={limit}"),
+            Some(c) => format!("{path}{sep}limit={limit}&cursor={c}"),
+        };
+        let (status, body) = call(api, "GET", &url, None);
+        assert_eq!(status, 200, "{url}: {body}");
+        let data = body["data"].as_array().expect("data");
+        assert!(data.len() <= limit, "a page holds at most limit items");
+        items.extend(data.iter().cloned());
+        match body["next"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return (items, page),
+        }
+    }
+    panic!("{path}: more than 10,000 pages");
+}
+
+#[tokio::test]
+async fn the_management_api_lists_and_acts_on_clients_sessions_subscriptions_and_retained() {
+    let broker = Broker::start();
+    let api = broker.api_addr();
+    // A v5 subscriber with two subscriptions, a 3.1.1 persistent session gone offline.
+    let (mut sub, _) = Raw::connect(broker.port, Protocol::V5, "watched", true).await;
+    assert_eq!(
+        sub.subscribe(1, &[("m/#", QoS::AtLeastOnce), ("x/+", QoS::AtMostOnce)])
+            .await,
+        [1, 0]
+    );
+    let (offline, _) = Raw::connect(broker.port, Protocol::V3_1_1, "sleeper", false).await;
+    offline.disconnect().await;
+    let (mut publisher, _) = Raw::connect(broker.port, Protocol::V3_1_1, "pub", true).await;
+    publisher
+        .publish("m/r", b"kept", QoS::AtLeastOnce, 1, true)
+        .await;
+    assert_eq!(sub.expect_publish().await.payload.as_ref(), b"kept");
+
+    let (s, clients) = call(&api, "GET", "/api/v1/clients", None);
+    assert_eq!(s, 200, "{clients}");
+    let ids: Vec<&str> = clients["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["clientid"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&"watched") && ids.contains(&"pub") && !ids.contains(&"sleeper"),
+        "{clients}"
+    );
+    let (s, one) = call(&api, "GET", "/api/v1/clients/watched", None);
+    assert_eq!(s, 200, "{one}");
+    assert_eq!(one["protocol"], "5.0");
+    assert_eq!(one["subscriptions"], 2);
+    assert_eq!(one["listener"], "mqtt");
+    assert!(
+        one["address"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{one}"
+    );
+    let filters: Vec<&str> = one["subscriptions_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["filter"].as_str().unwrap())
+        .collect();
+    assert_eq!(filters, ["m/#", "x/+"]);
+    assert_eq!(call(&api, "GET", "/api/v1/clients/nobody", None).0, 404);
+    let (_, filtered) = call(&api, "GET", "/api/v1/clients?clientid=atch", None);
+    assert_eq!(filtered["data"].as_array().unwrap().len(), 1, "{filtered}");
+
+    let (_, sessions) = call(&api, "GET", "/api/v1/sessions?connected=false", None);
+    let offline_ids: Vec<&str> = sessions["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["clientid"].as_str().unwrap())
+        .collect();
+    assert_eq!(offline_ids, ["sleeper"], "{sessions}");
+    let (_, subs) = call(&api, "GET", "/api/v1/subscriptions?match=m/a/b", None);
+    assert_eq!(subs["data"][0]["filter"], "m/#", "{subs}");
+    assert_eq!(subs["data"][0]["qos"], 1, "{subs}");
+    let (_, topics) = call(&api, "GET", "/api/v1/topics", None);
+    let routes: Vec<&str> = topics["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["filter"].as_str().unwrap())
+        .collect();
+    assert_eq!(routes, ["m/#", "x/+"], "{topics}");
+
+    // Retained: listed, read, deleted (an empty retained publish reaches subscribers too).
+    let (_, retained) = call(&api, "GET", "/api/v1/retained?topic=m/%23", None);
+    assert_eq!(retained["data"][0]["topic"], "m/r", "{retained}");
+    let (s, r) = call(&api, "GET", "/api/v1/retained/m/r", None);
+    assert_eq!((s, r["payload"].as_str()), (200, Some("kept")), "{r}");
+    assert_eq!(call(&api, "DELETE", "/api/v1/retained/m/r", None).0, 200);
+    let cleared = sub.expect_publish().await;
+    assert_eq!((&cleared.topic[..], cleared.payload.len()), ("m/r", 0));
+    assert_eq!(call(&api, "GET", "/api/v1/retained/m/r", None).0, 404);
+    assert_eq!(call(&api, "DELETE", "/api/v1/retained/m/r", None).0, 404);
+
+    // Publish as the broker, traced.
+    let (s, t) = call(
+        &api,
+        "POST",
+        "/api/v1/trace/watched",
+        Some(r#"{"seconds":30,"max_packets":100}"#),
+    );
+    assert_eq!(s, 200, "{t}");
+    let (s, p) = call(
+        &api,
+        "POST",
+        "/api/v1/publish",
+        Some(r#"{"topic":"m/api","payload":"aGk=","encoding":"base64","qos":1}"#),
+    );
+    assert_eq!(s, 200, "{p}");
+    let got = sub.expect_publish().await;
+    assert_eq!(
+        (&got.topic[..], got.payload.as_ref()),
+        ("m/api", &b"hi"[..])
+    );
+    sub.send(&shardmq_codec::Packet::PubAck(common::ack_body(got.pkid)))
+        .await;
+    let traced = eventually(WAIT, || async {
+        let (_, t) = call(&api, "GET", "/api/v1/trace/watched", None);
+        let lines: Vec<String> = t["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                format!(
+                    "{} {}",
+                    l["dir"].as_str().unwrap(),
+                    l["packet"].as_str().unwrap()
+                )
+            })
+            .collect();
+        lines
+            .iter()
+            .any(|l| l.starts_with("out PUBLISH topic=m/api qos=1"))
+            && lines.iter().any(|l| l.starts_with("in PUBACK"))
+    })
+    .await;
+    assert!(
+        traced,
+        "{}",
+        call(&api, "GET", "/api/v1/trace/watched", None).1
+    );
+    assert_eq!(call(&api, "DELETE", "/api/v1/trace/watched", None).0, 200);
+    for bad in [
+        r#"{"topic":"a/+"}"#,
+        r#"{"topic":"$SYS/x"}"#,
+        r#"{"topic":"a","qos":3}"#,
+        r#"{"topic":"a","encoding":"hex"}"#,
+        "{",
+    ] {
+        assert_eq!(
+            call(&api, "POST", "/api/v1/publish", Some(bad)).0,
+            400,
+            "{bad}"
+        );
+    }
+    assert_eq!(call(&api, "GET", "/api/v1/clients?limit=0", None).0, 400);
+    assert_eq!(
+        call(&api, "GET", "/api/v1/clients?cursor=junk", None).0,
+        400
+    );
+
+    // Kick: a v5 client reads DISCONNECT 0x98; its session stays.
+    assert_eq!(call(&api, "DELETE", "/api/v1/clients/watched", None).0, 200);
+    let last = sub.expect_closed(WAIT).await;
+    assert!(
+        last.iter()
+            .any(|p| matches!(p, shardmq_codec::Packet::Disconnect(d) if d.reason.0 == 0x98)),
+        "{last:?}"
+    );
+    assert_eq!(call(&api, "DELETE", "/api/v1/clients/watched", None).0, 404);
+    // Delete the offline session: it is gone, and a reconnect finds no session.
+    assert_eq!(
+        call(&api, "DELETE", "/api/v1/sessions/sleeper", None).0,
+        200
+    );
+    assert_eq!(call(&api, "GET", "/api/v1/sessions/sleeper", None).0, 404);
+    let (_, ack) = Raw::connect(broker.port, Protocol::V3_1_1, "sleeper", false).await;
+    assert!(!ack.session_present);
+
+    let (s, overview) = call(&api, "GET", "/api/v1/overview", None);
+    assert_eq!(s, 200);
+    assert_eq!(overview["node"]["shards"], 2, "{overview}");
+    assert_eq!(
+        overview["nodes"][0]["shards"].as_array().unwrap().len(),
+        2,
+        "{overview}"
+    );
+    let (s, alarms) = call(&api, "GET", "/api/v1/alarms", None);
+    assert_eq!(s, 200);
+    assert_eq!(alarms["data"], serde_json::json!([]), "{alarms}");
+}
+
+#[tokio::test]
+async fn listing_clients_pages_through_every_shard_once() {
+    let broker = Broker::start();
+    let api = broker.api_addr();
+    let mut held = Vec::new();
+    for i in 0..230 {
+        let (raw, _) =
+            Raw::connect(broker.port, Protocol::V3_1_1, &format!("page-{i:03}"), true).await;
+        held.push(raw);
+    }
+    let (items, pages) = all_pages(&api, "/api/v1/clients", 50);
+    let ids: std::collections::BTreeSet<String> = items
+        .iter()
+        .map(|c| c["clientid"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 230, "every client once");
+    assert_eq!(items.len(), 230, "no client twice");
+    assert!(pages >= 5, "{pages} pages of 50");
+    let shards: std::collections::BTreeSet<u64> =
+        items.iter().map(|c| c["shard"].as_u64().unwrap()).collect();
+    assert_eq!(shards.len(), 2, "clients on both shards");
+    let (sessions, _) = all_pages(&api, "/api/v1/sessions", 1000);
+    assert_eq!(sessions.len(), 230);
+    let (filtered, _) = all_pages(&api, "/api/v1/clients?clientid=page-1", 7);
+    assert_eq!(filtered.len(), 100, "page-100 .. page-199");
+}

@@ -770,3 +770,113 @@ async fn restarted_node(forwarded: bool, replicant: bool) {
     let r = fresh.expect_publish().await;
     assert_eq!((r.payload.as_ref(), r.retain), (&b"kept"[..], true));
 }
+
+/// The ids (and nodes) of the clients `node`'s API lists for the cluster.
+fn listed_clients(node: &Node, query: &str) -> BTreeSet<(String, u64)> {
+    node.get(&format!("/api/v1/clients{query}"))
+        .and_then(|v| v["data"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .map(|c| {
+            (
+                c["clientid"].as_str().unwrap_or("").to_string(),
+                c["node"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_management_api_of_either_node_answers_for_a_two_node_cluster() {
+    use shardmq_codec::{Packet, Protocol};
+    let (ip1, ip2) = ("127.0.0.31", "127.0.0.32");
+    let q1 = format!("{ip1}:{}", free_udp(ip1));
+    let q2 = format!("{ip2}:{}", free_udp(ip2));
+    let seeds = format!("1@{q1}");
+    let core = Node::start(1, "core", &q1, &seeds, "0");
+    let rep = Node::start(2, "replicant", &q2, &seeds, "1");
+    let formed = eventually(FORM, || async {
+        !core.cluster()["leader"].is_null()
+            && rep.all_normal()
+            && core.cluster()["members"]
+                .as_array()
+                .is_some_and(|m| m.len() == 2)
+    })
+    .await;
+    assert!(formed, "{} / {}", core.cluster(), rep.rlog());
+    let (mut on_core, _) = common::Raw::connect(core.port(), Protocol::V5, "on-core", true).await;
+    let (mut on_rep, _) = common::Raw::connect(rep.port(), Protocol::V5, "on-rep", true).await;
+    assert_eq!(
+        on_core
+            .subscribe(1, &[("c/#", shardmq_codec::QoS::AtMostOnce)])
+            .await,
+        [0]
+    );
+    let both: BTreeSet<(String, u64)> =
+        [("on-core".to_string(), 1), ("on-rep".to_string(), 2)].into();
+    for node in [&core, &rep] {
+        let ok = eventually(Duration::from_secs(10), || async {
+            listed_clients(node, "") == both
+        })
+        .await;
+        assert!(ok, "node {}: {:?}", node.id, listed_clients(node, ""));
+    }
+    // One client a page: the cursor goes from node 1 to node 2.
+    let first = rep.get("/api/v1/clients?limit=1").expect("page 1");
+    assert_eq!(first["data"][0]["clientid"], "on-core", "{first}");
+    let cursor = first["next"].as_str().expect("a next page").to_string();
+    let second = rep
+        .get(&format!("/api/v1/clients?limit=1&cursor={cursor}"))
+        .expect("page 2");
+    assert_eq!(second["data"][0]["clientid"], "on-rep", "{second}");
+    assert_eq!(listed_clients(&core, "?node=2").len(), 1);
+    // A client on the other node: read, then kicked through this one.
+    let remote = core.get("/api/v1/clients/on-rep").expect("answer");
+    assert_eq!(remote["node"], 2, "{remote}");
+    let kicked = http(&core.b().api_addr(), "DELETE", "/api/v1/clients/on-rep").expect("answer");
+    assert_eq!(kicked["kicked"], true, "{kicked}");
+    let last = on_rep.expect_closed(Duration::from_secs(10)).await;
+    assert!(
+        last.iter()
+            .any(|p| matches!(p, Packet::Disconnect(d) if d.reason.0 == 0x98)),
+        "{last:?}"
+    );
+    // A publish through the replicant's API reaches the core's subscriber.
+    let ok = eventually(Duration::from_secs(10), || async { rep.routes() >= 1 }).await;
+    assert!(ok, "the route reached the replicant");
+    let published = http_body(
+        &rep.b().api_addr(),
+        "/api/v1/publish",
+        r#"{"topic":"c/api","payload":"over"}"#,
+    );
+    assert_eq!(published["published"], true, "{published}");
+    let got = on_core.expect_publish().await;
+    assert_eq!(
+        (&got.topic[..], got.payload.as_ref()),
+        ("c/api", &b"over"[..])
+    );
+    let overview = rep.get("/api/v1/overview").expect("overview");
+    let nodes: Vec<u64> = overview["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node"].as_u64().unwrap())
+        .collect();
+    assert_eq!(nodes, [1, 2], "{overview}");
+}
+
+/// `POST path` with a JSON body.
+fn http_body(addr: &str, path: &str, body: &str) -> Value {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (_, body) = out.split_once("\r\n\r\n").expect("an HTTP answer");
+    serde_json::from_str(body).unwrap_or(Value::Null)
+}

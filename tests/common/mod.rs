@@ -554,7 +554,7 @@ impl Raw {
 }
 
 /// An acknowledgement body with success and no properties.
-fn ack_body(pkid: u16) -> shardmq_codec::Ack {
+pub fn ack_body(pkid: u16) -> shardmq_codec::Ack {
     shardmq_codec::Ack {
         pkid,
         ..Default::default()
