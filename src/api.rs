@@ -50,6 +50,7 @@ use auth::{Authenticator, KeyRing};
 
 pub mod alarms;
 pub mod auth;
+pub mod dashboard;
 pub mod keys;
 pub mod manage;
 pub mod tls;
@@ -194,11 +195,12 @@ pub fn router(state: ApiState) -> Router {
             auth,
             auth::require_key,
         ))
+        .merge(dashboard::router())
 }
 
-/// What `POST /api/v1/reload` runs: re-reading certificates and auth files (the same as
-/// SIGHUP). One per process, set by the node at start-up.
-pub type ReloadHook = Arc<dyn Fn() -> anyhow::Result<()> + Send + Sync>;
+/// What `POST /api/v1/config/reload` runs: the configuration reload of [`crate::reload`]
+/// (the same as SIGHUP), answering what it applied. One per process, set by the node.
+pub type ReloadHook = Arc<dyn Fn() -> anyhow::Result<serde_json::Value> + Send + Sync>;
 
 static RELOAD_HOOK: std::sync::OnceLock<ReloadHook> = std::sync::OnceLock::new();
 
@@ -207,8 +209,9 @@ pub fn set_reload_hook(hook: ReloadHook) {
     let _ = RELOAD_HOOK.set(hook);
 }
 
-/// `POST /api/v1/reload`: certificates and auth files re-read without dropping a connection;
-/// 200 `{"reloaded":true}`, or 500 with what failed (the previous state stays in force).
+/// `POST /api/v1/config/reload` (and its old name `/api/v1/reload`): the configuration
+/// reloaded without dropping a connection; 200 with what was applied and what needs a
+/// restart, or 500 with what failed (nothing changed then).
 async fn reload() -> Response {
     let Some(hook) = RELOAD_HOOK.get().cloned() else {
         return (
@@ -218,11 +221,7 @@ async fn reload() -> Response {
             .into_response();
     };
     match tokio::task::spawn_blocking(move || hook()).await {
-        Ok(Ok(())) => (
-            StatusCode::OK,
-            Json(serde_json::json!({ "reloaded": true })),
-        )
-            .into_response(),
+        Ok(Ok(outcome)) => (StatusCode::OK, Json(outcome)).into_response(),
         Ok(Err(e)) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             Json(serde_json::json!({ "reloaded": false, "error": format!("{e:#}") })),

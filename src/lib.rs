@@ -11,6 +11,7 @@ pub mod config;
 pub mod cpus;
 pub mod ctl;
 mod node;
+pub mod reload;
 pub mod storage;
 pub mod tune;
 

@@ -104,7 +104,7 @@ fn try_main() -> anyhow::Result<()> {
     match command {
         Command::Run => {
             install_tracing(&config)?;
-            shardmq::run(config)
+            shardmq::run(config, cli.config.clone())
         }
         Command::CheckConfig => check_config(&config),
         Command::Tune { action } => tune(action, &config),
@@ -211,10 +211,24 @@ fn install_tracing(config: &Config) -> anyhow::Result<()> {
         _ => filter,
     };
     match config.log.format {
-        LogFormat::Text => tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init(),
+        LogFormat::Text => {
+            let builder = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            // `log.level` changes on a configuration reload (src/reload.rs).
+            shardmq::reload::set_log_filter_hook(Box::new(move |level| {
+                let filter = EnvFilter::try_new(level)?;
+                let filter = match "rustls=error".parse() {
+                    Ok(quiet) if !level.contains("rustls") => filter.add_directive(quiet),
+                    _ => filter,
+                };
+                handle.reload(filter)?;
+                Ok(())
+            }));
+        }
     }
     Ok(())
 }

@@ -42,20 +42,7 @@ pub(crate) fn runtime_config(
         cpus.len()
     );
     let m = &config.mqtt;
-    let limits = Limits {
-        max_packet_size: m.max_packet_size,
-        max_client_id_len: usize::from(m.max_client_id_len),
-        max_inflight: m.max_inflight,
-        max_queued_messages: m.max_queued_messages as usize,
-        max_awaiting_rel: m.max_awaiting_rel,
-        max_topic_levels: usize::from(m.max_topic_levels),
-        max_subscriptions: m.max_subscriptions as usize,
-        session_expiry_max_secs: m.session_expiry_max_secs,
-        max_keepalive_secs: m.max_keepalive_secs,
-        retain_available: m.retain_available,
-        max_write_buffer_bytes: usize::try_from(m.max_write_buffer_bytes).unwrap_or(usize::MAX),
-        max_topic_alias: m.max_topic_alias,
-    };
+    let limits = limits(m);
     limits.validate().map_err(anyhow::Error::msg)?;
     Ok(RuntimeConfig {
         node_name: config.node.name.clone(),
@@ -95,6 +82,24 @@ pub(crate) fn runtime_config(
         move_trigger: MoveTrigger::default(),
         storage: storage_spec(&config.storage),
     })
+}
+
+/// `[mqtt]`'s per-client limits in the data plane's terms.
+pub(crate) fn limits(m: &crate::config::MqttConfig) -> Limits {
+    Limits {
+        max_packet_size: m.max_packet_size,
+        max_client_id_len: usize::from(m.max_client_id_len),
+        max_inflight: m.max_inflight,
+        max_queued_messages: m.max_queued_messages as usize,
+        max_awaiting_rel: m.max_awaiting_rel,
+        max_topic_levels: usize::from(m.max_topic_levels),
+        max_subscriptions: m.max_subscriptions as usize,
+        session_expiry_max_secs: m.session_expiry_max_secs,
+        max_keepalive_secs: m.max_keepalive_secs,
+        retain_available: m.retain_available,
+        max_write_buffer_bytes: usize::try_from(m.max_write_buffer_bytes).unwrap_or(usize::MAX),
+        max_topic_alias: m.max_topic_alias,
+    }
 }
 
 /// `[storage]` in the data plane's terms; `None` for `durability = "off"`.
@@ -290,21 +295,39 @@ fn auth_service(config: &Config) -> anyhow::Result<Option<Arc<shardmq_auth::Auth
     Ok(Some(service))
 }
 
-/// SIGHUP reloads certificates and auth files (connections stay up).
-fn watch_reload_signal(security: Security) -> anyhow::Result<()> {
+/// SIGHUP reloads the configuration (`crate::reload`; connections stay up).
+fn watch_reload_signal(reloader: Arc<crate::reload::Reloader>) -> anyhow::Result<()> {
     use signal_hook::{consts::SIGHUP, iterator::Signals};
     let mut signals = Signals::new([SIGHUP]).context("installing the SIGHUP handler")?;
     std::thread::Builder::new()
         .name("reload".into())
         .spawn(move || {
             for _ in signals.forever() {
-                tracing::info!("SIGHUP: reloading certificates and auth files");
-                if let Err(e) = security.reload() {
-                    tracing::error!("{e:#}");
+                tracing::info!("SIGHUP: reloading the configuration");
+                if let Err(e) = reloader.reload() {
+                    tracing::error!("reload failed, nothing changed: {e:#}");
                 }
             }
         })
         .context("starting the reload thread")?;
+    Ok(())
+}
+
+/// Makes the reloader of the running node and hands it to SIGHUP and the API.
+fn arm_reload(
+    config: &Config,
+    config_path: Option<std::path::PathBuf>,
+    security: &Security,
+    node: &Node,
+) -> anyhow::Result<()> {
+    let reloader = Arc::new(crate::reload::Reloader::new(
+        config_path,
+        config.clone(),
+        security.clone(),
+        node.management(),
+    ));
+    watch_reload_signal(reloader.clone())?;
+    crate::api::set_reload_hook(Arc::new(move || reloader.reload()));
     Ok(())
 }
 
@@ -375,12 +398,9 @@ fn warn_if_nofile_too_low(max_connections: u64) {
 }
 
 /// Runs the broker node described by `config` until the process is stopped.
-pub fn run(config: Config) -> anyhow::Result<()> {
+pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let security = Security::load(&config)?;
     let rt = runtime_config(&config, &security)?;
-    watch_reload_signal(security.clone())?;
-    let hook = security.clone();
-    crate::api::set_reload_hook(Arc::new(move || hook.reload()));
     let control = control_cpu(&config, &rt.cpus)?;
     warn_if_nofile_too_low(config.listener.max_connections);
     watch_move_signal(
@@ -402,6 +422,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         if let Some(storage) = node.storage() {
             crate::storage::set(storage);
         }
+        arm_reload(&config, config_path, &security, &node)?;
         let settings = crate::cluster::settings(&config);
         tracing::info!(node_id = settings.node_id, role = ?settings.role, listen = %settings.listen, seeds = ?settings.seeds, "joining the cluster");
         crate::api::start_with(&config, data_plane(&node), move || async move {
@@ -418,6 +439,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         if let Some(storage) = node.storage() {
             crate::storage::set(storage);
         }
+        arm_reload(&config, config_path, &security, &node)?;
         crate::api::start(&config, data_plane(&node), None)?;
         node
     };

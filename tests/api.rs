@@ -821,3 +821,74 @@ async fn listing_clients_pages_through_every_shard_once() {
     let (filtered, _) = all_pages(&api, "/api/v1/clients?clientid=page-1", 7);
     assert_eq!(filtered.len(), 100, "page-100 .. page-199");
 }
+
+#[tokio::test]
+async fn a_reload_puts_limits_in_force_without_dropping_connections_and_names_what_needs_a_restart()
+{
+    let dir = std::env::temp_dir().join(format!("shardmq-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("shardmq.toml");
+    let write = |text: &str| std::fs::write(&file, text).expect("write config");
+    write("[listener]\nmax_connections = 1000\n[log]\nlevel = \"warn,shardmq::node=info\"\n");
+    let path = file.to_str().unwrap().to_string();
+    let broker = Broker::start_with_args(&[], &["--config", &path]);
+    let api = broker.api_addr();
+    let (mut held, _) = Raw::connect(broker.port, Protocol::V5, "held", true).await;
+
+    write("[listener]\nmax_connections = 1\n[mqtt]\nsend_timeout_ms = 5000\n[log]\nlevel = \"warn,shardmq::node=info\"\n");
+    let (s, outcome) = call(&api, "POST", "/api/v1/config/reload", None);
+    assert_eq!(s, 200, "{outcome}");
+    assert_eq!(
+        outcome["applied"],
+        serde_json::json!(["listener.max_connections"]),
+        "{outcome}"
+    );
+    assert_eq!(
+        outcome["restart_required"],
+        serde_json::json!(["mqtt.send_timeout_ms"]),
+        "{outcome}"
+    );
+    let (_, ack) = Raw::connect_with(
+        broker.port,
+        common::connect_packet(Protocol::V5, "over", true, 0),
+    )
+    .await;
+    assert_eq!(
+        ack.code.0, 0x89,
+        "max_connections = 1 is in force: Server busy"
+    );
+    // The connection that was there stays up.
+    held.send(&shardmq_codec::Packet::PingReq).await;
+    assert!(matches!(
+        held.expect(WAIT).await,
+        shardmq_codec::Packet::PingResp
+    ));
+
+    // An invalid file changes nothing.
+    write("[listener]\nmax_connections = \"many\"\n");
+    let (s, failed) = call(&api, "POST", "/api/v1/config/reload", None);
+    assert_eq!(s, 500, "{failed}");
+    assert_eq!(failed["reloaded"], false, "{failed}");
+
+    // SIGHUP does the same: the limit goes back up.
+    write("[listener]\nmax_connections = 1000\n");
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(broker.pid() as i32, libc::SIGHUP) }, 0);
+    let admitted = eventually(WAIT, || async {
+        let (_, ack) = Raw::connect_with(
+            broker.port,
+            common::connect_packet(Protocol::V5, "later", true, 0),
+        )
+        .await;
+        ack.code.0 == 0
+    })
+    .await;
+    assert!(admitted, "{}", broker.log());
+    broker.expect_warn("take effect only after a restart").await;
+    held.send(&shardmq_codec::Packet::PingReq).await;
+    assert!(matches!(
+        held.expect(WAIT).await,
+        shardmq_codec::Packet::PingResp
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+}

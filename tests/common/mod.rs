@@ -79,12 +79,18 @@ impl Broker {
 
     /// A broker with the test defaults plus `env` (`SHARDMQ_<SECTION>__<KEY>` overrides).
     pub fn start_with(env: &[(&str, &str)]) -> Broker {
+        Broker::start_with_args(env, &[])
+    }
+
+    /// [`Broker::start_with`], with command-line arguments (e.g. `--config FILE`).
+    pub fn start_with_args(env: &[(&str, &str)], args: &[&str]) -> Broker {
         let port = free_port();
         let log =
             std::env::temp_dir().join(format!("shardmq-it-{}-{port}.log", std::process::id()));
         let file = std::fs::File::create(&log).expect("create broker log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardmq"));
-        cmd.env("SHARDMQ_LISTENER__BIND", format!("127.0.0.1:{port}"))
+        cmd.args(args)
+            .env("SHARDMQ_LISTENER__BIND", format!("127.0.0.1:{port}"))
             .env("SHARDMQ_NODE__CPUS", "0-1")
             .env("SHARDMQ_SYS__INTERVAL_MS", "100")
             .env("RUST_LOG", "warn,shardmq::node=info")

@@ -758,12 +758,13 @@ async fn send_uplink(shard: &Rc<RefCell<Shard>>, uplink: &Uplink) {
 /// Every 250 ms (or the `$SYS` interval, if shorter): expire offline sessions; at the `$SYS`
 /// interval, publish the shard's figures (and, on shard 0, the node's).
 async fn housekeeping(shard: Rc<RefCell<Shard>>) {
-    let sys_interval = shard.borrow().cfg.sys_interval;
-    let tick = sys_interval.map_or(Duration::from_millis(250), |i| {
-        i.clamp(Duration::from_millis(10), Duration::from_millis(250))
-    });
     let mut next_sys = Instant::now();
     loop {
+        // Read each turn: a configuration reload may change it.
+        let sys_interval = shard.borrow().sys_interval;
+        let tick = sys_interval.map_or(Duration::from_millis(250), |i| {
+            i.clamp(Duration::from_millis(10), Duration::from_millis(250))
+        });
         glommio::timer::sleep(tick).await;
         let now = Instant::now();
         let mut s = shard.borrow_mut();

@@ -148,6 +148,26 @@ pub enum Request {
         /// Client identifier.
         client_id: String,
     },
+    /// Puts reloaded settings in force (`POST /api/v1/config/reload`, SIGHUP).
+    Configure(Box<LiveSettings>),
+}
+
+/// The settings a running shard takes from a configuration reload. Connections keep what
+/// they negotiated at CONNECT (Receive Maximum, Maximum Packet Size, Topic Alias Maximum,
+/// keep-alive); everything else applies from the next packet on.
+#[derive(Debug, Clone)]
+pub struct LiveSettings {
+    /// Per-client MQTT limits (`max_packet_size` must stay what the shard started with: the
+    /// decoders' bound is fixed at start).
+    pub limits: shardmq_broker::Limits,
+    /// Node-wide connection limit.
+    pub max_connections: usize,
+    /// Node-wide CONNECTs per second, 0 = unlimited.
+    pub max_connection_rate: u32,
+    /// Time allowed between accept and CONNECT, for connections accepted from now on.
+    pub connect_timeout: Duration,
+    /// `$SYS` interval; `None` = off.
+    pub sys_interval: Option<Duration>,
 }
 
 /// Which clients [`Request::Clients`] lists.

@@ -265,6 +265,12 @@ pub(crate) struct Shard {
     pub(crate) board: Option<Arc<crate::sys::FigureBoard>>,
     /// This shard's share of `listener.max_connection_rate`; `None` when unlimited.
     connect_rate: Option<TokenBucket>,
+    /// Node-wide connection limit (`listener.max_connections`; a reload changes it).
+    max_connections: usize,
+    /// Time allowed between accept and CONNECT (`mqtt.connect_timeout_ms`).
+    connect_timeout: Duration,
+    /// `$SYS` interval (`sys.interval_ms`); `None` = off.
+    pub(crate) sys_interval: Option<Duration>,
     /// Shard-owned read buffer: idle connections hold none.
     pub(crate) read_scratch: Vec<u8>,
     match_scratch: Vec<(u32, Subscription)>,
@@ -329,6 +335,8 @@ impl Shard {
     ) -> Shard {
         let nshards = cfg.cpus.len();
         let cfg_rate = cfg.max_connection_rate;
+        let (cfg_max_connections, cfg_connect_timeout, cfg_sys_interval) =
+            (cfg.max_connections, cfg.connect_timeout, cfg.sys_interval);
         Shard {
             id,
             nshards,
@@ -362,6 +370,9 @@ impl Shard {
             node_figures: (id == 0).then(|| NodeFigures::new(nshards)),
             board: None,
             connect_rate: (cfg_rate > 0).then(|| TokenBucket::share_of(cfg_rate, nshards)),
+            max_connections: cfg_max_connections,
+            connect_timeout: cfg_connect_timeout,
+            sys_interval: cfg_sys_interval,
             read_scratch: vec![0; 64 * 1024],
             match_scratch: Vec::new(),
             shared_local: Default::default(),
@@ -470,8 +481,8 @@ impl Shard {
             waker: None,
             session: None,
             protocol: None,
-            read_timeout: Some(self.cfg.connect_timeout),
-            over_limit: n > self.cfg.max_connections,
+            read_timeout: Some(self.connect_timeout),
+            over_limit: n > self.max_connections,
             graceful: None,
             auth: None,
             peer,

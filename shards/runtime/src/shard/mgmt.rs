@@ -9,6 +9,7 @@ use crate::mgmt::{
 };
 use crate::ListenerKind;
 use bytes::{Bytes, BytesMut};
+use shardmq_broker::rate::TokenBucket;
 use shardmq_broker::session::{Close, Subscription};
 use shardmq_broker::topic::filter_matches;
 use shardmq_broker::Message;
@@ -298,6 +299,17 @@ impl Shard {
                             .collect(),
                     },
                 }
+            }
+            Request::Configure(settings) => {
+                let s = *settings;
+                info!(shard = self.id, max_connections = s.max_connections, max_connection_rate = s.max_connection_rate, sys_interval = ?s.sys_interval, "reloaded settings in force");
+                self.limits = s.limits;
+                self.max_connections = s.max_connections;
+                self.connect_timeout = s.connect_timeout;
+                self.sys_interval = s.sys_interval;
+                self.connect_rate = (s.max_connection_rate > 0)
+                    .then(|| TokenBucket::share_of(s.max_connection_rate, self.nshards));
+                Reply::Done(true)
             }
             Request::TraceStop { client_id } => {
                 let removed = self
