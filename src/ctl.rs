@@ -13,6 +13,8 @@
 //! shardmq ctl api-key create --name grafana         # prints the key, once
 //! shardmq ctl api-key list
 //! shardmq ctl api-key delete grafana                # by id or name
+//! shardmq ctl clients list --clientid sensor         # and sessions, subs, retained,
+//! shardmq ctl trace client sensor-1                  # publish: see [`manage`]
 //! ```
 //!
 //! The API key comes from `--api-key` or `SHARDMQ_API_KEY` and is sent as
@@ -29,6 +31,8 @@ use serde_json::{json, Value};
 
 use crate::api::keys::{self, KeyFile};
 use crate::config::ApiConfig;
+
+pub mod manage;
 
 /// How long one request may take, connection included: more than the API gives the cluster
 /// layer for a join or leave ([`crate::api::MEMBERSHIP_TIMEOUT_MS`]).
@@ -86,6 +90,38 @@ pub enum CtlCommand {
         /// What to do.
         #[command(subcommand)]
         action: StorageAction,
+    },
+    /// Connected clients, cluster-wide: list, show, kick.
+    Clients {
+        /// What to do.
+        #[command(subcommand)]
+        action: manage::ClientsAction,
+    },
+    /// Sessions, offline ones included: list, delete.
+    Sessions {
+        /// What to do.
+        #[command(subcommand)]
+        action: manage::SessionsAction,
+    },
+    /// Subscriptions, cluster-wide.
+    Subs {
+        /// What to do.
+        #[command(subcommand)]
+        action: manage::SubsAction,
+    },
+    /// Retained messages: list, show, delete.
+    Retained {
+        /// What to do.
+        #[command(subcommand)]
+        action: manage::RetainedAction,
+    },
+    /// Publish a message as the broker.
+    Publish(manage::PublishArgs),
+    /// A bounded live log of one client's packets.
+    Trace {
+        /// What to trace.
+        #[command(subcommand)]
+        action: manage::TraceAction,
     },
     /// API keys in api.keys_file (edits the file; a running node picks changes up by itself).
     ApiKey {
@@ -353,6 +389,12 @@ pub fn run(endpoint: &Endpoint, args: &CtlArgs) -> anyhow::Result<String> {
                 crate::storage::render(&status)
             })
         }
+        CtlCommand::Clients { action } => manage::clients(&client, action, json),
+        CtlCommand::Sessions { action } => manage::sessions(&client, action, json),
+        CtlCommand::Subs { action } => manage::subs(&client, action, json),
+        CtlCommand::Retained { action } => manage::retained(&client, action, json),
+        CtlCommand::Publish(args) => manage::publish(&client, args, json),
+        CtlCommand::Trace { action } => manage::trace(&client, action, json),
         CtlCommand::ApiKey { .. } => bail!("ctl api-key works on api.keys_file, not the API"),
     }
 }
@@ -396,6 +438,15 @@ impl Client {
         }
         let answer = request.call();
         self.answer("GET", path, answer)
+    }
+
+    fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        let mut request = self.agent.delete(&self.url(path));
+        if let Some(auth) = &self.authorization {
+            request = request.header("authorization", auth);
+        }
+        let answer = request.call();
+        self.answer("DELETE", path, answer)
     }
 
     fn post(&self, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {

@@ -786,12 +786,12 @@ fn listed_clients(node: &Node, query: &str) -> BTreeSet<(String, u64)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_management_api_of_either_node_answers_for_a_two_node_cluster() {
-    use shardmq_codec::{Packet, Protocol};
-    let (ip1, ip2) = ("127.0.0.31", "127.0.0.32");
-    let q1 = format!("{ip1}:{}", free_udp(ip1));
-    let q2 = format!("{ip2}:{}", free_udp(ip2));
+/// A core (id 1, on CPU 0) and a replicant (id 2, on CPU 1) on loopback addresses of their
+/// own (`base` and `base + 1` in 127.0.0.x), formed.
+async fn two_nodes(base: u8) -> (Node, Node) {
+    let (ip1, ip2) = (format!("127.0.0.{base}"), format!("127.0.0.{}", base + 1));
+    let q1 = format!("{ip1}:{}", free_udp(&ip1));
+    let q2 = format!("{ip2}:{}", free_udp(&ip2));
     let seeds = format!("1@{q1}");
     let core = Node::start(1, "core", &q1, &seeds, "0");
     let rep = Node::start(2, "replicant", &q2, &seeds, "1");
@@ -804,6 +804,13 @@ async fn the_management_api_of_either_node_answers_for_a_two_node_cluster() {
     })
     .await;
     assert!(formed, "{} / {}", core.cluster(), rep.rlog());
+    (core, rep)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_management_api_of_either_node_answers_for_a_two_node_cluster() {
+    use shardmq_codec::{Packet, Protocol};
+    let (core, rep) = two_nodes(31).await;
     let (mut on_core, _) = common::Raw::connect(core.port(), Protocol::V5, "on-core", true).await;
     let (mut on_rep, _) = common::Raw::connect(rep.port(), Protocol::V5, "on-rep", true).await;
     assert_eq!(
@@ -879,4 +886,94 @@ fn http_body(addr: &str, path: &str, body: &str) -> Value {
     s.read_to_string(&mut out).unwrap();
     let (_, body) = out.split_once("\r\n\r\n").expect("an HTTP answer");
     serde_json::from_str(body).unwrap_or(Value::Null)
+}
+
+/// `shardmq ctl --api API args...` → stdout; panics with stderr on failure.
+fn ctl(api: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardmq"))
+        .args(["ctl", "--api", api])
+        .args(args)
+        .output()
+        .expect("run shardmq ctl");
+    assert!(
+        out.status.success(),
+        "ctl {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_lists_and_acts_on_clients_sessions_subscriptions_and_retained_across_two_nodes() {
+    use shardmq_codec::{Packet, Protocol, QoS as Q};
+    let (core, rep) = two_nodes(41).await;
+    let (core_api, rep_api) = (core.b().api_addr(), rep.b().api_addr());
+    let (mut watcher, _) =
+        common::Raw::connect(core.port(), Protocol::V5, "ctl-watcher", true).await;
+    assert_eq!(watcher.subscribe(1, &[("t/#", Q::AtMostOnce)]).await, [0]);
+    let (roamer, _) = common::Raw::connect(rep.port(), Protocol::V3_1_1, "ctl-roamer", false).await;
+    let (mut remote, _) = common::Raw::connect(rep.port(), Protocol::V5, "ctl-remote", true).await;
+    roamer.disconnect().await;
+    let ok = eventually(Duration::from_secs(10), || async { rep.routes() >= 1 }).await;
+    assert!(ok, "the route reached the replicant");
+
+    let listed = ctl(&rep_api, &["clients", "list"]);
+    assert!(listed.starts_with("CLIENT ID"), "{listed}");
+    assert!(
+        listed.contains("ctl-watcher") && listed.contains("ctl-remote"),
+        "{listed}"
+    );
+    let shown = ctl(&rep_api, &["clients", "show", "ctl-watcher"]);
+    assert!(
+        shown.contains("node          1") && shown.contains("t/#"),
+        "{shown}"
+    );
+    let subs = ctl(&rep_api, &["subs", "list", "--match", "t/x"]);
+    assert!(
+        subs.contains("ctl-watcher") && subs.contains("t/#"),
+        "{subs}"
+    );
+    let offline = ctl(
+        &core_api,
+        &["--json", "sessions", "list", "--connected", "false"],
+    );
+    let offline: Value = serde_json::from_str(&offline).expect("JSON");
+    assert_eq!(offline["data"][0]["clientid"], "ctl-roamer", "{offline}");
+    assert_eq!(offline["data"][0]["node"], 2, "{offline}");
+
+    // Publish through the replicant, traced on the core.
+    let api = core_api.clone();
+    let trace = std::thread::spawn(move || {
+        ctl(&api, &["trace", "client", "ctl-watcher", "--seconds", "3"])
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    ctl(&rep_api, &["publish", "t/ctl", "hello", "--retain"]);
+    let got = watcher.expect_publish().await;
+    assert_eq!(
+        (&got.topic[..], got.payload.as_ref()),
+        ("t/ctl", &b"hello"[..])
+    );
+    let traced = trace.join().expect("trace thread");
+    assert!(traced.contains("out PUBLISH topic=t/ctl"), "{traced}");
+
+    let retained = ctl(&core_api, &["retained", "list", "--topic", "t/#"]);
+    assert!(retained.contains("t/ctl"), "{retained}");
+    assert!(ctl(&core_api, &["retained", "show", "t/ctl"]).contains("payload  hello"));
+    ctl(&core_api, &["retained", "delete", "t/ctl"]);
+    let gone = eventually(Duration::from_secs(10), || async {
+        !ctl(&rep_api, &["retained", "list", "--topic", "t/#"]).contains("t/ctl")
+    })
+    .await;
+    assert!(gone, "the retained message left every node");
+
+    ctl(&core_api, &["sessions", "delete", "ctl-roamer"]);
+    assert!(!ctl(&rep_api, &["sessions", "list"]).contains("ctl-roamer"));
+    ctl(&core_api, &["clients", "kick", "ctl-remote"]);
+    let last = remote.expect_closed(Duration::from_secs(10)).await;
+    assert!(
+        last.iter()
+            .any(|p| matches!(p, Packet::Disconnect(d) if d.reason.0 == 0x98)),
+        "{last:?}"
+    );
 }
