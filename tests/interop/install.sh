@@ -5,7 +5,9 @@
 #   pip:  paho-mqtt, PyJWT (tests/interop/requirements.txt) into tests/interop/.venv
 #   npm:  mqtt (MQTT.js, tests/interop/js/package-lock.json) into tests/interop/js/node_modules;
 #         playwright-core (tests/interop/browser/package-lock.json, no browser download: it
-#         drives Debian's /usr/bin/chromium) into tests/interop/browser/node_modules
+#         drives Debian's /usr/bin/chromium) into tests/interop/browser/node_modules, and the
+#         same for the dashboard test (tests/dashboard/package-lock.json) into
+#         tests/dashboard/node_modules
 # rumqttc needs nothing: it is a dev-dependency of the workspace.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -82,5 +84,17 @@ if [[ -f "$stamp" && "$(cat "$stamp")" == "$lock_sum" && -f browser/node_modules
 else
     step "npm ci (tests/interop/browser)"
     (cd browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
+    echo "$lock_sum" >"$stamp"
+fi
+
+# ---- playwright-core for the dashboard test (tests/dashboard/run.sh) --------------------------
+dash=../dashboard
+stamp=$dash/node_modules/.interop-lock.sha256
+lock_sum="$(sha256sum "$dash/package-lock.json" | cut -d' ' -f1)"
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$lock_sum" && -f $dash/node_modules/playwright-core/package.json ]]; then
+    step "playwright-core $(node -p "require('$dash/node_modules/playwright-core/package.json').version") present in tests/dashboard"
+else
+    step "npm ci (tests/dashboard)"
+    (cd "$dash" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
     echo "$lock_sum" >"$stamp"
 fi

@@ -9,6 +9,7 @@ import { createServer } from 'node:http';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createRequire } from 'node:module';
+import { launchOptions } from './chromium.mjs';
 
 const here = new URL('.', import.meta.url).pathname;
 const require = createRequire(new URL('./package.json', import.meta.url));
@@ -43,23 +44,7 @@ let browser;
 const problems = [];
 const full = 'browser/ws';
 try {
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-    headless: true,
-    timeout: 30000,
-    // Flags that work in a sandbox run as root with a closed network (playwright-core gives it a
-    // new empty profile itself): without the background-networking ones Chromium keeps trying
-    // to reach Google's hosts.
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-  });
+  browser = await chromium.launch(launchOptions());
   for (const v of [4, 5]) {
     const page = await browser.newPage();
     const consoleLines = [];
