@@ -12,7 +12,7 @@
 # playwright-core from tests/dashboard/node_modules) through every page of the dashboard the
 # last node serves at /, so that with two nodes the lists, the kick and the WebSocket publish
 # cross the cluster. Prints `PASS|FAIL dashboard/<check> [:: detail]` per check and exits
-# non-zero if one failed. Bounds: 15 s for a node to start, 80 s for the browser run.
+# non-zero if one failed. Bounds: 10 s for the nodes to start, 65 s for the browser run.
 # Install playwright-core and the clients first with tests/interop/install.sh (.ci/test does).
 #   DASHBOARD_BROKER         the broker binary (default target/debug/shardmq, built here)
 #   DASHBOARD_NODES          2 (default) or 1
@@ -24,9 +24,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 root="$PWD"
 here="$root/tests/dashboard"
 
-start_s=15   # one node's start
-call_s=10    # one mosquitto_pub
-browser_s=80 # the whole browser run
+# Bounds, in seconds (at most 85 in all): the nodes' start, one mosquitto_pub, the browser run.
+start_s=10
+call_s=5
+browser_s=65
 
 nodes="${DASHBOARD_NODES:-2}"
 [[ "$nodes" == 1 || "$nodes" == 2 ]] || {
@@ -130,9 +131,9 @@ for ((i = 0; i < nodes; i++)); do
     node_pids+=($!)
     pids+=($!)
 done
+deadline=$((SECONDS + start_s))
 for ((i = 0; i < nodes; i++)); do
     ready=0
-    deadline=$((SECONDS + start_s))
     while ((SECONDS < deadline)); do
         kill -0 "${node_pids[$i]}" 2>/dev/null || break
         if grep -qs "shardmq ready" "$work/node-$((i + 1)).log" && port_in_use "${mqtt_port[$i]}" &&
@@ -143,7 +144,7 @@ for ((i = 0; i < nodes; i++)); do
         sleep 0.05
     done
     if ((ready == 0)); then
-        echo "FAIL dashboard/setup :: node $((i + 1)) did not start within ${start_s} s"
+        echo "FAIL dashboard/setup :: the nodes did not start within ${start_s} s (node $((i + 1)))"
         tail -n 20 "$work/node-$((i + 1)).log" | sed 's/^/    | /'
         exit 1
     fi

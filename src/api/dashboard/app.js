@@ -15,6 +15,7 @@ const HISTORY_POINTS = 150; // 5 minutes of polls
 const NOTICE_MS = 6000;
 const CONFIRM_MS = 4000; // a two-step button waits this long for its second click
 const MESSAGES_MAX = 200; // messages the Pub/Sub tab keeps
+const MQTT_REDRAW_MS = 200;
 const PAYLOAD_SHOWN_MAX = 2000; // characters of a payload shown in a table cell
 const KEY_STORAGE = 'shardmq.apiKey';
 const KEY_TRIES = 5; // keys one call asks for before it gives up
@@ -1009,8 +1010,14 @@ function loadMqtt() {
   return mqttLoaded;
 }
 
+/** Redraws the Pub/Sub page at most every MQTT_REDRAW_MS, however fast messages come. */
+let mqttRedraw = null;
 function mqttChanged() {
-  mqttState.onChange?.();
+  if (mqttRedraw) return;
+  mqttRedraw = setTimeout(() => {
+    mqttRedraw = null;
+    mqttState.onChange?.();
+  }, MQTT_REDRAW_MS);
 }
 
 /** The WebSocket listener to use from this page: wss for an https page, else ws (either as
