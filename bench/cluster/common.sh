@@ -71,6 +71,8 @@ seeds_of() {
 }
 
 # start_node ID SEEDS: starts node ID (planned) with its data dir kept; log in $WORK/nodeID.log.
+# Its storage.dir is its own, $WORK/nodeID/storage (the default, data, is locked by the first
+# node that opens it: a second node on it would not start).
 # Its one shard is pinned to its CPU (node.cpus). CONTROL_PIN=1 also pins its control thread
 # (node.control_cpu: Raft, RLOG, forwarding, API) to that CPU; by default the control thread is
 # not pinned: pinned on the shard's CPU, a publisher's connection can stall for good (see
@@ -91,6 +93,7 @@ start_node() {
     SHARDMQ_CLUSTER__SEEDS="$seeds" \
     SHARDMQ_CLUSTER__COOKIE="$COOKIE" \
     SHARDMQ_CLUSTER__DATA_DIR="${NODE_DIR[$id]}" \
+    SHARDMQ_STORAGE__DIR="${NODE_DIR[$id]}/storage" \
     "${NODE_ENV[@]}" \
     "$BROKER" >>"$WORK/node$id.log" 2>&1 &
   NODE_PID[$id]=$!
