@@ -40,6 +40,7 @@ free_port() {
 
 # Starts the broker on 127.0.0.1:$PORT with $SYS publishing off, logging warnings to
 # $WORK/broker.log; sets BROKER_PID. BROKER_CPUS (e.g. "0") pins it to fewer shards.
+# BROKER_API (e.g. 127.0.0.1:18083) turns shardmq's management API on there (off by default).
 # BROKER_KIND=mosquitto starts Debian's mosquitto instead (the peer in docs/performance.md),
 # anonymous, no connection limit, persistence off; its log is $WORK/broker.log too.
 # BROKER_KIND=rumqttd starts target/peers/bin/rumqttd (installed by bench/compare) configured
@@ -59,7 +60,7 @@ start_broker() {
     mosquitto -c "$WORK/mosquitto.conf" >"$WORK/broker.log" 2>&1 &
   else
     # Its own storage folder (storage.dir is locked by the process that uses it).
-    local env=(RUST_LOG=warn SHARDMQ_LISTENER__BIND="127.0.0.1:$PORT" SHARDMQ_SYS__INTERVAL_MS=0 SHARDMQ_API__LISTEN= SHARDMQ_STORAGE__DIR="$WORK/data")
+    local env=(RUST_LOG=warn SHARDMQ_LISTENER__BIND="127.0.0.1:$PORT" SHARDMQ_SYS__INTERVAL_MS=0 SHARDMQ_API__LISTEN="${BROKER_API:-}" SHARDMQ_STORAGE__DIR="$WORK/data")
     if [[ -n "${BROKER_CPUS:-}" ]]; then env+=(SHARDMQ_NODE__CPUS="$BROKER_CPUS"); fi
     env "${env[@]}" "$BROKER" >"$WORK/broker.log" 2>&1 &
   fi
