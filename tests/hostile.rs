@@ -332,3 +332,76 @@ async fn connect_storm_is_absorbed() {
     );
     healthy.check().await;
 }
+
+#[tokio::test]
+async fn a_client_that_keeps_sending_past_receive_maximum_still_reads_disconnect_0x93() {
+    reason_code_survives_a_flood("uring").await;
+}
+
+#[tokio::test]
+async fn the_tasks_driver_also_lets_the_client_read_disconnect_0x93() {
+    reason_code_survives_a_flood("tasks").await;
+}
+
+async fn reason_code_survives_a_flood(driver: &str) {
+    // The broker closes while the client's publishes keep arriving: a plain close() with
+    // unread input would send a reset, and the client's kernel would discard the DISCONNECT.
+    let broker = Broker::start_with(&[
+        ("SHARDMQ_MQTT__MAX_AWAITING_REL", "2"),
+        ("SHARDMQ_SHARD__DRIVER", driver),
+    ]);
+    for round in 0..5 {
+        let (mut c, _) =
+            Raw::connect(broker.port, Protocol::V5, &format!("flood-{round}"), true).await;
+        let mut burst = bytes::BytesMut::new();
+        for pkid in 1..=400u16 {
+            shardmq_codec::encode(
+                &publish_packet("flood/t", &[7u8; 512], Q::ExactlyOnce, pkid, false),
+                Protocol::V5,
+                &mut burst,
+            );
+        }
+        // Everything at once, then more while the broker is closing.
+        c.send_bytes(&burst).await;
+        c.send_bytes(&burst).await;
+        let got = c.expect_closed(WAIT).await;
+        assert!(
+            got.iter()
+                .any(|p| matches!(p, Packet::Disconnect(d) if d.reason.0 == 0x93)),
+            "round {round}: no DISCONNECT 0x93 among {} packets: {:?}",
+            got.len(),
+            got.iter().rev().take(3).collect::<Vec<_>>()
+        );
+    }
+    // The DISCONNECT behind megabytes the client has not read yet: it is still in the
+    // broker's socket when the broker closes, and a reset would throw it away.
+    let mut c = Raw::connect_small(broker.port, Protocol::V5, "flood-behind", 4096).await;
+    assert_eq!(c.subscribe(1, &[("big/#", Q::AtMostOnce)]).await, [0]);
+    let (mut publisher, _) = Raw::connect(broker.port, Protocol::V3_1_1, "flood-pub", true).await;
+    for _ in 0..200 {
+        publisher
+            .publish("big/x", &[1u8; 32 * 1024], Q::AtMostOnce, 0, false)
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut burst = bytes::BytesMut::new();
+    for pkid in 1..=400u16 {
+        shardmq_codec::encode(
+            &publish_packet("flood/t", &[7u8; 512], Q::ExactlyOnce, pkid, false),
+            Protocol::V5,
+            &mut burst,
+        );
+    }
+    c.send_bytes(&burst).await;
+    let got = c.expect_closed(Duration::from_secs(20)).await;
+    assert!(
+        matches!(got.last(), Some(Packet::Disconnect(d)) if d.reason.0 == 0x93),
+        "the last of {} packets is not DISCONNECT 0x93: {:?}",
+        got.len(),
+        got.iter()
+            .rev()
+            .take(2)
+            .map(|p| p.name())
+            .collect::<Vec<_>>()
+    );
+}

@@ -44,6 +44,10 @@ pub(crate) struct ConnDriver {
     broken: bool,
     /// The shard has been told the transport's peer address and certificate name.
     identity_told: bool,
+    /// Ended by the broker with everything written: the write side is shut down and what the
+    /// client still sends is read and dropped until it closes or this deadline passes
+    /// ([`crate::uring::CLOSE_DRAIN`]); the shard no longer knows the connection.
+    draining: Option<Instant>,
 }
 
 impl ConnDriver {
@@ -70,6 +74,7 @@ impl ConnDriver {
             wout: BytesMut::new(),
             broken: false,
             identity_told: false,
+            draining: None,
         }
     }
 }
@@ -79,6 +84,9 @@ impl Future for ConnDriver {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
+        if let Some(until) = this.draining {
+            return this.drain(cx, until);
+        }
         let shard_rc = this.shard.clone();
         let mut shard = shard_rc.borrow_mut();
         let shard = &mut *shard;
@@ -183,7 +191,8 @@ impl Future for ConnDriver {
             if let Some(t) = &mut this.transport {
                 if this.broken || t.closing() {
                     if this.wout.is_empty() {
-                        return finish(shard, now, key);
+                        shard.conn_closed(now, key);
+                        return this.begin_drain(cx, now);
                     }
                     return Poll::Pending;
                 }
@@ -201,7 +210,10 @@ impl Future for ConnDriver {
                 }
             }
             match conn.phase {
-                Phase::Closing if unwritten == 0 => return finish(shard, now, key),
+                Phase::Closing if unwritten == 0 => {
+                    shard.conn_closed(now, key);
+                    return this.begin_drain(cx, now);
+                }
                 Phase::Closing | Phase::Claiming | Phase::Verifying => return Poll::Pending,
                 Phase::AwaitConnect | Phase::Authenticating | Phase::Active => {}
             }
@@ -350,6 +362,41 @@ fn write_out(
         }
     }
     Ok(total)
+}
+
+impl ConnDriver {
+    /// Shuts the write side (the FIN follows the last bytes) and starts dropping input.
+    fn begin_drain(&mut self, cx: &mut Context<'_>, now: Instant) -> Poll<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: shutdown(2) on the socket this driver owns.
+        if unsafe { libc::shutdown(self.stream.as_raw_fd(), libc::SHUT_WR) } != 0 {
+            return Poll::Ready(());
+        }
+        let _ = self
+            .stream
+            .set_read_timeout(Some(crate::uring::CLOSE_DRAIN));
+        self.rbuf = BytesMut::new();
+        let until = now + crate::uring::CLOSE_DRAIN;
+        self.draining = Some(until);
+        self.drain(cx, until)
+    }
+
+    /// Reads and drops until the client closes, a read fails or times out, or `until`.
+    fn drain(&mut self, cx: &mut Context<'_>, until: Instant) -> Poll<()> {
+        let mut scratch = [0u8; 2048];
+        for _ in 0..ROUNDS_MAX {
+            if Instant::now() >= until {
+                return Poll::Ready(());
+            }
+            match Pin::new(&mut self.stream).poll_read(cx, &mut scratch) {
+                Poll::Ready(Ok(n)) if n > 0 => {}
+                Poll::Ready(_) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
 }
 
 fn finish(shard: &mut Shard, now: Instant, key: ConnKey) -> Poll<()> {

@@ -67,6 +67,12 @@ const K_MASK: u64 = 0xff << 56;
 /// No wheel entry.
 const NO_TICK: u32 = u32::MAX;
 
+/// How long a connection the broker ended keeps being read (and what arrives dropped) after
+/// its last bytes, so that the client's unread input does not make the close a reset, which
+/// would discard a DISCONNECT or CONNACK still in the socket (MQTT-4.13: the client must be
+/// able to read the reason code).
+pub(crate) const CLOSE_DRAIN: Duration = Duration::from_secs(2);
+
 /// One connection, as the driver sees it.
 struct Slot {
     fd: OwnedFd,
@@ -87,6 +93,9 @@ struct Slot {
     eof: bool,
     /// A send failed: the peer is gone.
     dead: bool,
+    /// Closed by us with everything written: the write side is shut down and what the
+    /// client still sends is read and dropped until it closes or [`CLOSE_DRAIN`] passes.
+    draining: bool,
     /// In the driver's ready list.
     ready: bool,
     /// The transport failed: write what it queued (an alert, a close frame), then close.
@@ -329,7 +338,10 @@ impl Driver {
             return;
         }
         slot.recv_armed = true;
-        slot.read_since = ms(self.epoch, now);
+        if !slot.draining {
+            // A drain keeps its start: re-arming never extends it.
+            slot.read_since = ms(self.epoch, now);
+        }
         let fd = slot.fd.as_raw_fd();
         let due = (slot.read_timeout_ms > 0)
             .then(|| now + Duration::from_millis(u64::from(slot.read_timeout_ms)));
@@ -513,6 +525,7 @@ impl Driver {
             cancelled: false,
             eof: false,
             dead: false,
+            draining: false,
             ready: false,
             broken: false,
             identity_told: false,
@@ -594,6 +607,11 @@ impl Driver {
     /// what the task driver's `poll` does, for one connection.
     fn drive(&mut self, shard: &mut Shard, now: Instant, idx: usize) {
         if !self.slots[idx].open {
+            let slot = &self.slots[idx];
+            if slot.draining && !slot.eof && !slot.dead {
+                // Keep reading (and dropping) until the client closes or the drain ends.
+                return self.arm_recv(idx, now);
+            }
             self.release(idx);
             return;
         }
@@ -686,7 +704,7 @@ impl Driver {
             if let Some(t) = &mut slot.transport {
                 if slot.broken || t.closing() {
                     if unwritten == 0 && !t.wants_write() {
-                        return self.finish(shard, now, idx);
+                        return self.finish_graceful(shard, now, idx);
                     }
                     if !slot.send_inflight && t.wants_write() {
                         continue;
@@ -707,7 +725,7 @@ impl Driver {
                 }
             }
             match conn.phase {
-                Phase::Closing if unwritten == 0 => return self.finish(shard, now, idx),
+                Phase::Closing if unwritten == 0 => return self.finish_graceful(shard, now, idx),
                 Phase::Closing | Phase::Claiming | Phase::Verifying => {
                     return self.pause_recv(idx);
                 }
@@ -771,11 +789,35 @@ impl Driver {
         self.release(idx);
     }
 
+    /// The connection is over and everything it was sent is in the kernel: the shard forgets
+    /// it now; the socket is shut for writing (the FIN follows the last bytes) and drained for
+    /// at most [`CLOSE_DRAIN`], then closed, unless it failed already.
+    fn finish_graceful(&mut self, shard: &mut Shard, now: Instant, idx: usize) {
+        let slot = &mut self.slots[idx];
+        if slot.open {
+            slot.open = false;
+            shard.conn_closed(now, slot.conn as usize);
+        }
+        if slot.eof || slot.dead || slot.draining {
+            return self.release(idx);
+        }
+        // SAFETY: shutdown(2) on a socket this slot owns.
+        if unsafe { libc::shutdown(slot.fd.as_raw_fd(), libc::SHUT_WR) } != 0 {
+            return self.release(idx);
+        }
+        slot.draining = true;
+        slot.read_timeout_ms = timeout_ms(Some(CLOSE_DRAIN));
+        slot.read_since = ms(self.epoch, now);
+        self.schedule(idx, now + CLOSE_DRAIN);
+        self.arm_recv(idx, now);
+    }
+
     /// Cancels what the closed slot still has in flight, or frees it (closing the socket)
     /// when nothing is.
     fn release(&mut self, idx: usize) {
         let slot = &mut self.slots[idx];
         debug_assert!(!slot.open);
+        slot.draining = false;
         if slot.recv_armed || slot.send_inflight {
             if !slot.cancelled {
                 slot.cancelled = true;
@@ -830,6 +872,15 @@ impl Driver {
     fn timeouts(&mut self, shard: &mut Shard, now: Instant, idx: usize) {
         let slot = &self.slots[idx];
         if !slot.open {
+            if slot.draining {
+                let waited = ms(self.epoch, now).wrapping_sub(slot.read_since);
+                if waited >= slot.read_timeout_ms {
+                    self.release(idx);
+                } else {
+                    let left = slot.read_timeout_ms - waited;
+                    self.schedule(idx, now + Duration::from_millis(u64::from(left)));
+                }
+            }
             return;
         }
         let now_ms = ms(self.epoch, now);
