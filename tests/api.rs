@@ -287,6 +287,9 @@ async fn metrics_count_messages_sessions_and_drops_per_shard() {
         vec![1]
     );
     sub.disconnect().await;
+    // The alarms' first look: nothing dropped yet.
+    let (_, alarms) = call(&api, "GET", "/api/v1/alarms", None);
+    assert_eq!(alarms["data"], serde_json::json!([]), "{alarms}");
     let (mut publisher, _) = Raw::connect(broker.port, Protocol::V3_1_1, "metrics-pub", true).await;
     for pkid in 1..=5 {
         publisher
@@ -311,6 +314,15 @@ async fn metrics_count_messages_sessions_and_drops_per_shard() {
     })
     .await;
     assert!(seen, "figures never matched:\n{last}");
+    let (_, alarms) = call(&api, "GET", "/api/v1/alarms", None);
+    assert_eq!(alarms["data"][0]["name"], "queue_drops", "{alarms}");
+    assert!(
+        alarms["data"][0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("3 messages dropped"),
+        "{alarms}"
+    );
     assert!(
         last.contains("# TYPE shardmq_messages_dropped counter")
             && last.contains("shardmq_sessions{shard=\"0\"}"),

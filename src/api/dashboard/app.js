@@ -357,7 +357,9 @@ function clusterFigures() {
   for (const n of lastOverview.nodes ?? []) {
     out.nodes++;
     if (n.status === 'running') out.running++;
-    for (const k of NODE_FIGURES) out[k] += n[k] ?? 0;
+    for (const k of NODE_FIGURES) if (k !== 'retained') out[k] += n[k] ?? 0;
+    // Every node holds the cluster's retained messages: the largest copy, not the sum.
+    out.retained = Math.max(out.retained, n.retained ?? 0);
   }
   const last = polls.length - 1;
   for (const k of ['messages_in', 'messages_out', 'messages_dropped', 'bytes_in', 'bytes_out']) {
