@@ -144,6 +144,9 @@ pub struct ApiState {
     pub max_connections: u64,
     /// What the alarms remember between calls.
     pub alarms: std::sync::Mutex<alarms::AlarmState>,
+    /// How this node asks its peers' APIs: over HTTPS trusting the certificates of its own
+    /// `api.tls_cert_file` when its API speaks HTTPS (`None`: plain HTTP).
+    pub peer_tls: Option<ureq::tls::TlsConfig>,
 }
 
 /// What the API needs of the data plane.
@@ -817,6 +820,13 @@ where
     let listeners = listener_list(config);
     let api_addr = config.api.listen.trim().to_string();
     let max_connections = config.listener.max_connections;
+    let peer_tls = match config.api.tls_files() {
+        Some((cert, _)) => Some(
+            crate::ctl::tls_config(Some(cert))
+                .context("api.tls_cert_file, as the CA of the other nodes' APIs")?,
+        ),
+        None => None,
+    };
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
     control_thread(CONTROL_THREAD_NAME, cpu, move || async move {
         let cluster = match make_cluster().await {
@@ -849,6 +859,7 @@ where
                     api_addr,
                     max_connections,
                     alarms: Default::default(),
+                    peer_tls,
                 };
                 if let Err(e) = serve(listener, state, tls).await {
                     tracing::error!(error = %format!("{e:#}"), "management API stopped");
@@ -976,6 +987,7 @@ mod tests {
             api_addr: addr.clone(),
             max_connections: 0,
             alarms: Default::default(),
+            peer_tls: None,
         };
         tokio::spawn(serve(listener, state, None));
         addr

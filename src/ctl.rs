@@ -509,7 +509,7 @@ impl Client {
 }
 
 /// TLS for an HTTPS API: rustls (ring), trusting the certificates of `ca_file`.
-fn tls_config(ca_file: Option<&Path>) -> anyhow::Result<ureq::tls::TlsConfig> {
+pub(crate) fn tls_config(ca_file: Option<&Path>) -> anyhow::Result<ureq::tls::TlsConfig> {
     use ureq::tls::{parse_pem, PemItem, RootCerts, TlsConfig};
     let Some(ca_file) = ca_file else {
         bail!("an HTTPS API needs a CA to trust: give --cacert FILE (or SHARDMQ_API_CACERT)");

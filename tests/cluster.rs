@@ -50,6 +50,19 @@ impl Node {
         cpu: &str,
         cookie: &str,
     ) -> Node {
+        Node::start_with_env(id, role, quic, seeds, cpu, cookie, &[])
+    }
+
+    /// [`Node::start_with_cookie`] with `extra` environment on top.
+    fn start_with_env(
+        id: u64,
+        role: &str,
+        quic: &str,
+        seeds: &str,
+        cpu: &str,
+        cookie: &str,
+        extra: &[(&str, &str)],
+    ) -> Node {
         let dir = std::env::temp_dir().join(format!(
             "shardmq-cluster-{}-{id}-{}",
             std::process::id(),
@@ -84,6 +97,9 @@ impl Node {
             env,
             dir,
         };
+        for (k, v) in extra {
+            n.set_env(k, v);
+        }
         n.restart();
         n
     }
@@ -976,4 +992,64 @@ async fn ctl_lists_and_acts_on_clients_sessions_subscriptions_and_retained_acros
             .any(|p| matches!(p, Packet::Disconnect(d) if d.reason.0 == 0x98)),
         "{last:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_with_an_https_api_ask_each_other_over_https() {
+    use shardmq_codec::Protocol;
+    let dir = std::env::temp_dir().join(format!("shardmq-cluster-https-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // One certificate for both nodes' APIs (the simplest of the documented set-ups).
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("certificate");
+    let (cert_file, key_file) = (dir.join("api.crt"), dir.join("api.key"));
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
+    let tls_env = [
+        ("SHARDMQ_API__TLS_CERT_FILE", cert_file.to_str().unwrap()),
+        ("SHARDMQ_API__TLS_KEY_FILE", key_file.to_str().unwrap()),
+    ];
+    let (ip1, ip2) = ("127.0.0.51", "127.0.0.52");
+    let q1 = format!("{ip1}:{}", free_udp(ip1));
+    let q2 = format!("{ip2}:{}", free_udp(ip2));
+    let seeds = format!("1@{q1}");
+    let core = Node::start_with_env(1, "core", &q1, &seeds, "0", COOKIE, &tls_env);
+    let rep = Node::start_with_env(2, "replicant", &q2, &seeds, "1", COOKIE, &tls_env);
+    let https: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::new_with_certs(&[
+                    ureq::tls::Certificate::from_der(cert.cert.der()).to_owned(),
+                ]))
+                .unversioned_rustls_crypto_provider(std::sync::Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .build(),
+        )
+        .build()
+        .into();
+    let get = |node: &Node, path: &str| -> Value {
+        https
+            .get(&format!("https://{}{path}", node.b().api_addr()))
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok())
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null)
+    };
+    let (_client, _) = common::Raw::connect(core.port(), Protocol::V5, "over-https", true).await;
+    let listed = eventually(FORM, || async {
+        get(&rep, "/api/v1/clients")["data"]
+            .as_array()
+            .is_some_and(|d| {
+                d.iter()
+                    .any(|c| c["clientid"] == "over-https" && c["node"] == 1)
+            })
+    })
+    .await;
+    assert!(listed, "{}", get(&rep, "/api/v1/clients"));
+    let overview = get(&rep, "/api/v1/overview");
+    assert_eq!(overview["unreachable"], serde_json::json!([]), "{overview}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

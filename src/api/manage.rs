@@ -101,19 +101,23 @@ fn local_only(q: &HashMap<String, String>) -> bool {
 /// A peer's answer to `method path_and_query`, as JSON with its status; errors are peers that
 /// did not answer.
 async fn peer_call(
+    tls: Option<ureq::tls::TlsConfig>,
     api: &str,
     method: &'static str,
     path_and_query: String,
     auth: Option<String>,
     body: Option<Value>,
 ) -> anyhow::Result<(u16, Value)> {
-    let url = format!("http://{api}{path_and_query}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{api}{path_and_query}");
     tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_millis(PEER_TIMEOUT_MS)))
-            .build()
-            .into();
+            .timeout_global(Some(Duration::from_millis(PEER_TIMEOUT_MS)));
+        if let Some(tls) = tls {
+            config = config.tls_config(tls);
+        }
+        let agent: ureq::Agent = config.build().into();
         let answer = match method {
             "GET" => with_auth(agent.get(&url), &auth).call(),
             "DELETE" => with_auth(agent.delete(&url), &auth).call(),
@@ -363,7 +367,16 @@ where
                         ("node", None),
                     ],
                 );
-                match peer_call(api, "GET", query, auth.clone(), None).await {
+                match peer_call(
+                    state.peer_tls.clone(),
+                    api,
+                    "GET",
+                    query,
+                    auth.clone(),
+                    None,
+                )
+                .await
+                {
                     Ok((200, body)) => {
                         if let Some(data) = body["data"].as_array() {
                             items.extend(data.iter().cloned());
@@ -582,6 +595,7 @@ async fn find_one(
     let auth = authorization(headers);
     for (node, api) in peers(state).await {
         match peer_call(
+            state.peer_tls.clone(),
             &api,
             method,
             format!("{path}?local=true"),
@@ -953,6 +967,7 @@ async fn overview(
     let auth = authorization(&headers);
     for (node, api) in peers(&state).await {
         match peer_call(
+            state.peer_tls.clone(),
             &api,
             "GET",
             "/api/v1/overview?local=true".into(),
@@ -993,6 +1008,7 @@ async fn alarms(
         let auth = authorization(&headers);
         for (node, api) in peers(&state).await {
             match peer_call(
+                state.peer_tls.clone(),
                 &api,
                 "GET",
                 "/api/v1/alarms?local=true".into(),
@@ -1063,7 +1079,15 @@ async fn trace_start(
         let b = json!({ "seconds": seconds, "max_packets": max_packets });
         for (node, api) in peers(&state).await {
             if !matches!(
-                peer_call(&api, "POST", path.clone(), auth.clone(), Some(b.clone())).await,
+                peer_call(
+                    state.peer_tls.clone(),
+                    &api,
+                    "POST",
+                    path.clone(),
+                    auth.clone(),
+                    Some(b.clone())
+                )
+                .await,
                 Ok((200, _))
             ) {
                 unreachable.push(node);
@@ -1114,7 +1138,15 @@ async fn trace_read(
             encode(&client_id)
         );
         for (_, api) in peers(&state).await {
-            if let Ok((200, body)) = peer_call(&api, "GET", path.clone(), auth.clone(), None).await
+            if let Ok((200, body)) = peer_call(
+                state.peer_tls.clone(),
+                &api,
+                "GET",
+                path.clone(),
+                auth.clone(),
+                None,
+            )
+            .await
             {
                 active |= body["active"].as_bool().unwrap_or(false);
                 if let Some(l) = body["lines"].as_array() {
@@ -1149,7 +1181,15 @@ async fn trace_stop(
         let path = format!("/api/v1/trace/{}?local=true", encode(&client_id));
         for (_, api) in peers(&state).await {
             stopped |= matches!(
-                peer_call(&api, "DELETE", path.clone(), auth.clone(), None).await,
+                peer_call(
+                    state.peer_tls.clone(),
+                    &api,
+                    "DELETE",
+                    path.clone(),
+                    auth.clone(),
+                    None
+                )
+                .await,
                 Ok((200, _))
             );
         }
