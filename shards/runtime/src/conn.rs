@@ -48,6 +48,8 @@ pub(crate) struct ConnDriver {
     /// client still sends is read and dropped until it closes or this deadline passes
     /// ([`crate::uring::CLOSE_DRAIN`]); the shard no longer knows the connection.
     draining: Option<Instant>,
+    /// Bytes dropped while draining (at most [`crate::uring::CLOSE_DRAIN_BYTES`]).
+    drained: u32,
 }
 
 impl ConnDriver {
@@ -75,6 +77,7 @@ impl ConnDriver {
             broken: false,
             identity_told: false,
             draining: None,
+            drained: 0,
         }
     }
 }
@@ -191,6 +194,10 @@ impl Future for ConnDriver {
             if let Some(t) = &mut this.transport {
                 if this.broken || t.closing() {
                     if this.wout.is_empty() {
+                        if this.broken {
+                            // A failed layer (garbage, a flood) is cut off.
+                            return finish(shard, now, key);
+                        }
                         shard.conn_closed(now, key);
                         return this.begin_drain(cx, now);
                     }
@@ -385,11 +392,11 @@ impl ConnDriver {
     fn drain(&mut self, cx: &mut Context<'_>, until: Instant) -> Poll<()> {
         let mut scratch = [0u8; 2048];
         for _ in 0..ROUNDS_MAX {
-            if Instant::now() >= until {
+            if Instant::now() >= until || self.drained > crate::uring::CLOSE_DRAIN_BYTES {
                 return Poll::Ready(());
             }
             match Pin::new(&mut self.stream).poll_read(cx, &mut scratch) {
-                Poll::Ready(Ok(n)) if n > 0 => {}
+                Poll::Ready(Ok(n)) if n > 0 => self.drained += n as u32,
                 Poll::Ready(_) => return Poll::Ready(()),
                 Poll::Pending => return Poll::Pending,
             }

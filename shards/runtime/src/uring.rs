@@ -73,6 +73,10 @@ const NO_TICK: u32 = u32::MAX;
 /// able to read the reason code).
 pub(crate) const CLOSE_DRAIN: Duration = Duration::from_secs(2);
 
+/// Most bytes a draining connection is read for: a client that keeps flooding after the broker
+/// ended it is closed (reset) past this. A well-behaved one reads the reason code long before.
+pub(crate) const CLOSE_DRAIN_BYTES: u32 = 1024 * 1024;
+
 /// One connection, as the driver sees it.
 struct Slot {
     fd: OwnedFd,
@@ -96,6 +100,8 @@ struct Slot {
     /// Closed by us with everything written: the write side is shut down and what the
     /// client still sends is read and dropped until it closes or [`CLOSE_DRAIN`] passes.
     draining: bool,
+    /// Bytes read and dropped while draining.
+    drained: u32,
     /// In the driver's ready list.
     ready: bool,
     /// The transport failed: write what it queued (an alert, a close frame), then close.
@@ -526,6 +532,7 @@ impl Driver {
             eof: false,
             dead: false,
             draining: false,
+            drained: 0,
             ready: false,
             broken: false,
             identity_told: false,
@@ -548,6 +555,13 @@ impl Driver {
             slot.recv_cancelling = false;
         }
         if let Some(bid) = cqueue::buffer_select(flags) {
+            if res > 0 && slot.draining {
+                slot.drained = slot.drained.saturating_add(res as u32);
+                if slot.drained > CLOSE_DRAIN_BYTES {
+                    // Still flooding: no more patience (the close is a reset now).
+                    slot.eof = true;
+                }
+            }
             if res > 0 && slot.open && !slot.eof && !slot.dead {
                 let at = usize::from(bid) * BUF_LEN;
                 let data = &self.pool[at..at + res as usize];
@@ -704,6 +718,10 @@ impl Driver {
             if let Some(t) = &mut slot.transport {
                 if slot.broken || t.closing() {
                     if unwritten == 0 && !t.wants_write() {
+                        // A failed layer (garbage, a flood) is cut off; a clean close drains.
+                        if slot.broken {
+                            return self.finish(shard, now, idx);
+                        }
                         return self.finish_graceful(shard, now, idx);
                     }
                     if !slot.send_inflight && t.wants_write() {
