@@ -1132,6 +1132,12 @@ impl Config {
             }
         }
 
+        // The data plane's own check of its limits, so that what passes here (check-config,
+        // a reload) also starts: it names the key it refuses.
+        if let Err(e) = crate::node::limits(mqtt).validate() {
+            let (key, message) = e.split_once(' ').unwrap_or(("mqtt", e.as_str()));
+            return Err(ConfigError::value(key, message));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log.level) {
             return Err(ConfigError::value(
                 "log.level",
@@ -1270,6 +1276,16 @@ mod tests {
     fn file_err_text(name: &str, text: &str) -> String {
         let file = TempToml::new(name, text);
         err_text(Some(&file.0), &[])
+    }
+
+    #[test]
+    fn what_the_data_plane_would_refuse_is_refused_at_load() {
+        // It passed check-config and then failed at start.
+        let text = err_text(None, &[("SHARDMQ_MQTT__MAX_WRITE_BUFFER_BYTES", "1")]);
+        assert!(
+            text.contains("mqtt.max_write_buffer_bytes") && text.contains("at least 1024"),
+            "{text}"
+        );
     }
 
     #[test]
