@@ -252,7 +252,7 @@ impl Future for ConnDriver {
             }
             // 3. Read more, unless the client is not reading its own acks or the shard's
             //    outbound batches are over their bound (backpressure on the publisher).
-            if unwritten >= shard.cfg.limits.max_write_buffer_bytes {
+            if unwritten >= shard.limits().max_write_buffer_bytes {
                 return Poll::Pending;
             }
             if shard.congested() {

@@ -409,6 +409,11 @@ impl Shard {
         }
     }
 
+    /// The per-client limits in force (a configuration reload replaces them).
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// True if the flusher has something for the control plane.
     pub(crate) fn cluster_pending(&self) -> bool {
         self.cluster.as_ref().is_some_and(|c| !c.out.is_empty())

@@ -784,7 +784,7 @@ impl Driver {
                 }
                 t.shrink();
             }
-            if unwritten >= shard.cfg.limits.max_write_buffer_bytes {
+            if unwritten >= shard.limits().max_write_buffer_bytes {
                 return self.pause_recv(idx);
             }
             if shard.congested() {
