@@ -138,6 +138,28 @@ async fn peer_call(
     .await?
 }
 
+/// `GET path` on every peer at once (a dead peer costs one [`PEER_TIMEOUT_MS`], not one
+/// each); the answers by node id.
+async fn get_peers(
+    state: &Shared,
+    auth: Option<String>,
+    path: String,
+) -> Vec<(u64, anyhow::Result<(u16, Value)>)> {
+    let mut calls = tokio::task::JoinSet::new();
+    for (node, api) in peers(state).await {
+        let (tls, auth, path) = (state.peer_tls.clone(), auth.clone(), path.clone());
+        calls.spawn(async move { (node, peer_call(tls, &api, "GET", path, auth, None).await) });
+    }
+    let mut answers = Vec::new();
+    while let Some(joined) = calls.join_next().await {
+        if let Ok(answer) = joined {
+            answers.push(answer);
+        }
+    }
+    answers.sort_by_key(|(node, _)| *node);
+    answers
+}
+
 fn with_auth<B>(r: ureq::RequestBuilder<B>, auth: &Option<String>) -> ureq::RequestBuilder<B> {
     match auth {
         Some(a) => r.header("authorization", a),
@@ -965,17 +987,8 @@ async fn overview(
     let mut nodes = vec![mine];
     let mut unreachable = Vec::new();
     let auth = authorization(&headers);
-    for (node, api) in peers(&state).await {
-        match peer_call(
-            state.peer_tls.clone(),
-            &api,
-            "GET",
-            "/api/v1/overview?local=true".into(),
-            auth.clone(),
-            None,
-        )
-        .await
-        {
+    for (node, answer) in get_peers(&state, auth, "/api/v1/overview?local=true".into()).await {
+        match answer {
             Ok((200, body)) => nodes.push(body),
             _ => unreachable.push(node),
         }
@@ -1006,17 +1019,8 @@ async fn alarms(
     let mut unreachable = Vec::new();
     if !local_only(&q) {
         let auth = authorization(&headers);
-        for (node, api) in peers(&state).await {
-            match peer_call(
-                state.peer_tls.clone(),
-                &api,
-                "GET",
-                "/api/v1/alarms?local=true".into(),
-                auth.clone(),
-                None,
-            )
-            .await
-            {
+        for (node, answer) in get_peers(&state, auth, "/api/v1/alarms?local=true".into()).await {
+            match answer {
                 Ok((200, body)) => {
                     if let Some(list) = body["data"].as_array() {
                         data.extend(list.iter().cloned());
@@ -1137,17 +1141,8 @@ async fn trace_read(
             "/api/v1/trace/{}?local=true&after_us={after_us}",
             encode(&client_id)
         );
-        for (_, api) in peers(&state).await {
-            if let Ok((200, body)) = peer_call(
-                state.peer_tls.clone(),
-                &api,
-                "GET",
-                path.clone(),
-                auth.clone(),
-                None,
-            )
-            .await
-            {
+        for (_, answer) in get_peers(&state, auth, path).await {
+            if let Ok((200, body)) = answer {
                 active |= body["active"].as_bool().unwrap_or(false);
                 if let Some(l) = body["lines"].as_array() {
                     lines.extend(l.iter().cloned());
