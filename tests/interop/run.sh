@@ -60,8 +60,9 @@ if [[ -z "${INTEROP_BROKER:-}" ]]; then
     export INTEROP_BROKER="$PWD/target/debug/shardmq"
 fi
 if [[ " ${clients[*]} " == *" rumqttc "* ]]; then
-    cargo test --quiet --test interop_rumqttc --no-run 2>/dev/null ||
-        cargo test --test interop_rumqttc --no-run
+    # --workspace: the features of `cargo test --workspace`, so its build is reused.
+    cargo test --quiet --workspace --test interop_rumqttc --no-run 2>/dev/null ||
+        cargo test --workspace --test interop_rumqttc --no-run
 fi
 
 # ---- run the clients in parallel -------------------------------------------------------------
@@ -74,7 +75,7 @@ client_command() {
     paho) echo "$here/.venv/bin/python" "$here/paho_test.py" ;;
     mqttjs) echo node --test --test-reporter="./$here/js/reporter.mjs" \
         --test-reporter-destination=stdout "$here/mqttjs_test.mjs" ;;
-    rumqttc) echo cargo test --test interop_rumqttc -- --nocapture "${only//\//_}" ;;
+    rumqttc) echo cargo test --workspace --test interop_rumqttc -- --nocapture "${only//\//_}" ;;
     security) echo bash "$here/security.sh" ;;
     *)
         echo "unknown client $1 (INTEROP_CLIENTS)" >&2
