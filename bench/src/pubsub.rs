@@ -674,12 +674,9 @@ async fn subscribe(
         }
     }
     client.set_read_timeout(Some(READ_POLL))?;
-    while !shared.done() {
-        match client.fill(READ_CHUNK_BYTES).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => continue,
-            Err(e) => return Err(e),
-        }
+    // Decode first: what came in the same read as the SUBACK (retained messages, an early
+    // publish) is already buffered and must not wait for more bytes.
+    loop {
         let now_ns = clock::now_ns();
         let mut received = 0;
         while let Some(packet) = client.try_decode()? {
@@ -712,8 +709,15 @@ async fn subscribe(
             Counters::add(&c.received, received);
         }
         client.flush().await?;
+        if shared.done() {
+            return Ok(());
+        }
+        match client.fill(READ_CHUNK_BYTES).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
+            Err(e) => return Err(e),
+        }
     }
-    Ok(())
 }
 
 fn ack(pkid: u16) -> Ack {
