@@ -637,20 +637,52 @@ async fn find_one(
     Ok(None)
 }
 
+/// [`find_one`] for `/api/v1/{area}/{client_id}` (`area`: `clients` or `sessions`): the JSON
+/// answer, or 404 naming `what`.
+#[allow(clippy::too_many_arguments)]
+async fn one_client(
+    state: &Shared,
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+    method: &'static str,
+    area: &str,
+    what: &str,
+    request: Request,
+    found: impl Fn(Reply) -> Option<Value>,
+) -> Result<Response, ApiError> {
+    let client_id = match &request {
+        Request::Client { client_id }
+        | Request::Kick { client_id }
+        | Request::Session { client_id }
+        | Request::DeleteSession { client_id } => client_id.clone(),
+        other => {
+            return Err(ApiError::internal(anyhow::anyhow!(
+                "not a lookup: {other:?}"
+            )))
+        }
+    };
+    let path = format!("/api/v1/{area}/{}", encode(&client_id));
+    find_one(state, headers, q, method, path, request, found)
+        .await?
+        .map(|v| Json(v).into_response())
+        .ok_or_else(|| not_found(what))
+}
+
 async fn client(
     State(state): State<Shared>,
     headers: HeaderMap,
     Query(q): Params,
     Path(client_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let path = format!("/api/v1/clients/{}", encode(&client_id));
-    let found = find_one(
+    let request = Request::Client { client_id };
+    one_client(
         &state,
         &headers,
         &q,
         "GET",
-        path,
-        Request::Client { client_id },
+        "clients",
+        "connected client",
+        request,
         |r| match r {
             Reply::Client(Some(b)) => {
                 let (info, subs) = *b;
@@ -661,10 +693,7 @@ async fn client(
             _ => None,
         },
     )
-    .await?;
-    found
-        .map(|v| Json(v).into_response())
-        .ok_or_else(|| not_found("connected client"))
+    .await
 }
 
 async fn kick(
@@ -673,20 +702,19 @@ async fn kick(
     Query(q): Params,
     Path(client_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let path = format!("/api/v1/clients/{}", encode(&client_id));
-    let found = find_one(
+    let request = Request::Kick { client_id };
+    let what = "connected client";
+    one_client(
         &state,
         &headers,
         &q,
         "DELETE",
-        path,
-        Request::Kick { client_id },
+        "clients",
+        what,
+        request,
         done("kicked"),
     )
-    .await?;
-    found
-        .map(|v| Json(v).into_response())
-        .ok_or_else(|| not_found("connected client"))
+    .await
 }
 
 /// A `Reply::Done(true)` as `{"<what>": true}`.
@@ -700,23 +728,21 @@ async fn session(
     Query(q): Params,
     Path(client_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let path = format!("/api/v1/sessions/{}", encode(&client_id));
-    let found = find_one(
+    let request = Request::Session { client_id };
+    one_client(
         &state,
         &headers,
         &q,
         "GET",
-        path,
-        Request::Session { client_id },
+        "sessions",
+        "session",
+        request,
         |r| match r {
             Reply::Session(Some(s)) => Some(session_json(&s)),
             _ => None,
         },
     )
-    .await?;
-    found
-        .map(|v| Json(v).into_response())
-        .ok_or_else(|| not_found("session"))
+    .await
 }
 
 async fn delete_session(
@@ -725,20 +751,12 @@ async fn delete_session(
     Query(q): Params,
     Path(client_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let path = format!("/api/v1/sessions/{}", encode(&client_id));
-    let found = find_one(
-        &state,
-        &headers,
-        &q,
-        "DELETE",
-        path,
-        Request::DeleteSession { client_id },
-        done("deleted"),
+    let request = Request::DeleteSession { client_id };
+    let deleted = done("deleted");
+    one_client(
+        &state, &headers, &q, "DELETE", "sessions", "session", request, deleted,
     )
-    .await?;
-    found
-        .map(|v| Json(v).into_response())
-        .ok_or_else(|| not_found("session"))
+    .await
 }
 
 /// Routes and retained messages come from shard 0's replicas, which hold the cluster's.
