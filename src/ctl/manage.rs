@@ -245,6 +245,12 @@ fn sub_rows(subs: &[Value], with_client: bool) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// `DELETE path`: the API's JSON with `--json`, else `said`.
+fn delete(client: &Client, path: &str, json: bool, said: String) -> anyhow::Result<String> {
+    let answer = client.delete(path)?;
+    Ok(if json { pretty(&answer) } else { said })
+}
+
 /// `ctl clients ...`.
 pub(super) fn clients(
     client: &Client,
@@ -346,14 +352,12 @@ pub(super) fn clients(
             ));
             Ok(out)
         }
-        ClientsAction::Kick { clientid } => {
-            let answer = client.delete(&format!("/api/v1/clients/{}", encode(clientid)))?;
-            Ok(if json {
-                pretty(&answer)
-            } else {
-                format!("kicked {clientid}\n")
-            })
-        }
+        ClientsAction::Kick { clientid } => delete(
+            client,
+            &format!("/api/v1/clients/{}", encode(clientid)),
+            json,
+            format!("kicked {clientid}\n"),
+        ),
     }
 }
 
@@ -412,14 +416,12 @@ pub(super) fn sessions(
                 &rows,
             ))
         }
-        SessionsAction::Delete { clientid } => {
-            let answer = client.delete(&format!("/api/v1/sessions/{}", encode(clientid)))?;
-            Ok(if json {
-                pretty(&answer)
-            } else {
-                format!("deleted the session of {clientid}\n")
-            })
-        }
+        SessionsAction::Delete { clientid } => delete(
+            client,
+            &format!("/api/v1/sessions/{}", encode(clientid)),
+            json,
+            format!("deleted the session of {clientid}\n"),
+        ),
     }
 }
 
@@ -500,14 +502,12 @@ pub(super) fn retained(
                 cell(r.get("payload_bytes"))
             ))
         }
-        RetainedAction::Delete { topic } => {
-            let answer = client.delete(&format!("/api/v1/retained/{}", encode(topic)))?;
-            Ok(if json {
-                pretty(&answer)
-            } else {
-                format!("deleted the retained message of {topic}\n")
-            })
-        }
+        RetainedAction::Delete { topic } => delete(
+            client,
+            &format!("/api/v1/retained/{}", encode(topic)),
+            json,
+            format!("deleted the retained message of {topic}\n"),
+        ),
     }
 }
 
