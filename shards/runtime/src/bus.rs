@@ -8,8 +8,7 @@ use shardmq_broker::Message;
 use shardmq_codec::ByteStr;
 use std::sync::Arc;
 
-/// Index of a shard within the node, 0-based.
-pub type ShardId = usize;
+pub use shardmq_link::ShardId;
 
 /// Most shards one node runs: [`ShardSet`] is one machine word.
 pub const MAX_SHARDS: usize = 64;

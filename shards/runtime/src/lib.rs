@@ -11,7 +11,7 @@ mod bus;
 mod chunk_slab;
 mod conn;
 mod durable;
-mod link;
+use shardmq_link as link;
 pub mod mgmt;
 mod shard;
 mod store;
@@ -273,8 +273,9 @@ impl Node {
         let mut handles = Vec::with_capacity(n);
         let (uplink, mut inboxes) = match link {
             Some(l) => {
-                assert_eq!(l.inboxes.len(), n, "one inbox per shard");
-                (Some(l.uplink), l.inboxes.into_iter().map(Some).collect())
+                let (uplink, inboxes) = l.into_parts();
+                assert_eq!(inboxes.len(), n, "one inbox per shard");
+                (Some(uplink), inboxes.into_iter().map(Some).collect())
             }
             None => (None, (0..n).map(|_| None).collect::<Vec<_>>()),
         };

@@ -1,4 +1,7 @@
-//! The data plane's link to the control plane, which runs the cluster on its own thread.
+//! The data plane's link to the control plane, which runs the cluster on its own thread: the
+//! messages both sides exchange and the bounded queues that carry them. Both the shards
+//! (`shardmq-shards`) and the cluster (`shardmq-cluster`) depend on this crate, and on no
+//! executor through it.
 //!
 //! Shards send [`ToCluster`] batches over one bounded tokio channel (`try_send` never blocks a
 //! shard; a full channel is backpressure, see `Shard::cluster_out`). The control plane sends
@@ -8,7 +11,8 @@
 //! A byte is written after the batch is queued, and the shard drains the whole queue after each
 //! read, so no batch waits for a later wake-up.
 
-use crate::bus::ShardId;
+#![warn(missing_docs, unreachable_pub)]
+
 use shardmq_broker::Message;
 use shardmq_codec::ByteStr;
 use smallvec::SmallVec;
@@ -16,6 +20,9 @@ use std::io::{self, Write};
 use std::os::fd::{IntoRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
+
+/// Index of a shard in its node, `0..shards`.
+pub type ShardId = usize;
 
 /// Identifier of a node in the cluster.
 pub type NodeId = u64;
@@ -148,8 +155,15 @@ pub const LINK_CAPACITY: usize = 1024;
 
 /// The data plane's ends, handed to `Node::start`.
 pub struct DataPlaneLink {
-    pub(crate) uplink: tokio::sync::mpsc::Sender<Vec<ToCluster>>,
-    pub(crate) inboxes: Vec<ShardInbox>,
+    uplink: tokio::sync::mpsc::Sender<Vec<ToCluster>>,
+    inboxes: Vec<ShardInbox>,
+}
+
+impl DataPlaneLink {
+    /// The sender of the shards' batches (cloned once per shard) and one inbox per shard.
+    pub fn into_parts(self) -> (tokio::sync::mpsc::Sender<Vec<ToCluster>>, Vec<ShardInbox>) {
+        (self.uplink, self.inboxes)
+    }
 }
 
 impl std::fmt::Debug for DataPlaneLink {
@@ -161,9 +175,19 @@ impl std::fmt::Debug for DataPlaneLink {
 }
 
 /// One shard's inbound queue and the socket that wakes it.
-pub(crate) struct ShardInbox {
-    pub(crate) rx: crossbeam_channel::Receiver<Vec<FromCluster>>,
-    pub(crate) wake: OwnedFd,
+pub struct ShardInbox {
+    /// The batches, in the control plane's order.
+    pub rx: crossbeam_channel::Receiver<Vec<FromCluster>>,
+    /// Readable when a batch was queued; the shard reads it empty, then drains `rx`.
+    pub wake: OwnedFd,
+}
+
+impl std::fmt::Debug for ShardInbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardInbox")
+            .field("queued", &self.rx.len())
+            .finish()
+    }
 }
 
 /// The control plane's ends.
