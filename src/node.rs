@@ -43,27 +43,38 @@ pub(crate) fn runtime_config(
     );
     let m = &config.mqtt;
     let limits = limits(m);
-    limits.validate().map_err(anyhow::Error::msg)?;
-    Ok(RuntimeConfig {
+    let core = shardmq_shards::CoreSettings {
         node_name: config.node.name.clone(),
-        cpus,
-        listeners: listeners(config, security)?,
-        auth: security.auth.clone(),
+        shards: cpus.len(),
+        auth: security.auth.is_some(),
         acl_deny_action: match config.auth.acl_deny_action {
             crate::config::AclDenyAction::Ignore => shardmq_broker::authz::DenyAction::Ignore,
             crate::config::AclDenyAction::Disconnect => {
                 shardmq_broker::authz::DenyAction::Disconnect
             }
         },
-        backlog: config.listener.backlog,
         max_connections: usize::try_from(config.listener.max_connections).unwrap_or(usize::MAX),
         max_connection_rate: config.listener.max_connection_rate,
         connect_timeout: Duration::from_millis(m.connect_timeout_ms),
-        send_timeout: Duration::from_millis(m.send_timeout_ms),
         limits,
         shared_strategy: m.shared_strategy,
         channel_capacity: config.shard.channel_capacity as usize,
         batch_max: config.shard.batch_max as usize,
+        sys_interval: (config.sys.interval_ms > 0)
+            .then(|| Duration::from_millis(config.sys.interval_ms)),
+        authenticators: authenticators(config),
+        redirect: Redirect::new(
+            &config.listener.moved_to,
+            &config.listener.use_another_server,
+        ),
+    };
+    let rt = RuntimeConfig {
+        core,
+        cpus,
+        listeners: listeners(config, security)?,
+        auth: security.auth.clone(),
+        backlog: config.listener.backlog,
+        send_timeout: Duration::from_millis(m.send_timeout_ms),
         spin_before_park: (config.shard.spin_before_park_us > 0)
             .then(|| Duration::from_micros(u64::from(config.shard.spin_before_park_us))),
         driver: match config.shard.driver {
@@ -72,16 +83,11 @@ pub(crate) fn runtime_config(
         },
         park_guard: (config.shard.park_guard_ms > 0)
             .then(|| Duration::from_millis(u64::from(config.shard.park_guard_ms))),
-        sys_interval: (config.sys.interval_ms > 0)
-            .then(|| Duration::from_millis(config.sys.interval_ms)),
-        authenticators: authenticators(config),
-        redirect: Redirect::new(
-            &config.listener.moved_to,
-            &config.listener.use_another_server,
-        ),
         move_trigger: MoveTrigger::default(),
         storage: storage_spec(&config.storage),
-    })
+    };
+    rt.validate().map_err(anyhow::Error::msg)?;
+    Ok(rt)
 }
 
 /// `[mqtt]`'s per-client limits in the data plane's terms.
@@ -412,7 +418,7 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
         .iter()
         .map(|l| format!("{:?} {}", l.kind, l.bind))
         .collect();
-    tracing::info!(node = %rt.node_name, cpus = ?rt.cpus, listeners = ?binds, "starting shardmq {}", env!("CARGO_PKG_VERSION"));
+    tracing::info!(node = %rt.core.node_name, cpus = ?rt.cpus, listeners = ?binds, "starting shardmq {}", env!("CARGO_PKG_VERSION"));
     // Control plane (src/api.rs): the management API and, in a cluster, the cluster node on
     // the `shardmq-control` thread; an api.listen that cannot be bound stops the node here.
     let node = if config.cluster.enabled {

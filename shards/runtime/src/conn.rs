@@ -7,12 +7,13 @@
 //! Plaintext moves into the transport only once its previous wire bytes are written, so the
 //! connection's write buffer still measures the client's backlog (`max_write_buffer_bytes`).
 
-use crate::shard::{ConnKey, Phase, Shard};
+use crate::shell::Shard;
 use bytes::{Buf, BytesMut};
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use shardmq_broker::session::Close;
 use shardmq_codec::{Decoder, ReasonCode};
+use shardmq_core::{ConnKey, Phase};
 use shardmq_transport::Transport;
 use std::cell::RefCell;
 use std::future::Future;
@@ -91,17 +92,18 @@ impl Future for ConnDriver {
             return this.drain(cx, until);
         }
         let shard_rc = this.shard.clone();
-        let mut shard = shard_rc.borrow_mut();
-        let shard = &mut *shard;
+        let mut step = crate::shell::step(&shard_rc);
+        let shard: &mut Shard = &mut step;
         let now = Instant::now();
         let key = this.key;
         for _ in 0..ROUNDS_MAX {
             // `storage.durability = "sync"`: output past a durable gate waits (docs/durability.md).
             let limit = shard.write_limit(key);
-            let conn = &mut shard.conns[key];
-            if !conn.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                conn.waker = Some(cx.waker().clone());
+            let w = &mut shard.conn_wakers[key];
+            if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *w = Some(cx.waker().clone());
             }
+            let conn = &mut shard.core.conns[key];
             if conn.read_timeout != this.timeout {
                 this.timeout = conn.read_timeout;
                 if let Err(e) = this.stream.set_read_timeout(this.timeout) {
@@ -114,7 +116,7 @@ impl Future for ConnDriver {
             let mut traced: Option<Vec<u8>> = None;
             let written = match &mut this.transport {
                 None => {
-                    if shard.traces.is_some() {
+                    if shard.core.traces.is_some() {
                         traced = Some(conn.out.to_vec());
                     }
                     let r = write_gated(&mut this.stream, cx, &mut conn.out, limit);
@@ -132,10 +134,10 @@ impl Future for ConnDriver {
                             let n = limit.map_or(n, |l| n.min(l - taken));
                             if !this.broken && n > 0 && t.ready() {
                                 if let Err(e) = t.on_plain_out(&conn.out[..n]) {
-                                    warn!(shard = shard.id, conn = conn.id, error = %e, "transport refused output; closing");
+                                    warn!(shard = shard.core.id, conn = conn.id, error = %e, "transport refused output; closing");
                                     this.broken = true;
                                 }
-                                if shard.traces.is_some() {
+                                if shard.core.traces.is_some() {
                                     let out = traced.get_or_insert_with(Vec::new);
                                     out.extend_from_slice(&conn.out[..n]);
                                 }
@@ -170,12 +172,12 @@ impl Future for ConnDriver {
             if let Some(bytes) = traced {
                 shard.trace_out(now, key, &bytes);
             }
-            let conn = &mut shard.conns[key];
+            let conn = &mut shard.core.conns[key];
             match written {
-                Ok(n) => shard.stats.bytes_out += n as u64,
+                Ok(n) => shard.core.stats.bytes_out += n as u64,
                 Err(WriteFailed::TimedOut) => {
                     warn!(
-                        shard = shard.id,
+                        shard = shard.core.id,
                         conn = conn.id,
                         "client took no bytes for mqtt.send_timeout_ms; closing"
                     );
@@ -231,7 +233,7 @@ impl Future for ConnDriver {
                     Ok(Some(packet)) => {
                         progressed = true;
                         shard.on_packet(now, key, packet);
-                        if !matches!(shard.conns[key].phase, Phase::Active) {
+                        if !matches!(shard.core.conns[key].phase, Phase::Active) {
                             break;
                         }
                     }
@@ -267,13 +269,13 @@ impl Future for ConnDriver {
                     return finish(shard, now, key);
                 }
                 Poll::Ready(Ok(n)) => {
-                    shard.stats.bytes_in += n as u64;
+                    shard.core.stats.bytes_in += n as u64;
                     match &mut this.transport {
                         None => this.rbuf.extend_from_slice(&scratch[..n]),
                         Some(t) => {
                             if let Err(e) = t.on_wire_in(&scratch[..n], &mut this.rbuf) {
-                                let conn = &shard.conns[key];
-                                warn!(shard = shard.id, conn = conn.id, peer = ?conn.peer, error = %e, what = e.description(), "transport error; closing");
+                                let conn = &shard.core.conns[key];
+                                warn!(shard = shard.core.id, conn = conn.id, peer = ?conn.peer, error = %e, what = e.description(), "transport error; closing");
                                 this.broken = true;
                             }
                         }
@@ -282,11 +284,11 @@ impl Future for ConnDriver {
                 }
                 Poll::Ready(Err(e)) if e.kind() == ErrorKind::TimedOut => {
                     shard.read_scratch = scratch;
-                    let phase = shard.conns[key].phase;
+                    let phase = shard.core.conns[key].phase;
                     warn!(
-                        shard = shard.id,
-                        conn = shard.conns[key].id,
-                        peer = ?shard.conns[key].peer,
+                        shard = shard.core.id,
+                        conn = shard.core.conns[key].id,
+                        peer = ?shard.core.conns[key].peer,
                         ?phase,
                         "keep-alive or connect timeout; closing"
                     );
@@ -300,7 +302,7 @@ impl Future for ConnDriver {
                 }
                 Poll::Ready(Err(e)) => {
                     shard.read_scratch = scratch;
-                    debug!(shard = shard.id, error = %e, "read failed");
+                    debug!(shard = shard.core.id, error = %e, "read failed");
                     return finish(shard, now, key);
                 }
                 Poll::Pending => {

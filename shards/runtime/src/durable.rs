@@ -7,51 +7,24 @@
 //! What turns session and retained changes into records is `store.rs` (no I/O); the hooks
 //! that call it are in `shard/durable.rs`.
 
-use crate::bus::ShardId;
-use crate::shard::{ConnKey, Shard};
-use crate::store::{ShardLog, Ticket};
+use crate::shell::Shard;
 use shardmq_codec::ByteStr;
+use shardmq_core::store::Ticket;
+use shardmq_core::ShardId;
 use shardmq_store::{Batch, LogConfig, ShardStart, StoredMessage};
-use smallvec::SmallVec;
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Poll, Waker};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
-/// `storage.durability` without `"off"` (off: no [`StorageSpec`] at all).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DurabilityMode {
-    /// Written in order, fdatasynced every `sync_interval`; acknowledgements do not wait.
-    Async,
-    /// Acknowledgements of stored changes wait for the fdatasync of their batch.
-    Sync,
-}
+pub use shardmq_core::durable::*;
 
-/// `[storage]`, validated by the binary's config layer.
-#[derive(Debug, Clone)]
-pub struct StorageSpec {
-    /// The node's data folder; the shards' logs are in `<dir>/shards/<id>/`.
-    pub dir: PathBuf,
-    /// When acknowledgements may go out.
-    pub mode: DurabilityMode,
-    /// `Async`: how often the log is fdatasynced.
-    pub sync_interval: Duration,
-    /// A segment file is closed at this size (`storage.segment_bytes`).
-    pub segment_bytes: u64,
-    /// A shard compacts its log while serving once it is at least this big and 4 times what
-    /// the last compaction left (`storage.compact_min_bytes`).
-    pub compact_min_bytes: u64,
-}
-
-/// Name of the lock file in `storage.dir`: one live process per folder.
-pub const LOCK_FILE: &str = "LOCK";
 /// How long a shard waits before it retries a batch the disk refused.
 const RETRY_INTERVAL: Duration = Duration::from_millis(200);
 /// `"sync"`: how long the writer task waits, before it takes a batch, for the acknowledgements
@@ -60,76 +33,8 @@ const RETRY_INTERVAL: Duration = Duration::from_millis(200);
 /// batch; deliveries to a subscriber slower than this are written.
 const ACK_WAIT: Duration = Duration::from_micros(1500);
 
-/// One shard's storage counters, updated by its writer task.
-#[derive(Debug, Default)]
-pub struct ShardStorageFigures {
-    /// Bytes written to segment files.
-    pub bytes_written: AtomicU64,
-    /// fdatasync calls that succeeded.
-    pub fsyncs: AtomicU64,
-    /// Batches (group commits) made durable.
-    pub batches: AtomicU64,
-    /// Records made durable (÷ `batches`: the mean group-commit size).
-    pub records: AtomicU64,
-    /// Bytes of the shard's live segments.
-    pub disk_bytes: AtomicU64,
-    /// Messages the shard's log holds (each stored once, however many sessions queue it).
-    pub messages: AtomicU64,
-    /// Failed write or fdatasync attempts (full disk, I/O error).
-    pub write_errors: AtomicU64,
-    /// The last attempt failed: QoS ≥ 1 PUBLISHes are refused until a retry succeeds.
-    pub failing: AtomicBool,
-    /// Persistent (journaled) sessions the shard holds. While it is 0, `"sync"` publishers on
-    /// other shards do not wait for this shard's durable acknowledgement: it stores nothing
-    /// for them. Raised before such a session's routes are announced (the announcement's
-    /// channel orders it before any publish routed by them), lowered when it leaves.
-    pub persistent_sessions: AtomicU64,
-    /// Records that cancelled out before their batch was written (a delivery enqueued, sent
-    /// and acknowledged within one group commit, and its message if nothing else needs it).
-    pub coalesced: AtomicU64,
-}
-
-/// The node's storage figures, shared between the shards and the control plane.
-#[derive(Debug)]
-pub struct StorageFigures {
-    /// The storage folder.
-    pub dir: PathBuf,
-    /// The mode.
-    pub mode: DurabilityMode,
-    /// Start-up recovery time (recover, split, snapshot, commit), milliseconds.
-    pub recovery_ms: u64,
-    /// Sessions restored at start-up.
-    pub restored_sessions: u64,
-    /// Retained messages restored at start-up.
-    pub restored_retained: u64,
-    /// Bytes recovery found damaged (torn or corrupt tails cut off).
-    pub recovery_cut_records: u64,
-    /// Per shard.
-    pub shards: Vec<ShardStorageFigures>,
-    /// Shards whose disk refuses writes now: while any does, every shard refuses QoS ≥ 1
-    /// PUBLISHes (one disk, one answer).
-    pub(crate) failing_shards: std::sync::atomic::AtomicUsize,
-}
-
-impl StorageFigures {
-    /// Sum of a counter over the shards.
-    pub fn total(&self, f: impl Fn(&ShardStorageFigures) -> &AtomicU64) -> u64 {
-        self.shards
-            .iter()
-            .map(|s| f(s).load(Ordering::Relaxed))
-            .sum()
-    }
-
-    /// Whether any shard's disk refuses writes now.
-    pub fn failing(&self) -> bool {
-        self.shards
-            .iter()
-            .any(|s| s.failing.load(Ordering::Relaxed))
-    }
-}
-
 /// What start-up recovered, for the shards to take.
-pub(crate) struct Restored {
+pub(crate) struct Recovered {
     pub(crate) generation: u64,
     /// Each shard's part, taken once by that shard.
     parts: Vec<Mutex<Option<ShardStart>>>,
@@ -140,13 +45,20 @@ pub(crate) struct Restored {
     pub(crate) retained: Vec<(ShardId, ByteStr, StoredMessage)>,
 }
 
-impl Restored {
-    pub(crate) fn take(&self, shard: ShardId) -> ShardStart {
-        self.parts[shard]
+impl Recovered {
+    /// Shard `shard`'s part, with every shard's routes and retained messages (once per shard).
+    pub(crate) fn part(&self, shard: ShardId) -> Restored<'_> {
+        let start = self.parts[shard]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
-            .expect("each shard takes its part once")
+            .expect("each shard takes its part once");
+        Restored {
+            start,
+            generation: self.generation,
+            routes: &self.routes,
+            retained: &self.retained,
+        }
     }
 }
 
@@ -156,7 +68,7 @@ pub(crate) fn start_up(
     spec: &StorageSpec,
     shards: usize,
     owner_of_client: impl Fn(&str) -> usize,
-) -> io::Result<(Restored, Arc<StorageFigures>, std::fs::File)> {
+) -> io::Result<(Recovered, Arc<StorageFigures>, std::fs::File)> {
     let started = Instant::now();
     let lock = lock_dir(&spec.dir)?;
     let n = shards as u32;
@@ -218,7 +130,7 @@ pub(crate) fn start_up(
             .collect(),
         failing_shards: Default::default(),
     });
-    let restored = Restored {
+    let restored = Recovered {
         generation: restart.generation,
         parts: restart
             .shards
@@ -276,135 +188,6 @@ fn lock_dir(dir: &Path) -> io::Result<std::fs::File> {
     Ok(file)
 }
 
-/// Output a connection may not write before some stored change is durable: bytes from
-/// `start` on wait until the shard's batch `ticket` is durable and every peer shard in
-/// `marks` acknowledged the publishes this shard sent it up to that number.
-#[derive(Debug)]
-pub(crate) struct Gate {
-    /// Offset in the connection's output, counted from when its gates began.
-    pub(crate) start: u64,
-    pub(crate) ticket: Option<Ticket>,
-    pub(crate) marks: SmallVec<[(u8, u64); 2]>,
-}
-
-/// A connection's gates (boxed: a connection without any costs one pointer).
-#[derive(Debug, Default)]
-pub(crate) struct ConnGates {
-    /// Bytes of output written since the gates began.
-    pub(crate) taken: u64,
-    pub(crate) gates: VecDeque<Gate>,
-    /// On the shard's list of connections to wake when durability moves.
-    pub(crate) listed: bool,
-}
-
-/// Most gates one connection holds; beyond it the newest gate's position moves (merging
-/// gates only delays output, never releases it early).
-pub(crate) const CONN_GATES_MAX: usize = 1024;
-
-/// A shard's durable side.
-pub(crate) struct ShardDurable {
-    pub(crate) log: ShardLog,
-    pub(crate) mode: DurabilityMode,
-    pub(crate) sync_interval: Duration,
-    /// `<storage.dir>/shards/<id>`.
-    pub(crate) dir: PathBuf,
-    pub(crate) figures: Arc<StorageFigures>,
-    /// Scratch for draining journals.
-    pub(crate) changes: Vec<shardmq_broker::session::Change>,
-    /// The writer task, parked until records are pending.
-    pub(crate) writer_waker: Option<Waker>,
-    /// The writer task waits for the acknowledgements of the deliveries in its batch.
-    pub(crate) writer_awaits_acks: bool,
-    /// Connections blocked on a gate: woken when durability moves.
-    pub(crate) gated: Vec<(ConnKey, u64)>,
-    /// QoS ≥ 1 publishes sent to each peer (`"sync"`).
-    pub(crate) sent: Vec<u64>,
-    /// What each peer acknowledged durable of them.
-    pub(crate) acked: Vec<u64>,
-    /// QoS ≥ 1 publishes received from each peer.
-    pub(crate) received: Vec<u64>,
-    /// Per peer: (batch that must be durable, publishes of that peer then acknowledged).
-    pub(crate) pending_acks: Vec<VecDeque<(Ticket, u64)>>,
-    /// Sessions this shard handed to another shard: deleted from this log once the new shard
-    /// says it holds them (`SessionStored`).
-    pub(crate) moved_out: ahash::AHashMap<ByteStr, shardmq_broker::session::SessionImage>,
-    /// Sessions this shard took from another one: `SessionStored` goes out once the image (at
-    /// the batch) is durable.
-    pub(crate) stored_notices: VecDeque<(Option<Ticket>, ByteStr)>,
-    /// The disk refused the last attempt.
-    pub(crate) failing: bool,
-    /// The compaction pass being written, a few items per batch.
-    pub(crate) compaction: Option<Compaction>,
-}
-
-/// A compaction pass in progress: what is left to re-write.
-pub(crate) struct Compaction {
-    pub(crate) pass: shardmq_store::CompactionPass,
-    /// Client ids of the sessions stored when the pass began.
-    pub(crate) sessions: Vec<ByteStr>,
-    /// Retained topics this log held when the pass began.
-    pub(crate) retained: Vec<ByteStr>,
-}
-
-/// Items (sessions, retained topics) a compaction pass re-writes per batch: bounds the time
-/// one step holds the shard's loop.
-pub(crate) const COMPACT_STEP_ITEMS: usize = 512;
-
-impl ShardDurable {
-    pub(crate) fn new(
-        id: ShardId,
-        nshards: usize,
-        spec: &StorageSpec,
-        log: ShardLog,
-        figures: Arc<StorageFigures>,
-    ) -> ShardDurable {
-        ShardDurable {
-            log,
-            mode: spec.mode,
-            sync_interval: spec.sync_interval,
-            dir: shardmq_store::shard_dir(&spec.dir, id as u32),
-            figures,
-            changes: Vec::new(),
-            writer_waker: None,
-            writer_awaits_acks: false,
-            gated: Vec::new(),
-            sent: vec![0; nshards],
-            acked: vec![0; nshards],
-            received: vec![0; nshards],
-            pending_acks: (0..nshards).map(|_| VecDeque::new()).collect(),
-            moved_out: Default::default(),
-            stored_notices: VecDeque::new(),
-            failing: false,
-            compaction: None,
-        }
-    }
-
-    /// Whether batch `ticket` (if any) is durable.
-    pub(crate) fn is_durable(&self, ticket: Option<Ticket>) -> bool {
-        ticket.is_none_or(|t| self.log.is_durable(t))
-    }
-
-    /// Whether a gate may be passed.
-    pub(crate) fn passes(&self, gate: &Gate) -> bool {
-        self.is_durable(gate.ticket)
-            && gate
-                .marks
-                .iter()
-                .all(|&(peer, seq)| self.acked[peer as usize] >= seq)
-    }
-
-    /// Records were appended: the writer task has work.
-    pub(crate) fn wake_writer(&mut self) {
-        // Waiting for acknowledgements: only their end is news (not every new delivery).
-        if self.writer_awaits_acks && self.log.awaiting() > 0 {
-            return;
-        }
-        if let Some(w) = self.writer_waker.take() {
-            w.wake();
-        }
-    }
-}
-
 /// The writer task of a shard with storage: takes the log's pending records as one batch,
 /// writes it with glommio's buffered file I/O, fdatasyncs every file written (and the folder
 /// after a new segment), then marks it durable; while it works, new records gather into the
@@ -431,7 +214,7 @@ pub(crate) async fn writer(shard: Rc<RefCell<Shard>>) {
             if d.log.has_pending() {
                 Poll::Ready(())
             } else {
-                d.writer_waker = Some(cx.waker().clone());
+                s.writer_waker = Some(cx.waker().clone());
                 Poll::Pending
             }
         })
@@ -451,7 +234,7 @@ pub(crate) async fn writer(shard: Rc<RefCell<Shard>>) {
                         Poll::Ready(false)
                     } else {
                         d.writer_awaits_acks = true;
-                        d.writer_waker = Some(cx.waker().clone());
+                        s.writer_waker = Some(cx.waker().clone());
                         Poll::Pending
                     }
                 });
@@ -467,20 +250,20 @@ pub(crate) async fn writer(shard: Rc<RefCell<Shard>>) {
             s.durable.as_mut().expect("storage").writer_awaits_acks = false;
         }
         let (ticket, batch) = {
-            let mut s = shard.borrow_mut();
+            let mut s = crate::shell::step(&shard);
             s.compaction_step(Instant::now());
             let d = s.durable.as_mut().expect("storage");
             d.log.take_batch()
         };
         let Some(batch) = batch else {
             // Everything in it cancelled out (deliveries acknowledged before it was taken).
-            shard.borrow_mut().durable_moved(Instant::now());
+            crate::shell::step(&shard).durable_moved(Instant::now());
             continue;
         };
         loop {
             match files.write(&dir, &batch).await {
                 Ok(fsyncs) => {
-                    shard.borrow_mut().batch_durable(ticket, &batch, fsyncs);
+                    crate::shell::step(&shard).batch_durable(ticket, &batch, fsyncs);
                     let obsolete = {
                         let mut s = shard.borrow_mut();
                         let d = s.durable.as_mut().expect("storage");

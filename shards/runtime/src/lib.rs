@@ -7,24 +7,22 @@
 //! functions below: moving to another io_uring runtime touches these files alone.
 #![warn(missing_docs, unreachable_pub)]
 
-mod bus;
-mod chunk_slab;
 mod conn;
 mod durable;
 use shardmq_link as link;
 pub mod mgmt;
-mod shard;
-mod store;
-mod sys;
+mod shell;
 mod uring;
 
-pub use bus::{ShardId, ShardSet, MAX_SHARDS};
+use shardmq_core::{bus, sys};
+
 pub use durable::{DurabilityMode, ShardStorageFigures, StorageFigures, StorageSpec, LOCK_FILE};
 pub use link::{
     link, ControlPlaneLink, DataPlaneLink, FromCluster, NodeId, NodeSet, SendError, ToCluster,
     LINK_CAPACITY,
 };
 pub use mgmt::Management;
+pub use shardmq_core::{CoreSettings, ListenerKind, ShardId, ShardSet, MAX_SHARDS};
 pub use sys::{rfc3339, FigureBoard, ShardFigures};
 
 use bus::Batch;
@@ -32,8 +30,7 @@ use conn::ConnDriver;
 use glommio::channels::channel_mesh::{MeshBuilder, Receivers, Senders};
 use glommio::net::TcpListener;
 use glommio::{Latency, LocalExecutorBuilder, Placement, Shares, TaskQueueHandle};
-use shard::Shard;
-use shardmq_broker::Limits;
+use shell::Shard;
 use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
@@ -46,11 +43,13 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 
-/// Everything the data plane needs, already validated by the binary's config layer.
+/// Everything the data plane needs, already validated by the binary's config layer: the
+/// shards' logic ([`CoreSettings`]) and what the I/O around it needs.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
-    /// Node name, used in `$SYS` topics.
-    pub node_name: String,
+    /// What every shard's core is configured with. `core.shards` is `cpus.len()` and
+    /// `core.auth` is `auth.is_some()` ([`RuntimeConfig::validate`]).
+    pub core: CoreSettings,
     /// One shard per CPU, pinned to it.
     pub cpus: Vec<usize>,
     /// The client listeners (MQTT over TCP, TLS, WebSocket, WebSocket over TLS), each bound by
@@ -59,43 +58,46 @@ pub struct RuntimeConfig {
     /// Verifies credentials off the shards' loops (`[auth]`); `None` = everyone may connect
     /// and no ACL applies.
     pub auth: Option<Arc<shardmq_auth::AuthService>>,
-    /// What a PUBLISH the ACL denies gets (`auth.acl_deny_action`).
-    pub acl_deny_action: shardmq_broker::authz::DenyAction,
     /// Listen backlog.
     pub backlog: u32,
-    /// Node-wide connection limit.
-    pub max_connections: usize,
-    /// Node-wide CONNECTs admitted per second, shared equally between shards; 0 = unlimited.
-    /// Beyond it: CONNACK 0x9F Connection rate exceeded (MQTT 3.x return code 3).
-    pub max_connection_rate: u32,
-    /// Time allowed between accept and CONNECT.
-    pub connect_timeout: Duration,
     /// A client whose socket takes no bytes for this long is disconnected.
     pub send_timeout: Duration,
-    /// Per-client MQTT limits.
-    pub limits: Limits,
-    /// How a shared subscription's group picks the member for each message.
-    pub shared_strategy: shardmq_broker::shared::SharedStrategy,
-    /// Batches in flight per shard pair.
-    pub channel_capacity: usize,
-    /// Messages per batch.
-    pub batch_max: usize,
     /// How long an idle shard polls before it sleeps in the kernel; `None` = not at all.
     pub spin_before_park: Option<Duration>,
     /// How often a shard's park guard wakes it ([`spawn_park_guard`]); `None` = no guard.
     pub park_guard: Option<Duration>,
-    /// `$SYS` publish interval; `None` disables it.
-    pub sys_interval: Option<Duration>,
-    /// MQTT 5.0 enhanced authentication methods offered (empty: CONNACK 0x8C to any).
-    pub authenticators: shardmq_broker::auth::Authenticators,
-    /// Server redirection (`listener.moved_to`, `listener.use_another_server`).
-    pub redirect: shardmq_broker::redirect::Redirect,
-    /// Pulled to move the node's clients to `redirect`'s `moved_to` (SIGUSR2 in the binary).
+    /// Pulled to move the node's clients to `core.redirect`'s `moved_to` (SIGUSR2 in the
+    /// binary).
     pub move_trigger: MoveTrigger,
     /// `[storage]`; `None` = `durability = "off"`: nothing is written, nothing recovered.
     pub storage: Option<StorageSpec>,
     /// How the shards drive their connections (`shard.driver`).
     pub driver: ConnectionDriver,
+}
+
+impl RuntimeConfig {
+    /// Checks the core's settings and how they agree with the runtime's.
+    pub fn validate(&self) -> Result<(), shardmq_core::SettingsError> {
+        self.core.validate()?;
+        let fail = |m: String| Err(shardmq_core::SettingsError(m));
+        if self.core.shards != self.cpus.len() {
+            return fail(format!(
+                "{} shards configured for {} CPUs",
+                self.core.shards,
+                self.cpus.len()
+            ));
+        }
+        if self.core.auth != self.auth.is_some() {
+            return fail("core.auth must say whether an auth service is given".into());
+        }
+        if self.listeners.is_empty() {
+            return fail("at least one listener".into());
+        }
+        if self.send_timeout.is_zero() {
+            return fail("mqtt.send_timeout_ms must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 /// How a shard drives its client connections (`shard.driver`).
@@ -108,31 +110,6 @@ pub enum ConnectionDriver {
     /// One glommio task and `TcpStream` per connection (the first driver; kept for kernels
     /// without multishot receive, before 6.0).
     Tasks,
-}
-
-/// What a listener speaks under MQTT.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ListenerKind {
-    /// MQTT over TCP (`[listener]`).
-    Tcp,
-    /// MQTT over TLS (`[listener.tls]`).
-    Tls,
-    /// MQTT over WebSocket (`[listener.ws]`).
-    Ws,
-    /// MQTT over WebSocket over TLS (`[listener.wss]`).
-    Wss,
-}
-
-impl ListenerKind {
-    /// The configuration key of the listener's address, for messages.
-    pub fn bind_key(self) -> &'static str {
-        match self {
-            ListenerKind::Tcp => "listener.bind",
-            ListenerKind::Tls => "listener.tls.bind",
-            ListenerKind::Ws => "listener.ws.bind",
-            ListenerKind::Wss => "listener.wss.bind",
-        }
-    }
 }
 
 /// One client listener.
@@ -234,12 +211,7 @@ impl Node {
 
     /// Starts the data plane linked to a control plane (a node in a cluster): see [`link`].
     pub fn start_linked(cfg: RuntimeConfig, link: Option<DataPlaneLink>) -> io::Result<Node> {
-        assert!(
-            !cfg.cpus.is_empty() && cfg.cpus.len() <= MAX_SHARDS,
-            "cpus validated by the config layer"
-        );
-        cfg.limits
-            .validate()
+        cfg.validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let mut cfg = cfg;
         if let Some(spec) = &mut cfg.storage {
@@ -251,7 +223,7 @@ impl Node {
         }
         let cfg = Arc::new(cfg);
         let n = cfg.cpus.len();
-        let mesh: MeshBuilder<Batch, _> = MeshBuilder::full(n, cfg.channel_capacity);
+        let mesh: MeshBuilder<Batch, _> = MeshBuilder::full(n, cfg.core.channel_capacity);
         let connections = Arc::new(AtomicUsize::new(0));
         let figures = Arc::new(FigureBoard::new(n));
         let hasher = ahash::RandomState::new();
@@ -316,7 +288,7 @@ impl Node {
                         ConnectionDriver::Tasks => Listeners::Tasks(listeners),
                         ConnectionDriver::Uring => match uring::Driver::new(
                             listeners,
-                            cfg.limits.max_packet_size,
+                            cfg.core.limits.max_packet_size,
                             cfg.send_timeout,
                         ) {
                             Ok((driver, eventfd)) => Listeners::Uring(Box::new(driver), eventfd),
@@ -339,15 +311,25 @@ impl Node {
                         }
                     };
                     let id = senders.peer_id();
-                    let mut state = Shard::new(id, cfg.clone(), connections, hasher);
+                    let mut seed = [0u8; 32];
+                    getrandom::fill(&mut seed).expect("the operating system's random source works");
+                    let core = shardmq_core::ShardCore::new(
+                        Instant::now(),
+                        std::time::SystemTime::now(),
+                        id,
+                        Arc::new(cfg.core.clone()),
+                        hasher,
+                        seed,
+                    );
+                    let mut state = shell::Shell::new(core, cfg.clone(), connections);
                     state.board = Some(figures);
                     if uplink.is_some() {
-                        state.cluster = Some(Box::new(shard::ClusterShard::new()));
+                        state.cluster = Some(Box::new(shardmq_core::ClusterShard::new()));
                     }
                     if let (Some(spec), Some(restored), Some(figures)) =
                         (&cfg.storage, &restored, storage)
                     {
-                        state.restore(Instant::now(), spec, restored, figures);
+                        state.restore(Instant::now(), spec, restored.part(id), figures);
                     }
                     drop(restored);
                     let shard = Rc::new(RefCell::new(state));
@@ -502,16 +484,7 @@ async fn serve(
         let shard = shard.clone();
         spawn_into(queues.bus, async move {
             while let Some(batch) = stream.recv().await {
-                let now = Instant::now();
-                let mut s = shard.borrow_mut();
-                let durable_publishes = s.durable_count(&batch);
-                for msg in batch {
-                    s.handle_msg(now, msg);
-                }
-                s.drain_local(now);
-                if let Some(counted) = durable_publishes {
-                    s.durable_received(now, peer, counted);
-                }
+                shell::step(&shard).handle_peer(Instant::now(), peer, batch);
             }
             debug!(peer, "channel from peer closed");
         });
@@ -530,7 +503,7 @@ async fn serve(
         });
     }
     if shard.borrow().cfg.auth.is_some() {
-        let (inbox, wake) = shard::AuthInbox::new();
+        let (inbox, wake) = shell::AuthInbox::new();
         shard.borrow_mut().auth_inbox = Some(inbox);
         spawn_into(queues.bus, auth_replies(shard.clone(), wake));
     }
@@ -571,7 +544,7 @@ async fn mgmt_calls(shard: Rc<RefCell<Shard>>, inbox: mgmt::Inbox) {
             }
         }
         while let Ok(call) = inbox.rx.try_recv() {
-            let reply = shard.borrow_mut().handle_mgmt(Instant::now(), call.request);
+            let reply = shell::step(&shard).handle_mgmt(Instant::now(), call.request);
             // The caller may have given up waiting: nothing to do then.
             let _ = call.reply.send(reply);
             // One call per task turn: a burst of calls never holds the shard for long.
@@ -597,7 +570,7 @@ async fn auth_replies(shard: Rc<RefCell<Shard>>, wake: std::os::unix::net::UnixS
             }
         }
         let now = Instant::now();
-        shard.borrow_mut().apply_auth_replies(now);
+        shell::step(&shard).apply_auth_replies(now);
     }
 }
 
@@ -607,7 +580,7 @@ async fn accept_loop(
     spec: ListenerSpec,
     queue: TaskQueueHandle,
 ) {
-    let max_packet_size = shard.borrow().cfg.limits.max_packet_size;
+    let max_packet_size = shard.borrow().cfg.core.limits.max_packet_size;
     let send_timeout = shard.borrow().cfg.send_timeout;
     loop {
         match listener.accept().await {
@@ -626,7 +599,7 @@ async fn accept_loop(
                         }
                     },
                 };
-                let (key, _) = shard.borrow_mut().open_conn(peer, spec.kind);
+                let (key, _) = shell::step(&shard).open_conn(peer, spec.kind, 0);
                 spawn_into(
                     queue,
                     ConnDriver::new(
@@ -668,7 +641,7 @@ async fn downlink(shard: Rc<RefCell<Shard>>, inbox: link::ShardInbox) {
         }
         while let Ok(batch) = inbox.rx.try_recv() {
             let now = Instant::now();
-            let mut s = shard.borrow_mut();
+            let mut s = shell::step(&shard);
             for msg in batch {
                 s.handle_cluster(now, msg);
             }
@@ -685,7 +658,7 @@ async fn flusher(shard: Rc<RefCell<Shard>>, senders: Senders<Batch>, uplink: Opt
     loop {
         poll_fn(|cx| {
             let mut s = shard.borrow_mut();
-            if s.outbox.iter().any(|q| !q.is_empty()) || s.cluster_pending() {
+            if s.has_output() {
                 Poll::Ready(())
             } else {
                 s.flush_waker = Some(cx.waker().clone());
@@ -695,18 +668,8 @@ async fn flusher(shard: Rc<RefCell<Shard>>, senders: Senders<Batch>, uplink: Opt
         .await;
         for peer in 0..n {
             loop {
-                let batch = {
-                    let mut s = shard.borrow_mut();
-                    let max = s.cfg.batch_max;
-                    let q = &mut s.outbox[peer];
-                    if q.is_empty() {
-                        break;
-                    }
-                    if q.len() > max {
-                        q.drain(..max).collect()
-                    } else {
-                        std::mem::take(q)
-                    }
+                let Some(batch) = shard.borrow_mut().take_batch(peer) else {
+                    break;
                 };
                 if let Err(e) = senders.send_to(peer, batch).await {
                     error!(peer, error = %e, "cross-shard send failed");
@@ -730,22 +693,14 @@ async fn flusher(shard: Rc<RefCell<Shard>>, senders: Senders<Batch>, uplink: Opt
 /// retries after a millisecond.
 async fn send_uplink(shard: &Rc<RefCell<Shard>>, uplink: &Uplink) {
     loop {
-        let batch = {
-            let mut s = shard.borrow_mut();
-            match s.cluster.as_mut() {
-                Some(c) if !c.out.is_empty() => std::mem::take(&mut c.out),
-                _ => return,
-            }
-        };
+        let batch = shard.borrow_mut().take_cluster_out();
+        if batch.is_empty() {
+            return;
+        }
         match uplink.try_send(batch) {
             Ok(()) => return,
             Err(tokio::sync::mpsc::error::TrySendError::Full(batch)) => {
-                {
-                    let mut s = shard.borrow_mut();
-                    let c = s.cluster.as_mut().expect("linked shard");
-                    let newer = std::mem::replace(&mut c.out, batch);
-                    c.out.extend(newer);
-                }
+                shard.borrow_mut().return_cluster_out(batch);
                 glommio::timer::sleep(Duration::from_millis(1)).await;
             }
             Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
@@ -768,12 +723,8 @@ async fn housekeeping(shard: Rc<RefCell<Shard>>) {
         });
         glommio::timer::sleep(tick).await;
         let now = Instant::now();
-        let mut s = shard.borrow_mut();
-        s.expire_sessions(now);
-        s.expire_traces(now);
-        s.shrink_transient_tables();
-        s.move_clients_if_moved();
-        s.post_figures();
+        let mut s = shell::step(&shard);
+        s.housekeeping(now);
         if let Some(interval) = sys_interval {
             if now >= next_sys {
                 s.publish_sys(now, std::time::SystemTime::now());

@@ -18,13 +18,14 @@
 //! durable write gates, backpressure (no reading while the client's backlog is over
 //! `max_write_buffer_bytes` or the shard's outbound batches are over their bound).
 
-use crate::chunk_slab::ChunkSlab as Slab;
-use crate::shard::{Phase, Shard};
+use crate::shell::Shard;
 use crate::ListenerSpec;
 use bytes::{Buf, BytesMut};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use shardmq_broker::session::Close;
 use shardmq_codec::{Decoder, ReasonCode};
+use shardmq_core::ChunkSlab as Slab;
+use shardmq_core::Phase;
 use shardmq_transport::Transport;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -195,10 +196,10 @@ pub(crate) struct Driver {
 
 // ---- waking a connection ---------------------------------------------------------------
 //
-// The shard wakes a connection through its `Conn::waker` (new output, a phase change, the end
-// of congestion). Here that waker carries the slot index in its data pointer, allocates
-// nothing, and puts the slot on this thread's list of slots to drive, then wakes the driver's
-// task.
+// The core lists a connection (new output, a phase change, the end of congestion) and hands
+// back its `io_token`, which here is the slot index. While the driver turns it takes them from
+// the core itself; after any other task's step the shell puts them on this thread's list and
+// wakes the driver's task.
 
 struct Woken {
     slots: Vec<u32>,
@@ -232,12 +233,27 @@ unsafe fn waker_wake(p: *const ()) {
 
 unsafe fn waker_drop(_: *const ()) {}
 
-/// The waker the shard uses for the connection in slot `idx`. It is only meaningful on the
-/// shard's own thread (elsewhere it lists the slot on that thread's empty list: harmless).
+/// A waker for the connection in slot `idx`, for the shell's list of readers blocked on
+/// congestion. It is only meaningful on the shard's own thread (elsewhere it lists the slot
+/// on that thread's empty list: harmless). Allocates nothing.
 fn conn_waker(idx: usize) -> Waker {
     // SAFETY: the vtable's functions treat the data pointer as a plain integer and never
     // dereference it; they are sound on any thread.
     unsafe { Waker::from_raw(RawWaker::new(idx as *const (), &VTABLE)) }
+}
+
+/// Lists every slot the core has ready on this thread's list and wakes the driver's task.
+pub(crate) fn wake_slots(core: &mut shardmq_core::ShardCore) {
+    let task = WOKEN.with(|w| {
+        let mut w = w.borrow_mut();
+        while let Some((_, token)) = core.poll_conn() {
+            w.slots.push(token);
+        }
+        w.task.take()
+    });
+    if let Some(t) = task {
+        t.wake();
+    }
 }
 
 impl Driver {
@@ -435,6 +451,10 @@ impl Driver {
         for idx in woken {
             self.mark_ready(idx as usize);
         }
+        while let Some((_, idx)) = shard.core.poll_conn() {
+            worked = true;
+            self.mark_ready(idx as usize);
+        }
         let mut ready = std::mem::take(&mut self.ready);
         worked |= !ready.is_empty();
         for idx in ready.drain(..) {
@@ -516,9 +536,9 @@ impl Driver {
                 }
             },
         };
-        let (key, _) = shard.open_conn(peer, spec.kind);
+        let (key, _) = shard.open_conn(peer, spec.kind, 0);
         self.serial = self.serial.wrapping_add(1);
-        let read_timeout_ms = timeout_ms(shard.conns[key].read_timeout);
+        let read_timeout_ms = timeout_ms(shard.core.conns[key].read_timeout);
         let since = ms(self.epoch, now);
         let idx = self.slots.insert(Slot {
             fd,
@@ -544,7 +564,7 @@ impl Driver {
             send_since: since,
             wheel_due: NO_TICK,
         });
-        shard.conns[key].waker = Some(conn_waker(idx));
+        shard.core.conns[key].io_token = u32::try_from(idx).expect("fewer than 2^32 slots");
         self.arm_recv(idx, now);
     }
 
@@ -565,14 +585,14 @@ impl Driver {
             if res > 0 && slot.open && !slot.eof && !slot.dead {
                 let at = usize::from(bid) * BUF_LEN;
                 let data = &self.pool[at..at + res as usize];
-                shard.stats.bytes_in += res as u64;
+                shard.core.stats.bytes_in += res as u64;
                 slot.read_since = ms(self.epoch, now);
                 match &mut slot.transport {
                     None => slot.bufs.rbuf().extend_from_slice(data),
                     Some(t) => {
                         if let Err(e) = t.on_wire_in(data, slot.bufs.rbuf()) {
-                            let conn = &shard.conns[slot.conn as usize];
-                            warn!(shard = shard.id, conn = conn.id, peer = ?conn.peer, error = %e, what = e.description(), "transport error; closing");
+                            let conn = &shard.core.conns[slot.conn as usize];
+                            warn!(shard = shard.core.id, conn = conn.id, peer = ?conn.peer, error = %e, what = e.description(), "transport error; closing");
                             slot.broken = true;
                         }
                     }
@@ -592,7 +612,7 @@ impl Driver {
             r if r > 0 => {}
             r if -r == libc::ENOBUFS || -r == libc::ECANCELED => {}
             r => {
-                debug!(shard = shard.id, error = %io::Error::from_raw_os_error(-r), "read failed");
+                debug!(shard = shard.core.id, error = %io::Error::from_raw_os_error(-r), "read failed");
                 slot.eof = true;
             }
         }
@@ -603,7 +623,7 @@ impl Driver {
         let slot = &mut self.slots[idx];
         slot.send_inflight = false;
         if res > 0 {
-            shard.stats.bytes_out += res as u64;
+            shard.core.stats.bytes_out += res as u64;
             slot.bufs.sending().advance(res as usize);
             slot.send_since = ms(self.epoch, now);
             if slot.bufs.sending_len() > 0 && slot.open && !slot.dead {
@@ -637,10 +657,7 @@ impl Driver {
             // `storage.durability = "sync"`: output past a durable gate waits.
             let limit = shard.write_limit(key);
             let slot = &mut self.slots[idx];
-            let conn = &mut shard.conns[key];
-            if conn.waker.is_none() {
-                conn.waker = Some(conn_waker(idx));
-            }
+            let conn = &mut shard.core.conns[key];
             let read_timeout_ms = timeout_ms(conn.read_timeout);
             if read_timeout_ms != slot.read_timeout_ms {
                 slot.read_timeout_ms = read_timeout_ms;
@@ -650,7 +667,7 @@ impl Driver {
                 }
             }
             let slot = &mut self.slots[idx];
-            let conn = &mut shard.conns[key];
+            let conn = &mut shard.core.conns[key];
             // 1. Hand the kernel what the shard queued (up to a durable gate), one send at a
             //    time: plaintext goes into a transport only once its previous wire bytes are
             //    sent, so the connection's write buffer still measures the client's backlog.
@@ -668,7 +685,7 @@ impl Driver {
                                 *slot.bufs.sending() = conn.out.split_to(n);
                             }
                             taken = n;
-                            if shard.traces.is_some() {
+                            if shard.core.traces.is_some() {
                                 traced = Some(slot.bufs.sending().to_vec());
                             }
                         }
@@ -686,10 +703,10 @@ impl Driver {
                             break;
                         }
                         if let Err(e) = t.on_plain_out(&conn.out[..n]) {
-                            warn!(shard = shard.id, conn = conn.id, error = %e, "transport refused output; closing");
+                            warn!(shard = shard.core.id, conn = conn.id, error = %e, "transport refused output; closing");
                             slot.broken = true;
                         }
-                        if shard.traces.is_some() {
+                        if shard.core.traces.is_some() {
                             let out = traced.get_or_insert_with(Vec::new);
                             out.extend_from_slice(&conn.out[..n]);
                         }
@@ -701,14 +718,14 @@ impl Driver {
                     self.submit_send(idx, now);
                 }
             }
-            if taken > 0 && shard.conns[key].gates.is_some() {
+            if taken > 0 && shard.core.conns[key].gates.is_some() {
                 shard.wrote(key, taken);
             }
             if let Some(bytes) = traced {
                 shard.trace_out(now, key, &bytes);
             }
             let slot = &mut self.slots[idx];
-            let conn = &mut shard.conns[key];
+            let conn = &mut shard.core.conns[key];
             if conn.out.is_empty() && conn.out.capacity() > 0 {
                 // An idle connection keeps no write buffer.
                 conn.out = BytesMut::new();
@@ -756,7 +773,7 @@ impl Driver {
                     Ok(Some(packet)) => {
                         progressed = true;
                         shard.on_packet(now, key, packet);
-                        if !matches!(shard.conns[key].phase, Phase::Active) {
+                        if !matches!(shard.core.conns[key].phase, Phase::Active) {
                             break;
                         }
                     }
@@ -905,9 +922,9 @@ impl Driver {
         if slot.send_inflight {
             let waited = Duration::from_millis(u64::from(now_ms.wrapping_sub(slot.send_since)));
             if waited >= self.send_timeout {
-                let conn = &shard.conns[slot.conn as usize];
+                let conn = &shard.core.conns[slot.conn as usize];
                 warn!(
-                    shard = shard.id,
+                    shard = shard.core.id,
                     conn = conn.id,
                     "client took no bytes for mqtt.send_timeout_ms; closing"
                 );
@@ -920,9 +937,9 @@ impl Driver {
             let waited = now_ms.wrapping_sub(slot.read_since);
             if waited >= slot.read_timeout_ms {
                 let key = slot.conn as usize;
-                let conn = &shard.conns[key];
+                let conn = &shard.core.conns[key];
                 warn!(
-                    shard = shard.id,
+                    shard = shard.core.id,
                     conn = conn.id,
                     peer = ?conn.peer,
                     phase = ?conn.phase,
@@ -964,7 +981,7 @@ pub(crate) async fn run(shard: Rc<RefCell<Shard>>, driver: Rc<RefCell<Driver>>, 
     loop {
         let worked = {
             let mut d = driver.borrow_mut();
-            let mut s = shard.borrow_mut();
+            let mut s = crate::shell::step(&shard);
             d.turn(&mut s, Instant::now())
         };
         if worked {
@@ -1007,7 +1024,7 @@ pub(crate) async fn ticker(shard: Rc<RefCell<Shard>>, driver: Rc<RefCell<Driver>
     loop {
         glommio::timer::sleep(TICK).await;
         let mut d = driver.borrow_mut();
-        let mut s = shard.borrow_mut();
+        let mut s = crate::shell::step(&shard);
         d.tick(&mut s, Instant::now());
     }
 }

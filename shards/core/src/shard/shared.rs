@@ -9,7 +9,7 @@
 //! session) the same way. A member that ends before its client has the group's QoS 1/2 messages
 //! hands them back (`SharedRedispatch`), and they are placed again with the members left.
 
-use super::{SessionKey, Shard};
+use super::{SessionKey, ShardCore};
 use crate::bus::{ShardId, ShardMsg, ShardSet, SharedPublish};
 use crate::link::ToCluster;
 use shardmq_broker::session::{Session, Subscription};
@@ -22,7 +22,7 @@ use std::time::Instant;
 use tracing::{debug, trace};
 
 /// The shared groups of one filter in a shard's replica.
-pub(crate) struct FilterGroups {
+pub struct FilterGroups {
     filter: ByteStr,
     groups: SmallVec<[GroupRoute; 1]>,
 }
@@ -36,7 +36,7 @@ impl FilterGroups {
     }
 }
 
-impl Shard {
+impl ShardCore {
     /// Session `skey` joins the group of `key` with `sub`. True if the group's members changed
     /// (the caller then announces them, with a sync token if a SUBACK waits).
     pub(super) fn shared_join(

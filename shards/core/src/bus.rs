@@ -64,7 +64,7 @@ impl ShardSet {
 
 /// One message between shards.
 #[derive(Debug)]
-pub(crate) enum ShardMsg {
+pub enum ShardMsg {
     /// Deliver to the receiving shard's local subscribers.
     Publish(Arc<Message>),
     /// `storage.durability = "sync"`: a QoS 1/2 publish to a shard that holds persistent
@@ -82,7 +82,7 @@ pub(crate) enum ShardMsg {
     RouteAdd {
         /// The filter.
         filter: ByteStr,
-        /// Shard that subscribes.
+        /// ShardCore that subscribes.
         shard: ShardId,
         /// Token to acknowledge, when the subscriber's SUBACK waits for every replica.
         sync: Option<u64>,
@@ -95,7 +95,7 @@ pub(crate) enum ShardMsg {
     SharedRoute {
         /// The group and its filter.
         key: Box<SharedKey>,
-        /// Shard whose members these are.
+        /// ShardCore whose members these are.
         shard: ShardId,
         /// Its members online and offline.
         counts: MemberCounts,
@@ -114,7 +114,7 @@ pub(crate) enum ShardMsg {
     RouteDel {
         /// The filter.
         filter: ByteStr,
-        /// Shard that unsubscribed.
+        /// ShardCore that unsubscribed.
         shard: ShardId,
     },
     /// A replica applied a synced `RouteAdd`.
@@ -149,7 +149,7 @@ pub(crate) enum ShardMsg {
     Release {
         /// Client identifier.
         client_id: ByteStr,
-        /// Shard that held it.
+        /// ShardCore that held it.
         shard: ShardId,
         /// Its registration token.
         token: u64,
@@ -198,21 +198,21 @@ pub(crate) enum ShardMsg {
 
 /// A message placed with a shared group, on its way to the shard of the member it goes to.
 #[derive(Debug)]
-pub(crate) struct SharedPublish {
+pub struct SharedPublish {
     /// The group and its filter.
-    pub(crate) key: SharedKey,
+    pub key: SharedKey,
     /// The message.
-    pub(crate) msg: Arc<Message>,
+    pub msg: Arc<Message>,
     /// The member's slot among the shard's online (or, if not `online`, offline) members.
-    pub(crate) slot: u32,
+    pub slot: u32,
     /// The hash the strategy placed the message by (topic or publisher), for a further pick.
-    pub(crate) hash: u64,
+    pub hash: u64,
     /// Shards that found no member for it: never picked again, which bounds the hops.
-    pub(crate) tried: ShardSet,
+    pub tried: ShardSet,
 }
 
 /// A batch of messages for one destination.
-pub(crate) type Batch = Vec<ShardMsg>;
+pub type Batch = Vec<ShardMsg>;
 
 #[cfg(test)]
 mod tests {

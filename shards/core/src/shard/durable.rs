@@ -1,18 +1,18 @@
 //! The shard's storage hooks (docs/durability.md): each is a no-op costing one `Option` check
 //! when `storage.durability = "off"`.
 //!
-//! - Journals: after every call into a session, [`Shard::journal_flush`] turns its drained
+//! - Journals: after every call into a session, [`ShardCore::journal_flush`] turns its drained
 //!   changes into records. A session is journaled while it is persistent (expiry ≠ 0): its
-//!   whole image is written when it becomes so here ([`Shard::durable_install`]), an end
-//!   record when it ends ([`Shard::durable_end`]). A session handed to another shard stays in
+//!   whole image is written when it becomes so here ([`ShardCore::durable_install`]), an end
+//!   record when it ends ([`ShardCore::durable_end`]). A session handed to another shard stays in
 //!   this shard's log until the new shard says its copy is durable (`SessionStored`), so a
 //!   crash during a takeover never loses it.
 //! - Retained changes are written by the shard where the PUBLISH arrives.
 //! - `"sync"` gates: output that depends on a stored change waits for its batch's fdatasync
 //!   and, for publishes delivered by other shards, for their durable acknowledgement.
-//! - Start-up: [`Shard::restore`] installs what recovery gave this shard.
+//! - Start-up: [`ShardCore::restore`] installs what recovery gave this shard.
 
-use super::{ConnKey, Phase, RegEntry, SessionKey, SessionSlot, Shard};
+use super::{ConnKey, Phase, RegEntry, SessionKey, SessionSlot, ShardCore};
 use crate::bus::{Batch, ShardId, ShardMsg, ShardSet};
 use crate::durable::{
     Compaction, ConnGates, DurabilityMode, Gate, Restored, ShardDurable, StorageFigures,
@@ -33,16 +33,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, info};
 
-fn unix_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
+fn unix_ns(wall: SystemTime) -> u64 {
+    wall.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-fn clock(now: Instant) -> Clock {
+fn clock(now: Instant, wall: SystemTime) -> Clock {
     Clock {
         now,
-        unix_ns: unix_ns(),
+        unix_ns: unix_ns(wall),
     }
 }
 
@@ -61,22 +60,26 @@ fn message_of(m: &StoredMessage, now: Instant, now_unix_ms: u64) -> Message {
     }
 }
 
-impl Shard {
+impl ShardCore {
     // ---- start-up ----------------------------------------------------------------------
 
     /// Installs this shard's part of the recovered state: its log continues where its
     /// snapshot ended, its sessions (offline, expiry resumed from their wall-clock disconnect
     /// time, wills scheduled), every shard's retained messages in the replica and every
     /// restored subscription in the route replica. Runs before the shard serves.
-    pub(crate) fn restore(
+    ///
+    /// `start` is this shard's part; `retained` and `routes` are every shard's (see the
+    /// runtime's start-up recovery).
+    pub fn restore(
         &mut self,
         now: Instant,
         spec: &StorageSpec,
-        restored: &Restored,
+        restored: Restored<'_>,
         figures: Arc<StorageFigures>,
     ) {
         let id = self.id;
-        let ShardStart { state, position } = restored.take(id);
+        let wall = self.wall(now);
+        let ShardStart { state, position } = restored.start;
         let put_segment = position.segments.first().map_or(1, |s| s.0);
         let mut config = LogConfig::new(id as u32, restored.generation);
         config.segment_bytes_max = spec.segment_bytes;
@@ -86,7 +89,7 @@ impl Shard {
             .disk_bytes
             .store(writer.disk_bytes(), Ordering::Relaxed);
         let mut log = ShardLog::new(writer, MessageTable::new(state.next_message_id));
-        let now_ms = unix_ns() / 1_000_000;
+        let now_ms = unix_ns(wall) / 1_000_000;
         let mut refs: ahash::AHashMap<u64, u64> = Default::default();
         for e in state.retained.values() {
             if let Some(m) = e.message {
@@ -111,13 +114,13 @@ impl Shard {
                 log.adopt_retained(topic, a, e.at_unix_ns);
             }
         }
-        for (owner, topic, m) in &restored.retained {
+        for (owner, topic, m) in restored.retained {
             if *owner != id {
                 self.retained
                     .insert(topic, Arc::new(message_of(m, now, now_ms)));
             }
         }
-        for (filter, shard) in &restored.routes {
+        for (filter, shard) in restored.routes {
             if *shard != id && !is_shared(filter) {
                 let set = self.routes.entry_or_insert_with(filter, || ShardSet::EMPTY);
                 *set = set.with(*shard);
@@ -256,6 +259,7 @@ impl Shard {
 
     /// Writes what session `skey` changed since the last call (nothing if it is not journaled).
     pub(super) fn journal_flush(&mut self, now: Instant, skey: SessionKey) {
+        let wall = self.wall(now);
         let Some(d) = self.durable.as_deref_mut() else {
             return;
         };
@@ -268,7 +272,7 @@ impl Shard {
         let mut changes = std::mem::take(&mut d.changes);
         slot.session.drain_changes(&mut changes);
         d.log
-            .session_changes(slot.session.client_id(), &mut changes, clock(now));
+            .session_changes(slot.session.client_id(), &mut changes, clock(now, wall));
         d.changes = changes;
         d.wake_writer();
     }
@@ -282,6 +286,7 @@ impl Shard {
         persistent: bool,
         moved_in: bool,
     ) {
+        let wall = self.wall(now);
         let Some(d) = self.durable.as_deref_mut() else {
             return;
         };
@@ -295,7 +300,7 @@ impl Shard {
             // The image says all the journal would.
             slot.session.drain_changes(&mut d.changes);
             d.changes.clear();
-            d.log.session_image(&slot.session.image(), clock(now));
+            d.log.session_image(&slot.session.image(), clock(now, wall));
         } else {
             if let Some(image) = &ours {
                 d.log.session_deleted(image);
@@ -362,6 +367,7 @@ impl Shard {
         topic: &ByteStr,
         stored: Option<&Arc<Message>>,
     ) -> u64 {
+        let wall = self.wall(now);
         let Some(d) = self.durable.as_deref_mut() else {
             return 0;
         };
@@ -369,7 +375,7 @@ impl Shard {
             return 0;
         }
         let previous = self.retained.get(topic);
-        let c = clock(now);
+        let c = clock(now, wall);
         d.log.retained(topic, stored, previous, c);
         d.wake_writer();
         c.unix_ns
@@ -392,7 +398,8 @@ impl Shard {
     /// live items of the running pass (whole sessions, retained topics) into the batch; when
     /// none is left the pass ends, and once it is durable the writer deletes the segments
     /// before it (docs/durability.md).
-    pub(crate) fn compaction_step(&mut self, now: Instant) {
+    pub fn compaction_step(&mut self, now: Instant) {
+        let wall = self.wall(now);
         let Some(d) = self.durable.as_deref_mut() else {
             return;
         };
@@ -421,7 +428,7 @@ impl Shard {
                 retained,
             });
         }
-        let c = clock(now);
+        let c = clock(now, wall);
         let now_ms = c.unix_ns / 1_000_000;
         let d = self.durable.as_deref_mut().expect("storage");
         let work = d.compaction.as_mut().expect("a pass");
@@ -510,7 +517,7 @@ impl Shard {
 
     /// Before a batch from a peer is handled: how many publishes in it wait for our durable
     /// acknowledgement, and how many records the log held (to see whether they stored any).
-    pub(crate) fn durable_count(&self, batch: &Batch) -> Option<(u64, u64)> {
+    pub fn durable_count(&self, batch: &Batch) -> Option<(u64, u64)> {
         let d = self.syncing()?;
         let n = batch
             .iter()
@@ -522,7 +529,7 @@ impl Shard {
     /// `n` publishes from `peer` are handled (`records_before`: the log's record count before
     /// they were): acknowledge them once what they stored here is durable; at once if they
     /// stored nothing and no earlier acknowledgement to `peer` waits.
-    pub(crate) fn durable_received(
+    pub fn durable_received(
         &mut self,
         now: Instant,
         peer: ShardId,
@@ -561,7 +568,7 @@ impl Shard {
 
     /// Durability moved (a batch is durable, a peer acknowledged): acknowledge peers, tell
     /// shards about sessions stored here, wake connections whose gate may have opened.
-    pub(crate) fn durable_moved(&mut self, now: Instant) {
+    pub fn durable_moved(&mut self, now: Instant) {
         let me = self.id;
         let Some(d) = self.durable.as_deref_mut() else {
             return;
@@ -606,7 +613,7 @@ impl Shard {
                 if let Some(g) = &mut conn.gates {
                     g.listed = false;
                 }
-                Self::wake_conn(conn);
+                Self::wake_conn(&mut self.ready, conn);
             }
         }
         self.drain_local(now);
@@ -652,7 +659,7 @@ impl Shard {
     }
 
     /// How many bytes of connection `key`'s output may be written now (`None`: all).
-    pub(crate) fn write_limit(&mut self, key: ConnKey) -> Option<usize> {
+    pub fn write_limit(&mut self, key: ConnKey) -> Option<usize> {
         let conn = &mut self.conns[key];
         let g = conn.gates.as_mut()?;
         let d = self
@@ -675,7 +682,7 @@ impl Shard {
     }
 
     /// The driver wrote `n` bytes of connection `key`'s output.
-    pub(crate) fn wrote(&mut self, key: ConnKey, n: usize) {
+    pub fn wrote(&mut self, key: ConnKey, n: usize) {
         if let Some(g) = &mut self.conns[key].gates {
             g.taken += n as u64;
         }
@@ -716,7 +723,7 @@ impl Shard {
                 Packet::PubAck(ack)
             };
             encode(&packet, Protocol::V5, &mut conn.out);
-            Self::wake_conn(conn);
+            Self::wake_conn(&mut self.ready, conn);
         } else {
             self.close_conn(
                 key,

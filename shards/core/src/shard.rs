@@ -7,7 +7,8 @@ use crate::bus::{ShardId, ShardMsg, ShardSet};
 use crate::chunk_slab::ChunkSlab as Slab;
 use crate::link::{FromCluster, NodeId, NodeSet, ToCluster};
 use crate::sys::{NodeFigures, ShardFigures};
-use crate::RuntimeConfig;
+use crate::verify::{Credentials, Verdict};
+use crate::CoreSettings;
 use bytes::{Bytes, BytesMut};
 use shardmq_broker::auth::{AuthExchange, AuthOutcome, Nonce};
 use shardmq_broker::rate::TokenBucket;
@@ -26,9 +27,7 @@ use shardmq_codec::{
 };
 use smallvec::SmallVec;
 use std::collections::{BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::Waker;
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, trace, warn};
 
@@ -37,13 +36,13 @@ mod mgmt;
 mod shared;
 
 /// Key of a connection in the shard's slab.
-pub(crate) type ConnKey = usize;
+pub type ConnKey = usize;
 /// Key of a session in the shard's slab.
-pub(crate) type SessionKey = usize;
+pub type SessionKey = usize;
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Phase {
+pub enum Phase {
     /// Accepted; only CONNECT may come.
     AwaitConnect,
     /// CONNECT accepted; its credentials are with the auth workers (`[auth]`). Not read.
@@ -60,15 +59,20 @@ pub(crate) enum Phase {
 
 /// A connection as the shard sees it. The driver task owns the socket; the shard owns the
 /// write buffer so routing can append to it without touching the task.
-pub(crate) struct Conn {
-    pub(crate) id: u64,
-    pub(crate) phase: Phase,
-    pub(crate) out: BytesMut,
-    pub(crate) waker: Option<Waker>,
-    pub(crate) session: Option<SessionKey>,
-    pub(crate) protocol: Option<Protocol>,
+pub struct Conn {
+    pub id: u64,
+    pub phase: Phase,
+    pub out: BytesMut,
+    /// The connection's own key in the shard's slab.
+    key: u32,
+    /// What the driver asked [`ShardCore::poll_conn`] to hand back with the key (its slot).
+    pub io_token: u32,
+    /// On the list [`ShardCore::poll_conn`] drains: set once until polled.
+    io_wanted: bool,
+    pub session: Option<SessionKey>,
+    pub protocol: Option<Protocol>,
     /// Read timeout the driver should apply (connect timeout, then 1.5 × keep-alive).
-    pub(crate) read_timeout: Option<Duration>,
+    pub read_timeout: Option<Duration>,
     /// Set when the node is over `max_connections`: the CONNECT is refused.
     over_limit: bool,
     /// The connection ended with a DISCONNECT from the client (no will, unless asked).
@@ -76,15 +80,15 @@ pub(crate) struct Conn {
     /// Enhanced authentication, for connections whose CONNECT named a method.
     auth: Option<Box<ConnAuth>>,
     /// The client's address: the socket's peer, or what a PROXY header said.
-    pub(crate) peer: Option<std::net::SocketAddr>,
+    pub peer: Option<std::net::SocketAddr>,
     /// The client certificate's name (`listener.tls.peer_cert_as_username`), after the handshake.
-    pub(crate) cert_name: Option<Box<str>>,
+    pub cert_name: Option<Box<str>>,
     /// Who the auth workers said the client is, and its ACL; `None` when `[auth]` is off.
     ident: Option<Box<ConnIdent>>,
     /// `storage.durability = "sync"`: output held until what it acknowledges is durable.
-    pub(crate) gates: Option<Box<crate::durable::ConnGates>>,
+    pub gates: Option<Box<crate::durable::ConnGates>>,
     /// The listener it came in on.
-    pub(crate) listener: crate::ListenerKind,
+    pub listener: crate::ListenerKind,
 }
 
 /// A verified client: its username and what it may do.
@@ -99,45 +103,6 @@ struct PendingAuth {
     conn_id: u64,
     connect: Box<Connect>,
     accepted: Accepted,
-}
-
-/// Where the auth workers' verdicts come back to a shard: a queue, and a socket pair whose
-/// byte wakes the shard's `auth_replies` task (the same pattern as the control plane's link).
-pub(crate) struct AuthInbox {
-    tx: crossbeam_channel::Sender<(u64, shardmq_auth::AuthOutcome)>,
-    rx: crossbeam_channel::Receiver<(u64, shardmq_auth::AuthOutcome)>,
-    wake: Arc<std::os::unix::net::UnixStream>,
-}
-
-impl AuthInbox {
-    /// An inbox and the end of its wake socket that the shard awaits.
-    pub(crate) fn new() -> (AuthInbox, std::os::unix::net::UnixStream) {
-        let (wake, read) = std::os::unix::net::UnixStream::pair().expect("socketpair");
-        wake.set_nonblocking(true).expect("non-blocking socket");
-        // Verdicts in flight are bounded by the service's queue; the channel needs no bound.
-        let (tx, rx) = crossbeam_channel::unbounded();
-        (
-            AuthInbox {
-                tx,
-                rx,
-                wake: Arc::new(wake),
-            },
-            read,
-        )
-    }
-
-    /// The closure a worker calls with the verdict for `token`.
-    fn reply_to(&self, token: u64) -> Box<dyn FnOnce(shardmq_auth::AuthOutcome) + Send> {
-        let tx = self.tx.clone();
-        let wake = self.wake.clone();
-        Box::new(move |outcome| {
-            use std::io::Write;
-            if tx.send((token, outcome)).is_ok() {
-                // A full socket buffer already holds a wake-up: nothing is lost.
-                let _ = (&*wake).write(&[1]);
-            }
-        })
-    }
 }
 
 /// A connection's enhanced authentication: the exchange (kept for re-authentication) and,
@@ -196,20 +161,20 @@ struct RegEntry {
 
 /// Per-shard counters, read by `$SYS` publishing and tests.
 #[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct ShardStats {
+pub struct ShardStats {
     /// PUBLISH packets from clients.
-    pub(crate) messages_in: u64,
+    pub messages_in: u64,
     /// PUBLISHes written to clients for the first time, at once or later from a session's
     /// queue (the sessions' `SessionStats::sent`, added up step by step).
-    pub(crate) messages_out: u64,
+    pub messages_out: u64,
     /// Messages dropped for subscribers (the sessions' `SessionStats::dropped`).
-    pub(crate) messages_dropped: u64,
+    pub messages_dropped: u64,
     /// Bytes read from client sockets.
-    pub(crate) bytes_in: u64,
+    pub bytes_in: u64,
     /// Bytes written to client sockets.
-    pub(crate) bytes_out: u64,
+    pub bytes_out: u64,
     /// Subscriptions (session, filter) in this shard's trie.
-    pub(crate) subscriptions: u64,
+    pub subscriptions: u64,
 }
 
 impl ShardStats {
@@ -223,13 +188,13 @@ impl ShardStats {
 type Subscribers = SmallVec<[(u32, Subscription); 1]>;
 
 /// The shard.
-pub(crate) struct Shard {
-    pub(crate) id: ShardId,
+pub struct ShardCore {
+    pub id: ShardId,
     nshards: usize,
-    pub(crate) cfg: Arc<RuntimeConfig>,
+    pub cfg: Arc<CoreSettings>,
     limits: Limits,
     started: Instant,
-    pub(crate) conns: Slab<Conn>,
+    pub conns: Slab<Conn>,
     sessions: Slab<SessionSlot>,
     by_client: ahash::AHashMap<ByteStr, SessionKey>,
     subs: SubscriptionTrie<Subscribers>,
@@ -239,8 +204,8 @@ pub(crate) struct Shard {
     pending_connects: ahash::AHashMap<u64, PendingConnect>,
     /// CONNECTs whose credentials the auth workers are checking, by token.
     pending_auth: ahash::AHashMap<u64, PendingAuth>,
-    /// Where the auth workers' verdicts arrive (`[auth]` configured).
-    pub(crate) auth_inbox: Option<AuthInbox>,
+    /// Credentials for the verifier, polled by the shell (`poll_verify`).
+    verify_out: Vec<(u64, Credentials)>,
     /// Takeovers that arrived while this shard's own claim for the client was in flight.
     deferred_takeovers: ahash::AHashMap<ByteStr, (ShardId, u64, bool)>,
     route_syncs: ahash::AHashMap<u64, RouteSync>,
@@ -251,18 +216,23 @@ pub(crate) struct Shard {
     next_token: u64,
     next_conn_id: u64,
     /// Messages for other shards, per destination, sent in batches by the flusher.
-    pub(crate) outbox: Vec<Vec<ShardMsg>>,
-    pub(crate) flush_waker: Option<Waker>,
-    /// Readers parked while the outbox is over its bound.
-    pub(crate) blocked_readers: Vec<Waker>,
+    pub outbox: Vec<Vec<ShardMsg>>,
+    /// Something was queued for another shard or the control plane since the last
+    /// [`ShardCore::take_flush_wanted`].
+    flush_wanted: bool,
+    /// Connections with new output, a phase change or the end of a wait (`poll_conn`).
+    ready: Vec<ConnKey>,
     local: VecDeque<ShardMsg>,
     hasher: ahash::RandomState,
-    pub(crate) connections: Arc<AtomicUsize>,
-    pub(crate) stats: ShardStats,
-    /// Shard 0 only: the latest `$SYS` snapshot of every shard, for the node's totals.
+    /// Connections this shard holds (the node's count is the shell's, given to `open_conn`).
+    pub connections: usize,
+    pub stats: ShardStats,
+    /// ShardCore 0 only: the latest `$SYS` snapshot of every shard, for the node's totals.
     node_figures: Option<NodeFigures>,
-    /// Where the management API reads this shard's figures (`post_figures`).
-    pub(crate) board: Option<Arc<crate::sys::FigureBoard>>,
+    /// The wall clock at `started`: wall times are derived from `now` (no clock inside).
+    wall_started: SystemTime,
+    /// Nonces for authentication exchanges: ChaCha20 seeded by the caller.
+    rng: rand_chacha::ChaCha20Rng,
     /// This shard's share of `listener.max_connection_rate`; `None` when unlimited.
     connect_rate: Option<TokenBucket>,
     /// Node-wide connection limit (`listener.max_connections`; a reload changes it).
@@ -270,9 +240,7 @@ pub(crate) struct Shard {
     /// Time allowed between accept and CONNECT (`mqtt.connect_timeout_ms`).
     connect_timeout: Duration,
     /// `$SYS` interval (`sys.interval_ms`); `None` = off.
-    pub(crate) sys_interval: Option<Duration>,
-    /// Shard-owned read buffer: idle connections hold none.
-    pub(crate) read_scratch: Vec<u8>,
+    pub sys_interval: Option<Duration>,
     match_scratch: Vec<(u32, Subscription)>,
     /// This shard's members of each shared group, with the `$share/{group}/{filter}` name their
     /// messages are tagged with.
@@ -282,22 +250,24 @@ pub(crate) struct Shard {
     actions_scratch: Vec<Action>,
     /// This shard has sent its clients to `listener.moved_to` (the node's move trigger).
     moved: bool,
+    /// The node's move trigger was pulled ([`pull_move`](ShardCore::pull_move)).
+    move_pulled: bool,
     /// The shard's side of the cluster, when the node is in one.
-    pub(crate) cluster: Option<Box<ClusterShard>>,
+    pub cluster: Option<Box<ClusterShard>>,
     /// The shard's durable log (`[storage]`); `None` with `durability = "off"`.
-    pub(crate) durable: Option<Box<crate::durable::ShardDurable>>,
+    pub durable: Option<Box<crate::durable::ShardDurable>>,
     /// Clients whose packets the management API traces here; `None` while none is.
-    pub(crate) traces: Option<Box<mgmt::Traces>>,
+    pub traces: Option<Box<mgmt::Traces>>,
 }
 
 /// Most messages a shard queues for the control plane; beyond it, forwarded publishes are
 /// dropped (counted in `forward_dropped`, logged), route and session updates never are.
-pub(crate) const CLUSTER_OUT_MAX: usize = 65_536;
+pub const CLUSTER_OUT_MAX: usize = 65_536;
 
 /// A shard's view of the cluster: the other nodes' routes and what goes to the control plane.
-pub(crate) struct ClusterShard {
+pub struct ClusterShard {
     /// Batch for the control plane, sent by the flusher.
-    pub(crate) out: Vec<ToCluster>,
+    pub out: Vec<ToCluster>,
     /// Replica of the other nodes' routes: filter → nodes.
     remote: SubscriptionTrie<NodeSet>,
     /// Replica of the other nodes' shared groups: filter → (group, nodes with members).
@@ -305,15 +275,15 @@ pub(crate) struct ClusterShard {
     /// The other nodes (retained messages go to all of them).
     peers: Vec<NodeId>,
     /// Messages forwarded to other nodes (one per destination node).
-    pub(crate) forwarded_out: u64,
+    pub forwarded_out: u64,
     /// Messages received from other nodes.
-    pub(crate) forwarded_in: u64,
+    pub forwarded_in: u64,
     /// Forwarded messages dropped because the control plane's queue was full.
-    pub(crate) forward_dropped: u64,
+    pub forward_dropped: u64,
 }
 
 impl ClusterShard {
-    pub(crate) fn new() -> ClusterShard {
+    pub fn new() -> ClusterShard {
         ClusterShard {
             out: Vec::new(),
             remote: SubscriptionTrie::new(),
@@ -326,23 +296,31 @@ impl ClusterShard {
     }
 }
 
-impl Shard {
-    pub(crate) fn new(
+impl ShardCore {
+    /// Shard `id` of `cfg.shards`, started at `now` (wall clock `wall`). `hasher` places
+    /// client ids on their owner shards: every shard of the node must get the same one. `seed`
+    /// seeds the nonces of authentication exchanges (give it from the operating system).
+    pub fn new(
+        now: Instant,
+        wall: SystemTime,
         id: ShardId,
-        cfg: Arc<RuntimeConfig>,
-        connections: Arc<AtomicUsize>,
+        cfg: Arc<CoreSettings>,
         hasher: ahash::RandomState,
-    ) -> Shard {
-        let nshards = cfg.cpus.len();
+        seed: [u8; 32],
+    ) -> ShardCore {
+        use rand_core::SeedableRng;
+        let nshards = cfg.shards;
         let cfg_rate = cfg.max_connection_rate;
         let (cfg_max_connections, cfg_connect_timeout, cfg_sys_interval) =
             (cfg.max_connections, cfg.connect_timeout, cfg.sys_interval);
-        Shard {
+        ShardCore {
             id,
             nshards,
             limits: cfg.limits.clone(),
             cfg,
-            started: Instant::now(),
+            started: now,
+            wall_started: wall,
+            rng: rand_chacha::ChaCha20Rng::from_seed(seed),
             conns: Slab::new(),
             sessions: Slab::new(),
             by_client: Default::default(),
@@ -352,7 +330,7 @@ impl Shard {
             registry: Default::default(),
             pending_connects: Default::default(),
             pending_auth: Default::default(),
-            auth_inbox: None,
+            verify_out: Vec::new(),
             deferred_takeovers: Default::default(),
             route_syncs: Default::default(),
             connect_syncs: Default::default(),
@@ -361,24 +339,23 @@ impl Shard {
             next_token: 0,
             next_conn_id: 0,
             outbox: (0..nshards).map(|_| Vec::new()).collect(),
-            flush_waker: None,
-            blocked_readers: Vec::new(),
+            flush_wanted: false,
+            ready: Vec::new(),
             local: VecDeque::new(),
             hasher,
-            connections,
+            connections: 0,
             stats: ShardStats::default(),
             node_figures: (id == 0).then(|| NodeFigures::new(nshards)),
-            board: None,
             connect_rate: (cfg_rate > 0).then(|| TokenBucket::share_of(cfg_rate, nshards)),
             max_connections: cfg_max_connections,
             connect_timeout: cfg_connect_timeout,
             sys_interval: cfg_sys_interval,
-            read_scratch: vec![0; 64 * 1024],
             match_scratch: Vec::new(),
             shared_local: Default::default(),
             shared_routes: SubscriptionTrie::new(),
             actions_scratch: Vec::new(),
             moved: false,
+            move_pulled: false,
             cluster: None,
             durable: None,
             traces: None,
@@ -402,20 +379,16 @@ impl Shard {
             return;
         }
         c.out.push(msg);
-        if c.out.len() == 1 {
-            if let Some(w) = self.flush_waker.take() {
-                w.wake();
-            }
-        }
+        self.flush_wanted = true;
     }
 
     /// The per-client limits in force (a configuration reload replaces them).
-    pub(crate) fn limits(&self) -> &Limits {
+    pub fn limits(&self) -> &Limits {
         &self.limits
     }
 
     /// True if the flusher has something for the control plane.
-    pub(crate) fn cluster_pending(&self) -> bool {
+    pub fn cluster_pending(&self) -> bool {
         self.cluster.as_ref().is_some_and(|c| !c.out.is_empty())
     }
 
@@ -434,13 +407,8 @@ impl Shard {
             self.local.push_back(msg);
             return;
         }
-        let q = &mut self.outbox[to];
-        q.push(msg);
-        if q.len() == 1 {
-            if let Some(w) = self.flush_waker.take() {
-                w.wake();
-            }
-        }
+        self.outbox[to].push(msg);
+        self.flush_wanted = true;
     }
 
     fn broadcast(&mut self, msg: impl Fn() -> ShardMsg) {
@@ -450,40 +418,168 @@ impl Shard {
     }
 
     /// True while some destination has more queued than the bound: readers pause.
-    pub(crate) fn congested(&self) -> bool {
+    pub fn congested(&self) -> bool {
         let bound = self.cfg.channel_capacity * self.cfg.batch_max;
         self.outbox.iter().any(|q| q.len() >= bound)
     }
 
     /// Handles messages this shard sent to itself. Every entry point ends with it.
-    pub(crate) fn drain_local(&mut self, now: Instant) {
+    pub fn drain_local(&mut self, now: Instant) {
         while let Some(msg) = self.local.pop_front() {
             self.handle_msg(now, msg);
         }
     }
 
-    fn wake_conn(conn: &mut Conn) {
-        if let Some(w) = conn.waker.take() {
-            w.wake();
+    /// Lists `conn` for [`poll_conn`](Self::poll_conn) (once until polled).
+    fn wake_conn(ready: &mut Vec<ConnKey>, conn: &mut Conn) {
+        if !conn.io_wanted {
+            conn.io_wanted = true;
+            ready.push(conn.key as ConnKey);
         }
+    }
+
+    /// Output: the next connection that has new output, changed phase (closing) or whose
+    /// wait ended (verdict, durable gate, congestion); with the `io_token` its driver set.
+    /// Call after every input until it returns `None`; then write each one's `out` and look at
+    /// its phase. A connection listed twice before a poll comes once.
+    pub fn poll_conn(&mut self) -> Option<(ConnKey, u32)> {
+        while let Some(key) = self.ready.pop() {
+            if let Some(conn) = self.conns.get_mut(key) {
+                if conn.io_wanted {
+                    conn.io_wanted = false;
+                    return Some((key, conn.io_token));
+                }
+            }
+        }
+        None
+    }
+
+    /// Whether [`poll_conn`](Self::poll_conn) has something (without taking it).
+    pub fn conn_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    /// Output: whether batches were queued for other shards or the control plane since the
+    /// last call (the shell then runs its flusher: [`take_outbox`](Self::take_outbox) and
+    /// [`take_cluster_out`](Self::take_cluster_out)).
+    pub fn take_flush_wanted(&mut self) -> bool {
+        std::mem::take(&mut self.flush_wanted)
+    }
+
+    /// Input: a batch from shard `from`, in the order `from` queued it. Counts the durable
+    /// publishes in it for the cross-shard acknowledgements of `storage.durability = "sync"`.
+    pub fn handle_peer(&mut self, now: Instant, from: ShardId, batch: crate::bus::Batch) {
+        let durable_publishes = self.durable_count(&batch);
+        for msg in batch {
+            self.handle_msg(now, msg);
+        }
+        self.drain_local(now);
+        if let Some(counted) = durable_publishes {
+            self.durable_received(now, from, counted);
+        }
+    }
+
+    /// Output: the next batch for shard `to`, at most `batch_max` messages, in queue order.
+    pub fn take_batch(&mut self, to: ShardId) -> Option<crate::bus::Batch> {
+        let max = self.cfg.batch_max;
+        let q = &mut self.outbox[to];
+        if q.is_empty() {
+            None
+        } else if q.len() > max {
+            Some(q.drain(..max).collect())
+        } else {
+            Some(std::mem::take(q))
+        }
+    }
+
+    /// Whether a batch waits for another shard or the control plane.
+    pub fn has_output(&self) -> bool {
+        self.outbox.iter().any(|q| !q.is_empty()) || self.cluster_pending()
+    }
+
+    /// Output: everything queued for the control plane, in order.
+    pub fn take_cluster_out(&mut self) -> Vec<ToCluster> {
+        self.cluster
+            .as_mut()
+            .map(|c| std::mem::take(&mut c.out))
+            .unwrap_or_default()
+    }
+
+    /// Puts back a batch the control plane's queue had no room for, ahead of what came since.
+    pub fn return_cluster_out(&mut self, batch: Vec<ToCluster>) {
+        let c = self.cluster.as_mut().expect("a linked shard");
+        let newer = std::mem::replace(&mut c.out, batch);
+        c.out.extend(newer);
+    }
+
+    /// The next instant [`handle_timeout`](Self::handle_timeout) has work: an offline
+    /// session's expiry or a delayed will. The shell may call it earlier (housekeeping) too.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let sessions = self.offline.first().map(|&(at, _, _)| at);
+        let wills = self.delayed_wills.next_deadline();
+        match (sessions, wills) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Input: time passed. Expires offline sessions, publishes delayed wills that are due,
+    /// forgets ended traces, gives back memory of tables a storm grew, and sends the clients
+    /// away once the move trigger was pulled.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.expire_sessions(now);
+        self.expire_traces(now);
+        self.shrink_transient_tables();
+        self.move_clients_if_moved();
+        self.drain_local(now);
+    }
+
+    /// Input: the node's move trigger was pulled (`listener.moved_to`): CONNECTs are refused
+    /// with CONNACK 0x9D from now on, and the next
+    /// [`move_clients_if_moved`](Self::move_clients_if_moved) sends the connected clients away.
+    pub fn pull_move(&mut self) {
+        self.move_pulled = true;
+    }
+
+    /// The wall clock at `now`, derived from the one given to [`new`](Self::new).
+    pub fn wall(&self, now: Instant) -> SystemTime {
+        self.wall_started + now.saturating_duration_since(self.started)
+    }
+
+    fn nonce_from(rng: &mut rand_chacha::ChaCha20Rng) -> Nonce {
+        use rand_core::RngCore;
+        let mut nonce = Nonce::default();
+        rng.fill_bytes(&mut nonce);
+        nonce
     }
 
     // ---- connections -------------------------------------------------------------------
 
     /// Registers an accepted connection.
-    pub(crate) fn open_conn(
+    ///
+    /// `node_connections` is the node's count of connections with this one (the shell keeps
+    /// it across shards): over `max_connections`, its CONNECT is refused. `io_token` comes
+    /// back with the key from [`poll_conn`](Self::poll_conn).
+    pub fn open_conn(
         &mut self,
         peer: Option<std::net::SocketAddr>,
         listener: crate::ListenerKind,
+        node_connections: usize,
+        io_token: u32,
     ) -> (ConnKey, u64) {
-        let n = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        let n = node_connections;
+        self.connections += 1;
         self.next_conn_id += 1;
         let id = self.next_conn_id;
-        let key = self.conns.insert(Conn {
+        let key = self.conns.vacant_key();
+        let key_u32 = u32::try_from(key).expect("fewer than 2^32 connections per shard");
+        let inserted = self.conns.insert(Conn {
             id,
             phase: Phase::AwaitConnect,
             out: BytesMut::new(),
-            waker: None,
+            key: key_u32,
+            io_token,
+            io_wanted: false,
             session: None,
             protocol: None,
             read_timeout: Some(self.connect_timeout),
@@ -496,11 +592,12 @@ impl Shard {
             gates: None,
             listener,
         });
+        assert_eq!(inserted, key, "the slab fills its vacant key");
         (key, id)
     }
 
     /// Writes a v5 DISCONNECT (if the protocol has one) and moves the connection to Closing.
-    pub(crate) fn close_conn(&mut self, key: ConnKey, close: Close) {
+    pub fn close_conn(&mut self, key: ConnKey, close: Close) {
         let conn = &mut self.conns[key];
         if conn.phase == Phase::Closing {
             return;
@@ -517,13 +614,14 @@ impl Shard {
             );
         }
         conn.phase = Phase::Closing;
-        Self::wake_conn(conn);
+        Self::wake_conn(&mut self.ready, conn);
     }
 
     /// The driver is done with the connection: detach the session, publish the will unless
     /// the client said goodbye, start the expiry clock or end the session.
-    pub(crate) fn conn_closed(&mut self, now: Instant, key: ConnKey) {
-        self.connections.fetch_sub(1, Ordering::Relaxed);
+    pub fn conn_closed(&mut self, now: Instant, key: ConnKey) {
+        assert!(self.connections > 0, "a connection closes once");
+        self.connections -= 1;
         let conn = self.conns.remove(key);
         let Some(skey) = conn.session else { return };
         let slot = &mut self.sessions[skey];
@@ -645,7 +743,7 @@ impl Shard {
     /// CONNECTs and their auth checks, route and connect syncs, deferred takeovers): hash
     /// tables never shrink by themselves, and after a connect storm of 10,000 clients the
     /// empty tables held more memory than the clients. Housekeeping calls it.
-    pub(crate) fn shrink_transient_tables(&mut self) {
+    pub fn shrink_transient_tables(&mut self) {
         fn shrink<K: Eq + std::hash::Hash, V>(m: &mut ahash::AHashMap<K, V>) {
             if m.capacity() > 64 && m.len() * 4 < m.capacity() {
                 let keep = m.len() * 2;
@@ -659,7 +757,7 @@ impl Shard {
         shrink(&mut self.deferred_takeovers);
     }
 
-    pub(crate) fn expire_sessions(&mut self, now: Instant) {
+    pub fn expire_sessions(&mut self, now: Instant) {
         while let Some((client_id, will)) = self.delayed_wills.pop_due(now) {
             if let Some(&skey) = self.by_client.get(&client_id) {
                 // Out now: the session (and its stored image) forgets it.
@@ -688,7 +786,7 @@ impl Shard {
     // ---- packets -----------------------------------------------------------------------
 
     /// One decoded packet from connection `key`.
-    pub(crate) fn on_packet(&mut self, now: Instant, key: ConnKey, packet: Packet) {
+    pub fn on_packet(&mut self, now: Instant, key: ConnKey, packet: Packet) {
         if self.traces.is_some() {
             self.trace_in(now, key, &packet);
         }
@@ -764,7 +862,7 @@ impl Shard {
     }
 
     /// The decoder rejected the byte stream: answer as the spec says and close.
-    pub(crate) fn on_decode_error(&mut self, key: ConnKey, reason: ReasonCode, what: &str) {
+    pub fn on_decode_error(&mut self, key: ConnKey, reason: ReasonCode, what: &str) {
         let conn = &mut self.conns[key];
         warn!(shard = self.id, conn = conn.id, reason = ?reason, error = what, "bad packet; closing");
         if conn.phase == Phase::AwaitConnect && reason == ReasonCode::UNSUPPORTED_PROTOCOL_VERSION {
@@ -797,7 +895,7 @@ impl Shard {
             );
             conn.phase = Phase::Closing;
         };
-        let moved = self.cfg.move_trigger.pulled();
+        let moved = self.move_pulled;
         if let Some(ack) = self.cfg.redirect.connack(moved, connect.protocol) {
             debug!(shard = id, client_id = %connect.client_id, reason = ?ack.code, "redirecting");
             encode(&Packet::ConnAck(ack), connect.protocol, &mut conn.out);
@@ -828,8 +926,8 @@ impl Shard {
                 return;
             }
         };
-        if let Some(service) = self.cfg.auth.clone() {
-            self.verify(now, key, connect, accepted, &service);
+        if self.cfg.auth {
+            self.verify(key, connect, accepted);
             return;
         }
         if let Some(username) = &connect.username {
@@ -842,22 +940,17 @@ impl Shard {
         self.begin_session(key, connect, accepted);
     }
 
-    /// Hands the CONNECT's credentials to the auth workers (or decides at once when nothing
-    /// expensive is needed).
-    fn verify(
-        &mut self,
-        now: Instant,
-        key: ConnKey,
-        connect: &Connect,
-        accepted: Accepted,
-        service: &shardmq_auth::AuthService,
-    ) {
+    /// Queues the CONNECT's credentials for the verifier ([`poll_verify`](Self::poll_verify));
+    /// its [`Verdict`] comes back through [`handle_verdict`](Self::handle_verdict). The
+    /// connection reads nothing meanwhile.
+    fn verify(&mut self, key: ConnKey, connect: &Connect, accepted: Accepted) {
+        let token = self.token();
         let conn = &mut self.conns[key];
         let username = match &conn.cert_name {
             Some(name) => Some(name.to_string()),
             None => connect.username.as_ref().map(|u| u.to_string()),
         };
-        let request = shardmq_auth::AuthRequest {
+        let credentials = Credentials {
             client_id: accepted.client_id.to_string(),
             username,
             password: connect.password.clone(),
@@ -868,70 +961,59 @@ impl Shard {
             cert_name: conn.cert_name.as_ref().map(|n| n.to_string()),
             protocol_version: connect.protocol.level(),
         };
-        if let Some(name) = &conn.cert_name {
-            // `peer_cert_as_username`: the verified certificate is the credential (Mosquitto's
-            // `use_identity_as_username`); the ACL applies to its name.
-            let authorizer = service.acl_for(Some(name), &accepted.client_id);
-            let outcome = shardmq_auth::AuthOutcome::Allowed {
-                username: Some(name.to_string()),
-                authorizer,
-            };
-            self.verified(now, key, connect, accepted, outcome);
-            return;
-        }
-        let token = self.token();
-        let conn = &mut self.conns[key];
-        let inbox = self
-            .auth_inbox
-            .as_ref()
-            .expect("a shard with [auth] has an inbox");
-        match service.check(request, inbox.reply_to(token)) {
-            shardmq_auth::Submitted::Done(outcome) => {
-                self.verified(now, key, connect, accepted, outcome);
-            }
-            shardmq_auth::Submitted::Queued => {
-                conn.phase = Phase::Verifying;
-                self.pending_auth.insert(
-                    token,
-                    PendingAuth {
-                        conn: key,
-                        conn_id: conn.id,
-                        connect: Box::new(connect.clone()),
-                        accepted,
-                    },
-                );
-            }
-            shardmq_auth::Submitted::Busy => {
-                warn!(shard = self.id, client_id = %connect.client_id, "auth.queue_max CONNECTs wait for verification; refusing");
-                Self::refuse_connect(conn, connect.protocol, ReasonCode::SERVER_BUSY);
-            }
-        }
+        conn.phase = Phase::Verifying;
+        self.pending_auth.insert(
+            token,
+            PendingAuth {
+                conn: key,
+                conn_id: conn.id,
+                connect: Box::new(connect.clone()),
+                accepted,
+            },
+        );
+        self.verify_out.push((token, credentials));
     }
 
-    /// The auth workers' verdicts that arrived since the last call.
-    pub(crate) fn apply_auth_replies(&mut self, now: Instant) {
-        let Some(inbox) = &self.auth_inbox else {
+    /// Output: the next CONNECT's credentials to judge, with the token its verdict names.
+    /// A certificate name (`peer_cert_as_username`) is the credential itself: the verifier
+    /// only looks up its ACL.
+    pub fn poll_verify(&mut self) -> Option<(u64, Credentials)> {
+        if self.verify_out.is_empty() {
+            return None;
+        }
+        Some(self.verify_out.remove(0))
+    }
+
+    /// Input: the verifier's verdict on the credentials polled with `token`. A verdict for a
+    /// connection that closed meanwhile is dropped.
+    pub fn handle_verdict(&mut self, now: Instant, token: u64, verdict: Verdict) {
+        let Some(pending) = self.pending_auth.remove(&token) else {
             return;
         };
-        let replies: Vec<_> = inbox.rx.try_iter().collect();
-        for (token, outcome) in replies {
-            let Some(pending) = self.pending_auth.remove(&token) else {
-                continue;
-            };
-            let alive = self
-                .conns
-                .get(pending.conn)
-                .is_some_and(|c| c.id == pending.conn_id && c.phase == Phase::Verifying);
-            if alive {
-                self.conns[pending.conn].phase = Phase::AwaitConnect;
+        let alive = self
+            .conns
+            .get(pending.conn)
+            .is_some_and(|c| c.id == pending.conn_id && c.phase == Phase::Verifying);
+        if alive {
+            self.conns[pending.conn].phase = Phase::AwaitConnect;
+            if matches!(verdict, Verdict::Busy) {
+                let conn = &mut self.conns[pending.conn];
+                warn!(shard = self.id, client_id = %pending.connect.client_id, "auth.queue_max CONNECTs wait for verification; refusing");
+                Self::refuse_connect(
+                    &mut self.ready,
+                    conn,
+                    pending.connect.protocol,
+                    ReasonCode::SERVER_BUSY,
+                );
+            } else {
                 self.verified(
                     now,
                     pending.conn,
                     &pending.connect,
                     pending.accepted,
-                    outcome,
+                    verdict,
                 );
-                Self::wake_conn(&mut self.conns[pending.conn]);
+                Self::wake_conn(&mut self.ready, &mut self.conns[pending.conn]);
             }
         }
         self.drain_local(now);
@@ -944,11 +1026,11 @@ impl Shard {
         key: ConnKey,
         connect: &Connect,
         accepted: Accepted,
-        outcome: shardmq_auth::AuthOutcome,
+        outcome: Verdict,
     ) {
         let conn = &mut self.conns[key];
         let code = match outcome {
-            shardmq_auth::AuthOutcome::Allowed {
+            Verdict::Allowed {
                 username,
                 authorizer,
             } => {
@@ -968,37 +1050,46 @@ impl Shard {
                 warn!(shard = self.id, client_id = %accepted.client_id, peer = ?conn.peer, "the will's topic is denied by the ACL; refusing");
                 ReasonCode::NOT_AUTHORIZED
             }
-            shardmq_auth::AuthOutcome::BadCredentials => {
+            Verdict::BadCredentials => {
                 warn!(shard = self.id, client_id = %accepted.client_id, peer = ?conn.peer, "bad username or password; refusing");
                 ReasonCode::BAD_USER_NAME_OR_PASSWORD
             }
-            shardmq_auth::AuthOutcome::NotAuthorized => {
+            Verdict::NotAuthorized | Verdict::Busy => {
                 warn!(shard = self.id, client_id = %accepted.client_id, peer = ?conn.peer, "not authorized; refusing");
                 ReasonCode::NOT_AUTHORIZED
             }
         };
-        Self::refuse_connect(conn, connect.protocol, code);
+        Self::refuse_connect(&mut self.ready, conn, connect.protocol, code);
     }
 
     /// CONNACK with a refusal, then close.
-    fn refuse_connect(conn: &mut Conn, protocol: Protocol, code: ReasonCode) {
+    fn refuse_connect(
+        ready: &mut Vec<ConnKey>,
+        conn: &mut Conn,
+        protocol: Protocol,
+        code: ReasonCode,
+    ) {
         encode(
             &Packet::ConnAck(connack_refusal(code)),
             protocol,
             &mut conn.out,
         );
         conn.phase = Phase::Closing;
-        Self::wake_conn(conn);
+        Self::wake_conn(ready, conn);
     }
 
     /// Enhanced authentication (when the CONNECT names a method), then the claim.
     fn begin_session(&mut self, key: ConnKey, connect: &Connect, accepted: Accepted) {
         let id = self.id;
         let conn = &mut self.conns[key];
-        let refuse = |conn: &mut Conn, code: ReasonCode| {
-            Self::refuse_connect(conn, connect.protocol, code);
+        let mut refuse = |conn: &mut Conn, code: ReasonCode| {
+            Self::refuse_connect(&mut self.ready, conn, connect.protocol, code);
         };
-        match self.cfg.authenticators.begin(connect, random_nonce) {
+        match self
+            .cfg
+            .authenticators
+            .begin(connect, || Self::nonce_from(&mut self.rng))
+        {
             Ok(None) => {}
             Ok(Some((exchange, outcome))) => {
                 let mut auth = Box::new(ConnAuth {
@@ -1071,7 +1162,9 @@ impl Shard {
             .as_mut()
             .expect("an authenticating connection has an exchange");
         let step = match packet {
-            Packet::Auth(a) => auth.exchange.on_auth(&a, random_nonce),
+            Packet::Auth(a) => auth
+                .exchange
+                .on_auth(&a, || Self::nonce_from(&mut self.rng)),
             _ => Err(Close {
                 reason: ReasonCode::PROTOCOL_ERROR,
                 why: "packet other than AUTH while authenticating",
@@ -1120,7 +1213,10 @@ impl Shard {
             .auth
             .as_mut()
             .expect("re-authentication needs an exchange");
-        let close = match auth.exchange.on_auth(&a, random_nonce) {
+        let close = match auth
+            .exchange
+            .on_auth(&a, || Self::nonce_from(&mut self.rng))
+        {
             Ok(AuthOutcome::Challenge(reply) | AuthOutcome::Success(Some(reply))) => {
                 trace!(shard = id, reason = ?reply.reason, "re-authentication step");
                 encode(&Packet::Auth(reply), Protocol::V5, &mut conn.out);
@@ -1224,7 +1320,7 @@ impl Shard {
         let protocol = self.sessions[rs.session].session.protocol();
         let gate_at = conn.out.len();
         encode(&Packet::SubAck(rs.ack), protocol, &mut conn.out);
-        Self::wake_conn(conn);
+        Self::wake_conn(&mut self.ready, conn);
         if self.sessions[rs.session].session.is_journaled() {
             self.durable_gate(rs.conn, gate_at);
         }
@@ -1316,7 +1412,7 @@ impl Shard {
 
     /// Routes a published message: retained store, then every shard with a matching filter,
     /// then, in a cluster, every other node with a matching route.
-    pub(crate) fn route(&mut self, now: Instant, msg: Arc<Message>) {
+    pub fn route(&mut self, now: Instant, msg: Arc<Message>) {
         if self.cluster.is_some() {
             if msg.retain && !msg.topic.starts_with("$SYS/") {
                 let topic = msg.topic.clone();
@@ -1520,7 +1616,7 @@ impl Shard {
         match delivery {
             Delivery::Sent => {
                 if let (Some(c), false) = (ckey, had_out) {
-                    Self::wake_conn(&mut self.conns[c]);
+                    Self::wake_conn(&mut self.ready, &mut self.conns[c]);
                 }
             }
             Delivery::Queued | Delivery::Displaced => {}
@@ -1536,7 +1632,7 @@ impl Shard {
     // ---- cross-shard messages ---------------------------------------------------------
 
     /// Handles one message from another shard (or from this one, via `send`).
-    pub(crate) fn handle_msg(&mut self, now: Instant, msg: ShardMsg) {
+    pub fn handle_msg(&mut self, now: Instant, msg: ShardMsg) {
         match msg {
             ShardMsg::Publish(m) | ShardMsg::DurablePublish(m) => self.deliver_local(now, &m),
             ShardMsg::SharedPublish(sp) => self.shared_deliver(now, *sp),
@@ -1644,7 +1740,7 @@ impl Shard {
                     if let Some(conn) = self.conns.get_mut(pc.conn).filter(|c| c.id == pc.conn_id) {
                         debug!(shard = self.id, client_id = %pc.accepted.client_id, "claim superseded before CONNACK; closing");
                         conn.phase = Phase::Closing;
-                        Self::wake_conn(conn);
+                        Self::wake_conn(&mut self.ready, conn);
                     }
                 }
             }
@@ -1683,7 +1779,7 @@ impl Shard {
     }
 
     /// Handles one message from the control plane.
-    pub(crate) fn handle_cluster(&mut self, now: Instant, msg: FromCluster) {
+    pub fn handle_cluster(&mut self, now: Instant, msg: FromCluster) {
         let Some(c) = self.cluster.as_mut() else {
             return;
         };
@@ -1965,7 +2061,7 @@ impl Shard {
             // Taken over while the routes were syncing: this connection lost the race.
             if let Some(conn) = self.conns.get_mut(cs.conn).filter(|c| c.id == cs.conn_id) {
                 conn.phase = Phase::Closing;
-                Self::wake_conn(conn);
+                Self::wake_conn(&mut self.ready, conn);
             }
             return;
         }
@@ -1990,7 +2086,8 @@ impl Shard {
         encode(&Packet::ConnAck(connack), accepted.protocol, &mut conn.out);
         let slot = &mut self.sessions[cs.session];
         slot.conn = Some(cs.conn);
-        slot.connected_at = unix_secs(SystemTime::now());
+        slot.connected_at =
+            unix_secs(self.wall_started + now.saturating_duration_since(self.started));
         slot.clean_start = accepted.clean_start;
         let before = slot.session.stats();
         let authorizer = conn.ident.as_ref().and_then(|i| i.authorizer.clone());
@@ -2000,7 +2097,7 @@ impl Shard {
             .attach(now, &accepted, &self.limits, &mut conn.out);
         // The queue an offline session kept goes out here.
         self.stats.count_session(before, slot.session.stats());
-        Self::wake_conn(conn);
+        Self::wake_conn(&mut self.ready, conn);
         let username = conn.ident.as_ref().and_then(|i| i.username.as_deref());
         debug!(shard = self.id, client_id = %accepted.client_id, ?username, peer = ?conn.peer, session_present = cs.session_present, "client connected");
         self.shared_set_online(cs.session, true);
@@ -2034,8 +2131,8 @@ impl Shard {
     /// Server Reference, 3.x ones are closed; a client still before its CONNACK gets CONNACK
     /// 0x9D (3.x: return code 3). Wills are published, as for any server-side close. New
     /// CONNECTs are refused in `on_connect`.
-    pub(crate) fn move_clients_if_moved(&mut self) {
-        if self.moved || !self.cfg.move_trigger.pulled() {
+    pub fn move_clients_if_moved(&mut self) {
+        if self.moved || !self.move_pulled {
             return;
         }
         self.moved = true;
@@ -2059,7 +2156,7 @@ impl Shard {
                 }
             }
             conn.phase = Phase::Closing;
-            Self::wake_conn(conn);
+            Self::wake_conn(&mut self.ready, conn);
             moved += 1;
         }
         tracing::info!(
@@ -2072,7 +2169,7 @@ impl Shard {
     /// Publishes this shard's `$SYS` figures as retained messages and sends its snapshot to
     /// shard 0; shard 0 then publishes the node's totals from the latest snapshot of every
     /// shard. `wall` is the wall-clock time for `datetime`.
-    pub(crate) fn publish_sys(&mut self, now: Instant, wall: SystemTime) {
+    pub fn publish_sys(&mut self, now: Instant, wall: SystemTime) {
         let figures = self.figures();
         let base = format!("$SYS/brokers/{}/shards/{}", self.cfg.node_name, self.id);
         let uptime = now.duration_since(self.started);
@@ -2124,11 +2221,9 @@ impl Shard {
         }
     }
 
-    /// Stores this shard's figures on the board the management API reads.
-    pub(crate) fn post_figures(&self) {
-        if let Some(board) = &self.board {
-            board.store(self.id, self.figures());
-        }
+    /// This shard's figures now, for the board the management API reads.
+    pub fn post_figures(&self) -> ShardFigures {
+        self.figures()
     }
 
     /// A shard's snapshot arrived (shard 0 only).
@@ -2181,11 +2276,4 @@ fn will_message(will: LastWill, publisher: ByteStr, now: Instant) -> Message {
 fn unix_secs(wall: SystemTime) -> u32 {
     wall.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs().min(u64::from(u32::MAX)) as u32)
-}
-
-/// A fresh nonce for an authentication exchange, from the operating system.
-fn random_nonce() -> Nonce {
-    let mut nonce = Nonce::default();
-    getrandom::fill(&mut nonce).expect("the operating system's random source works");
-    nonce
 }

@@ -10,7 +10,7 @@
 use std::ops::{Index, IndexMut};
 
 /// Entries per chunk.
-pub(crate) const CHUNK: usize = 256;
+pub const CHUNK: usize = 256;
 
 const NONE: usize = usize::MAX;
 
@@ -20,7 +20,7 @@ enum Entry<T> {
 }
 
 /// A slab of `T` keyed by `usize`.
-pub(crate) struct ChunkSlab<T> {
+pub struct ChunkSlab<T> {
     /// Every chunk but the last holds exactly `CHUNK` entries; none ever reallocates.
     chunks: Vec<Vec<Entry<T>>>,
     /// The most recently freed key, heading the list of vacant entries.
@@ -35,7 +35,7 @@ impl<T> Default for ChunkSlab<T> {
 }
 
 impl<T> ChunkSlab<T> {
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         ChunkSlab {
             chunks: Vec::new(),
             free: NONE,
@@ -44,12 +44,12 @@ impl<T> ChunkSlab<T> {
     }
 
     /// Occupied entries.
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.len
     }
 
     /// The key the next [`ChunkSlab::insert`] returns.
-    pub(crate) fn vacant_key(&self) -> usize {
+    pub fn vacant_key(&self) -> usize {
         if self.free != NONE {
             return self.free;
         }
@@ -59,7 +59,7 @@ impl<T> ChunkSlab<T> {
         }
     }
 
-    pub(crate) fn insert(&mut self, value: T) -> usize {
+    pub fn insert(&mut self, value: T) -> usize {
         self.len += 1;
         if self.free != NONE {
             let key = self.free;
@@ -80,7 +80,7 @@ impl<T> ChunkSlab<T> {
     }
 
     /// Removes the entry at `key`. Panics if there is none.
-    pub(crate) fn remove(&mut self, key: usize) -> T {
+    pub fn remove(&mut self, key: usize) -> T {
         let e = self
             .chunks
             .get_mut(key / CHUNK)
@@ -100,14 +100,14 @@ impl<T> ChunkSlab<T> {
         }
     }
 
-    pub(crate) fn get(&self, key: usize) -> Option<&T> {
+    pub fn get(&self, key: usize) -> Option<&T> {
         match self.chunks.get(key / CHUNK)?.get(key % CHUNK)? {
             Entry::Occupied(v) => Some(v),
             Entry::Vacant(_) => None,
         }
     }
 
-    pub(crate) fn get_mut(&mut self, key: usize) -> Option<&mut T> {
+    pub fn get_mut(&mut self, key: usize) -> Option<&mut T> {
         match self.chunks.get_mut(key / CHUNK)?.get_mut(key % CHUNK)? {
             Entry::Occupied(v) => Some(v),
             Entry::Vacant(_) => None,
@@ -115,7 +115,7 @@ impl<T> ChunkSlab<T> {
     }
 
     /// Every occupied entry with a key of at least `start`, with its key, in key order.
-    pub(crate) fn iter_from(&self, start: usize) -> impl Iterator<Item = (usize, &T)> {
+    pub fn iter_from(&self, start: usize) -> impl Iterator<Item = (usize, &T)> {
         let first = start / CHUNK;
         self.chunks
             .iter()
@@ -135,7 +135,7 @@ impl<T> ChunkSlab<T> {
     }
 
     /// Every occupied entry with its key, in key order.
-    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut T)> {
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut T)> {
         self.chunks.iter_mut().enumerate().flat_map(|(c, chunk)| {
             chunk
                 .iter_mut()

@@ -23,7 +23,7 @@ use std::time::Instant;
 /// A message as the shard's table knows it: the `Arc` itself, compared by pointer, held so that
 /// its address is never reused while the table tracks it.
 #[derive(Debug, Clone)]
-pub(crate) struct MsgKey(pub(crate) Arc<Message>);
+pub struct MsgKey(pub Arc<Message>);
 
 impl PartialEq for MsgKey {
     fn eq(&self, other: &MsgKey) -> bool {
@@ -41,7 +41,7 @@ impl Hash for MsgKey {
 
 /// A will as the store's records hold it (by value or boxed: the store crate boxes it to
 /// keep its records small), converted both ways.
-pub(crate) trait WillForm {
+pub trait WillForm {
     fn from_will(w: shardmq_codec::LastWill) -> Self;
     fn into_will(self) -> shardmq_codec::LastWill;
 }
@@ -66,11 +66,11 @@ impl WillForm for Box<shardmq_codec::LastWill> {
 
 /// The two clocks a record needs, read once per shard step.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Clock {
+pub struct Clock {
     /// Monotonic time of the step (message expiry in the broker).
-    pub(crate) now: Instant,
+    pub now: Instant,
     /// Wall-clock time of the step, ns since the Unix epoch.
-    pub(crate) unix_ns: u64,
+    pub unix_ns: u64,
 }
 
 impl Clock {
@@ -80,7 +80,7 @@ impl Clock {
 }
 
 /// A message as stored: its expiry moved from the monotonic clock to the wall clock.
-pub(crate) fn stored_message(msg: &Message, clock: Clock) -> StoredMessage {
+pub fn stored_message(msg: &Message, clock: Clock) -> StoredMessage {
     StoredMessage {
         topic: msg.topic.clone(),
         payload: msg.payload.clone(),
@@ -97,11 +97,11 @@ pub(crate) fn stored_message(msg: &Message, clock: Clock) -> StoredMessage {
 
 /// Number of a group commit (batch) of a shard's log, counted from 1: output that depends on
 /// a stored change waits until the batch that holds it is durable.
-pub(crate) type Ticket = u64;
+pub type Ticket = u64;
 
 /// Most records one batch stages before they are handed to the writer in one go (the bound of
 /// the staging area; a full area is flushed into the writer, which coalesces nothing more).
-pub(crate) const STAGED_RECORDS_MAX: usize = 1 << 20;
+pub const STAGED_RECORDS_MAX: usize = 1 << 20;
 
 /// A session's deliveries staged in the open batch, which a completion within the same batch
 /// cancels (enqueued, sent and acknowledged before anything was written: nothing to store).
@@ -120,13 +120,13 @@ struct ClientStage {
 /// ([`ShardLog::take_batch`]): a delivery enqueued, sent and completed (or dropped) within one
 /// open batch is never written, nor is its message when nothing else references it. Output
 /// that depends on a change waits for [`ShardLog::ticket`] to become durable.
-pub(crate) struct ShardLog {
-    pub(crate) writer: LogWriter,
+pub struct ShardLog {
+    pub writer: LogWriter,
     table: MessageTable<MsgKey>,
     /// Records accepted since start-up (staged, including those later coalesced away).
-    pub(crate) records: u64,
+    pub records: u64,
     /// Records that cancelled out before they were written.
-    pub(crate) coalesced: u64,
+    pub coalesced: u64,
     /// The open batch's records in order; `None`: cancelled.
     staged: Vec<Option<Record>>,
     /// Per client: its cancellable staged deliveries.
@@ -152,7 +152,7 @@ pub(crate) struct ShardLog {
 }
 
 impl ShardLog {
-    pub(crate) fn new(writer: LogWriter, table: MessageTable<MsgKey>) -> ShardLog {
+    pub fn new(writer: LogWriter, table: MessageTable<MsgKey>) -> ShardLog {
         ShardLog {
             writer,
             table,
@@ -182,7 +182,7 @@ impl ShardLog {
 
     /// The batch that will hold every change accepted so far, if it is not durable yet: the
     /// gate of output that depends on them.
-    pub(crate) fn ticket(&self) -> Option<Ticket> {
+    pub fn ticket(&self) -> Option<Ticket> {
         if self.open_dirty {
             Some(self.open)
         } else {
@@ -191,17 +191,17 @@ impl ShardLog {
     }
 
     /// Whether batch `t` is durable.
-    pub(crate) fn is_durable(&self, t: Ticket) -> bool {
+    pub fn is_durable(&self, t: Ticket) -> bool {
         t <= self.durable
     }
 
     /// Whether changes wait for [`ShardLog::take_batch`].
-    pub(crate) fn has_pending(&self) -> bool {
+    pub fn has_pending(&self) -> bool {
         self.open_dirty
     }
 
     /// Encodes the staged records into the writer (nothing more coalesces with them).
-    pub(crate) fn flush(&mut self) {
+    pub fn flush(&mut self) {
         for r in self.staged.drain(..).flatten() {
             self.writer.append(&r);
         }
@@ -212,7 +212,7 @@ impl ShardLog {
 
     /// Closes the open batch: its number and what to write (`None`: everything in it cancelled
     /// out; it is durable already). One batch at a time.
-    pub(crate) fn take_batch(&mut self) -> (Ticket, Option<shardmq_store::Batch>) {
+    pub fn take_batch(&mut self) -> (Ticket, Option<shardmq_store::Batch>) {
         assert!(self.in_flight.is_none(), "one batch at a time");
         self.flush();
         let t = self.open;
@@ -231,7 +231,7 @@ impl ShardLog {
     }
 
     /// Batch `t` (`batch`) is written and fdatasynced.
-    pub(crate) fn batch_durable(&mut self, t: Ticket, batch: &shardmq_store::Batch) {
+    pub fn batch_durable(&mut self, t: Ticket, batch: &shardmq_store::Batch) {
         assert_eq!(self.in_flight, Some(t), "durable: the batch in flight");
         self.writer.batch_written(batch.last_lsn);
         self.writer.batch_durable(batch.last_lsn);
@@ -282,7 +282,7 @@ impl ShardLog {
     /// Staged deliveries sent and awaiting their acknowledgement (the writer task may wait a
     /// little for them before it takes the batch: each one acknowledged meanwhile is not
     /// written).
-    pub(crate) fn awaiting(&self) -> usize {
+    pub fn awaiting(&self) -> usize {
         self.awaiting
     }
 
@@ -354,7 +354,7 @@ impl ShardLog {
     /// Stages the records of `changes` (drained from session `client_id`'s journal, oldest
     /// first) and empties it; a delivery completed or dropped before its batch is taken
     /// cancels out.
-    pub(crate) fn session_changes(
+    pub fn session_changes(
         &mut self,
         client_id: &ByteStr,
         changes: &mut Vec<Change>,
@@ -456,7 +456,7 @@ impl ShardLog {
 
     /// Appends the whole session (it became durable here: a new persistent session, or one
     /// handed over from another shard). Takes a reference to every message it holds.
-    pub(crate) fn session_image(&mut self, image: &SessionImage, clock: Clock) {
+    pub fn session_image(&mut self, image: &SessionImage, clock: Clock) {
         let mut s = StoredSession::new(image.client_id.clone(), image.protocol, image.expiry_secs);
         s.disconnected_at_unix_ms = (!image.connected).then(|| clock.unix_ms());
         s.updated_unix_ms = clock.unix_ms();
@@ -495,7 +495,7 @@ impl ShardLog {
 
     /// Appends the end of a session (expired, clean start, taken to another shard) and drops
     /// its references (`image`: what it held).
-    pub(crate) fn session_deleted(&mut self, image: &SessionImage) {
+    pub fn session_deleted(&mut self, image: &SessionImage) {
         self.unstage(&image.client_id);
         for m in &image.inflight {
             self.release(&m.message.msg);
@@ -511,7 +511,7 @@ impl ShardLog {
     /// Appends a retained change made by a PUBLISH this shard received: `msg` (the detached
     /// copy every replica stores) or `None` to clear; `previous` is what this shard's replica
     /// held for the topic.
-    pub(crate) fn retained(
+    pub fn retained(
         &mut self,
         topic: &ByteStr,
         msg: Option<&Arc<Message>>,
@@ -542,7 +542,7 @@ impl ShardLog {
     /// the other one (which wins on merge; within this log the clear is the later record)
     /// keeps this log self-consistent. A newer change of ours stays (it wins on merge).
     /// Returns whether a record was staged.
-    pub(crate) fn retained_replaced(&mut self, topic: &ByteStr, other_unix_ns: u64) -> bool {
+    pub fn retained_replaced(&mut self, topic: &ByteStr, other_unix_ns: u64) -> bool {
         match self.retained_owned.get(topic) {
             Some(&(_, ours)) if ours < other_unix_ns => {}
             _ => return false,
@@ -559,14 +559,14 @@ impl ShardLog {
     }
 
     /// A recovered retained topic this log holds.
-    pub(crate) fn adopt_retained(&mut self, topic: &ByteStr, msg: &Arc<Message>, at_unix_ns: u64) {
+    pub fn adopt_retained(&mut self, topic: &ByteStr, msg: &Arc<Message>, at_unix_ns: u64) {
         self.retained_owned
             .insert(topic.clone(), (Some(msg.clone()), at_unix_ns));
     }
 
     /// Starts a compaction pass (the staged records go first: they belong before it); returns
     /// the retained topics it re-writes.
-    pub(crate) fn begin_compaction(&mut self) -> (shardmq_store::CompactionPass, Vec<ByteStr>) {
+    pub fn begin_compaction(&mut self) -> (shardmq_store::CompactionPass, Vec<ByteStr>) {
         self.flush();
         let pass = self.writer.begin_compaction();
         self.table.begin_pass(pass.from_segment);
@@ -606,7 +606,7 @@ impl ShardLog {
 
     /// Compaction: re-writes a stored session whole (`disconnected_at_unix_ms`: when it went
     /// offline, `None` if connected), without taking references.
-    pub(crate) fn compact_session(
+    pub fn compact_session(
         &mut self,
         image: &SessionImage,
         disconnected_at_unix_ms: Option<u64>,
@@ -645,7 +645,7 @@ impl ShardLog {
 
     /// Compaction: re-writes retained `topic` as this log holds it (a clear is written once
     /// more, then forgotten).
-    pub(crate) fn compact_retained(&mut self, topic: &ByteStr, clock: Clock) {
+    pub fn compact_retained(&mut self, topic: &ByteStr, clock: Clock) {
         let Some((msg, at_unix_ns)) = self.retained_owned.get(topic).cloned() else {
             return;
         };
@@ -667,13 +667,13 @@ impl ShardLog {
     }
 
     /// Messages the table tracks (each stored once however many sessions queue it).
-    pub(crate) fn messages(&self) -> usize {
+    pub fn messages(&self) -> usize {
         self.table.len()
     }
 
     /// Takes over a recovered message: `refs` references to it are in the shard's snapshot,
     /// whose first segment is `put_segment`.
-    pub(crate) fn adopt(&mut self, msg: &Arc<Message>, id: u64, refs: u64, put_segment: u64) {
+    pub fn adopt(&mut self, msg: &Arc<Message>, id: u64, refs: u64, put_segment: u64) {
         self.table.adopt(MsgKey(msg.clone()), id, refs, put_segment);
     }
 }

@@ -2,7 +2,7 @@
 //! sessions, subscriptions and replicas, kicks and deletions, publishing as the broker, and
 //! the traces of clients' packets.
 
-use super::{Conn, Phase, SessionKey, Shard};
+use super::{Conn, Phase, SessionKey, ShardCore};
 use crate::mgmt::{
     ClientFilter, ClientInfo, Reply, Request, RetainedInfo, RouteInfo, SessionInfo,
     SubscriptionInfo, TraceLine, MAX_PAGE, TRACES_MAX, TRACE_MAX_DURATION, TRACE_MAX_PACKETS,
@@ -21,11 +21,11 @@ use tracing::{debug, info};
 
 /// Most slab entries one page request visits, matching or not: a filtered listing of a large
 /// shard takes several calls, each bounded, rather than one long walk.
-pub(crate) const SCAN_MAX: usize = 4096;
+pub const SCAN_MAX: usize = 4096;
 
 /// Clients traced on this shard.
 #[derive(Default)]
-pub(crate) struct Traces {
+pub struct Traces {
     by_client: ahash::AHashMap<ByteStr, Trace>,
 }
 
@@ -46,12 +46,12 @@ impl Trace {
         self.remaining > 0 && now < self.until
     }
 
-    fn record(&mut self, inbound: bool, packet: String) {
+    fn record(&mut self, at: SystemTime, inbound: bool, packet: String) {
         self.next_seq += 1;
         self.remaining -= 1;
         self.lines.push_back(TraceLine {
             seq: self.next_seq,
-            at: SystemTime::now(),
+            at,
             inbound,
             packet,
         });
@@ -59,7 +59,7 @@ impl Trace {
 }
 
 /// Describes a packet in one line, as a trace shows it.
-pub(crate) fn describe(packet: &Packet) -> String {
+pub fn describe(packet: &Packet) -> String {
     use std::fmt::Write;
     let mut s = String::from(packet.name());
     let _ = match packet {
@@ -183,9 +183,9 @@ impl<V> Smallest<V> {
     }
 }
 
-impl Shard {
+impl ShardCore {
     /// Answers one management request, on the shard's thread.
-    pub(crate) fn handle_mgmt(&mut self, now: Instant, request: Request) -> Reply {
+    pub fn handle_mgmt(&mut self, now: Instant, request: Request) -> Reply {
         let reply = match request {
             Request::Clients {
                 after,
@@ -680,10 +680,11 @@ impl Shard {
     }
 
     /// Records `packet` from the connection at `key` if its client is traced.
-    pub(crate) fn trace_in(&mut self, now: Instant, key: usize, packet: &Packet) {
+    pub fn trace_in(&mut self, now: Instant, key: usize, packet: &Packet) {
         let Some(id) = self.traced_id(key, Some(packet)) else {
             return;
         };
+        let wall = self.wall(now);
         let Some(t) = self.traces.as_mut().and_then(|t| t.by_client.get_mut(&id)) else {
             return;
         };
@@ -694,17 +695,18 @@ impl Shard {
             ));
         }
         if t.recording(now) {
-            t.record(true, describe(packet));
+            t.record(wall, true, describe(packet));
         }
     }
 
     /// Records the packets in `bytes`, which the driver takes from the connection's write
     /// buffer at `key`, if its client is traced.
-    pub(crate) fn trace_out(&mut self, now: Instant, key: usize, bytes: &[u8]) {
+    pub fn trace_out(&mut self, now: Instant, key: usize, bytes: &[u8]) {
         let Some(id) = self.traced_id(key, None) else {
             return;
         };
         let protocol = self.conns[key].protocol.unwrap_or(Protocol::V3_1_1);
+        let wall = self.wall(now);
         let Some(t) = self.traces.as_mut().and_then(|t| t.by_client.get_mut(&id)) else {
             return;
         };
@@ -731,12 +733,12 @@ impl Shard {
             if !t.recording(now) {
                 break;
             }
-            t.record(false, line);
+            t.record(wall, false, line);
         }
     }
 
     /// Forgets traces that ended more than [`TRACE_MAX_DURATION`] ago (housekeeping).
-    pub(crate) fn expire_traces(&mut self, now: Instant) {
+    pub fn expire_traces(&mut self, now: Instant) {
         let Some(traces) = &mut self.traces else {
             return;
         };
