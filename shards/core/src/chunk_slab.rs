@@ -48,6 +48,11 @@ impl<T> ChunkSlab<T> {
         self.len
     }
 
+    /// Whether nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The key the next [`ChunkSlab::insert`] returns.
     pub fn vacant_key(&self) -> usize {
         if self.free != NONE {

@@ -282,7 +282,14 @@ pub struct ClusterShard {
     pub forward_dropped: u64,
 }
 
+impl Default for ClusterShard {
+    fn default() -> ClusterShard {
+        ClusterShard::new()
+    }
+}
+
 impl ClusterShard {
+    /// A shard's view of a cluster it just joined: no peers, no remote routes.
     pub fn new() -> ClusterShard {
         ClusterShard {
             out: Vec::new(),
