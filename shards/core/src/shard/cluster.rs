@@ -1,0 +1,177 @@
+//! The shard's side of the cluster: the other nodes' routes, forwarding publishes to the
+//! nodes that route them, and what the control plane says ([`FromCluster`]).
+
+use super::*;
+
+impl ShardCore {
+    /// Queues `msg` for the control plane and wakes the flusher.
+    pub(super) fn tell_cluster(&mut self, msg: ToCluster) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        if c.out.len() >= CLUSTER_OUT_MAX && matches!(msg, ToCluster::Forward { .. }) {
+            c.forward_dropped += 1;
+            if c.forward_dropped.is_power_of_two() {
+                warn!(
+                    shard = self.id,
+                    dropped = c.forward_dropped,
+                    "control plane queue full: forwarded publishes dropped"
+                );
+            }
+            return;
+        }
+        c.out.push(msg);
+        self.flush_wanted = true;
+    }
+
+    /// Sends `msg` to the other nodes that route its topic (all of them if it is retained,
+    /// so every node's retained store has it). `$SYS` topics stay on their node.
+    pub(super) fn forward(&mut self, msg: &Arc<Message>) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        if msg.topic.starts_with("$SYS/") {
+            return;
+        }
+        let mut nodes = NodeSet::new();
+        if msg.retain {
+            nodes.extend(c.peers.iter().copied());
+        } else {
+            c.remote.for_each_match(&msg.topic, |set| {
+                for n in set {
+                    if !nodes.contains(n) {
+                        nodes.push(*n);
+                    }
+                }
+            });
+        }
+        let mut shared: SmallVec<[(NodeId, ByteStr); 1]> = SmallVec::new();
+        if !c.remote_shared.is_empty() {
+            // A shared group takes each message once in the cluster: on this node if it has
+            // members here, else on one node that has some (by topic hash).
+            let local = &self.shared_routes;
+            let hash = self.hasher.hash_one(msg.topic.as_str());
+            c.remote_shared.for_each_match(&msg.topic, |groups| {
+                for (share, nodes) in groups {
+                    let Some(key) = SharedKey::of(share) else {
+                        continue;
+                    };
+                    let here = local
+                        .get(&key.filter)
+                        .is_some_and(|fg| fg.has_group(&key.group));
+                    if !here && !nodes.is_empty() {
+                        shared.push((nodes[(hash % nodes.len() as u64) as usize], share.clone()));
+                    }
+                }
+            });
+        }
+        if !nodes.is_empty() {
+            c.forwarded_out += nodes.len() as u64;
+            self.tell_cluster(ToCluster::Forward {
+                nodes,
+                msg: msg.clone(),
+            });
+        }
+        for (node, share) in shared {
+            if let Some(c) = self.cluster.as_mut() {
+                c.forwarded_out += 1;
+            }
+            self.tell_cluster(ToCluster::ForwardShared {
+                node,
+                share,
+                msg: msg.clone(),
+            });
+        }
+    }
+
+    /// Handles one message from the control plane.
+    pub fn handle_cluster(&mut self, now: Instant, msg: FromCluster) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        match msg {
+            FromCluster::RouteAdded { filter, node } => match SharedKey::of(&filter) {
+                Some(key) => {
+                    let groups = c
+                        .remote_shared
+                        .entry_or_insert_with(&key.filter, SmallVec::new);
+                    match groups.iter_mut().find(|(s, _)| *s == filter) {
+                        Some((_, nodes)) if nodes.contains(&node) => {}
+                        Some((_, nodes)) => nodes.push(node),
+                        None => groups.push((filter, smallvec::smallvec![node])),
+                    }
+                }
+                None => {
+                    let set = c.remote.entry_or_insert_with(&filter, NodeSet::new);
+                    if !set.contains(&node) {
+                        set.push(node);
+                    }
+                }
+            },
+            FromCluster::RouteRemoved { filter, node } if is_shared(&filter) => {
+                let Some(key) = SharedKey::of(&filter) else {
+                    return;
+                };
+                if let Some(groups) = c.remote_shared.get_mut(&key.filter) {
+                    for (_, nodes) in groups.iter_mut().filter(|(s, _)| *s == filter) {
+                        nodes.retain(|n| *n != node);
+                    }
+                    groups.retain(|(_, nodes)| !nodes.is_empty());
+                    if groups.is_empty() {
+                        c.remote_shared.remove(&key.filter);
+                    }
+                }
+            }
+            FromCluster::RouteRemoved { filter, node } => {
+                if let Some(set) = c.remote.get_mut(&filter) {
+                    set.retain(|n| *n != node);
+                    if set.is_empty() {
+                        c.remote.remove(&filter);
+                    }
+                }
+            }
+            FromCluster::Peers(peers) => c.peers = peers,
+            FromCluster::DumpRetained { request } => {
+                let mut msgs = Vec::with_capacity(self.retained.len());
+                self.retained.retain(|_, m| {
+                    msgs.push(m.clone());
+                    true
+                });
+                self.tell_cluster(ToCluster::RetainedDump { request, msgs });
+            }
+            FromCluster::StoreRetained(msgs) => {
+                for m in msgs {
+                    if m.payload.is_empty() || self.retained.get(&m.topic).is_some() {
+                        continue;
+                    }
+                    let topic = m.topic.clone();
+                    let stored = Some(m.detached());
+                    self.broadcast(|| ShardMsg::Retain {
+                        topic: topic.clone(),
+                        origin: None,
+                        at_unix_ns: 0,
+                        msg: stored.clone(),
+                    });
+                }
+            }
+            FromCluster::ClearRoutes => {
+                c.remote = SubscriptionTrie::new();
+                c.remote_shared = SubscriptionTrie::new();
+            }
+            FromCluster::Publish(msg) => {
+                c.forwarded_in += 1;
+                self.stats.messages_in += 1;
+                self.route_plain(now, &msg);
+            }
+            FromCluster::SharedPublish { share, msg } => {
+                c.forwarded_in += 1;
+                self.stats.messages_in += 1;
+                if let Some(key) = SharedKey::of(&share) {
+                    self.shared_dispatch(now, key, msg);
+                }
+            }
+            FromCluster::RouteCommitted { token } => self.route_acked(now, token),
+            FromCluster::SessionTakenOver { client_id } => self.evict(now, &client_id),
+        }
+    }
+}

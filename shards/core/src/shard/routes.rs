@@ -1,0 +1,364 @@
+//! Routing: the actions a session asks for (subscribe, unsubscribe, publish), the local
+//! subscription trie, the route replica and its sync waits (SUBACK after every shard
+//! acknowledged), and delivery of a publish on this shard and to the shards that route it.
+
+use super::*;
+
+impl ShardCore {
+    pub(super) fn run_actions(
+        &mut self,
+        now: Instant,
+        key: ConnKey,
+        skey: SessionKey,
+        actions: &mut Vec<Action>,
+    ) {
+        let mut sync: Option<(u64, usize)> = None;
+        let mut retained = Vec::new();
+        for action in actions.drain(..) {
+            match action {
+                Action::Publish(msg) => self.route(now, msg),
+                Action::Subscribe {
+                    filter,
+                    subscription,
+                    existed,
+                } => {
+                    let new_route = self.trie_insert(&filter, skey, subscription);
+                    // The SUBACK waits for every other shard and, in a cluster, for the
+                    // node's route to commit (read-your-writes: a publish anywhere after the
+                    // SUBACK reaches this subscriber).
+                    let clustered = new_route && self.cluster.is_some() && !is_shared(&filter);
+                    let waits =
+                        if new_route { self.nshards - 1 } else { 0 } + usize::from(clustered);
+                    let token = (waits > 0).then(|| match sync {
+                        Some((t, ref mut n)) => {
+                            *n += waits;
+                            t
+                        }
+                        None => {
+                            let t = self.token();
+                            sync = Some((t, waits));
+                            t
+                        }
+                    });
+                    if new_route {
+                        self.announce_route(&filter, token.filter(|_| self.nshards > 1));
+                    }
+                    if clustered {
+                        let shard = self.id;
+                        self.tell_cluster(ToCluster::RouteAdd {
+                            filter: filter.clone(),
+                            shard,
+                            sync: token,
+                        });
+                    }
+                    retained.push((filter, subscription, existed));
+                }
+                Action::Unsubscribe { filter } => self.trie_remove(&filter, skey),
+                Action::SubAck(ack) => {
+                    let conn_id = self.conns[key].id;
+                    let rs = RouteSync {
+                        conn: key,
+                        conn_id,
+                        session: skey,
+                        remaining: 0,
+                        ack,
+                        retained: std::mem::take(&mut retained),
+                    };
+                    match sync.take() {
+                        Some((token, remaining)) => {
+                            self.route_syncs
+                                .insert(token, RouteSync { remaining, ..rs });
+                        }
+                        None => self.finish_subscribe(now, rs),
+                    }
+                }
+                Action::Disconnect { publish_will } => {
+                    let conn = &mut self.conns[key];
+                    conn.graceful = Some(publish_will);
+                    conn.phase = Phase::Closing;
+                }
+            }
+        }
+    }
+
+    /// Sends the SUBACK, then the retained messages the new subscriptions ask for.
+    pub(super) fn finish_subscribe(&mut self, now: Instant, rs: RouteSync) {
+        let Some(conn) = self.conns.get_mut(rs.conn) else {
+            return;
+        };
+        if conn.id != rs.conn_id || conn.session != Some(rs.session) {
+            return;
+        }
+        let protocol = self.sessions[rs.session].session.protocol();
+        let gate_at = conn.out.len();
+        encode(&Packet::SubAck(rs.ack), protocol, &mut conn.out);
+        Self::wake_conn(&mut self.ready, conn);
+        if self.sessions[rs.session].session.is_journaled() {
+            self.durable_gate(rs.conn, gate_at);
+        }
+        for (filter, sub, existed) in rs.retained {
+            let send = match sub.options.retain_handling {
+                // A shared subscription gets no retained messages (MQTT 5.0 §4.8.2).
+                _ if is_shared(&filter) => false,
+                RetainHandling::OnSubscribe => true,
+                RetainHandling::OnNewSubscribe => !existed,
+                RetainHandling::Never => false,
+            };
+            if !send {
+                continue;
+            }
+            let mut found = Vec::new();
+            self.retained
+                .for_each_match(&filter, |_, m| found.push(m.clone()));
+            let ids: SmallVec<[u32; 1]> = sub.id.into_iter().collect();
+            for msg in found {
+                let qos = msg.qos.min(sub.options.qos);
+                self.deliver_to(now, rs.session as u32, &msg, qos, true, &ids, None);
+            }
+        }
+    }
+
+    /// Adds a subscriber to the local trie. True if the filter is new on this shard.
+    /// A shared subscription joins its group instead: true if the group's members changed.
+    pub(super) fn trie_insert(
+        &mut self,
+        filter: &ByteStr,
+        skey: SessionKey,
+        sub: Subscription,
+    ) -> bool {
+        if let Some(key) = SharedKey::of(filter) {
+            return self.shared_join(key, skey, sub);
+        }
+        let set = self.subs.entry_or_insert_with(filter, SmallVec::new);
+        let was_empty = set.is_empty();
+        match set.iter_mut().find(|(k, _)| *k == skey as u32) {
+            Some(entry) => entry.1 = sub,
+            None => {
+                set.push((skey as u32, sub));
+                self.stats.subscriptions += 1;
+            }
+        }
+        was_empty
+    }
+
+    /// Removes a subscriber; when the filter has none left here, tells every shard.
+    pub(super) fn trie_remove(&mut self, filter: &ByteStr, skey: SessionKey) {
+        if let Some(key) = SharedKey::of(filter) {
+            return self.shared_leave(key, skey);
+        }
+        let Some(set) = self.subs.get_mut(filter) else {
+            return;
+        };
+        let before = set.len();
+        set.retain(|(k, _)| *k != skey as u32);
+        self.stats.subscriptions -= (before - set.len()) as u64;
+        if set.is_empty() {
+            self.subs.remove(filter);
+            let me = self.id;
+            let f = filter.clone();
+            self.broadcast(|| ShardMsg::RouteDel {
+                filter: f.clone(),
+                shard: me,
+            });
+            self.tell_cluster(ToCluster::RouteDel {
+                filter: filter.clone(),
+                shard: me,
+            });
+        }
+    }
+
+    pub(super) fn announce_route(&mut self, filter: &ByteStr, sync: Option<u64>) {
+        if let Some(key) = SharedKey::of(filter) {
+            return self.announce_shared(key, sync);
+        }
+        let me = self.id;
+        for to in 0..self.nshards {
+            let sync = if to == me { None } else { sync };
+            self.send(
+                to,
+                ShardMsg::RouteAdd {
+                    filter: filter.clone(),
+                    shard: me,
+                    sync,
+                },
+            );
+        }
+    }
+
+    /// Routes a published message: retained store, then every shard with a matching filter,
+    /// then, in a cluster, every other node with a matching route.
+    pub fn route(&mut self, now: Instant, msg: Arc<Message>) {
+        if self.cluster.is_some() {
+            if msg.retain && !msg.topic.starts_with("$SYS/") {
+                let topic = msg.topic.clone();
+                self.tell_cluster(if msg.payload.is_empty() {
+                    ToCluster::RetainDel { topic }
+                } else {
+                    ToCluster::RetainSet { topic }
+                });
+            }
+            self.forward(&msg);
+        }
+        self.route_here(now, msg);
+    }
+
+    /// Routes a message on this node only: retained store, then every shard with a matching
+    /// filter, then the shared groups.
+    pub(super) fn route_here(&mut self, now: Instant, msg: Arc<Message>) {
+        self.route_plain(now, &msg);
+        if !self.shared_routes.is_empty() {
+            self.route_shared(now, &msg);
+        }
+    }
+
+    /// Retained store and plain subscribers of this node (no shared groups).
+    pub(super) fn route_plain(&mut self, now: Instant, msg: &Arc<Message>) {
+        if msg.retain {
+            let stored = if msg.payload.is_empty() {
+                None
+            } else {
+                Some(msg.detached())
+            };
+            let topic = msg.topic.clone();
+            let origin = Some(self.id);
+            let at_unix_ns = self.durable_retained(now, &topic, stored.as_ref());
+            self.broadcast(|| ShardMsg::Retain {
+                topic: topic.clone(),
+                origin,
+                at_unix_ns,
+                msg: stored.clone(),
+            });
+        }
+        let mut targets = ShardSet::EMPTY;
+        self.routes
+            .for_each_match(&msg.topic, |set| targets = targets.union(*set));
+        for shard in targets.iter() {
+            if shard == self.id {
+                self.deliver_local(now, msg);
+            } else {
+                let m = if self.durable_sent(shard, msg.qos) {
+                    ShardMsg::DurablePublish(msg.clone())
+                } else {
+                    ShardMsg::Publish(msg.clone())
+                };
+                self.send(shard, m);
+            }
+        }
+    }
+
+    /// Delivers to this shard's subscribers: one copy per session, at the highest matching QoS,
+    /// with every matching subscription identifier.
+    pub(super) fn deliver_local(&mut self, now: Instant, msg: &Arc<Message>) {
+        let mut matches = std::mem::take(&mut self.match_scratch);
+        matches.clear();
+        self.subs
+            .for_each_match(&msg.topic, |set| matches.extend(set.iter().copied()));
+        if matches.len() > 1 {
+            matches.sort_unstable_by_key(|(k, _)| *k);
+        }
+        let mut i = 0;
+        while i < matches.len() {
+            let skey = matches[i].0;
+            let mut j = i;
+            while j < matches.len() && matches[j].0 == skey {
+                j += 1;
+            }
+            let own = self
+                .sessions
+                .get(skey as usize)
+                .is_some_and(|s| *s.session.client_id() == msg.publisher);
+            // One copy per session, from the subscriptions that allow it (a No Local one does
+            // not, for the publisher's own messages): the highest QoS, Retain As Published if
+            // any asks for it, and every such subscription's identifier.
+            let mut grant: Option<(QoS, bool)> = None;
+            let mut ids: SmallVec<[u32; 1]> = SmallVec::new();
+            for &(_, sub) in &matches[i..j] {
+                if own && sub.options.no_local {
+                    continue;
+                }
+                let (qos, rap) = grant.get_or_insert((sub.options.qos, false));
+                *qos = (*qos).max(sub.options.qos);
+                *rap |= sub.options.retain_as_published;
+                ids.extend(sub.id);
+            }
+            i = j;
+            if let Some((qos, rap)) = grant {
+                self.deliver_to(
+                    now,
+                    skey,
+                    msg,
+                    msg.qos.min(qos),
+                    rap && msg.retain,
+                    &ids,
+                    None,
+                );
+            }
+        }
+        self.match_scratch = matches;
+    }
+
+    /// Hands `msg` to session `skey` (as a member of shared group `shared`, if given), counts
+    /// what the session did with it, and wakes the connection if it has new bytes to write.
+    #[allow(clippy::too_many_arguments)] // the delivery's inputs, as Session::deliver takes them
+    pub(super) fn deliver_to(
+        &mut self,
+        now: Instant,
+        skey: u32,
+        msg: &Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        ids: &[u32],
+        shared: Option<&ByteStr>,
+    ) {
+        let Some(slot) = self.sessions.get_mut(skey as usize) else {
+            return;
+        };
+        let ckey = slot.conn.filter(|&c| self.conns[c].phase == Phase::Active);
+        let had_out = ckey.is_some_and(|c| !self.conns[c].out.is_empty());
+        let wire = ckey.map(|c| &mut self.conns[c].out);
+        let before = slot.session.stats();
+        let delivery = match shared {
+            None => slot
+                .session
+                .deliver(now, msg, qos, retain, ids, &self.limits, wire),
+            Some(tag) => {
+                slot.session
+                    .deliver_shared(now, msg, qos, retain, ids, tag, &self.limits, wire)
+            }
+        };
+        self.stats.count_session(before, slot.session.stats());
+        let journaled = slot.session.has_changes();
+        match delivery {
+            Delivery::Sent => {
+                if let (Some(c), false) = (ckey, had_out) {
+                    Self::wake_conn(&mut self.ready, &mut self.conns[c]);
+                }
+            }
+            Delivery::Queued | Delivery::Displaced => {}
+            Delivery::Dropped(reason) => {
+                trace!(shard = self.id, client_id = %slot.session.client_id(), ?reason, "message dropped");
+            }
+        }
+        if journaled {
+            self.journal_flush(now, skey as usize);
+        }
+    }
+
+    /// One of the acknowledgements a SUBACK or CONNACK waits for (a shard's replica, or the
+    /// cluster's commit of the route).
+    pub(super) fn route_acked(&mut self, now: Instant, token: u64) {
+        if let Some(rs) = self.route_syncs.get_mut(&token) {
+            rs.remaining -= 1;
+            if rs.remaining == 0 {
+                let rs = self.route_syncs.remove(&token).expect("present");
+                self.finish_subscribe(now, rs);
+            }
+        } else if let Some(cs) = self.connect_syncs.get_mut(&token) {
+            cs.remaining -= 1;
+            if cs.remaining == 0 {
+                let cs = self.connect_syncs.remove(&token).expect("present");
+                self.finish_connect(now, cs);
+            }
+        }
+    }
+}
