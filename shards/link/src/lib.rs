@@ -18,6 +18,11 @@ use shardmq_codec::ByteStr;
 use smallvec::SmallVec;
 use std::sync::Arc;
 
+#[cfg(feature = "queues")]
+mod queues;
+#[cfg(feature = "queues")]
+pub use queues::*;
+
 /// Index of a shard in its node, `0..shards`.
 pub type ShardId = usize;
 
