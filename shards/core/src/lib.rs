@@ -15,6 +15,7 @@
 //!
 //! Inputs (each may produce outputs):
 //! - connections: [`open_conn`](ShardCore::open_conn) when one is accepted,
+//!   [`bytes_in`](ShardCore::bytes_in) for every read (its keep-alive restarts),
 //!   [`on_packet`](ShardCore::on_packet) for each decoded packet (only while the connection's
 //!   [`Phase`] reads: `AwaitConnect`, `Authenticating`, `Active`),
 //!   [`on_decode_error`](ShardCore::on_decode_error), [`conn_closed`](ShardCore::conn_closed)
@@ -25,7 +26,8 @@
 //! - the verifier: [`handle_verdict`](ShardCore::handle_verdict);
 //! - the management API: [`handle_mgmt`](ShardCore::handle_mgmt);
 //! - time: [`handle_timeout`](ShardCore::handle_timeout) at or after
-//!   [`poll_timeout`](ShardCore::poll_timeout) (session expiry, delayed wills, traces);
+//!   [`poll_timeout`](ShardCore::poll_timeout): connect and keep-alive timeouts (a timer table
+//!   in buckets of [`TIMER_BUCKET`], `shard/timers.rs`), session expiry, delayed wills, traces;
 //!   [`publish_sys`](ShardCore::publish_sys) every `sys_interval`;
 //! - the storage writer: `durable_moved`, `durable_received` (see `shard/durable.rs`).
 //!
@@ -58,6 +60,7 @@ pub use chunk_slab::ChunkSlab;
 pub use settings::{CoreSettings, SettingsError};
 pub use shard::{
     ClusterShard, Conn, ConnKey, Phase, SessionKey, ShardCore, ShardStats, CLUSTER_OUT_MAX,
+    TIMER_BUCKET, TIMER_RECHECK,
 };
 
 /// What a listener speaks under MQTT.

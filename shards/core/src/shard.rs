@@ -35,12 +35,16 @@ mod cluster;
 mod connections;
 mod durable;
 mod figures;
+mod inspect;
 mod mgmt;
 mod peers;
 mod registry;
 mod routes;
 mod sessions;
 mod shared;
+mod timers;
+
+pub use timers::{TIMER_BUCKET, TIMER_RECHECK};
 
 /// Key of a connection in the shard's slab.
 pub type ConnKey = usize;
@@ -76,6 +80,10 @@ pub struct Conn {
     pub io_token: u32,
     /// On the list [`ShardCore::poll_conn`] drains: set once until polled.
     io_wanted: bool,
+    /// When bytes last came from the client (ms since the core started; `bytes_in`).
+    last_in_ms: u32,
+    /// The bucket of the timer table the connection is armed in (`timers::NO_BUCKET`: none).
+    timer_bucket: u32,
     pub session: Option<SessionKey>,
     pub protocol: Option<Protocol>,
     /// Read timeout the driver should apply (connect timeout, then 1.5 × keep-alive).
@@ -211,6 +219,8 @@ pub struct ShardCore {
     pending_connects: ahash::AHashMap<u64, PendingConnect>,
     /// CONNECTs whose credentials the auth workers are checking, by token.
     pending_auth: ahash::AHashMap<u64, PendingAuth>,
+    /// Connect and keep-alive timeouts of the connections.
+    conn_timers: timers::ConnTimers,
     /// Credentials for the verifier, polled by the shell (`poll_verify`).
     verify_out: Vec<(u64, Credentials)>,
     /// Takeovers that arrived while this shard's own claim for the client was in flight.
@@ -344,6 +354,7 @@ impl ShardCore {
             registry: Default::default(),
             pending_connects: Default::default(),
             pending_auth: Default::default(),
+            conn_timers: timers::ConnTimers::default(),
             verify_out: Vec::new(),
             deferred_takeovers: Default::default(),
             route_syncs: Default::default(),
@@ -511,16 +522,15 @@ impl ShardCore {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let sessions = self.offline.first().map(|&(at, _, _)| at);
         let wills = self.delayed_wills.next_deadline();
-        match (sessions, wills) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let conns = self.next_conn_timer();
+        [sessions, wills, conns].into_iter().flatten().min()
     }
 
     /// Input: time passed. Expires offline sessions, publishes delayed wills that are due,
     /// forgets ended traces, gives back memory of tables a storm grew, and sends the clients
     /// away once the move trigger was pulled.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.fire_conn_timers(now);
         self.expire_sessions(now);
         self.expire_traces(now);
         self.shrink_transient_tables();

@@ -11,8 +11,7 @@ use crate::shell::Shard;
 use bytes::{Buf, BytesMut};
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
-use shardmq_broker::session::Close;
-use shardmq_codec::{Decoder, ReasonCode};
+use shardmq_codec::Decoder;
 use shardmq_core::{ConnKey, Phase};
 use shardmq_transport::Transport;
 use std::cell::RefCell;
@@ -36,7 +35,6 @@ pub(crate) struct ConnDriver {
     decoder: Decoder,
     /// Bytes of a packet not yet complete; empty (unallocated) between packets.
     rbuf: BytesMut,
-    timeout: Option<Duration>,
     /// TLS / WebSocket / PROXY layers; `None` for plain TCP.
     transport: Option<Box<Transport>>,
     /// Wire bytes from the transport not yet written; empty (unallocated) when idle.
@@ -72,7 +70,6 @@ impl ConnDriver {
             key,
             decoder: Decoder::new(max_packet_size),
             rbuf: BytesMut::new(),
-            timeout: None,
             transport,
             wout: BytesMut::new(),
             broken: false,
@@ -104,12 +101,6 @@ impl Future for ConnDriver {
                 *w = Some(cx.waker().clone());
             }
             let conn = &mut shard.core.conns[key];
-            if conn.read_timeout != this.timeout {
-                this.timeout = conn.read_timeout;
-                if let Err(e) = this.stream.set_read_timeout(this.timeout) {
-                    debug!(error = %e, "set_read_timeout failed");
-                }
-            }
             // 1. Write what the shard queued for this client (up to a durable gate).
             let mut taken = 0;
             // What goes out while the shard traces a client (`mgmt`), told after the write.
@@ -269,7 +260,7 @@ impl Future for ConnDriver {
                     return finish(shard, now, key);
                 }
                 Poll::Ready(Ok(n)) => {
-                    shard.core.stats.bytes_in += n as u64;
+                    shard.core.bytes_in(now, key, n);
                     match &mut this.transport {
                         None => this.rbuf.extend_from_slice(&scratch[..n]),
                         Some(t) => {
@@ -281,24 +272,6 @@ impl Future for ConnDriver {
                         }
                     }
                     shard.read_scratch = scratch;
-                }
-                Poll::Ready(Err(e)) if e.kind() == ErrorKind::TimedOut => {
-                    shard.read_scratch = scratch;
-                    let phase = shard.core.conns[key].phase;
-                    warn!(
-                        shard = shard.core.id,
-                        conn = shard.core.conns[key].id,
-                        peer = ?shard.core.conns[key].peer,
-                        ?phase,
-                        "keep-alive or connect timeout; closing"
-                    );
-                    shard.close_conn(
-                        key,
-                        Close {
-                            reason: ReasonCode::KEEP_ALIVE_TIMEOUT,
-                            why: "keep-alive timeout",
-                        },
-                    );
                 }
                 Poll::Ready(Err(e)) => {
                     shard.read_scratch = scratch;

@@ -599,7 +599,7 @@ async fn accept_loop(
                         }
                     },
                 };
-                let (key, _) = shell::step(&shard).open_conn(peer, spec.kind, 0);
+                let (key, _) = shell::step(&shard).open_conn(Instant::now(), peer, spec.kind, 0);
                 spawn_into(
                     queue,
                     ConnDriver::new(
@@ -711,17 +711,27 @@ async fn send_uplink(shard: &Rc<RefCell<Shard>>, uplink: &Uplink) {
     }
 }
 
-/// Every 250 ms (or the `$SYS` interval, if shorter): expire offline sessions; at the `$SYS`
-/// interval, publish the shard's figures (and, on shard 0, the node's).
+/// The shard's one timer: sleeps until the core's next deadline ([`ShardCore::poll_timeout`]:
+/// a connection's connect or keep-alive timeout, an offline session's expiry, a delayed will),
+/// at most 250 ms (or the `$SYS` interval, if shorter), then gives the core the time
+/// (`handle_timeout`), posts the shard's figures and, at the `$SYS` interval, publishes them
+/// (and, on shard 0, the node's).
+///
+/// [`ShardCore::poll_timeout`]: shardmq_core::ShardCore::poll_timeout
 async fn housekeeping(shard: Rc<RefCell<Shard>>) {
     let mut next_sys = Instant::now();
     loop {
         // Read each turn: a configuration reload may change it.
-        let sys_interval = shard.borrow().sys_interval;
-        let tick = sys_interval.map_or(Duration::from_millis(250), |i| {
-            i.clamp(Duration::from_millis(10), Duration::from_millis(250))
+        let (sys_interval, deadline) = {
+            let s = shard.borrow();
+            (s.sys_interval, s.poll_timeout())
+        };
+        let tick = sys_interval.map_or(HOUSEKEEPING_MAX, |i| {
+            i.clamp(Duration::from_millis(10), HOUSEKEEPING_MAX)
         });
-        glommio::timer::sleep(tick).await;
+        let now = Instant::now();
+        let wait = deadline.map_or(tick, |d| d.saturating_duration_since(now).min(tick));
+        glommio::timer::sleep(wait.max(HOUSEKEEPING_MIN)).await;
         let now = Instant::now();
         let mut s = shell::step(&shard);
         s.housekeeping(now);
@@ -733,6 +743,12 @@ async fn housekeeping(shard: Rc<RefCell<Shard>>) {
         }
     }
 }
+
+/// Longest sleep of a shard's timer task.
+const HOUSEKEEPING_MAX: Duration = Duration::from_millis(250);
+/// Shortest sleep of a shard's timer task: a burst of deadlines is handled in one turn.
+const HOUSEKEEPING_MIN: Duration = Duration::from_millis(5);
+const _: () = assert!(HOUSEKEEPING_MIN.as_millis() < shardmq_core::TIMER_BUCKET.as_millis());
 
 /// The environment variable that makes mimalloc commit arena memory as it is used.
 pub const MI_EAGER_COMMIT_ENV: &str = "MIMALLOC_ARENA_EAGER_COMMIT";

@@ -188,12 +188,13 @@ impl Shell {
     /// [`ShardCore::poll_conn`] (the io_uring driver's slot).
     pub(crate) fn open_conn(
         &mut self,
+        now: Instant,
         peer: Option<std::net::SocketAddr>,
         listener: ListenerKind,
         io_token: u32,
     ) -> (ConnKey, u64) {
         let node = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
-        let (key, id) = self.core.open_conn(peer, listener, node, io_token);
+        let (key, id) = self.core.open_conn(now, peer, listener, node, io_token);
         if !self.uring {
             if self.conn_wakers.len() <= key {
                 self.conn_wakers.resize(key + 1, None);

@@ -22,8 +22,7 @@ use crate::shell::Shard;
 use crate::ListenerSpec;
 use bytes::{Buf, BytesMut};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
-use shardmq_broker::session::Close;
-use shardmq_codec::{Decoder, ReasonCode};
+use shardmq_codec::Decoder;
 use shardmq_core::ChunkSlab as Slab;
 use shardmq_core::Phase;
 use shardmq_transport::Transport;
@@ -536,9 +535,11 @@ impl Driver {
                 }
             },
         };
-        let (key, _) = shard.open_conn(peer, spec.kind, 0);
+        let (key, _) = shard.open_conn(now, peer, spec.kind, 0);
         self.serial = self.serial.wrapping_add(1);
-        let read_timeout_ms = timeout_ms(shard.core.conns[key].read_timeout);
+        // Connect and keep-alive timeouts are the core's (its timer table); this one is for
+        // the drain of a graceful close only.
+        let read_timeout_ms = 0;
         let since = ms(self.epoch, now);
         let idx = self.slots.insert(Slot {
             fd,
@@ -585,7 +586,7 @@ impl Driver {
             if res > 0 && slot.open && !slot.eof && !slot.dead {
                 let at = usize::from(bid) * BUF_LEN;
                 let data = &self.pool[at..at + res as usize];
-                shard.core.stats.bytes_in += res as u64;
+                shard.core.bytes_in(now, slot.conn as usize, res as usize);
                 slot.read_since = ms(self.epoch, now);
                 match &mut slot.transport {
                     None => slot.bufs.rbuf().extend_from_slice(data),
@@ -656,16 +657,6 @@ impl Driver {
             }
             // `storage.durability = "sync"`: output past a durable gate waits.
             let limit = shard.write_limit(key);
-            let slot = &mut self.slots[idx];
-            let conn = &mut shard.core.conns[key];
-            let read_timeout_ms = timeout_ms(conn.read_timeout);
-            if read_timeout_ms != slot.read_timeout_ms {
-                slot.read_timeout_ms = read_timeout_ms;
-                slot.read_since = ms(self.epoch, now);
-                if let Some(t) = conn.read_timeout {
-                    self.schedule(idx, now + t);
-                }
-            }
             let slot = &mut self.slots[idx];
             let conn = &mut shard.core.conns[key];
             // 1. Hand the kernel what the shard queued (up to a durable gate), one send at a
@@ -932,32 +923,7 @@ impl Driver {
             }
             self.schedule(idx, now + (self.send_timeout - waited));
         }
-        let slot = &self.slots[idx];
-        if slot.recv_armed && !slot.recv_cancelling && slot.read_timeout_ms > 0 {
-            let waited = now_ms.wrapping_sub(slot.read_since);
-            if waited >= slot.read_timeout_ms {
-                let key = slot.conn as usize;
-                let conn = &shard.core.conns[key];
-                warn!(
-                    shard = shard.core.id,
-                    conn = conn.id,
-                    peer = ?conn.peer,
-                    phase = ?conn.phase,
-                    "keep-alive or connect timeout; closing"
-                );
-                shard.close_conn(
-                    key,
-                    Close {
-                        reason: ReasonCode::KEEP_ALIVE_TIMEOUT,
-                        why: "keep-alive timeout",
-                    },
-                );
-                self.mark_ready(idx);
-            } else {
-                let left = slot.read_timeout_ms - waited;
-                self.schedule(idx, now + Duration::from_millis(u64::from(left)));
-            }
-        }
+        // Connect and keep-alive timeouts are the core's (its timer table).
     }
 }
 

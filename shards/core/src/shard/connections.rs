@@ -11,6 +11,7 @@ impl ShardCore {
     /// back with the key from [`poll_conn`](Self::poll_conn).
     pub fn open_conn(
         &mut self,
+        now: Instant,
         peer: Option<std::net::SocketAddr>,
         listener: crate::ListenerKind,
         node_connections: usize,
@@ -29,6 +30,8 @@ impl ShardCore {
             key: key_u32,
             io_token,
             io_wanted: false,
+            last_in_ms: self.ms(now),
+            timer_bucket: timers::NO_BUCKET,
             session: None,
             protocol: None,
             read_timeout: Some(self.connect_timeout),
@@ -42,6 +45,7 @@ impl ShardCore {
             listener,
         });
         assert_eq!(inserted, key, "the slab fills its vacant key");
+        self.arm_conn_timer(now, key);
         (key, id)
     }
 

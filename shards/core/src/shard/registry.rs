@@ -276,6 +276,7 @@ impl ShardCore {
         let username = conn.ident.as_ref().and_then(|i| i.username.as_deref());
         debug!(shard = self.id, client_id = %accepted.client_id, ?username, peer = ?conn.peer, session_present = cs.session_present, "client connected");
         self.shared_set_online(cs.session, true);
+        self.arm_conn_timer(now, cs.conn);
         self.journal_flush(now, cs.session);
         if self.sessions[cs.session].session.is_journaled() {
             self.durable_gate(cs.conn, gate_at);
