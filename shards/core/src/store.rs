@@ -275,6 +275,10 @@ impl ShardLog {
     /// `client_id`'s staged records no longer cancel out (an image or a delete follows them).
     fn unstage(&mut self, client_id: &ByteStr) {
         if let Some(cs) = self.stages.remove(client_id) {
+            assert!(
+                self.awaiting >= cs.sent.len(),
+                "staged deliveries are counted"
+            );
             self.awaiting -= cs.sent.len();
         }
     }
@@ -313,6 +317,7 @@ impl ShardLog {
                     return false;
                 };
                 let (_, seq, sent, rel) = cs.sent.swap_remove(i);
+                assert!(self.awaiting > 0, "a staged delivery is counted");
                 self.awaiting -= 1;
                 cancel.push(sent);
                 cancel.extend(rel);
@@ -333,6 +338,7 @@ impl ShardLog {
         cancel.push(enqueued);
         if let Some(Record::Enqueued { delivery, .. }) = &self.staged[enqueued] {
             if let Some(p) = self.puts.get_mut(&delivery.message) {
+                assert!(p.1 > 0, "a staged put of the message is counted");
                 p.1 -= 1;
             }
         }

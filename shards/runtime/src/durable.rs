@@ -383,7 +383,8 @@ impl Shard {
         if d.failing {
             d.failing = false;
             f.failing.store(false, Ordering::Relaxed);
-            d.figures.failing_shards.fetch_sub(1, Ordering::Relaxed);
+            let was = d.figures.failing_shards.fetch_sub(1, Ordering::Relaxed);
+            assert!(was > 0, "a failing shard is counted");
             warn!(
                 shard = id,
                 "storage: writes succeed again; QoS 1/2 PUBLISHes accepted"

@@ -206,7 +206,8 @@ impl Shell {
 
     /// The driver is done with the connection.
     pub(crate) fn conn_closed(&mut self, now: Instant, key: ConnKey) {
-        self.connections.fetch_sub(1, Ordering::Relaxed);
+        let was = self.connections.fetch_sub(1, Ordering::Relaxed);
+        assert!(was > 0, "the node's connections are counted");
         if let Some(w) = self.conn_wakers.get_mut(key) {
             *w = None;
         }

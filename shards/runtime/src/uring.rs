@@ -77,6 +77,15 @@ pub(crate) const CLOSE_DRAIN: Duration = Duration::from_secs(2);
 /// ended it is closed (reset) past this. A well-behaved one reads the reason code long before.
 pub(crate) const CLOSE_DRAIN_BYTES: u32 = 1024 * 1024;
 
+// The limits' relations, checked when the crate compiles: a received buffer fits in a wire
+// batch and a plaintext chunk; the wheel ticks within a drain and within the core's timer
+// resolution; the ring holds every buffer's ProvideBuffers entry; the kinds fit the tag bits.
+const _: () = assert!(WIRE_BATCH_BYTES >= BUF_LEN && PLAIN_CHUNK_BYTES >= BUF_LEN);
+const _: () = assert!(TICK.as_millis() < CLOSE_DRAIN.as_millis());
+const _: () = assert!(TICK.as_millis() <= shardmq_core::TIMER_BUCKET.as_millis());
+const _: () = assert!(RING_ENTRIES as usize >= BUFS as usize);
+const _: () = assert!(K_CANCEL & !K_MASK == 0 && ROUNDS_MAX > 0);
+
 /// One connection, as the driver sees it.
 struct Slot {
     fd: OwnedFd,
@@ -182,6 +191,9 @@ pub(crate) struct Driver {
     pool: Box<[u8]>,
     /// Tick → slots to look at then.
     wheel: BTreeMap<u32, Vec<(u32, u32)>>,
+    /// The last turn ended early for a message a client waits on: the task yields its queue
+    /// (not only itself) so the flusher runs next.
+    cut_short: bool,
     epoch: Instant,
     serial: u32,
     /// Slots to drive in this turn.
@@ -288,6 +300,7 @@ impl Driver {
                 .collect(),
             pool: vec![0u8; usize::from(BUFS) * BUF_LEN].into_boxed_slice(),
             wheel: BTreeMap::new(),
+            cut_short: false,
             epoch: Instant::now(),
             serial: 0,
             ready: Vec::new(),
@@ -456,12 +469,20 @@ impl Driver {
         }
         let mut ready = std::mem::take(&mut self.ready);
         worked |= !ready.is_empty();
-        for idx in ready.drain(..) {
+        for (i, &idx) in ready.iter().enumerate() {
             if let Some(s) = self.slots.get_mut(idx as usize) {
                 s.ready = false;
                 self.drive(shard, now, idx as usize);
             }
+            if shard.core.urgent() {
+                // A route change or a session's move waits in the outbox: end the turn so the
+                // flusher sends it now; the connections not driven yet keep their place.
+                self.ready.extend_from_slice(&ready[i + 1..]);
+                self.cut_short = true;
+                break;
+            }
         }
+        ready.clear();
         if self.ready.is_empty() {
             self.ready = ready;
         }
@@ -951,7 +972,12 @@ pub(crate) async fn run(shard: Rc<RefCell<Shard>>, driver: Rc<RefCell<Driver>>, 
             d.turn(&mut s, Instant::now())
         };
         if worked {
-            futures_lite::future::yield_now().await;
+            let cut_short = std::mem::take(&mut driver.borrow_mut().cut_short);
+            if cut_short {
+                glommio::executor().yield_task_queue_now().await;
+            } else {
+                futures_lite::future::yield_now().await;
+            }
             continue;
         }
         poll_fn(|cx| {

@@ -23,6 +23,11 @@ use tracing::{debug, info};
 /// shard takes several calls, each bounded, rather than one long walk.
 pub const SCAN_MAX: usize = 4096;
 
+// A full page can come from one call's scan; traces are bounded in count, length and time.
+const _: () = assert!(crate::mgmt::MAX_PAGE <= SCAN_MAX);
+const _: () = assert!(crate::mgmt::TRACES_MAX > 0 && crate::mgmt::TRACE_MAX_PACKETS > 0);
+const _: () = assert!(crate::mgmt::TRACE_MAX_DURATION.as_secs() > 0);
+
 /// Clients traced on this shard.
 #[derive(Default)]
 pub struct Traces {
@@ -48,6 +53,10 @@ impl Trace {
 
     fn record(&mut self, at: SystemTime, inbound: bool, packet: String) {
         self.next_seq += 1;
+        assert!(
+            self.remaining > 0,
+            "a trace records only while packets remain"
+        );
         self.remaining -= 1;
         self.lines.push_back(TraceLine {
             seq: self.next_seq,

@@ -151,7 +151,12 @@ impl ShardCore {
         };
         let before = set.len();
         set.retain(|(k, _)| *k != skey as u32);
-        self.stats.subscriptions -= (before - set.len()) as u64;
+        let removed = (before - set.len()) as u64;
+        assert!(
+            self.stats.subscriptions >= removed,
+            "subscriptions are counted"
+        );
+        self.stats.subscriptions -= removed;
         if set.is_empty() {
             self.subs.remove(filter);
             let me = self.id;
@@ -348,12 +353,20 @@ impl ShardCore {
     /// cluster's commit of the route).
     pub(super) fn route_acked(&mut self, now: Instant, token: u64) {
         if let Some(rs) = self.route_syncs.get_mut(&token) {
+            assert!(
+                rs.remaining > 0,
+                "a route sync waits for this acknowledgement"
+            );
             rs.remaining -= 1;
             if rs.remaining == 0 {
                 let rs = self.route_syncs.remove(&token).expect("present");
                 self.finish_subscribe(now, rs);
             }
         } else if let Some(cs) = self.connect_syncs.get_mut(&token) {
+            assert!(
+                cs.remaining > 0,
+                "a connect sync waits for this acknowledgement"
+            );
             cs.remaining -= 1;
             if cs.remaining == 0 {
                 let cs = self.connect_syncs.remove(&token).expect("present");

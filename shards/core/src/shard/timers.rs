@@ -17,6 +17,9 @@ pub const TIMER_BUCKET: Duration = Duration::from_millis(100);
 /// it is closing) is looked at again this much later instead of timing out.
 pub const TIMER_RECHECK: Duration = Duration::from_secs(1);
 
+// A recheck lands in a later bucket than the one firing.
+const _: () = assert!(TIMER_RECHECK.as_millis() > TIMER_BUCKET.as_millis());
+
 /// No bucket: the connection is not in the table.
 pub(super) const NO_BUCKET: u32 = u32::MAX;
 
