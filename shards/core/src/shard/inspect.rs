@@ -58,6 +58,17 @@ impl ShardCore {
         self.registry.get(client_id).map(|e| e.shard)
     }
 
+    /// Claims of `client_id` this shard waits on: its CONNECTs waiting for the registry's
+    /// answer, and a takeover deferred until one of them lands.
+    pub fn claims_in_progress(&self, client_id: &str) -> usize {
+        let pending = self
+            .pending_connects
+            .values()
+            .filter(|p| p.accepted.client_id.as_str() == client_id)
+            .count();
+        pending + usize::from(self.deferred_takeovers.contains_key(client_id))
+    }
+
     /// Work in progress: claims waiting for the registry, SUBACKs and CONNACKs waiting for
     /// route acknowledgements, deferred takeovers, messages to itself. All zero once the node
     /// is quiet (nothing in flight between shards or on any connection).

@@ -1,0 +1,374 @@
+//! The in-memory harness: N `ShardCore`s (2..=4) and M MQTT clients (2..=8) driven from one
+//! seed, with no thread, socket or clock: the mesh between shards delivers batches FIFO per
+//! pair in any interleaving across pairs, connections carry encoded MQTT both ways, time is
+//! virtual. Clients (MQTT 5.0 and 3.1.1) connect, reconnect with Clean Start 0 to another
+//! shard (a takeover across shards), race two CONNECTs of one client id on two shards,
+//! subscribe and unsubscribe (plain and `$share/...` filters), publish at QoS 0/1/2 with unique
+//! payloads, acknowledge as a real client does (PUBACK; PUBREC → PUBREL → PUBCOMP; resends
+//! after reconnect) and disconnect, gracefully or not.
+//!
+//! Each property is its own test (`sim::Property`); all of them read one pass over the seeds.
+//! A property that a known core bug breaks on the default seeds is `#[ignore]`d, with the bug,
+//! a seed and the steps that show it in a comment; bugs that only rarer seeds hit have their
+//! own ignored `known_bug_*` test replaying that seed (the seeds are those of this version of
+//! the harness: changing what it draws changes every run).
+//!
+//! - `SHARD_SEED=n` replays seed `n` alone, with its whole step log on failure;
+//! - `SHARD_SEEDS=k` runs seeds `0..k` (default 1000).
+//!
+//! A failure names the property, the seed, how to replay it, and the end of its step log.
+
+/// Logs a line; its arguments are formatted only when the world keeps a log.
+macro_rules! note {
+    ($w:expr, $($arg:tt)*) => {
+        if $w.log.is_some() {
+            let line = format!($($arg)*);
+            $w.push_log(line);
+        }
+    };
+}
+
+/// Records a violation of a property; its arguments are formatted only when it is kept.
+macro_rules! violate {
+    ($w:expr, $p:expr, $($arg:tt)*) => {
+        if $w.wants($p) {
+            let what = format!($($arg)*);
+            $w.record($p, what);
+        }
+    };
+}
+
+#[path = "harness/check.rs"]
+mod check;
+#[path = "harness/rng.rs"]
+mod rng;
+#[path = "harness/sim.rs"]
+mod sim;
+
+use sim::{Property, Stats, World};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Seeds of a plain `cargo test`.
+const SEEDS_DEFAULT: u64 = 1000;
+/// Lines of the step log a failure prints (all of them when one seed is replayed).
+const LOG_TAIL_LINES: usize = 400;
+/// Failing seeds listed per property in the summary.
+const FAILURES_LISTED: usize = 8;
+
+/// Per property, the failing seeds with their first violation.
+type Failures = BTreeMap<Property, Vec<(u64, String)>>;
+
+/// What one pass over the seeds found.
+struct Summary {
+    seeds: u64,
+    /// Per property: the failing seeds (ascending) with their first violation.
+    failures: Failures,
+    stats: Stats,
+    elapsed: Duration,
+}
+
+static SUMMARY: OnceLock<Summary> = OnceLock::new();
+
+fn env_u64(name: &str) -> Option<u64> {
+    let v = std::env::var(name).ok()?;
+    Some(
+        v.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+    )
+}
+
+/// The seeds to run: `SHARD_SEED` alone, or `0..SHARD_SEEDS`.
+fn seeds() -> (u64, u64) {
+    match env_u64("SHARD_SEED") {
+        Some(seed) => (seed, seed + 1),
+        None => (0, env_u64("SHARD_SEEDS").unwrap_or(SEEDS_DEFAULT)),
+    }
+}
+
+/// Runs every seed once, on every CPU, and keeps what each property's test needs.
+fn summary() -> &'static Summary {
+    SUMMARY.get_or_init(|| {
+        let (first, end) = seeds();
+        if end - first == 1 {
+            eprintln!("harness: seed {first}");
+        }
+        let started = Instant::now();
+        let next = AtomicU64::new(first);
+        let found: Mutex<(Failures, Stats)> = Mutex::new((BTreeMap::new(), Stats::default()));
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| {
+                    let mut stats = Stats::default();
+                    let mut failures = Vec::new();
+                    loop {
+                        let seed = next.fetch_add(1, Ordering::Relaxed);
+                        if seed >= end {
+                            break;
+                        }
+                        let mut world = World::new(seed, false);
+                        world.run();
+                        stats.add(&world.stats);
+                        for (p, (_, what)) in world.violations {
+                            failures.push((p, seed, what));
+                        }
+                    }
+                    let mut found = found.lock().expect("no thread panics holding it");
+                    found.1.add(&stats);
+                    for (p, seed, what) in failures {
+                        found.0.entry(p).or_default().push((seed, what));
+                    }
+                });
+            }
+        });
+        let (by_property, stats) = found.into_inner().expect("no thread panicked");
+        let elapsed = started.elapsed();
+        let mut failures = by_property;
+        for v in failures.values_mut() {
+            v.sort_by_key(|&(seed, _)| seed);
+        }
+        let seeds = end - first;
+        let s = Summary {
+            seeds,
+            failures,
+            stats,
+            elapsed,
+        };
+        report(&s);
+        s
+    })
+}
+
+/// One line on what the pass did (the bench script reads `seeds/s`), one on what it checked.
+fn report(s: &Summary) {
+    let secs = s.elapsed.as_secs_f64();
+    let st = &s.stats;
+    eprintln!(
+        "harness: {} seeds in {secs:.2} s ({:.0} seeds/s): {} events, {} client actions, {} connects, {} moves, {} races, {} publishes, {} deliveries, {} quiet points",
+        s.seeds,
+        s.seeds as f64 / secs.max(1e-9),
+        st.events,
+        st.actions,
+        st.connects,
+        st.moves,
+        st.races,
+        st.publishes,
+        st.deliveries,
+        st.quiet_points
+    );
+    let checked: Vec<String> = Property::ALL
+        .iter()
+        .map(|&p| format!("{p:?} {}", st.checked[p as usize]))
+        .collect();
+    eprintln!("harness: expectations checked: {}", checked.join(", "));
+    for (p, failing) in &s.failures {
+        eprintln!(
+            "harness: {p:?} fails on {} of {} seeds",
+            failing.len(),
+            s.seeds
+        );
+        for (seed, what) in failing.iter().take(FAILURES_LISTED) {
+            eprintln!("harness:   seed {seed}: {what}");
+        }
+    }
+}
+
+/// The test of property `p`: fails with the first failing seed, replayed with its step log.
+fn check(p: Property) {
+    let s = summary();
+    let Some(failing) = s.failures.get(&p) else {
+        return;
+    };
+    let (seed, first) = &failing[0];
+    let header = format!(
+        "property {p:?} fails on {} of {} seeds; seed {seed}: {first}",
+        failing.len(),
+        s.seeds
+    );
+    replay(*seed, p, header, s.seeds == 1);
+}
+
+/// Runs `seed` with its step log; panics with it (all of it if `whole`, else its end) if
+/// property `p` fails there.
+fn replay(seed: u64, p: Property, header: String, whole: bool) {
+    let mut world = World::new(seed, true);
+    world.run();
+    let Some((step, what)) = world.violations.get(&p) else {
+        assert!(
+            header.is_empty(),
+            "{header}\nthe replay did not fail: the harness is not deterministic"
+        );
+        return;
+    };
+    let log = world.log.take().unwrap_or_default();
+    let from = if whole {
+        0
+    } else {
+        log.len().saturating_sub(LOG_TAIL_LINES)
+    };
+    panic!(
+        "{header}\n\
+         property {p:?} fails on seed {seed} at step {step}: {what}\n\
+         replay: SHARD_SEED={seed} cargo test -p shardmq-core --test harness\n\
+         step log{}:\n{}",
+        if from > 0 {
+            format!(" (last {} of {} lines)", log.len() - from, log.len())
+        } else {
+            String::new()
+        },
+        log[from..].join("\n")
+    );
+}
+
+#[test]
+fn settles_without_livelock() {
+    check(Property::Progress);
+}
+
+#[test]
+fn clients_see_a_well_formed_conversation() {
+    check(Property::Conversation);
+}
+
+/// Passes on the default seeds; over 100,000 seeds it fails on 12, through a superseded
+/// deferred takeover that loses the session (`known_bug_superseded_takeover_loses_the_session`).
+#[test]
+fn p1_at_most_one_session_per_client_id_where_the_registry_says() {
+    check(Property::OneSession);
+}
+
+// Core bug (crossing takeovers deadlock): claims from shards A and B for one client id reach
+// the registry A's first, while the previous holder is B (the session lives there, or B's own
+// earlier claim does). The registry sends Takeover(to A) to B and then, for B's claim,
+// Takeover(to B) to A. `takeover` (`registry.rs`) defers a takeover while the shard's own claim
+// for the client is in flight, so B waits for its claim's Handoff before handing the session
+// to A, and A waits for that session before answering B: neither Handoff is ever sent, both
+// connections stay in Claiming, and the client id stays stuck (later claims are deferred behind
+// them). Deferring is right only for a takeover that answers a claim registered after the
+// shard's own (the registry could send the token of the registration it takes over). Seed 1:
+// c0 races cores 2 and 1 while its session is offline on core 1; the registry (core 0) takes
+// core 2's claim (step 175), then core 1's (178); Takeover(to 2) waits on core 1 (179),
+// Takeover(to 1) on core 2 (180). Replay: SHARD_SEED=1 cargo test -p shardmq-core --test
+// harness -- --ignored p1_takeover
+#[test]
+#[ignore = "core bug: crossing takeovers deadlock (see the comment)"]
+fn p1_takeover_races_resolve_with_every_claim_answered() {
+    check(Property::RaceResolves);
+}
+
+// Core bug (a SUBACK not held for a route still in flight): a SUBACK waits for the other
+// shards' RouteAcks only when the filter is new on the subscriber's shard (`run_actions`:
+// `trie_insert` true), and the CONNACK of a resumed session likewise only for the filters new
+// there (`handoff`). When another session on that shard already has the filter but its route is
+// not settled everywhere, the SUBACK (or CONNACK) goes at once: (a) the other session's own
+// RouteAdd is still in flight (it subscribed just before), or (b) that session was just taken
+// over on this same shard, so a RouteDel for the filter is on its way to the other shards, its
+// RouteAdd behind it. A publish on another shard after that SUBACK or CONNACK can miss the
+// subscriber. Seed 61 (a): c1 subscribes t/c/+ on core 0 (step 226), c3 subscribes t/c/+ on
+// core 0 (step 239) and gets its SUBACK while core 1 has not applied RouteAdd(t/c/+ shard 0)
+// (step 243). Seed 5603 (b): c4's SUBACK for t/# on core 1 (step 209) passes RouteDel(t/#
+// shard 1) on its way to core 2 (applied at step 214, RouteAdd at 265); m22 (t/a, QoS 0),
+// published on core 2 at step 246, never reaches c4. Seed 23501 (a, CONNACK): c3's session
+// resumes on core 1 (step 180), whose t/+ and t/c/+ c5 subscribed just before; m23 (t/b,
+// published on core 0 at step 202) never reaches c3. Property 3 for connected subscribers
+// fails through it on 1 seed in 5,000 or so (see below).
+#[test]
+#[ignore = "core bug: a SUBACK is not held for a route still in flight (see the comment)"]
+fn p2_no_suback_before_every_replica_routes_the_filter() {
+    check(Property::SubackAfterRoutes);
+}
+
+/// Passes on the default seeds; over 100,000 seeds it fails on 23, each through a known core
+/// bug: a SUBACK or CONNACK not held for a route still in flight (seeds 5603, 23501; see
+/// property 2) or a superseded deferred takeover that loses the session (seed 10327).
+#[test]
+fn p3_publish_after_suback_reaches_a_connected_subscriber() {
+    check(Property::DeliveredWhileConnected);
+}
+
+// Core bug (messages lost while a session moves): a takeover tears the session's routes down
+// on the old shard (`extract_session` → `trie_remove` → RouteDel to every shard) and the new
+// shard announces them again (`handoff` → RouteAdd). A publish routed meanwhile by a shard
+// that has applied the RouteDel but not yet the RouteAdd, or that reaches the old shard after
+// the session left it, finds no subscriber and is dropped: a QoS 1/2 message sent after the
+// SUBACK never reaches the persistent session (Clean Start 0) that moved. Seed 10: m12 (t/a,
+// QoS 1) is routed by core 1 at step 263, between RouteDel(t/# shard 0) (step 262) and
+// RouteAdd(t/# shard 0) (step 271): c2's session is being taken over on core 0 by a racing
+// connection there.
+#[test]
+#[ignore = "core bug: QoS 1/2 messages lost while a session moves (see the comment)"]
+fn p3_p5_qos1_qos2_after_suback_reach_a_persistent_session_through_takeovers() {
+    check(Property::DeliveredAfterReconnect);
+}
+
+#[test]
+fn p4_shared_group_message_goes_to_exactly_one_member() {
+    check(Property::SharedOnce);
+}
+
+/// Passes on the default seeds; over 100,000 seeds it fails on 8, through a superseded deferred
+/// takeover that loses the session (`known_bug_superseded_takeover_loses_the_session`).
+#[test]
+fn p5_persistent_sessions_kept_through_takeovers() {
+    check(Property::SessionKept);
+}
+
+/// Passes on the default seeds; over 100,000 seeds it fails on 46, through a QoS 2 message
+/// delivered twice to a session that moves (`known_bug_qos2_twice_to_a_session_that_moves`).
+#[test]
+fn p5_qos2_exactly_once_through_takeovers() {
+    check(Property::ExactlyOnce);
+}
+
+// Known core bugs that only rare seeds hit (the default seeds pass): each replays its seed.
+
+/// Core bug (a superseded deferred takeover loses the session; properties 1 and 5, and 3
+/// through it): the shard holding a client's
+/// session defers a takeover T1 while its own claim C for the client is in flight; a newer
+/// takeover T2 replaces T1 (`registry.rs`, `takeover`: Superseded to T1's claimer), so the
+/// session is never handed to T1's claimer, which then answers C with `Handoff(None)`; the
+/// holder's `handoff` installs a fresh session over the one it holds (`by_client` is
+/// overwritten, the old slot stays in the slab, its subscriptions in the trie). The client's
+/// persistent session is lost (CONNACK Session Present 0, subscriptions and queue gone) and a
+/// second, unreachable session of the same client id stays. Seed 10327 (8 of 100,000 seeds for
+/// Session Present, 12 for two sessions): c0's session is offline on core 2; claims from core
+/// 1, core 2 and core 0 cross; core 2 defers Takeover(to 1) (step 118), replaces it by
+/// Takeover(to 0) (124), gets Handoff(none) for its own claim (131) and CONNACKs without the
+/// session, which stays on core 2 next to the one core 0 then gets.
+#[test]
+#[ignore = "core bug: a superseded deferred takeover loses the session (see the comment)"]
+fn known_bug_superseded_takeover_loses_the_session() {
+    replay(10327, Property::SessionKept, String::new(), false);
+    replay(9484, Property::OneSession, String::new(), false);
+}
+
+/// Core bug (a QoS 2 message twice to a session that moves): a publish goes to every shard
+/// whose replica routes its topic, once per shard. When the subscriber's session moves from
+/// shard A to shard B between the copy reaching A (delivered, carried along in the session's
+/// inflight window) and the copy reaching B (B now holds the session: delivered again), the
+/// session gets the message twice under two packet ids: QoS 2 is no longer exactly once (for
+/// QoS 1 it is a duplicate, which is allowed). Seed 1024 (46 of 100,000 seeds): m23 (t/b, QoS
+/// 2) from core 1 reaches c6's session on core 2 (step 291, pkid 1); the session moves to core
+/// 0 (step 308), and core 1's copy for core 0 arrives there at step 315: c6 reads pkid 1 (dup)
+/// and pkid 2.
+#[test]
+#[ignore = "core bug: a QoS 2 message twice to a session that moves (see the comment)"]
+fn known_bug_qos2_twice_to_a_session_that_moves() {
+    replay(1024, Property::ExactlyOnce, String::new(), false);
+}
+
+/// The harness itself: a seed replays the same run.
+#[test]
+fn a_seed_replays_the_same_run() {
+    let (first, _) = seeds();
+    let mut a = World::new(first, true);
+    a.run();
+    let mut b = World::new(first, true);
+    b.run();
+    assert_eq!(a.log, b.log, "seed {first} ran twice differently");
+    assert_eq!(a.stats.events, b.stats.events);
+}
