@@ -181,6 +181,10 @@ pub enum ShardMsg {
         to: ShardId,
         /// The claim's token.
         token: u64,
+        /// The registration the claim replaces: the token of the claim (or session) the
+        /// receiver registered before. If that claim is still in flight on the receiver, the
+        /// takeover waits for it; otherwise it concerns the session the receiver holds now.
+        replaces: u64,
         /// Clean start: drop the session instead of sending it.
         discard: bool,
     },

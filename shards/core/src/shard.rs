@@ -151,6 +151,9 @@ struct RouteSync {
     conn_id: u64,
     session: SessionKey,
     remaining: usize,
+    /// `route_seq` when the round went out: once every shard answered, every route
+    /// announcement up to it is applied everywhere.
+    seq: u64,
     ack: SubAck,
     retained: Vec<(ByteStr, Subscription, bool)>,
 }
@@ -163,6 +166,8 @@ struct ConnectSync {
     /// The session's registration token: a takeover while waiting replaces the session.
     reg_token: u64,
     remaining: usize,
+    /// As `RouteSync::seq`.
+    seq: u64,
     accepted: Accepted,
     session_present: bool,
 }
@@ -224,8 +229,17 @@ pub struct ShardCore {
     /// Credentials for the verifier, polled by the shell (`poll_verify`).
     verify_out: Vec<(u64, Credentials)>,
     /// Takeovers that arrived while this shard's own claim for the client was in flight.
-    deferred_takeovers: ahash::AHashMap<ByteStr, (ShardId, u64, bool)>,
+    deferred_takeovers: ahash::AHashMap<ByteStr, (ShardId, u64, u64, bool)>,
     route_syncs: ahash::AHashMap<u64, RouteSync>,
+    /// Route announcements this shard sent (RouteAdd, RouteDel, SharedRoute), counted.
+    route_seq: u64,
+    /// Every announcement up to this one is applied on every shard (a sync round sent after
+    /// it came back complete; the mesh keeps each pair's order).
+    route_settled: u64,
+    /// Filters whose last announcement from here may not be applied everywhere yet, with its
+    /// number: a SUBACK or CONNACK for such a filter waits for a round of its own even when
+    /// the filter is not new here (another session's SUBSCRIBE of it is still in flight).
+    route_fresh: ahash::AHashMap<ByteStr, u64>,
     connect_syncs: ahash::AHashMap<u64, ConnectSync>,
     offline: BTreeSet<(Instant, SessionKey, u64)>,
     /// Wills waiting for their Will Delay Interval, by client id.
@@ -360,6 +374,9 @@ impl ShardCore {
             verify_out: Vec::new(),
             deferred_takeovers: Default::default(),
             route_syncs: Default::default(),
+            route_seq: 0,
+            route_settled: 0,
+            route_fresh: Default::default(),
             connect_syncs: Default::default(),
             offline: BTreeSet::new(),
             delayed_wills: DelayedWills::default(),

@@ -80,6 +80,7 @@ impl ShardCore {
                             client_id,
                             to: shard,
                             token,
+                            replaces: p.token,
                             discard: clean_start,
                         },
                     ),
@@ -120,8 +121,9 @@ impl ShardCore {
                 client_id,
                 to,
                 token,
+                replaces,
                 discard,
-            } => self.takeover(now, client_id, to, token, discard),
+            } => self.takeover(now, client_id, to, token, replaces, discard),
             ShardMsg::Handoff {
                 client_id,
                 token,

@@ -74,23 +74,25 @@ impl ShardCore {
         client_id: ByteStr,
         to: ShardId,
         token: u64,
+        replaces: u64,
         discard: bool,
     ) {
-        // A claim of ours still in flight for this client, other than the one this takeover
-        // answers (when the old session lives on the claiming shard, the takeover comes back
-        // here for that very claim, and deferring it would wait for itself).
+        // The registry replaced the registration of a claim of ours that is still in flight:
+        // that claim was registered first, so it gets the session first; this takeover runs
+        // once its Handoff lands. Any other takeover concerns the session held here now (a
+        // claim of ours registered later than this one gets its own takeover in turn: waiting
+        // for it here would wait on a shard that waits on us).
         if self
             .pending_connects
-            .iter()
-            .any(|(&t, p)| t != token && p.accepted.client_id == client_id)
+            .get(&replaces)
+            .is_some_and(|p| p.accepted.client_id == client_id)
         {
-            // An earlier claim of ours is still in flight: run this takeover once it lands.
             // A takeover already waiting here belongs to a claim this newer one supersedes
             // (the registry now names the newer claimer): that connection lost the race
             // before its CONNACK and is closed, as if taken over at once.
-            if let Some((old_to, old_token, _)) = self
+            if let Some((old_to, old_token, _, _)) = self
                 .deferred_takeovers
-                .insert(client_id, (to, token, discard))
+                .insert(client_id, (to, token, replaces, discard))
             {
                 self.send(old_to, ShardMsg::Superseded { token: old_token });
             }
@@ -190,11 +192,12 @@ impl ShardCore {
         let sync = self.token();
         let mut remaining = 0;
         for (filter, sub) in filters {
-            if self.trie_insert(&filter, skey, sub) {
+            let inserted = self.trie_insert(&filter, skey, sub);
+            if inserted || (conn_alive && self.route_unsettled(&filter)) {
                 let synced = conn_alive && self.nshards > 1;
                 self.announce_route(&filter, synced.then_some(sync));
                 remaining += if synced { self.nshards - 1 } else { 0 };
-                if !is_shared(&filter) {
+                if inserted && !is_shared(&filter) {
                     let shard = self.id;
                     self.tell_cluster(ToCluster::RouteAdd {
                         filter,
@@ -210,6 +213,7 @@ impl ShardCore {
             session: skey,
             reg_token: token,
             remaining,
+            seq: self.route_seq,
             accepted,
             session_present,
         };
@@ -220,8 +224,8 @@ impl ShardCore {
         } else {
             self.finish_connect(now, cs);
         }
-        if let Some((to, t, discard)) = self.deferred_takeovers.remove(&client_id) {
-            self.takeover(now, client_id, to, t, discard);
+        if let Some((to, t, replaces, discard)) = self.deferred_takeovers.remove(&client_id) {
+            self.takeover(now, client_id, to, t, replaces, discard);
         }
     }
 

@@ -22,11 +22,14 @@ impl ShardCore {
                     subscription,
                     existed,
                 } => {
-                    let new_route = self.trie_insert(&filter, skey, subscription);
+                    let inserted = self.trie_insert(&filter, skey, subscription);
+                    // Not new here, but its announcement (another session's SUBSCRIBE) may
+                    // still be on its way: announce again, and wait like the first did.
+                    let new_route = inserted || self.route_unsettled(&filter);
                     // The SUBACK waits for every other shard and, in a cluster, for the
                     // node's route to commit (read-your-writes: a publish anywhere after the
                     // SUBACK reaches this subscriber).
-                    let clustered = new_route && self.cluster.is_some() && !is_shared(&filter);
+                    let clustered = inserted && self.cluster.is_some() && !is_shared(&filter);
                     let waits =
                         if new_route { self.nshards - 1 } else { 0 } + usize::from(clustered);
                     let token = (waits > 0).then(|| match sync {
@@ -62,6 +65,7 @@ impl ShardCore {
                         session: skey,
                         remaining: 0,
                         ack,
+                        seq: self.route_seq,
                         retained: std::mem::take(&mut retained),
                     };
                     match sync.take() {
@@ -172,7 +176,34 @@ impl ShardCore {
         }
     }
 
+    /// Whether the last announcement of `filter` from here may not be applied everywhere.
+    pub(super) fn route_unsettled(&self, filter: &ByteStr) -> bool {
+        self.nshards > 1
+            && self
+                .route_fresh
+                .get(filter)
+                .is_some_and(|&seq| seq > self.route_settled)
+    }
+
+    /// A sync round sent at `seq` came back from every shard.
+    pub(super) fn route_round_done(&mut self, seq: u64) {
+        if seq > self.route_settled {
+            self.route_settled = seq;
+            let settled = seq;
+            self.route_fresh.retain(|_, s| *s > settled);
+        }
+    }
+
+    /// Counts an announcement of `filter` (to every other shard).
+    pub(super) fn route_announced(&mut self, filter: &ByteStr) {
+        if self.nshards > 1 {
+            self.route_seq += 1;
+            self.route_fresh.insert(filter.clone(), self.route_seq);
+        }
+    }
+
     pub(super) fn announce_route(&mut self, filter: &ByteStr, sync: Option<u64>) {
+        self.route_announced(filter);
         if let Some(key) = SharedKey::of(filter) {
             return self.announce_shared(key, sync);
         }
@@ -360,6 +391,7 @@ impl ShardCore {
             rs.remaining -= 1;
             if rs.remaining == 0 {
                 let rs = self.route_syncs.remove(&token).expect("present");
+                self.route_round_done(rs.seq);
                 self.finish_subscribe(now, rs);
             }
         } else if let Some(cs) = self.connect_syncs.get_mut(&token) {
@@ -370,6 +402,7 @@ impl ShardCore {
             cs.remaining -= 1;
             if cs.remaining == 0 {
                 let cs = self.connect_syncs.remove(&token).expect("present");
+                self.route_round_done(cs.seq);
                 self.finish_connect(now, cs);
             }
         }

@@ -1531,8 +1531,11 @@ pub fn describe(m: &ShardMsg) -> String {
             client_id,
             to,
             token,
+            replaces,
             discard,
-        } => format!("Takeover({client_id} to {to} token {token:x} discard {discard})"),
+        } => format!(
+            "Takeover({client_id} to {to} token {token:x} replaces {replaces:x} discard {discard})"
+        ),
         ShardMsg::Superseded { token } => format!("Superseded({token:x})"),
         ShardMsg::Handoff {
             client_id,
