@@ -967,11 +967,24 @@ mod tests {
     /// Resumable walks: against a model of the store, in level order, under changes between
     /// steps, and with the work of each step counted.
     mod walks {
+        use std::collections::{BTreeMap, BTreeSet};
+
+        use proptest::prelude::*;
+
         use super::*;
 
         /// What a walk looks for: a filter, or every topic (`None`).
         fn query(filter: Option<&str>) -> Pending<'_> {
             filter.map_or(Pending::Subtree, |f| Pending::Levels(Some(f)))
+        }
+
+        fn matches_query(filter: Option<&str>, topic: &str) -> bool {
+            filter.is_none_or(|f| filter_matches(f, topic))
+        }
+
+        /// A topic's place in level order.
+        fn place(topic: &str) -> Vec<&str> {
+            topic.split('/').collect()
         }
 
         fn levels(cursor: Option<&WalkCursor>) -> usize {
@@ -1018,6 +1031,18 @@ mod tests {
                 }
                 assert!(steps <= store.root.count(), "no progress");
             }
+        }
+
+        /// The topics of `store` that the query matches, in level order.
+        fn expected(topics: &[&str], filter: Option<&str>) -> Vec<String> {
+            let mut found: Vec<&str> = topics
+                .iter()
+                .copied()
+                .filter(|t| matches_query(filter, t))
+                .collect();
+            found.sort_by(|a, b| place(a).cmp(&place(b)));
+            found.dedup();
+            found.into_iter().map(str::to_owned).collect()
         }
 
         #[test]
@@ -1200,6 +1225,194 @@ mod tests {
                 None
             );
             assert_eq!(seen, ["$SYS/x", "a", "a/b", "c/d/e"]);
+        }
+
+        /// Levels of the walk tests: the usual small alphabet, levels just below and above `$`,
+        /// and 24 numbers so that some nodes have more than [`FEW_CHILDREN_MAX`] children.
+        fn level() -> impl Strategy<Value = String> {
+            let names = vec!["a", "b", "", "$SYS", "$", "%", "!", "a!"];
+            prop_oneof![
+                prop::sample::select(names).prop_map(str::to_owned),
+                (0..24u8).prop_map(|n| n.to_string()),
+            ]
+        }
+
+        fn walk_topic() -> impl Strategy<Value = String> {
+            prop::collection::vec(level(), 1..5).prop_map(|l| match l.join("/") {
+                t if t.is_empty() => "/".to_owned(),
+                t => t,
+            })
+        }
+
+        /// A filter, with `+` and `#`, or `None` for a walk of every topic.
+        fn walk_filter() -> impl Strategy<Value = Option<String>> {
+            let level = prop_oneof![3 => level(), 1 => Just("+".to_owned())];
+            let filter = (prop::collection::vec(level, 0..5), any::<bool>()).prop_map(
+                |(mut levels, hash)| {
+                    if hash || levels.is_empty() || levels == [""] {
+                        levels.push("#".to_owned());
+                    }
+                    levels.join("/")
+                },
+            );
+            prop_oneof![4 => filter.prop_map(Some), 1 => Just(None)]
+        }
+
+        /// A change to the store between two steps.
+        #[derive(Debug, Clone)]
+        enum Change {
+            Insert(String),
+            Remove(String),
+            /// Drops every topic whose first level is this.
+            RetainNot(String),
+        }
+
+        fn change(topics: Vec<String>) -> impl Strategy<Value = Change> {
+            let pick = prop::sample::select(topics);
+            prop_oneof![
+                2 => walk_topic().prop_map(Change::Insert),
+                1 => pick.clone().prop_map(Change::Insert),
+                2 => pick.prop_map(Change::Remove),
+                1 => level().prop_map(Change::RetainNot),
+            ]
+        }
+
+        /// Steps of a walk: each a budget and the changes made after it.
+        type Steps = Vec<(usize, Vec<Change>)>;
+
+        /// A store, a query, and steps.
+        fn walk_case() -> impl Strategy<Value = (Vec<String>, Option<String>, Steps)> {
+            prop::collection::vec(walk_topic(), 1..80).prop_flat_map(|topics| {
+                let steps = prop::collection::vec(
+                    (
+                        1..12usize,
+                        prop::collection::vec(change(topics.clone()), 0..4),
+                    ),
+                    0..30,
+                );
+                (Just(topics), walk_filter(), steps)
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn steps_without_changes_visit_what_for_each_match_does(
+                topics in prop::collection::vec(walk_topic(), 0..80),
+                filter in walk_filter(),
+                budget in 1..20usize,
+            ) {
+                let store = store_of(&topics.iter().map(String::as_str).collect::<Vec<_>>());
+                let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+                let want = expected(&refs, filter.as_deref());
+                let (seen, _) = walk_in_steps(&store, filter.as_deref(), budget);
+                prop_assert_eq!(&seen, &want);
+                let (seen, steps) = walk_in_steps(&store, filter.as_deref(), usize::MAX);
+                prop_assert_eq!(&seen, &want);
+                prop_assert_eq!(steps, 1);
+                if let Some(filter) = filter.as_deref() {
+                    let mut order = Vec::new();
+                    store.for_each_match(filter, |t, _| order.push(t.to_owned()));
+                    prop_assert_eq!(&order, &want);
+                }
+            }
+
+            #[test]
+            fn any_cursor_resumes_after_its_place(
+                topics in prop::collection::vec(walk_topic(), 0..80),
+                filter in walk_filter(),
+                after in walk_topic(),
+                budget in 1..20usize,
+            ) {
+                // Any cursor, also one that no walk of this filter would return: the walk goes
+                // on with the matching topics after its place, and only those.
+                let store = store_of(&topics.iter().map(String::as_str).collect::<Vec<_>>());
+                let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+                let want: Vec<String> = expected(&refs, filter.as_deref())
+                    .into_iter()
+                    .filter(|t| place(t) > place(&after))
+                    .collect();
+                let mut cursor = Some(WalkCursor { topic: after.as_str().into() });
+                let mut seen = Vec::new();
+                while let Some(at) = cursor {
+                    cursor = step(&store, filter.as_deref(), Some(&at), budget, &mut |t, _| {
+                        seen.push(t.to_owned());
+                    });
+                    prop_assert!(seen.len() <= topics.len());
+                    if let Some(next) = &cursor {
+                        prop_assert!(place(next.topic()) > place(at.topic()), "no progress");
+                    }
+                }
+                prop_assert_eq!(seen, want);
+            }
+
+            #[test]
+            fn steps_under_changes_keep_their_guarantees(
+                (topics, filter, steps) in walk_case(),
+            ) {
+                let filter = filter.as_deref();
+                // The store holds (topic, version); the model the version of each topic.
+                let mut store = RetainedStore::new();
+                let mut model: BTreeMap<String, u32> = BTreeMap::new();
+                let mut version = 0u32;
+                for t in &topics {
+                    version += 1;
+                    store.insert(t, (t.clone(), version));
+                    model.insert(t.clone(), version);
+                }
+                // Topics stored, with any value, since the walk began.
+                let mut throughout: BTreeSet<String> = model.keys().cloned().collect();
+                let mut visited: BTreeSet<String> = BTreeSet::new();
+                let mut last: Option<String> = None;
+                let mut cursor = None;
+                let mut changes = steps.into_iter();
+                let mut quiet_steps = 0usize;
+                loop {
+                    let (budget, change) = changes.next().unwrap_or((3, Vec::new()));
+                    let mut visit = |t: &str, (topic, v): &(String, u32)| {
+                        assert_eq!(t, topic);
+                        assert_eq!(model.get(t), Some(v), "visited {} with its value now", t);
+                        assert!(matches_query(filter, t), "{t} does not match");
+                        assert!(visited.insert(t.to_owned()), "{t} visited twice");
+                        if let Some(last) = &last {
+                            assert!(place(last) < place(t), "{t} after {last}");
+                        }
+                        last = Some(t.to_owned());
+                    };
+                    cursor = step(&store, filter, cursor.as_ref(), budget, &mut visit);
+                    if cursor.is_none() {
+                        break;
+                    }
+                    if change.is_empty() {
+                        quiet_steps += 1;
+                        prop_assert!(quiet_steps <= store.root.count(), "no progress");
+                    }
+                    for c in change {
+                        match c {
+                            Change::Insert(t) => {
+                                version += 1;
+                                store.insert(&t, (t.clone(), version));
+                                model.insert(t, version);
+                            }
+                            Change::Remove(t) => {
+                                prop_assert_eq!(store.remove(&t).map(|v| v.1), model.remove(&t));
+                                throughout.remove(&t);
+                            }
+                            Change::RetainNot(first) => {
+                                let keep = |t: &str| t.split('/').next() != Some(first.as_str());
+                                store.retain(|t, _| keep(t));
+                                model.retain(|t, _| keep(t));
+                                throughout.retain(|t| keep(t));
+                            }
+                        }
+                    }
+                    prop_assert_eq!(store.len(), model.len());
+                }
+                for t in &throughout {
+                    if matches_query(filter, t) {
+                        prop_assert!(visited.contains(t), "{} stored throughout, not visited", t);
+                    }
+                }
+            }
         }
     }
 }
