@@ -1,7 +1,7 @@
 # Shared by the measure-*.sh scripts (sourced, not run): build, start and watch a broker.
 # Expects ROOT (the repository) and WORK (a scratch directory) to be set.
 
-BROKER="$ROOT/target/release/shardmq"
+BROKER=${BROKER:-"$ROOT/target/release/shardmq"}
 BENCH="$ROOT/target/release/shardmq-bench"
 CAPACITY="$ROOT/target/release/shardmq-capacity"
 BROKER_PID=""

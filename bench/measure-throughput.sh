@@ -15,7 +15,7 @@ WORK=$(mktemp -d /tmp/shardmq-throughput.XXXXXX)
 source "$ROOT/bench/broker.sh"
 trap cleanup EXIT
 
-build
+[[ -n "${SKIP_BUILD:-}" ]] || build
 start_broker
 cpus=()
 if [[ -n "${BENCH_CPUS:-}" ]]; then cpus=(--cpus "$BENCH_CPUS"); fi

@@ -60,7 +60,7 @@ pub use chunk_slab::ChunkSlab;
 pub use settings::{CoreSettings, SettingsError};
 pub use shard::{
     ClusterShard, Conn, ConnKey, Phase, SessionKey, ShardCore, ShardStats, CLUSTER_OUT_MAX,
-    TIMER_BUCKET, TIMER_RECHECK,
+    RETAINED_STEP_NODES, TIMER_BUCKET, TIMER_RECHECK,
 };
 
 /// What a listener speaks under MQTT.

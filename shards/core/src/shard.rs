@@ -158,6 +158,22 @@ struct RouteSync {
     retained: Vec<(ByteStr, Subscription, bool)>,
 }
 
+/// A wildcard subscribe's retained messages, delivered over several turns.
+struct RetainedWalk {
+    conn: ConnKey,
+    conn_id: u64,
+    session: SessionKey,
+    filter: ByteStr,
+    sub: Subscription,
+    /// Where the last step stopped (`None`: not started).
+    cursor: Option<shardmq_broker::retain::WalkCursor>,
+}
+
+/// Retained replica nodes a shard examines per turn for the retained deliveries of new
+/// subscriptions (bounds the time a wildcard subscribe over a million retained topics holds
+/// the shard's loop; the rest waits for the next turn).
+pub const RETAINED_STEP_NODES: usize = 4096;
+
 /// A CONNACK held until every shard routes the subscriptions the session brought along.
 struct ConnectSync {
     conn: ConnKey,
@@ -231,6 +247,8 @@ pub struct ShardCore {
     /// Takeovers that arrived while this shard's own claim for the client was in flight.
     deferred_takeovers: ahash::AHashMap<ByteStr, (ShardId, u64, u64, bool)>,
     route_syncs: ahash::AHashMap<u64, RouteSync>,
+    /// Retained deliveries still walking the replica, in order.
+    retained_walks: VecDeque<RetainedWalk>,
     /// Route announcements this shard sent (RouteAdd, RouteDel, SharedRoute), counted.
     route_seq: u64,
     /// Every announcement up to this one is applied on every shard (a sync round sent after
@@ -374,6 +392,7 @@ impl ShardCore {
             verify_out: Vec::new(),
             deferred_takeovers: Default::default(),
             route_syncs: Default::default(),
+            retained_walks: VecDeque::new(),
             route_seq: 0,
             route_settled: 0,
             route_fresh: Default::default(),
@@ -553,7 +572,9 @@ impl ShardCore {
         let sessions = self.offline.first().map(|&(at, _, _)| at);
         let wills = self.delayed_wills.next_deadline();
         let conns = self.next_conn_timer();
-        [sessions, wills, conns].into_iter().flatten().min()
+        // Retained deliveries left: due now (the start is in the past).
+        let walks = (!self.retained_walks.is_empty()).then_some(self.started);
+        [sessions, wills, conns, walks].into_iter().flatten().min()
     }
 
     /// Input: time passed. Expires offline sessions, publishes delayed wills that are due,
@@ -561,6 +582,7 @@ impl ShardCore {
     /// away once the move trigger was pulled.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.fire_conn_timers(now);
+        self.retained_walks_step(now);
         self.expire_sessions(now);
         self.expire_traces(now);
         self.shrink_transient_tables();

@@ -111,13 +111,65 @@ impl ShardCore {
             if !send {
                 continue;
             }
-            let mut found = Vec::new();
+            let walk = RetainedWalk {
+                conn: rs.conn,
+                conn_id: rs.conn_id,
+                session: rs.session,
+                filter,
+                sub,
+                cursor: None,
+            };
+            // The first step at once (a small store is done here); the rest over later turns.
+            if let Some(rest) = self.retained_step(now, walk, RETAINED_STEP_NODES) {
+                self.retained_walks.push_back(rest);
+            }
+        }
+    }
+
+    /// One step of a retained delivery: at most `budget` nodes of the retained replica, the
+    /// matches delivered to the session. The walk back if it is not done and its connection
+    /// still holds the session.
+    pub(super) fn retained_step(
+        &mut self,
+        now: Instant,
+        mut walk: RetainedWalk,
+        budget: usize,
+    ) -> Option<RetainedWalk> {
+        let alive = self
+            .conns
+            .get(walk.conn)
+            .is_some_and(|c| c.id == walk.conn_id && c.session == Some(walk.session));
+        if !alive {
+            return None;
+        }
+        let mut found = Vec::new();
+        let next =
             self.retained
-                .for_each_match(&filter, |_, m| found.push(m.clone()));
-            let ids: SmallVec<[u32; 1]> = sub.id.into_iter().collect();
-            for msg in found {
-                let qos = msg.qos.min(sub.options.qos);
-                self.deliver_to(now, rs.session as u32, &msg, qos, true, &ids, None);
+                .walk_matches(&walk.filter, walk.cursor.as_ref(), budget, |_, m| {
+                    found.push(m.clone())
+                });
+        let ids: SmallVec<[u32; 1]> = walk.sub.id.into_iter().collect();
+        for msg in found {
+            let qos = msg.qos.min(walk.sub.options.qos);
+            self.deliver_to(now, walk.session as u32, &msg, qos, true, &ids, None);
+        }
+        walk.cursor = Some(next?);
+        Some(walk)
+    }
+
+    /// Goes on with the retained deliveries of wildcard subscribes over a large store: at most
+    /// [`RETAINED_STEP_NODES`] nodes in all per call (the timer task calls it each turn while
+    /// some are left: [`poll_timeout`](Self::poll_timeout) is due at once).
+    pub(super) fn retained_walks_step(&mut self, now: Instant) {
+        let mut budget = RETAINED_STEP_NODES;
+        while budget > 0 {
+            let Some(walk) = self.retained_walks.pop_front() else {
+                break;
+            };
+            let step = budget.clamp(1, RETAINED_STEP_NODES / 4);
+            budget -= step;
+            if let Some(rest) = self.retained_step(now, walk, step) {
+                self.retained_walks.push_back(rest);
             }
         }
     }
@@ -406,5 +458,129 @@ impl ShardCore {
                 self.finish_connect(now, cs);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardmq_codec::{ConnectProperties, Decoder, Subscribe, SubscribeFilter};
+
+    fn core(now: Instant) -> ShardCore {
+        let settings = CoreSettings {
+            node_name: "n".into(),
+            shards: 1,
+            auth: false,
+            acl_deny_action: Default::default(),
+            max_connections: 100,
+            max_connection_rate: 0,
+            connect_timeout: Duration::from_secs(60),
+            limits: Limits {
+                max_queued_messages: 100_000,
+                max_write_buffer_bytes: 64 << 20,
+                ..Limits::default()
+            },
+            shared_strategy: Default::default(),
+            channel_capacity: 4,
+            batch_max: 16,
+            sys_interval: None,
+            authenticators: Default::default(),
+            redirect: Default::default(),
+        };
+        ShardCore::new(
+            now,
+            SystemTime::UNIX_EPOCH,
+            0,
+            Arc::new(settings),
+            ahash::RandomState::with_seeds(1, 2, 3, 4),
+            [7; 32],
+        )
+    }
+
+    fn publishes(core: &mut ShardCore, key: ConnKey) -> usize {
+        let mut out = core.conns[key].out.split();
+        let mut decoder = Decoder::with_protocol(Protocol::V3_1_1, u32::MAX);
+        let mut n = 0;
+        while let Some(p) = decoder
+            .decode(&mut out)
+            .expect("the core writes valid packets")
+        {
+            n += usize::from(matches!(p, Packet::Publish(_)));
+        }
+        n
+    }
+
+    /// A wildcard subscribe over 20,000 retained topics: the first step delivers a bounded
+    /// part, each later turn a bounded part more, and all arrive once.
+    #[test]
+    fn retained_delivery_of_a_wildcard_subscribe_is_spread_over_turns() {
+        const TOPICS: usize = 20_000;
+        let t0 = Instant::now();
+        let mut c = core(t0);
+        for i in 0..TOPICS {
+            let topic = ByteStr::from(format!("r/{}/{i}", i % 100));
+            c.retained.insert(
+                &topic,
+                Arc::new(Message {
+                    topic: topic.clone(),
+                    payload: Bytes::from_static(b"x"),
+                    qos: QoS::AtMostOnce,
+                    retain: true,
+                    properties: Default::default(),
+                    expires_at: None,
+                    publisher: ByteStr::from("p"),
+                }),
+            );
+        }
+        let (key, _) = c.open_conn(t0, None, crate::ListenerKind::Tcp, 1, 0);
+        let connect = Connect {
+            protocol: Protocol::V3_1_1,
+            clean_start: true,
+            keep_alive: 0,
+            client_id: ByteStr::from("s"),
+            will: None,
+            username: None,
+            password: None,
+            properties: ConnectProperties::default(),
+        };
+        c.on_packet(t0, key, Packet::Connect(Box::new(connect)));
+        assert_eq!(c.conns[key].phase, Phase::Active);
+        c.conns[key].out.clear();
+        let subscribe = Subscribe {
+            pkid: 1,
+            filters: vec![SubscribeFilter {
+                filter: ByteStr::from("r/#"),
+                options: Default::default(),
+            }],
+            properties: Default::default(),
+        };
+        c.on_packet(t0, key, Packet::Subscribe(subscribe));
+        let first = publishes(&mut c, key);
+        assert!(
+            first > 0 && first <= RETAINED_STEP_NODES,
+            "first step: {first}"
+        );
+        assert!(
+            c.poll_timeout().is_some_and(|t| t <= t0),
+            "the rest is due at once"
+        );
+        let mut total = first;
+        let mut turns = 0;
+        while !c.retained_walks.is_empty() {
+            c.handle_timeout(t0);
+            let n = publishes(&mut c, key);
+            assert!(
+                n <= RETAINED_STEP_NODES,
+                "a turn delivers at most its budget: {n}"
+            );
+            total += n;
+            turns += 1;
+            assert!(turns < 100, "the walk ends");
+        }
+        assert_eq!(total, TOPICS, "every retained message once");
+        assert!(
+            turns >= TOPICS / RETAINED_STEP_NODES,
+            "spread over turns: {turns}"
+        );
     }
 }
