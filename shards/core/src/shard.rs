@@ -643,3 +643,33 @@ fn unix_secs(wall: SystemTime) -> u32 {
     wall.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs().min(u64::from(u32::MAX)) as u32)
 }
+
+/// A one-shard core for the unit tests of the shard's parts.
+#[cfg(test)]
+fn test_core(now: Instant, connect_timeout: Duration, limits: Limits) -> ShardCore {
+    let settings = CoreSettings {
+        node_name: "n".into(),
+        shards: 1,
+        auth: false,
+        acl_deny_action: Default::default(),
+        max_connections: 100,
+        max_connection_rate: 0,
+        connect_timeout,
+        limits,
+        shared_strategy: Default::default(),
+        channel_capacity: 4,
+        batch_max: 16,
+        sys_interval: None,
+        authenticators: Default::default(),
+        redirect: Default::default(),
+    };
+    settings.validate().expect("valid settings");
+    ShardCore::new(
+        now,
+        SystemTime::UNIX_EPOCH,
+        0,
+        Arc::new(settings),
+        ahash::RandomState::with_seeds(1, 2, 3, 4),
+        [7; 32],
+    )
+}

@@ -467,34 +467,12 @@ mod tests {
     use shardmq_codec::{ConnectProperties, Decoder, Subscribe, SubscribeFilter};
 
     fn core(now: Instant) -> ShardCore {
-        let settings = CoreSettings {
-            node_name: "n".into(),
-            shards: 1,
-            auth: false,
-            acl_deny_action: Default::default(),
-            max_connections: 100,
-            max_connection_rate: 0,
-            connect_timeout: Duration::from_secs(60),
-            limits: Limits {
-                max_queued_messages: 100_000,
-                max_write_buffer_bytes: 64 << 20,
-                ..Limits::default()
-            },
-            shared_strategy: Default::default(),
-            channel_capacity: 4,
-            batch_max: 16,
-            sys_interval: None,
-            authenticators: Default::default(),
-            redirect: Default::default(),
+        let limits = Limits {
+            max_queued_messages: 100_000,
+            max_write_buffer_bytes: 64 << 20,
+            ..Limits::default()
         };
-        ShardCore::new(
-            now,
-            SystemTime::UNIX_EPOCH,
-            0,
-            Arc::new(settings),
-            ahash::RandomState::with_seeds(1, 2, 3, 4),
-            [7; 32],
-        )
+        super::super::test_core(now, Duration::from_secs(60), limits)
     }
 
     fn publishes(core: &mut ShardCore, key: ConnKey) -> usize {

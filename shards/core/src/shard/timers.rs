@@ -30,6 +30,17 @@ pub(super) struct ConnTimers {
     buckets: BTreeMap<u32, Vec<(u32, u64)>>,
 }
 
+impl ConnTimers {
+    /// Arms `conn` in `bucket` (an entry in an earlier bucket goes stale).
+    fn enter(&mut self, conn: &mut Conn, bucket: u32) {
+        conn.timer_bucket = bucket;
+        self.buckets
+            .entry(bucket)
+            .or_default()
+            .push((conn.key, conn.id));
+    }
+}
+
 impl ShardCore {
     /// Milliseconds since the core started, on a 32-bit clock (wraps after 49 days; only
     /// differences of timeouts are taken).
@@ -72,12 +83,7 @@ impl ShardCore {
         if bucket >= conn.timer_bucket {
             return;
         }
-        conn.timer_bucket = bucket;
-        self.conn_timers
-            .buckets
-            .entry(bucket)
-            .or_default()
-            .push((conn.key, conn.id));
+        self.conn_timers.enter(conn, bucket);
     }
 
     /// The earliest instant a connection timer may fire.
@@ -130,12 +136,7 @@ impl ShardCore {
             let bucket = self.bucket_of(now + TIMER_RECHECK);
             let conn = &mut self.conns[key];
             conn.last_in_ms = now_ms;
-            conn.timer_bucket = bucket;
-            self.conn_timers
-                .buckets
-                .entry(bucket)
-                .or_default()
-                .push((conn.key, conn.id));
+            self.conn_timers.enter(conn, bucket);
             return;
         }
         let idle = Duration::from_millis(u64::from(now_ms.wrapping_sub(conn.last_in_ms)));
@@ -169,31 +170,7 @@ mod tests {
     use super::*;
 
     fn core(now: Instant) -> ShardCore {
-        let settings = CoreSettings {
-            node_name: "n".into(),
-            shards: 1,
-            auth: false,
-            acl_deny_action: Default::default(),
-            max_connections: 100,
-            max_connection_rate: 0,
-            connect_timeout: Duration::from_millis(500),
-            limits: Limits::default(),
-            shared_strategy: Default::default(),
-            channel_capacity: 4,
-            batch_max: 16,
-            sys_interval: None,
-            authenticators: Default::default(),
-            redirect: Default::default(),
-        };
-        settings.validate().expect("valid settings");
-        ShardCore::new(
-            now,
-            SystemTime::UNIX_EPOCH,
-            0,
-            Arc::new(settings),
-            ahash::RandomState::with_seeds(1, 2, 3, 4),
-            [7; 32],
-        )
+        super::super::test_core(now, Duration::from_millis(500), Limits::default())
     }
 
     fn open(c: &mut ShardCore, now: Instant) -> ConnKey {
