@@ -62,25 +62,6 @@ impl ShardSet {
     }
 }
 
-impl ShardMsg {
-    /// Whether a client waits on it: a route change and its acknowledgement (a SUBACK or a
-    /// CONNACK waits for every shard), and the steps of a session's move between shards. The
-    /// shell sends these before it goes on with socket input (route visibility,
-    /// docs/ARCHITECTURE.md).
-    pub fn is_urgent(&self) -> bool {
-        matches!(
-            self,
-            ShardMsg::RouteAdd { .. }
-                | ShardMsg::RouteDel { .. }
-                | ShardMsg::RouteAck { .. }
-                | ShardMsg::SharedRoute { .. }
-                | ShardMsg::Claim { .. }
-                | ShardMsg::Takeover { .. }
-                | ShardMsg::Handoff { .. }
-        )
-    }
-}
-
 /// One message between shards.
 #[derive(Debug)]
 pub enum ShardMsg {

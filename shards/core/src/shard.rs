@@ -269,8 +269,6 @@ pub struct ShardCore {
     /// Something was queued for another shard or the control plane since the last
     /// [`ShardCore::take_flush_wanted`].
     flush_wanted: bool,
-    /// Among what was queued since the last `take_flush_wanted`: a message a client waits on.
-    urgent: bool,
     /// Connections with new output, a phase change or the end of a wait (`poll_conn`).
     ready: Vec<ConnKey>,
     local: VecDeque<ShardMsg>,
@@ -403,7 +401,6 @@ impl ShardCore {
             next_conn_id: 0,
             outbox: (0..nshards).map(|_| Vec::new()).collect(),
             flush_wanted: false,
-            urgent: false,
             ready: Vec::new(),
             local: VecDeque::new(),
             hasher,
@@ -451,7 +448,6 @@ impl ShardCore {
             self.local.push_back(msg);
             return;
         }
-        self.urgent |= msg.is_urgent();
         self.outbox[to].push(msg);
         self.flush_wanted = true;
     }
@@ -508,16 +504,7 @@ impl ShardCore {
     /// last call (the shell then runs its flusher: [`take_outbox`](Self::take_outbox) and
     /// [`take_cluster_out`](Self::take_cluster_out)).
     pub fn take_flush_wanted(&mut self) -> bool {
-        self.urgent = false;
         std::mem::take(&mut self.flush_wanted)
-    }
-
-    /// Output: whether a message a client waits on ([`ShardMsg::is_urgent`]: a route change,
-    /// its acknowledgement, a session's move) waits in the outbox. A shell that handles many
-    /// connections in one turn ends the turn here, so the flusher sends it before the rest of
-    /// the socket input is handled.
-    pub fn urgent(&self) -> bool {
-        self.urgent
     }
 
     /// Input: a batch from shard `from`, in the order `from` queued it. Counts the durable

@@ -191,9 +191,6 @@ pub(crate) struct Driver {
     pool: Box<[u8]>,
     /// Tick → slots to look at then.
     wheel: BTreeMap<u32, Vec<(u32, u32)>>,
-    /// The last turn ended early for a message a client waits on: the task yields its queue
-    /// (not only itself) so the flusher runs next.
-    cut_short: bool,
     epoch: Instant,
     serial: u32,
     /// Slots to drive in this turn.
@@ -300,7 +297,6 @@ impl Driver {
                 .collect(),
             pool: vec![0u8; usize::from(BUFS) * BUF_LEN].into_boxed_slice(),
             wheel: BTreeMap::new(),
-            cut_short: false,
             epoch: Instant::now(),
             serial: 0,
             ready: Vec::new(),
@@ -469,17 +465,10 @@ impl Driver {
         }
         let mut ready = std::mem::take(&mut self.ready);
         worked |= !ready.is_empty();
-        for (i, &idx) in ready.iter().enumerate() {
+        for &idx in ready.iter() {
             if let Some(s) = self.slots.get_mut(idx as usize) {
                 s.ready = false;
                 self.drive(shard, now, idx as usize);
-            }
-            if shard.core.urgent() {
-                // A route change or a session's move waits in the outbox: end the turn so the
-                // flusher sends it now; the connections not driven yet keep their place.
-                self.ready.extend_from_slice(&ready[i + 1..]);
-                self.cut_short = true;
-                break;
             }
         }
         ready.clear();
@@ -972,12 +961,7 @@ pub(crate) async fn run(shard: Rc<RefCell<Shard>>, driver: Rc<RefCell<Driver>>, 
             d.turn(&mut s, Instant::now())
         };
         if worked {
-            let cut_short = std::mem::take(&mut driver.borrow_mut().cut_short);
-            if cut_short {
-                glommio::executor().yield_task_queue_now().await;
-            } else {
-                futures_lite::future::yield_now().await;
-            }
+            futures_lite::future::yield_now().await;
             continue;
         }
         poll_fn(|cx| {
