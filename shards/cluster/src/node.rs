@@ -150,7 +150,17 @@ struct Inner {
     started: Instant,
     extra_cores: Mutex<Vec<(NodeId, SocketAddr)>>,
     /// Retained dumps asked of the data plane, by request id.
-    dumps: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Vec<Arc<shardmq_broker::Message>>>>>,
+    /// The parts received so far, and where the whole goes once the last part came.
+    #[allow(clippy::type_complexity)]
+    dumps: Mutex<
+        HashMap<
+            u64,
+            (
+                Vec<Arc<shardmq_broker::Message>>,
+                tokio::sync::oneshot::Sender<Vec<Arc<shardmq_broker::Message>>>,
+            ),
+        >,
+    >,
     next_dump: AtomicU64,
 }
 
@@ -496,10 +506,19 @@ impl ClusterNode {
                             });
                         }
                     }
-                    ToCluster::RetainedDump { request, msgs } => {
-                        let waiter = self.inner.dumps.locked().remove(&request);
-                        if let Some(w) = waiter {
-                            let _ = w.send(msgs);
+                    ToCluster::RetainedDump {
+                        request,
+                        msgs,
+                        done,
+                    } => {
+                        let mut dumps = self.inner.dumps.locked();
+                        if let Some((parts, _)) = dumps.get_mut(&request) {
+                            parts.extend(msgs);
+                        }
+                        if done {
+                            if let Some((parts, w)) = dumps.remove(&request) {
+                                let _ = w.send(parts);
+                            }
                         }
                     }
                     ToCluster::SessionSet { client_id } => {
@@ -821,7 +840,7 @@ impl ClusterNode {
     async fn dump_retained(&self) -> Option<Vec<Arc<shardmq_broker::Message>>> {
         let request = self.inner.next_dump.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.inner.dumps.locked().insert(request, tx);
+        self.inner.dumps.locked().insert(request, (Vec::new(), tx));
         self.send_shard(0, vec![FromCluster::DumpRetained { request }])
             .await;
         let r = tokio::time::timeout(Duration::from_secs(10), rx).await;

@@ -249,6 +249,8 @@ pub struct ShardCore {
     route_syncs: ahash::AHashMap<u64, RouteSync>,
     /// Retained deliveries still walking the replica, in order.
     retained_walks: VecDeque<RetainedWalk>,
+    /// Retained dumps for the control plane still walking the replica: request, cursor.
+    retained_dumps: VecDeque<(u64, shardmq_broker::retain::WalkCursor)>,
     /// Route announcements this shard sent (RouteAdd, RouteDel, SharedRoute), counted.
     route_seq: u64,
     /// Every announcement up to this one is applied on every shard (a sync round sent after
@@ -391,6 +393,7 @@ impl ShardCore {
             deferred_takeovers: Default::default(),
             route_syncs: Default::default(),
             retained_walks: VecDeque::new(),
+            retained_dumps: VecDeque::new(),
             route_seq: 0,
             route_settled: 0,
             route_fresh: Default::default(),
@@ -560,7 +563,8 @@ impl ShardCore {
         let wills = self.delayed_wills.next_deadline();
         let conns = self.next_conn_timer();
         // Retained deliveries left: due now (the start is in the past).
-        let walks = (!self.retained_walks.is_empty()).then_some(self.started);
+        let walks = (!self.retained_walks.is_empty() || !self.retained_dumps.is_empty())
+            .then_some(self.started);
         [sessions, wills, conns, walks].into_iter().flatten().min()
     }
 

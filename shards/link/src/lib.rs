@@ -80,12 +80,15 @@ pub enum ToCluster {
         /// The topic.
         topic: ByteStr,
     },
-    /// Answer to [`FromCluster::DumpRetained`]: every retained message of the node.
+    /// Answer to [`FromCluster::DumpRetained`], in parts: the shard walks its retained
+    /// replica a bounded number of nodes per turn and sends what each step found.
     RetainedDump {
         /// The request's id.
         request: u64,
-        /// The messages.
+        /// The messages of this part.
         msgs: Vec<Arc<Message>>,
+        /// The last part: together they are every retained message of the node.
+        done: bool,
     },
     /// A session for `client_id` now lives on this node (the cluster's session registry).
     SessionSet {

@@ -132,12 +132,10 @@ impl ShardCore {
             }
             FromCluster::Peers(peers) => c.peers = peers,
             FromCluster::DumpRetained { request } => {
-                let mut msgs = Vec::with_capacity(self.retained.len());
-                self.retained.retain(|_, m| {
-                    msgs.push(m.clone());
-                    true
-                });
-                self.tell_cluster(ToCluster::RetainedDump { request, msgs });
+                // The first part at once (a small store is all of it); the rest over turns.
+                if let Some(cursor) = self.retained_dump_step(request, None, RETAINED_STEP_NODES) {
+                    self.retained_dumps.push_back((request, cursor));
+                }
             }
             FromCluster::StoreRetained(msgs) => {
                 for m in msgs {
@@ -173,5 +171,79 @@ impl ShardCore {
             FromCluster::RouteCommitted { token } => self.route_acked(now, token),
             FromCluster::SessionTakenOver { client_id } => self.evict(now, &client_id),
         }
+    }
+
+    /// One part of a retained dump: at most `budget` nodes of the replica from `cursor`, sent
+    /// to the control plane. The cursor to go on from, if the dump is not done.
+    pub(super) fn retained_dump_step(
+        &mut self,
+        request: u64,
+        cursor: Option<&shardmq_broker::retain::WalkCursor>,
+        budget: usize,
+    ) -> Option<shardmq_broker::retain::WalkCursor> {
+        let mut msgs = Vec::new();
+        let next = self
+            .retained
+            .walk_all(cursor, budget, |_, m| msgs.push(m.clone()));
+        self.tell_cluster(ToCluster::RetainedDump {
+            request,
+            msgs,
+            done: next.is_none(),
+        });
+        next
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retained_dump_comes_in_bounded_parts_and_holds_every_message_once() {
+        const TOPICS: usize = 20_000;
+        let t0 = Instant::now();
+        let mut c = super::super::test_core(t0, Duration::from_secs(60), Limits::default());
+        c.cluster = Some(Box::new(ClusterShard::new()));
+        for i in 0..TOPICS {
+            let topic = ByteStr::from(format!("d/{}/{i}", i % 50));
+            let msg = Arc::new(Message {
+                topic: topic.clone(),
+                payload: Bytes::from_static(b"x"),
+                qos: QoS::AtMostOnce,
+                retain: true,
+                properties: Default::default(),
+                expires_at: None,
+                publisher: ByteStr::from("p"),
+            });
+            c.retained.insert(&topic, msg);
+        }
+        c.handle_cluster(t0, FromCluster::DumpRetained { request: 7 });
+        let mut topics = ahash::AHashSet::new();
+        let mut parts = 0;
+        let mut done = false;
+        while !done {
+            assert!(parts < 100, "the dump ends");
+            if parts > 0 {
+                c.handle_timeout(t0);
+            }
+            for out in c.take_cluster_out() {
+                if let ToCluster::RetainedDump {
+                    request,
+                    msgs,
+                    done: last,
+                } = out
+                {
+                    assert_eq!(request, 7);
+                    assert!(msgs.len() <= RETAINED_STEP_NODES, "a part is bounded");
+                    for m in msgs {
+                        assert!(topics.insert(m.topic.clone()), "{} twice", m.topic);
+                    }
+                    parts += 1;
+                    done = last;
+                }
+            }
+        }
+        assert_eq!(topics.len(), TOPICS);
+        assert!(parts >= TOPICS / RETAINED_STEP_NODES, "in parts: {parts}");
     }
 }

@@ -161,6 +161,12 @@ impl ShardCore {
     /// [`RETAINED_STEP_NODES`] nodes in all per call (the timer task calls it each turn while
     /// some are left: [`poll_timeout`](Self::poll_timeout) is due at once).
     pub(super) fn retained_walks_step(&mut self, now: Instant) {
+        if let Some((request, cursor)) = self.retained_dumps.pop_front() {
+            if let Some(next) = self.retained_dump_step(request, Some(&cursor), RETAINED_STEP_NODES)
+            {
+                self.retained_dumps.push_front((request, next));
+            }
+        }
         let mut budget = RETAINED_STEP_NODES;
         while budget > 0 {
             let Some(walk) = self.retained_walks.pop_front() else {
