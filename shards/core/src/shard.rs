@@ -664,3 +664,17 @@ fn test_core(now: Instant, connect_timeout: Duration, limits: Limits) -> ShardCo
         [7; 32],
     )
 }
+
+/// A retained QoS 0 message on `topic`, for the unit tests of the shard's parts.
+#[cfg(test)]
+fn test_message(topic: &ByteStr) -> Arc<Message> {
+    Arc::new(Message {
+        topic: topic.clone(),
+        payload: Bytes::from_static(b"x"),
+        qos: QoS::AtMostOnce,
+        retain: true,
+        properties: Default::default(),
+        expires_at: None,
+        publisher: ByteStr::from("p"),
+    })
+}

@@ -206,15 +206,7 @@ mod tests {
         c.cluster = Some(Box::new(ClusterShard::new()));
         for i in 0..TOPICS {
             let topic = ByteStr::from(format!("d/{}/{i}", i % 50));
-            let msg = Arc::new(Message {
-                topic: topic.clone(),
-                payload: Bytes::from_static(b"x"),
-                qos: QoS::AtMostOnce,
-                retain: true,
-                properties: Default::default(),
-                expires_at: None,
-                publisher: ByteStr::from("p"),
-            });
+            let msg = super::super::test_message(&topic);
             c.retained.insert(&topic, msg);
         }
         c.handle_cluster(t0, FromCluster::DumpRetained { request: 7 });

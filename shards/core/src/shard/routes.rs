@@ -503,18 +503,8 @@ mod tests {
         let mut c = core(t0);
         for i in 0..TOPICS {
             let topic = ByteStr::from(format!("r/{}/{i}", i % 100));
-            c.retained.insert(
-                &topic,
-                Arc::new(Message {
-                    topic: topic.clone(),
-                    payload: Bytes::from_static(b"x"),
-                    qos: QoS::AtMostOnce,
-                    retain: true,
-                    properties: Default::default(),
-                    expires_at: None,
-                    publisher: ByteStr::from("p"),
-                }),
-            );
+            c.retained
+                .insert(&topic, super::super::test_message(&topic));
         }
         let (key, _) = c.open_conn(t0, None, crate::ListenerKind::Tcp, 1, 0);
         let connect = Connect {
