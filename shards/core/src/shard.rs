@@ -174,6 +174,9 @@ struct RetainedWalk {
 /// the shard's loop; the rest waits for the next turn).
 pub const RETAINED_STEP_NODES: usize = 4096;
 
+/// Entries `route_fresh` holds before its first pruning.
+const ROUTE_FRESH_PRUNE_MIN: usize = 64;
+
 /// A CONNACK held until every shard routes the subscriptions the session brought along.
 struct ConnectSync {
     conn: ConnKey,
@@ -260,6 +263,9 @@ pub struct ShardCore {
     /// number: a SUBACK or CONNACK for such a filter waits for a round of its own even when
     /// the filter is not new here (another session's SUBSCRIBE of it is still in flight).
     route_fresh: ahash::AHashMap<ByteStr, u64>,
+    /// `route_fresh` is pruned of settled entries when it grows past this (amortized: a
+    /// settled entry is harmless, only memory).
+    route_fresh_prune_at: usize,
     connect_syncs: ahash::AHashMap<u64, ConnectSync>,
     offline: BTreeSet<(Instant, SessionKey, u64)>,
     /// Wills waiting for their Will Delay Interval, by client id.
@@ -275,8 +281,6 @@ pub struct ShardCore {
     ready: Vec<ConnKey>,
     local: VecDeque<ShardMsg>,
     hasher: ahash::RandomState,
-    /// Connections this shard holds (the node's count is the shell's, given to `open_conn`).
-    pub connections: usize,
     pub stats: ShardStats,
     /// ShardCore 0 only: the latest `$SYS` snapshot of every shard, for the node's totals.
     node_figures: Option<NodeFigures>,
@@ -397,6 +401,7 @@ impl ShardCore {
             route_seq: 0,
             route_settled: 0,
             route_fresh: Default::default(),
+            route_fresh_prune_at: ROUTE_FRESH_PRUNE_MIN,
             connect_syncs: Default::default(),
             offline: BTreeSet::new(),
             delayed_wills: DelayedWills::default(),
@@ -407,7 +412,6 @@ impl ShardCore {
             ready: Vec::new(),
             local: VecDeque::new(),
             hasher,
-            connections: 0,
             stats: ShardStats::default(),
             node_figures: (id == 0).then(|| NodeFigures::new(nshards)),
             connect_rate: (cfg_rate > 0).then(|| TokenBucket::share_of(cfg_rate, nshards)),

@@ -245,10 +245,11 @@ impl ShardCore {
 
     /// A sync round sent at `seq` came back from every shard.
     pub(super) fn route_round_done(&mut self, seq: u64) {
-        if seq > self.route_settled {
-            self.route_settled = seq;
-            let settled = seq;
+        self.route_settled = self.route_settled.max(seq);
+        if self.route_fresh.len() > self.route_fresh_prune_at {
+            let settled = self.route_settled;
             self.route_fresh.retain(|_, s| *s > settled);
+            self.route_fresh_prune_at = (2 * self.route_fresh.len()).max(ROUTE_FRESH_PRUNE_MIN);
         }
     }
 
