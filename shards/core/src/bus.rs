@@ -66,11 +66,61 @@ impl ShardSet {
 #[derive(Debug)]
 pub enum ShardMsg {
     /// Deliver to the receiving shard's local subscribers.
-    Publish(Arc<Message>),
+    Publish {
+        /// The message.
+        msg: Arc<Message>,
+        /// Where the sender routed it (see [`Stamp`]).
+        stamp: Stamp,
+    },
     /// `storage.durability = "sync"`: a QoS 1/2 publish to a shard that holds persistent
     /// sessions: delivered like `Publish`, and counted (per shard pair, in order) for the
     /// receiver's `DurableAck`, which the publisher's acknowledgement waits for.
-    DurablePublish(Arc<Message>),
+    DurablePublish {
+        /// The message.
+        msg: Arc<Message>,
+        /// As for `Publish`.
+        stamp: Stamp,
+    },
+    /// From the shard a session left to the shard it moved to: a publish that reached the old
+    /// shard for it during the move (`shard/moves.rs`); the receiver delivers it to that session
+    /// alone, unless its own copy of the publish reached the session there.
+    Forward {
+        /// The move: the token of the claim that moved the session.
+        token: u64,
+        /// The message.
+        msg: Arc<Message>,
+        /// The shard that routed it, and its stamp there.
+        origin: ShardId,
+        /// As for `Publish`.
+        stamp: Stamp,
+    },
+    /// From the shard a session moved to, to every other shard, after the `RouteAdd`s of the
+    /// session's filters: answer with `MoveMarkAck` to both ends of the move (the old shard
+    /// takes this mark itself as the new shard's).
+    MoveMark {
+        /// The move's token.
+        token: u64,
+        /// The shard the session left.
+        from: ShardId,
+        /// The shard it moved to.
+        to: ShardId,
+    },
+    /// A shard applied the new shard's routes of a move (`MoveMark`): whatever it routes from
+    /// now on reaches the session on its new shard directly.
+    MoveMarkAck {
+        /// The move's token.
+        token: u64,
+        /// The number of the last publish the sender routed: every copy of one up to it
+        /// that the sender sent the receiver came before this message.
+        upto: u64,
+    },
+    /// From the old shard of a move: no `Forward` of it follows.
+    ForwardEnd {
+        /// The move's token.
+        token: u64,
+        /// As for `MoveMarkAck`.
+        upto: u64,
+    },
     /// To shard 0, at each `$SYS` interval: `shard`'s figures, for the node's totals.
     Figures {
         /// Reporting shard.
@@ -169,12 +219,6 @@ pub enum ShardMsg {
         /// Clean start: drop the session instead of sending it.
         discard: bool,
     },
-    /// To a claiming shard: a newer claim for the same client overtook this one before it
-    /// completed; close its connection.
-    Superseded {
-        /// The overtaken claim's token.
-        token: u64,
-    },
     /// `storage.durability = "sync"`: `shard` stored durably what the QoS 1/2 publishes the
     /// receiver sent it (counted per shard pair, in order) up to number `upto` changed.
     DurableAck {
@@ -197,7 +241,21 @@ pub enum ShardMsg {
         token: u64,
         /// The previous session, if any and not discarded.
         session: Option<Box<Session>>,
+        /// With a session from another shard: that shard's `handled` numbers when the
+        /// session left it (`shard/moves.rs`).
+        handled: Option<Box<[u64]>>,
     },
+}
+
+/// What a shard's copy of a publish says of its routing, for a session moving between shards:
+/// the publish's number among those its shard routed (from 1, in routing order: the mesh keeps
+/// each pair's order), and the shards it went to (besides the router itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stamp {
+    /// Number of the publish at its shard.
+    pub seq: u64,
+    /// The shards the router sent it to.
+    pub dest: ShardSet,
 }
 
 /// A message placed with a shared group, on its way to the shard of the member it goes to.

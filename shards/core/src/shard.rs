@@ -3,7 +3,7 @@
 //! registry. Single-threaded: every method runs on the shard's own executor, never across an
 //! `.await`.
 
-use crate::bus::{ShardId, ShardMsg, ShardSet};
+use crate::bus::{ShardId, ShardMsg, ShardSet, Stamp};
 use crate::chunk_slab::ChunkSlab as Slab;
 use crate::link::{FromCluster, NodeId, NodeSet, ToCluster};
 use crate::sys::{NodeFigures, ShardFigures};
@@ -18,6 +18,7 @@ use shardmq_broker::session::{
     Delivery, Session, SessionStats, Subscription, EXPIRY_NEVER,
 };
 use shardmq_broker::shared::{is_shared, LocalGroup, SharedKey};
+use shardmq_broker::topic::filter_matches;
 use shardmq_broker::trie::SubscriptionTrie;
 use shardmq_broker::will::{will_delay, DelayedWills};
 use shardmq_broker::{Limits, Message};
@@ -37,6 +38,7 @@ mod durable;
 mod figures;
 mod inspect;
 mod mgmt;
+mod moves;
 mod peers;
 mod registry;
 mod routes;
@@ -247,8 +249,21 @@ pub struct ShardCore {
     conn_timers: timers::ConnTimers,
     /// Credentials for the verifier, polled by the shell (`poll_verify`).
     verify_out: Vec<(u64, Credentials)>,
-    /// Takeovers that arrived while this shard's own claim for the client was in flight.
-    deferred_takeovers: ahash::AHashMap<ByteStr, (ShardId, u64, u64, bool)>,
+    /// Takeovers that arrived while this shard's own claim for the client was in flight,
+    /// by the token of the claim each waits for: client id, claimer, its token, Clean Start.
+    deferred_takeovers: ahash::AHashMap<u64, (ByteStr, ShardId, u64, bool)>,
+    /// Per shard: the number of the last publish of it this shard handled (its own: the last it
+    /// routed), for sessions moving between shards (`moves.rs`).
+    handled: Vec<u64>,
+    /// Sessions that left for another shard, by move token: publishes for them go on there.
+    forwarders: ahash::AHashMap<u64, moves::Forwarder>,
+    /// Filters the forwarders keep routed here, with how many hold each.
+    route_holds: ahash::AHashMap<ByteStr, u32>,
+    /// Sessions that arrived from another shard, by move token, while copies of earlier
+    /// publishes may still come.
+    move_windows: ahash::AHashMap<u64, moves::MoveWindow>,
+    /// The open move window of a session here, by session key.
+    moving_in: ahash::AHashMap<u32, u64>,
     route_syncs: ahash::AHashMap<u64, RouteSync>,
     /// Retained deliveries still walking the replica, in order.
     retained_walks: VecDeque<RetainedWalk>,
@@ -395,6 +410,11 @@ impl ShardCore {
             conn_timers: timers::ConnTimers::default(),
             verify_out: Vec::new(),
             deferred_takeovers: Default::default(),
+            handled: vec![0; nshards],
+            forwarders: Default::default(),
+            route_holds: Default::default(),
+            move_windows: Default::default(),
+            moving_in: Default::default(),
             route_syncs: Default::default(),
             retained_walks: VecDeque::new(),
             retained_dumps: VecDeque::new(),
@@ -474,7 +494,7 @@ impl ShardCore {
     /// Handles messages this shard sent to itself. Every entry point ends with it.
     pub fn drain_local(&mut self, now: Instant) {
         while let Some(msg) = self.local.pop_front() {
-            self.handle_msg(now, msg);
+            self.handle_msg(now, self.id, msg);
         }
     }
 
@@ -519,7 +539,7 @@ impl ShardCore {
     pub fn handle_peer(&mut self, now: Instant, from: ShardId, batch: crate::bus::Batch) {
         let durable_publishes = self.durable_count(&batch);
         for msg in batch {
-            self.handle_msg(now, msg);
+            self.handle_msg(now, from, msg);
         }
         self.drain_local(now);
         if let Some(counted) = durable_publishes {

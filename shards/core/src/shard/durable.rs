@@ -521,7 +521,7 @@ impl ShardCore {
         let d = self.syncing()?;
         let n = batch
             .iter()
-            .filter(|m| matches!(m, ShardMsg::DurablePublish(_)))
+            .filter(|m| matches!(m, ShardMsg::DurablePublish { .. }))
             .count() as u64;
         (n > 0).then_some((n, d.log.records))
     }

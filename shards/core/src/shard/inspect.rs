@@ -66,7 +66,12 @@ impl ShardCore {
             .values()
             .filter(|p| p.accepted.client_id.as_str() == client_id)
             .count();
-        pending + usize::from(self.deferred_takeovers.contains_key(client_id))
+        let deferred = self
+            .deferred_takeovers
+            .values()
+            .filter(|d| d.0.as_str() == client_id)
+            .count();
+        pending + deferred
     }
 
     /// Work in progress: claims waiting for the registry, SUBACKs and CONNACKs waiting for
@@ -77,6 +82,8 @@ impl ShardCore {
             + self.route_syncs.len()
             + self.connect_syncs.len()
             + self.deferred_takeovers.len()
+            + self.forwarders.len()
+            + self.move_windows.len()
             + self.local.len()
     }
 }

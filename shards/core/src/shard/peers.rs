@@ -3,10 +3,32 @@
 use super::*;
 
 impl ShardCore {
-    /// Handles one message from another shard (or from this one, via `send`).
-    pub fn handle_msg(&mut self, now: Instant, msg: ShardMsg) {
+    /// Handles one message from shard `from` (this one, for what it sent itself via `send`).
+    pub fn handle_msg(&mut self, now: Instant, from: ShardId, msg: ShardMsg) {
         match msg {
-            ShardMsg::Publish(m) | ShardMsg::DurablePublish(m) => self.deliver_local(now, &m),
+            ShardMsg::Publish { msg, stamp } | ShardMsg::DurablePublish { msg, stamp } => {
+                debug_assert!(
+                    stamp.seq > self.handled[from],
+                    "a pair's publishes in order"
+                );
+                self.handled[from] = stamp.seq;
+                self.deliver_local(now, &msg, from, stamp);
+            }
+            ShardMsg::Forward {
+                token,
+                msg,
+                origin,
+                stamp,
+            } => self.forwarded(now, token, &msg, origin, stamp),
+            ShardMsg::MoveMark { token, from, to } => self.move_mark(token, from, to),
+            ShardMsg::MoveMarkAck { token, upto } => {
+                self.handled_upto(from, upto);
+                self.move_mark_acked(now, token, from);
+            }
+            ShardMsg::ForwardEnd { token, upto } => {
+                self.handled_upto(from, upto);
+                self.move_window_step(now, token);
+            }
             ShardMsg::SharedPublish(sp) => self.shared_deliver(now, *sp),
             ShardMsg::SharedRoute {
                 key,
@@ -90,6 +112,7 @@ impl ShardCore {
                             client_id,
                             token,
                             session: None,
+                            handled: None,
                         },
                     ),
                 }
@@ -108,15 +131,6 @@ impl ShardCore {
                     self.tell_cluster(ToCluster::SessionDel { client_id });
                 }
             }
-            ShardMsg::Superseded { token } => {
-                if let Some(pc) = self.pending_connects.remove(&token) {
-                    if let Some(conn) = self.conns.get_mut(pc.conn).filter(|c| c.id == pc.conn_id) {
-                        debug!(shard = self.id, client_id = %pc.accepted.client_id, "claim superseded before CONNACK; closing");
-                        conn.phase = Phase::Closing;
-                        Self::wake_conn(&mut self.ready, conn);
-                    }
-                }
-            }
             ShardMsg::Takeover {
                 client_id,
                 to,
@@ -128,7 +142,8 @@ impl ShardCore {
                 client_id,
                 token,
                 session,
-            } => self.handoff(now, client_id, token, session),
+                handled,
+            } => self.handoff(now, from, client_id, token, session, handled),
             ShardMsg::DurableAck { shard, upto } => self.durable_acked(now, shard, upto),
             ShardMsg::SessionStored { client_id } => self.session_stored(&client_id),
         }

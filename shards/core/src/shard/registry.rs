@@ -81,23 +81,28 @@ impl ShardCore {
         // that claim was registered first, so it gets the session first; this takeover runs
         // once its Handoff lands. Any other takeover concerns the session held here now (a
         // claim of ours registered later than this one gets its own takeover in turn: waiting
-        // for it here would wait on a shard that waits on us).
+        // for it here would wait on a shard that waits on us). Each registration is replaced
+        // once, so a claim has at most one takeover waiting for it, and the waits follow the
+        // registry's order: no cycle.
         if self
             .pending_connects
             .get(&replaces)
             .is_some_and(|p| p.accepted.client_id == client_id)
         {
-            // A takeover already waiting here belongs to a claim this newer one supersedes
-            // (the registry now names the newer claimer): that connection lost the race
-            // before its CONNACK and is closed, as if taken over at once.
-            if let Some((old_to, old_token, _, _)) = self
+            let earlier = self
                 .deferred_takeovers
-                .insert(client_id, (to, token, replaces, discard))
-            {
-                self.send(old_to, ShardMsg::Superseded { token: old_token });
-            }
+                .insert(replaces, (client_id, to, token, discard));
+            assert!(earlier.is_none(), "a registration is replaced once");
             return;
         }
+        // The session is still arriving from a move here: it moves on once that is done.
+        if let Some(skey) = self.by_client.get(&client_id).copied() {
+            if !discard && self.defer_in_window(skey, &client_id, to, token, replaces) {
+                return;
+            }
+        }
+        let mut handled = None;
+        let mut held = None;
         let session = match self.by_client.get(&client_id).copied() {
             Some(skey) => {
                 if let Some(ckey) = self.sessions[skey].conn {
@@ -130,6 +135,11 @@ impl ShardCore {
                         debug!(shard = self.id, client_id = %client_id, "delayed will cancelled");
                     }
                 }
+                if !discard && to != self.id {
+                    handled = Some(self.forward_start(skey, to, token));
+                } else if !discard {
+                    held = Some(self.hold_routes(skey));
+                }
                 let mut session = self.extract_session(skey);
                 session.detach();
                 if discard {
@@ -140,12 +150,23 @@ impl ShardCore {
             }
             None => None,
         };
+        if to == self.id {
+            // A move within the shard is installed at once, its routes held meanwhile: no
+            // publish is handled between, and no other shard sees the routes go.
+            let me = self.id;
+            self.handoff(now, me, client_id, token, session, None);
+            if let Some(filters) = held {
+                self.release_routes(filters);
+            }
+            return;
+        }
         self.send(
             to,
             ShardMsg::Handoff {
                 client_id,
                 token,
                 session,
+                handled,
             },
         );
     }
@@ -154,11 +175,18 @@ impl ShardCore {
     pub(super) fn handoff(
         &mut self,
         now: Instant,
+        from: ShardId,
         client_id: ByteStr,
         token: u64,
         old: Option<Box<Session>>,
+        handled: Option<Box<[u64]>>,
     ) {
         let Some(pc) = self.pending_connects.remove(&token) else {
+            if handled.is_some() {
+                // Not installed here: the old shard still ends its forwarding.
+                self.send_move_marks(token, from);
+            }
+            self.run_deferred_takeover(now, token);
             return;
         };
         let conn_alive = self
@@ -207,6 +235,9 @@ impl ShardCore {
                 }
             }
         }
+        if let Some(left) = handled.filter(|_| moved_in && !accepted.clean_start) {
+            self.move_arrived(skey, from, token, left);
+        }
         let cs = ConnectSync {
             conn: pc.conn,
             conn_id: pc.conn_id,
@@ -224,8 +255,13 @@ impl ShardCore {
         } else {
             self.finish_connect(now, cs);
         }
-        if let Some((to, t, replaces, discard)) = self.deferred_takeovers.remove(&client_id) {
-            self.takeover(now, client_id, to, t, replaces, discard);
+        self.run_deferred_takeover(now, token);
+    }
+
+    /// The claim `token` of ours is answered: the takeover that waited for it, if any, runs.
+    pub(super) fn run_deferred_takeover(&mut self, now: Instant, token: u64) {
+        if let Some((client_id, to, t, discard)) = self.deferred_takeovers.remove(&token) {
+            self.takeover(now, client_id, to, t, token, discard);
         }
     }
 

@@ -221,17 +221,25 @@ impl ShardCore {
         self.stats.subscriptions -= removed;
         if set.is_empty() {
             self.subs.remove(filter);
-            let me = self.id;
-            let f = filter.clone();
-            self.broadcast(|| ShardMsg::RouteDel {
-                filter: f.clone(),
-                shard: me,
-            });
-            self.tell_cluster(ToCluster::RouteDel {
-                filter: filter.clone(),
-                shard: me,
-            });
+            // A session that moved away still has its publishes forwarded from here.
+            if !self.route_holds.contains_key(filter) {
+                self.route_gone(filter);
+            }
         }
+    }
+
+    /// `filter` has no subscriber here any more: tells every shard and the cluster.
+    pub(super) fn route_gone(&mut self, filter: &ByteStr) {
+        let me = self.id;
+        let f = filter.clone();
+        self.broadcast(|| ShardMsg::RouteDel {
+            filter: f.clone(),
+            shard: me,
+        });
+        self.tell_cluster(ToCluster::RouteDel {
+            filter: filter.clone(),
+            shard: me,
+        });
     }
 
     /// Whether the last announcement of `filter` from here may not be applied everywhere.
@@ -327,23 +335,52 @@ impl ShardCore {
         let mut targets = ShardSet::EMPTY;
         self.routes
             .for_each_match(&msg.topic, |set| targets = targets.union(*set));
+        let me = self.id;
+        self.handled[me] += 1;
+        let stamp = Stamp {
+            seq: self.handled[me],
+            dest: targets.without(me),
+        };
         for shard in targets.iter() {
-            if shard == self.id {
-                self.deliver_local(now, msg);
+            if shard == me {
+                self.deliver_local(now, msg, me, stamp);
             } else {
+                let msg = msg.clone();
                 let m = if self.durable_sent(shard, msg.qos) {
-                    ShardMsg::DurablePublish(msg.clone())
+                    ShardMsg::DurablePublish { msg, stamp }
                 } else {
-                    ShardMsg::Publish(msg.clone())
+                    ShardMsg::Publish { msg, stamp }
                 };
                 self.send(shard, m);
             }
         }
     }
 
-    /// Delivers to this shard's subscribers: one copy per session, at the highest matching QoS,
-    /// with every matching subscription identifier.
-    pub(super) fn deliver_local(&mut self, now: Instant, msg: &Arc<Message>) {
+    /// Delivers a publish that `origin` routed here (stamped `stamp`) to this shard's
+    /// subscribers, and forwards it for the sessions that moved away (`moves.rs`).
+    pub(super) fn deliver_local(
+        &mut self,
+        now: Instant,
+        msg: &Arc<Message>,
+        origin: ShardId,
+        stamp: Stamp,
+    ) {
+        if !self.forwarders.is_empty() {
+            self.forward_moved(msg, origin, stamp);
+        }
+        self.deliver_matching(now, msg, None, Some((origin, stamp.seq)));
+    }
+
+    /// Delivers to this shard's subscribers (only to session `only`, if given): one copy per
+    /// session, at the highest matching QoS, with every matching subscription identifier. A
+    /// publish numbered `seq` by `origin` skips the sessions that had it before their move.
+    pub(super) fn deliver_matching(
+        &mut self,
+        now: Instant,
+        msg: &Arc<Message>,
+        only: Option<u32>,
+        from: Option<(ShardId, u64)>,
+    ) {
         let mut matches = std::mem::take(&mut self.match_scratch);
         matches.clear();
         self.subs
@@ -357,6 +394,14 @@ impl ShardCore {
             let mut j = i;
             while j < matches.len() && matches[j].0 == skey {
                 j += 1;
+            }
+            let skip = only.is_some_and(|o| o != skey)
+                || from.is_some_and(|(origin, seq)| {
+                    !self.moving_in.is_empty() && self.move_skips(skey, origin, seq)
+                });
+            if skip {
+                i = j;
+                continue;
             }
             let own = self
                 .sessions
@@ -378,15 +423,15 @@ impl ShardCore {
             }
             i = j;
             if let Some((qos, rap)) = grant {
-                self.deliver_to(
-                    now,
-                    skey,
-                    msg,
-                    msg.qos.min(qos),
-                    rap && msg.retain,
-                    &ids,
-                    None,
-                );
+                let (qos, retain) = (msg.qos.min(qos), rap && msg.retain);
+                if from.is_none() || self.moving_in.is_empty() {
+                    self.deliver_to(now, skey, msg, qos, retain, &ids, None);
+                } else if let Some((msg, qos, retain, ids)) =
+                    // A session in a move window takes forwarded copies first (`moves.rs`).
+                    self.move_hold(now, skey, (msg.clone(), qos, retain, ids))
+                {
+                    self.deliver_to(now, skey, &msg, qos, retain, &ids, None);
+                }
             }
         }
         self.match_scratch = matches;

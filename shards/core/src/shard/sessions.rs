@@ -6,6 +6,7 @@ impl ShardCore {
     /// Removes a session for good: its subscriptions leave the trie, the registry forgets it.
     pub(super) fn end_session(&mut self, skey: SessionKey) {
         self.durable_end(skey);
+        self.move_session_gone(skey);
         let mut slot = self.sessions.remove(skey);
         let client_id = slot.session.client_id().clone();
         debug!(shard = self.id, client_id = %client_id, "session ended");
@@ -32,6 +33,7 @@ impl ShardCore {
     /// Takes a session off this shard (takeover), returning it with its subscriptions
     /// cleared from this shard's trie but kept in the session itself.
     pub(super) fn extract_session(&mut self, skey: SessionKey) -> Session {
+        self.move_session_gone(skey);
         let slot = self.sessions.remove(skey);
         self.by_client.remove(slot.session.client_id());
         if let Some(at) = slot.expires_at {
@@ -96,6 +98,10 @@ impl ShardCore {
         shrink(&mut self.route_syncs);
         shrink(&mut self.connect_syncs);
         shrink(&mut self.deferred_takeovers);
+        shrink(&mut self.forwarders);
+        shrink(&mut self.route_holds);
+        shrink(&mut self.move_windows);
+        shrink(&mut self.moving_in);
     }
 
     pub fn expire_sessions(&mut self, now: Instant) {

@@ -212,6 +212,10 @@ pub struct Lineage {
     next_pkid: u16,
     /// A CONNACK of this lineage was received: the server holds the session.
     pub server_session: bool,
+    /// Begun with Clean Start: until a CONNACK confirms it, the server may still hold the
+    /// previous lineage's session, so the client has to say Clean Start again (else it would
+    /// get Session Present 1 with no session state of its own, MQTT-3.2.2-4).
+    started_clean: bool,
 }
 
 /// How the client's end of a connection stands.
@@ -240,8 +244,9 @@ pub struct Link {
     /// Client → core: encoded packets with the step they were sent at.
     pub up: VecDeque<(Bytes, u64)>,
     up_decoder: Decoder,
-    /// Core → client: what the core wrote, decoded, for the client to read.
-    pub down: VecDeque<Packet>,
+    /// Core → client: what the core wrote, decoded, with the step it was written at, for the
+    /// client to read.
+    pub down: VecDeque<(u64, Packet)>,
     down_decoder: Decoder,
     /// The core holds the connection (`conn_closed` not called yet).
     pub open: bool,
@@ -549,7 +554,23 @@ impl World {
             }
             let link = &self.links[l];
             if link.end == End::Using && (!link.down.is_empty() || !link.open) && !link.eof_seen {
-                events.push(Event::Down(l));
+                // One client keeps one session state: what two connections of a race bring
+                // is read in the order the core wrote it (the old connection's before the new
+                // one's, as in time), else a QoS 2 flow finished on the new connection could be
+                // read again from the old one's stale bytes.
+                let written = link.down.front().map(|(at, _)| *at);
+                let earlier_elsewhere = written.is_some_and(|at| {
+                    self.live.iter().any(|&o| {
+                        let other = &self.links[o];
+                        o != l
+                            && other.lineage == link.lineage
+                            && other.end == End::Using
+                            && other.down.front().is_some_and(|(t, _)| *t < at)
+                    })
+                });
+                if !earlier_elsewhere {
+                    events.push(Event::Down(l));
+                }
             }
         }
     }
@@ -689,7 +710,8 @@ impl World {
                         describe_packet(&packet)
                     );
                     if self.links[l].end == End::Using {
-                        self.links[l].down.push_back(packet);
+                        let at = self.step;
+                        self.links[l].down.push_back((at, packet));
                     }
                 }
                 Ok(None) => {
@@ -782,7 +804,7 @@ impl World {
 
     /// The client reads the next packet of link `l`, or sees it end.
     fn client_reads(&mut self, l: usize) {
-        let Some(packet) = self.links[l].down.pop_front() else {
+        let Some((_, packet)) = self.links[l].down.pop_front() else {
             debug_assert!(!self.links[l].open);
             self.links[l].eof_seen = true;
             note!(
@@ -1114,6 +1136,10 @@ impl World {
     /// with an expiry); any other starts a new one each time.
     fn connect(&mut self, c: usize, shard: usize, reset: bool) -> usize {
         let persistent = self.clients[c].persistent;
+        let unconfirmed = self.clients[c]
+            .lineage
+            .is_some_and(|lg| self.lineages[lg].started_clean && !self.lineages[lg].server_session);
+        let reset = reset || (persistent && unconfirmed);
         let clean = !persistent || reset;
         // A persistent client's Clean Start 1 keeps an expiry: only 5.0 can say both.
         let protocol = if reset || self.rng.chance(1, 2) {
@@ -1131,6 +1157,7 @@ impl World {
                     inbound_qos2: BTreeSet::new(),
                     next_pkid: 0,
                     server_session: false,
+                    started_clean: clean,
                 });
                 self.lineages.len() - 1
             }
@@ -1491,7 +1518,26 @@ pub fn describe_packet(p: &Packet) -> String {
 pub fn describe(m: &ShardMsg) -> String {
     let payload = |m: &shardmq_broker::Message| String::from_utf8_lossy(&m.payload).into_owned();
     match m {
-        ShardMsg::Publish(msg) => format!("Publish({})", payload(msg)),
+        ShardMsg::Publish { msg, stamp } | ShardMsg::DurablePublish { msg, stamp } => format!(
+            "Publish({} #{} to {:?})",
+            payload(msg),
+            stamp.seq,
+            stamp.dest.iter().collect::<Vec<_>>()
+        ),
+        ShardMsg::Forward {
+            token,
+            msg,
+            origin,
+            stamp,
+        } => format!(
+            "Forward({token:x} {} from {origin} #{} to {:?})",
+            payload(msg),
+            stamp.seq,
+            stamp.dest.iter().collect::<Vec<_>>()
+        ),
+        ShardMsg::MoveMark { token, from, to } => format!("MoveMark({token:x} {from}->{to})"),
+        ShardMsg::MoveMarkAck { token, upto } => format!("MoveMarkAck({token:x} upto #{upto})"),
+        ShardMsg::ForwardEnd { token, upto } => format!("ForwardEnd({token:x} upto #{upto})"),
         ShardMsg::SharedPublish(sp) => {
             format!("SharedPublish({} {})", sp.key.group, payload(&sp.msg))
         }
@@ -1536,11 +1582,11 @@ pub fn describe(m: &ShardMsg) -> String {
         } => format!(
             "Takeover({client_id} to {to} token {token:x} replaces {replaces:x} discard {discard})"
         ),
-        ShardMsg::Superseded { token } => format!("Superseded({token:x})"),
         ShardMsg::Handoff {
             client_id,
             token,
             session,
+            ..
         } => format!(
             "Handoff({client_id} token {token:x} session {})",
             session.as_ref().map_or("none".to_string(), |s| format!(
