@@ -39,6 +39,7 @@ mod figures;
 mod inspect;
 mod mgmt;
 mod moves;
+mod node_moves;
 mod peers;
 mod registry;
 mod routes;

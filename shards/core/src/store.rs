@@ -8,7 +8,7 @@
 //! Time comes in as an argument ([`Clock`]): the broker's messages expire at an `Instant`, the
 //! store keeps wall-clock milliseconds.
 
-use shardmq_broker::session::{Change, QueuedMessage, SessionImage};
+use shardmq_broker::session::{Change, InflightMessage, QueuedMessage, SessionImage, Subscription};
 use shardmq_broker::Message;
 use shardmq_codec::ByteStr;
 use shardmq_store::{
@@ -18,7 +18,7 @@ use shardmq_store::{
 use smallvec::SmallVec;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A message as the shard's table knows it: the `Arc` itself, compared by pointer, held so that
 /// its address is never reused while the table tracks it.
@@ -93,6 +93,183 @@ pub fn stored_message(msg: &Message, clock: Clock) -> StoredMessage {
         }),
         publisher: msg.publisher.clone(),
     }
+}
+
+/// The store's form of a session: `image` with each message named by the id `id_of` gives it.
+/// `clock` dates the record (its disconnect and update times).
+pub fn stored_session(
+    image: &SessionImage,
+    clock: Clock,
+    id_of: impl FnMut(&Arc<Message>) -> u64,
+) -> StoredSession {
+    let disconnected_at = (!image.connected).then(|| clock.unix_ms());
+    session_record(image, disconnected_at, clock, id_of)
+}
+
+/// `image` as a store record, disconnected at `disconnected_at_unix_ms` (`None`: connected).
+fn session_record(
+    image: &SessionImage,
+    disconnected_at_unix_ms: Option<u64>,
+    clock: Clock,
+    mut id_of: impl FnMut(&Arc<Message>) -> u64,
+) -> StoredSession {
+    let mut delivery = |m: &QueuedMessage| StoredDelivery {
+        seq: m.seq,
+        message: id_of(&m.msg),
+        qos: m.qos,
+        retain: m.retain,
+        sub_ids: m.sub_ids.clone(),
+        shared: m.shared.clone(),
+    };
+    let mut s = StoredSession::new(image.client_id.clone(), image.protocol, image.expiry_secs);
+    s.disconnected_at_unix_ms = disconnected_at_unix_ms;
+    s.updated_unix_ms = clock.unix_ms();
+    s.subscriptions = image
+        .subscriptions
+        .iter()
+        .map(|(f, sub)| {
+            let stored = StoredSubscription {
+                options: sub.options,
+                id: sub.id,
+            };
+            (f.clone(), stored)
+        })
+        .collect();
+    s.inflight = image
+        .inflight
+        .iter()
+        .map(|m| StoredInflight {
+            pkid: m.pkid,
+            released: m.released,
+            delivery: delivery(&m.message),
+        })
+        .collect();
+    s.queue = image.queue.iter().map(&mut delivery).collect();
+    s.awaiting_rel = image.awaiting_rel.clone();
+    s.will = image.will.clone().map(WillForm::from_will);
+    s.last_seq = image.last_seq;
+    s
+}
+
+/// The broker's form of a stored session (detached), its messages looked up by id in `arcs`;
+/// a delivery whose message is missing is left out.
+pub fn session_image_of(
+    s: StoredSession,
+    arcs: &ahash::AHashMap<u64, Arc<Message>>,
+) -> SessionImage {
+    let queued = |d: StoredDelivery| {
+        Some(QueuedMessage {
+            seq: d.seq,
+            msg: arcs.get(&d.message)?.clone(),
+            qos: d.qos,
+            retain: d.retain,
+            sub_ids: d.sub_ids,
+            shared: d.shared,
+        })
+    };
+    SessionImage {
+        client_id: s.client_id,
+        protocol: s.protocol,
+        expiry_secs: s.expiry_secs,
+        connected: false,
+        subscriptions: s
+            .subscriptions
+            .into_iter()
+            .map(|(f, sub)| {
+                (
+                    f,
+                    Subscription {
+                        options: sub.options,
+                        id: sub.id,
+                    },
+                )
+            })
+            .collect(),
+        inflight: s
+            .inflight
+            .into_iter()
+            .filter_map(|i| {
+                Some(InflightMessage {
+                    pkid: i.pkid,
+                    released: i.released,
+                    message: queued(i.delivery)?,
+                })
+            })
+            .collect(),
+        queue: s.queue.into_iter().filter_map(queued).collect(),
+        awaiting_rel: s.awaiting_rel,
+        will: s.will.map(WillForm::into_will),
+        last_seq: s.last_seq,
+    }
+}
+
+/// A stored message back in the broker's terms: its wall-clock expiry on the monotonic clock.
+pub fn message_of(m: &StoredMessage, clock: Clock) -> Message {
+    let now_unix_ms = clock.unix_ms();
+    Message {
+        topic: m.topic.clone(),
+        payload: m.payload.clone(),
+        qos: m.qos,
+        retain: m.retain,
+        properties: m.properties.clone(),
+        expires_at: m
+            .expires_at_unix_ms
+            .map(|t| clock.now + Duration::from_millis(t.saturating_sub(now_unix_ms))),
+        publisher: m.publisher.clone(),
+    }
+}
+
+/// Most bytes a session's wire image may take (its queue is bounded by the session limits;
+/// this bounds what a peer can make a node buffer).
+pub const SESSION_WIRE_MAX: usize = 256 << 20;
+
+/// A session as it travels to another node (a session move, docs/cluster.md): the store's
+/// records, one `MessagePut` per distinct message, then its `SessionImage`, so the move reuses
+/// the log's checksummed format and its decoder.
+pub fn encode_session(image: &SessionImage, clock: Clock) -> bytes::Bytes {
+    let mut ids: ahash::AHashMap<*const Message, u64> = Default::default();
+    let mut records = Vec::new();
+    let stored = stored_session(image, clock, |m| {
+        let next = ids.len() as u64 + 1;
+        *ids.entry(Arc::as_ptr(m)).or_insert_with(|| {
+            records.push(Record::MessagePut {
+                id: next,
+                message: stored_message(m, clock),
+            });
+            next
+        })
+    });
+    records.push(Record::SessionImage(Box::new(stored)));
+    let mut out = bytes::BytesMut::new();
+    shardmq_store::encode_batch(&records, 1, &mut out);
+    out.freeze()
+}
+
+/// Why a session's wire image was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionWireError {
+    /// A frame or record did not decode.
+    #[error(transparent)]
+    Decode(#[from] shardmq_store::DecodeError),
+    /// The records were not messages followed by one session.
+    #[error("not a session image: {0}")]
+    Shape(&'static str),
+}
+
+/// The session [`encode_session`] wrote, detached, its messages rebuilt against `clock`.
+pub fn decode_session(buf: &[u8], clock: Clock) -> Result<SessionImage, SessionWireError> {
+    let mut records = shardmq_store::decode_batch(buf, 1)?;
+    let Some(Record::SessionImage(session)) = records.pop() else {
+        return Err(SessionWireError::Shape("no session record last"));
+    };
+    let mut arcs: ahash::AHashMap<u64, Arc<Message>> = Default::default();
+    for r in records {
+        let Record::MessagePut { id, message } = r else {
+            return Err(SessionWireError::Shape("a record other than a message"));
+        };
+        arcs.insert(id, Arc::new(message_of(&message, clock)));
+    }
+    Ok(session_image_of(*session, &arcs))
 }
 
 /// Number of a group commit (batch) of a shard's log, counted from 1: output that depends on
@@ -346,17 +523,6 @@ impl ShardLog {
         true
     }
 
-    fn delivery(&mut self, m: &QueuedMessage, clock: Clock) -> StoredDelivery {
-        StoredDelivery {
-            seq: m.seq,
-            message: self.acquire(&m.msg, clock),
-            qos: m.qos,
-            retain: m.retain,
-            sub_ids: m.sub_ids.clone(),
-            shared: m.shared.clone(),
-        }
-    }
-
     /// Stages the records of `changes` (drained from session `client_id`'s journal, oldest
     /// first) and empties it; a delivery completed or dropped before its batch is taken
     /// cancels out.
@@ -463,37 +629,7 @@ impl ShardLog {
     /// Appends the whole session (it became durable here: a new persistent session, or one
     /// handed over from another shard). Takes a reference to every message it holds.
     pub fn session_image(&mut self, image: &SessionImage, clock: Clock) {
-        let mut s = StoredSession::new(image.client_id.clone(), image.protocol, image.expiry_secs);
-        s.disconnected_at_unix_ms = (!image.connected).then(|| clock.unix_ms());
-        s.updated_unix_ms = clock.unix_ms();
-        s.subscriptions = image
-            .subscriptions
-            .iter()
-            .map(|(f, sub)| {
-                let stored = StoredSubscription {
-                    options: sub.options,
-                    id: sub.id,
-                };
-                (f.clone(), stored)
-            })
-            .collect();
-        s.inflight = image
-            .inflight
-            .iter()
-            .map(|m| StoredInflight {
-                pkid: m.pkid,
-                released: m.released,
-                delivery: self.delivery(&m.message, clock),
-            })
-            .collect();
-        s.queue = image
-            .queue
-            .iter()
-            .map(|m| self.delivery(m, clock))
-            .collect();
-        s.awaiting_rel = image.awaiting_rel.clone();
-        s.will = image.will.clone().map(WillForm::from_will);
-        s.last_seq = image.last_seq;
+        let s = stored_session(image, clock, |m| self.acquire(m, clock));
         // What was staged for the session before stays: the image replaces it on replay.
         self.unstage(&image.client_id);
         self.append(Record::SessionImage(Box::new(s)));
@@ -599,10 +735,10 @@ impl ShardLog {
         r.id
     }
 
-    fn touched(&mut self, m: &QueuedMessage, clock: Clock) -> StoredDelivery {
+    fn delivery(&mut self, m: &QueuedMessage, clock: Clock) -> StoredDelivery {
         StoredDelivery {
             seq: m.seq,
-            message: self.touch(&m.msg, clock),
+            message: self.acquire(&m.msg, clock),
             qos: m.qos,
             retain: m.retain,
             sub_ids: m.sub_ids.clone(),
@@ -618,33 +754,9 @@ impl ShardLog {
         disconnected_at_unix_ms: Option<u64>,
         clock: Clock,
     ) {
-        let mut s = StoredSession::new(image.client_id.clone(), image.protocol, image.expiry_secs);
-        s.disconnected_at_unix_ms = disconnected_at_unix_ms;
-        s.updated_unix_ms = clock.unix_ms();
-        s.subscriptions = image
-            .subscriptions
-            .iter()
-            .map(|(f, sub)| {
-                let stored = StoredSubscription {
-                    options: sub.options,
-                    id: sub.id,
-                };
-                (f.clone(), stored)
-            })
-            .collect();
-        s.inflight = image
-            .inflight
-            .iter()
-            .map(|m| StoredInflight {
-                pkid: m.pkid,
-                released: m.released,
-                delivery: self.touched(&m.message, clock),
-            })
-            .collect();
-        s.queue = image.queue.iter().map(|m| self.touched(m, clock)).collect();
-        s.awaiting_rel = image.awaiting_rel.clone();
-        s.will = image.will.clone().map(WillForm::from_will);
-        s.last_seq = image.last_seq;
+        let s = session_record(image, disconnected_at_unix_ms, clock, |m| {
+            self.touch(m, clock)
+        });
         self.unstage(&image.client_id);
         self.append(Record::SessionImage(Box::new(s)));
     }

@@ -100,6 +100,26 @@ pub enum ToCluster {
         /// Client identifier.
         client_id: ByteStr,
     },
+    /// A Clean Start 0 CONNECT for `client_id` that this node holds no session for: if the
+    /// cluster's session registry places one on another node, fetch it from there (that node
+    /// ends its connection and hands the session over). Always answered, within the node's
+    /// session move timeout, by [`FromCluster::SessionFetched`] to `shard`.
+    SessionFetch {
+        /// Client identifier.
+        client_id: ByteStr,
+        /// Shard of the connection, which gets the answer.
+        shard: ShardId,
+        /// The claim's token, given back in the answer.
+        token: u64,
+    },
+    /// Answer to [`FromCluster::SessionMoveOut`]: the session, encoded for the wire (`None`:
+    /// this shard does not hold it).
+    SessionMovedOut {
+        /// The request's id.
+        request: u64,
+        /// The session's wire image (`shardmq_core::store::encode_session`).
+        image: Option<bytes::Bytes>,
+    },
 }
 
 /// From the control plane to a shard.
@@ -150,6 +170,25 @@ pub enum FromCluster {
     /// `client_id` connected on another node: end its session here (MQTT 5.0: DISCONNECT
     /// 0x8E Session taken over).
     SessionTakenOver {
+        /// Client identifier.
+        client_id: ByteStr,
+    },
+    /// Answer to [`ToCluster::SessionFetch`]: the session another node handed over, if one
+    /// did (`None`: no other node holds it, or it did not answer in time).
+    SessionFetched {
+        /// Client identifier.
+        client_id: ByteStr,
+        /// The claim's token.
+        token: u64,
+        /// The session's wire image.
+        image: Option<bytes::Bytes>,
+    },
+    /// Another node has a CONNECT for `client_id`: if this shard holds its session, close its
+    /// connection (MQTT 5.0: DISCONNECT 0x8E), end the session here and answer
+    /// [`ToCluster::SessionMovedOut`] with it; else answer with `None`.
+    SessionMoveOut {
+        /// The request's id.
+        request: u64,
         /// Client identifier.
         client_id: ByteStr,
     },

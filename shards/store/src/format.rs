@@ -135,6 +135,27 @@ pub fn encode_batch(records: &[Record], first_lsn: Lsn, out: &mut BytesMut) -> L
     lsn
 }
 
+/// Decodes every frame of `buf`, numbered from `first_lsn` (what [`encode_batch`] wrote), all
+/// or nothing: a frame cut short or with a bad checksum, or a record that does not decode, is
+/// an error. For records that travel instead of being stored (a session moving to another node).
+pub fn decode_batch(buf: &[u8], first_lsn: Lsn) -> Result<Vec<Record>> {
+    let mut records = Vec::new();
+    let mut rest = buf;
+    let mut lsn = first_lsn;
+    loop {
+        match read_frame(rest, lsn) {
+            Frame::End => return Ok(records),
+            Frame::Good { payload, len } => {
+                records.push(decode_record(payload)?);
+                rest = &rest[len..];
+                lsn += 1;
+            }
+            Frame::Incomplete => return Err(DecodeError::Truncated),
+            Frame::BadChecksum { .. } => return Err(DecodeError::BadValue("frame checksum")),
+        }
+    }
+}
+
 /// What the frame at the front of a buffer is.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Frame<'a> {

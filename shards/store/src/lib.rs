@@ -42,7 +42,7 @@ mod state;
 mod writer;
 
 pub use error::{DecodeError, StoreError};
-pub use format::{decode_record, encode_batch, encode_record, SegmentHeader};
+pub use format::{decode_batch, decode_record, encode_batch, encode_record, SegmentHeader};
 pub use layout::{
     commit_generation, list_segments, list_shard_dirs, parse_segment_file_name, read_generation,
     segment_file_name, shard_dir, shards_root, sync_dir, CORRUPT_SUFFIX, GENERATION_FILE,

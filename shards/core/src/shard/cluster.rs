@@ -170,6 +170,14 @@ impl ShardCore {
             }
             FromCluster::RouteCommitted { token } => self.route_acked(now, token),
             FromCluster::SessionTakenOver { client_id } => self.evict(now, &client_id),
+            FromCluster::SessionFetched {
+                client_id,
+                token,
+                image,
+            } => self.session_fetched(now, client_id, token, image),
+            FromCluster::SessionMoveOut { request, client_id } => {
+                self.session_move_out(now, request, client_id)
+            }
         }
     }
 

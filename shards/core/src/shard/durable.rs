@@ -19,10 +19,8 @@ use crate::durable::{
     StorageSpec, COMPACT_STEP_ITEMS, CONN_GATES_MAX,
 };
 use crate::link::ToCluster;
-use crate::store::{Clock, ShardLog, WillForm};
-use shardmq_broker::session::{
-    Close, InflightMessage, QueuedMessage, Session, SessionImage, Subscription, EXPIRY_NEVER,
-};
+use crate::store::{Clock, ShardLog};
+use shardmq_broker::session::{Close, Session, EXPIRY_NEVER};
 use shardmq_broker::shared::is_shared;
 use shardmq_broker::Message;
 use shardmq_codec::{encode, Ack, AckProperties, ByteStr, Packet, Protocol, QoS, ReasonCode};
@@ -47,17 +45,13 @@ fn clock(now: Instant, wall: SystemTime) -> Clock {
 
 /// A stored message back in the broker's terms: its wall-clock expiry on the monotonic clock.
 fn message_of(m: &StoredMessage, now: Instant, now_unix_ms: u64) -> Message {
-    Message {
-        topic: m.topic.clone(),
-        payload: m.payload.clone(),
-        qos: m.qos,
-        retain: m.retain,
-        properties: m.properties.clone(),
-        expires_at: m
-            .expires_at_unix_ms
-            .map(|t| now + Duration::from_millis(t.saturating_sub(now_unix_ms))),
-        publisher: m.publisher.clone(),
-    }
+    crate::store::message_of(
+        m,
+        Clock {
+            now,
+            unix_ns: now_unix_ms * 1_000_000,
+        },
+    )
 }
 
 impl ShardCore {
@@ -155,56 +149,14 @@ impl ShardCore {
         s: shardmq_store::StoredSession,
         arcs: &ahash::AHashMap<u64, Arc<Message>>,
     ) {
-        let queued = |d: shardmq_store::StoredDelivery| {
-            Some(QueuedMessage {
-                seq: d.seq,
-                msg: arcs.get(&d.message)?.clone(),
-                qos: d.qos,
-                retain: d.retain,
-                sub_ids: d.sub_ids,
-                shared: d.shared,
-            })
-        };
         let client_id = s.client_id.clone();
         let expiry = s.expiry_secs;
-        let subscriptions: Vec<(ByteStr, Subscription)> = s
-            .subscriptions
-            .into_iter()
-            .map(|(f, sub)| {
-                (
-                    f,
-                    Subscription {
-                        options: sub.options,
-                        id: sub.id,
-                    },
-                )
-            })
-            .collect();
-        let image = SessionImage {
-            client_id: client_id.clone(),
-            protocol: s.protocol,
-            expiry_secs: expiry,
-            connected: false,
-            subscriptions: subscriptions.clone(),
-            inflight: s
-                .inflight
-                .into_iter()
-                .filter_map(|i| {
-                    Some(InflightMessage {
-                        pkid: i.pkid,
-                        released: i.released,
-                        message: queued(i.delivery)?,
-                    })
-                })
-                .collect(),
-            queue: s.queue.into_iter().filter_map(queued).collect(),
-            awaiting_rel: s.awaiting_rel,
-            will: s.will.map(WillForm::into_will),
-            last_seq: s.last_seq,
-        };
+        let disconnected_at = s.disconnected_at_unix_ms;
+        let image = crate::store::session_image_of(s, arcs);
+        let subscriptions = image.subscriptions.clone();
         let session = Session::from_image(image);
         // Down since it disconnected, or since the crash if it was connected then.
-        let gone_ms = now_ms.saturating_sub(s.disconnected_at_unix_ms.unwrap_or(now_ms));
+        let gone_ms = now_ms.saturating_sub(disconnected_at.unwrap_or(now_ms));
         // Kept in the session until it is published (see `expire_sessions`).
         let will = session.will().cloned();
         let token = self.token();

@@ -92,6 +92,16 @@ impl ShardCore {
                 let prev = self
                     .registry
                     .insert(client_id.clone(), RegEntry { shard, token });
+                if prev.is_none() && !clean_start && self.cluster.is_some() {
+                    // Perhaps on another node: the control plane fetches it, and the
+                    // connection's shard registers it once it has it (node_moves.rs).
+                    self.tell_cluster(ToCluster::SessionFetch {
+                        client_id,
+                        shard,
+                        token,
+                    });
+                    return;
+                }
                 self.tell_cluster(ToCluster::SessionSet {
                     client_id: client_id.clone(),
                 });

@@ -44,27 +44,30 @@ impl ShardCore {
         let Some(skey) = self.by_client.get(client_id).copied() else {
             return;
         };
-        if let Some(ckey) = self.sessions[skey].conn {
-            debug!(shard = self.id, client_id = %client_id, "session taken over by another node");
-            self.close_conn(
-                ckey,
-                Close {
-                    reason: ReasonCode::SESSION_TAKEN_OVER,
-                    why: "taken over by a connection on another node",
-                },
-            );
-            let will = self.sessions[skey].session.take_will();
-            self.conns[ckey].session = None;
-            self.sessions[skey].conn = None;
-            if let Some(will) = will {
-                self.publish_will(now, client_id.clone(), will);
-            }
+        debug!(shard = self.id, client_id = %client_id, "session taken over by another node");
+        if let Some(will) = self.close_for_other_node(skey) {
+            self.publish_will(now, client_id.clone(), will);
         }
         if let Some(will) = self.delayed_wills.cancel(client_id) {
             self.publish_will(now, client_id.clone(), will);
         }
         self.sessions[skey].session.detach();
         self.end_session(skey);
+    }
+
+    /// Closes session `skey`'s connection (if any) with 0x8E Session taken over, for a client
+    /// now connected on another node; the will it held, for the caller to publish or not.
+    pub(super) fn close_for_other_node(&mut self, skey: SessionKey) -> Option<LastWill> {
+        let ckey = self.sessions[skey].conn.take()?;
+        self.close_conn(
+            ckey,
+            Close {
+                reason: ReasonCode::SESSION_TAKEN_OVER,
+                why: "taken over by a connection on another node",
+            },
+        );
+        self.conns[ckey].session = None;
+        self.sessions[skey].session.take_will()
     }
 
     /// Another connection claimed `client_id`: kick ours and hand the session over.
