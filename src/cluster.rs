@@ -33,6 +33,7 @@ pub fn settings(config: &Config) -> ClusterSettings {
         replica_persist: Duration::from_millis(c.replica_persist_ms),
         node_down_purge: (c.node_down_purge_ms > 0)
             .then(|| Duration::from_millis(c.node_down_purge_ms)),
+        session_move_timeout: Duration::from_millis(c.session_move_timeout_ms),
         api: config.api.listen.clone(),
     }
 }

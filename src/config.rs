@@ -249,6 +249,9 @@ pub struct ClusterConfig {
     /// entries removed by the leader (it stays a member, shown `stopped`; it re-adds its routes
     /// when it is back). 0 = never.
     pub node_down_purge_ms: u64,
+    /// Longest a Clean Start 0 CONNECT waits for the node holding its session to hand it over;
+    /// then the client gets a new session. At least 1.
+    pub session_move_timeout_ms: u64,
 }
 
 impl fmt::Debug for ClusterConfig {
@@ -272,6 +275,7 @@ impl fmt::Debug for ClusterConfig {
             .field("election_timeout_ms", &self.election_timeout_ms)
             .field("replica_persist_ms", &self.replica_persist_ms)
             .field("node_down_purge_ms", &self.node_down_purge_ms)
+            .field("session_move_timeout_ms", &self.session_move_timeout_ms)
             .finish()
     }
 }
@@ -1152,11 +1156,17 @@ impl Config {
     /// when enabled.
     fn validate_cluster(role: Role, c: &ClusterConfig) -> Result<(), ConfigError> {
         const ANY: u64 = u64::MAX;
-        let ranges: [(&str, u64, u64, u64); 9] = [
+        let ranges: [(&str, u64, u64, u64); 10] = [
             ("cluster.tail_len", c.tail_len, 1, ANY),
             ("cluster.bootstrap_batch", c.bootstrap_batch.into(), 1, ANY),
             ("cluster.write_batch_max", c.write_batch_max.into(), 1, ANY),
             ("cluster.write_timeout_ms", c.write_timeout_ms, 1, ANY),
+            (
+                "cluster.session_move_timeout_ms",
+                c.session_move_timeout_ms,
+                1,
+                ANY,
+            ),
             ("cluster.forward_lanes", c.forward_lanes.into(), 1, 64),
             ("cluster.forward_pending_max", c.forward_pending_max, 1, ANY),
             ("cluster.heartbeat_ms", c.heartbeat_ms, 1, ANY),
@@ -1347,6 +1357,7 @@ mod tests {
         assert_eq!(k.election_timeout_ms, 1000);
         assert_eq!(k.replica_persist_ms, 1000);
         assert_eq!(k.node_down_purge_ms, 30_000);
+        assert_eq!(k.session_move_timeout_ms, 3_000);
         assert_eq!(Config::default(), c);
     }
 

@@ -1053,3 +1053,137 @@ async fn nodes_with_an_https_api_ask_each_other_over_https() {
     assert_eq!(overview["unreachable"], serde_json::json!([]), "{overview}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `name`'s value in `node`'s Prometheus text (the first sample), if it is there.
+fn metric(node: &Node, name: &str) -> Option<f64> {
+    let addr = node.b().api_addr();
+    let mut s = std::net::TcpStream::connect(&addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// What `node` says of `client_id`'s session (`queued`, `inflight`, `connected`, ...).
+fn session_on(node: &Node, client_id: &str) -> Value {
+    node.get(&format!("/api/v1/sessions/{client_id}"))
+        .unwrap_or(Value::Null)
+}
+
+/// Issue 13's first "done when": a persistent subscriber (rumqttc, MQTT 3.1.1) leaves one
+/// replicant, messages are published while it is away, it comes back on the other replicant
+/// and gets every one; a connected MQTT 5.0 session moves with its unacknowledged messages
+/// (DISCONNECT 0x8E on the old connection, DUP on the new one); with its old node killed, the
+/// client gets a new session within `cluster.session_move_timeout_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_session_follows_its_client_to_another_node() {
+    use shardmq_codec::{Packet, Protocol};
+    let mut c = Cluster::start();
+    c.formed().await;
+    let q1 = rumqttc::QoS::AtLeastOnce;
+    let (r4, r5) = (c.replicants[0].port(), c.replicants[1].port());
+
+    // 1. Offline on replicant 4, back on replicant 5.
+    let (mut roamer, ack) = common::V4::connect(r4, "roamer", false).await;
+    assert!(!ack.session_present);
+    assert_eq!(roamer.subscribe("mv/#", q1).await, Some(q1));
+    routes_everywhere(&[&c.cores[0]], 1).await;
+    roamer.disconnect().await;
+    let (mut p1, _) = common::V4::connect(c.cores[0].port(), "pub-on-1", true).await;
+    for i in 0..20 {
+        p1.publish(&format!("mv/{i}"), q1, false, format!("m{i}"))
+            .await;
+    }
+    let queued = eventually(Duration::from_secs(10), || async {
+        session_on(&c.replicants[0], "roamer")["queued"].as_u64() == Some(20)
+    })
+    .await;
+    assert!(
+        queued,
+        "queued on 4: {}",
+        session_on(&c.replicants[0], "roamer")
+    );
+    let (mut roamer, ack) = common::V4::connect(r5, "roamer", false).await;
+    assert!(ack.session_present, "the session came along");
+    let mut got = BTreeSet::new();
+    while got.len() < 20 {
+        match roamer.next_publish(Duration::from_secs(10)).await {
+            Some(p) => {
+                got.insert(String::from_utf8_lossy(&p.payload).into_owned());
+            }
+            None => break,
+        }
+    }
+    let want: BTreeSet<String> = (0..20).map(|i| format!("m{i}")).collect();
+    assert_eq!(got, want, "every message published while it was away");
+    // Its route moved too: once node 1 applied it, a publish there reaches it on 5.
+    let mut reached = None;
+    for i in 0..20 {
+        p1.publish("mv/after", q1, false, format!("after{i}")).await;
+        if let Some(p) = roamer.next_publish(Duration::from_millis(500)).await {
+            reached = Some(String::from_utf8_lossy(&p.payload).into_owned());
+            break;
+        }
+    }
+    assert!(
+        reached.is_some(),
+        "a publish after the move reaches the session on 5"
+    );
+    assert_eq!(
+        metric(&c.replicants[1], "shardmq_session_moves_in_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&c.replicants[0], "shardmq_session_moves_out_total"),
+        Some(1.0)
+    );
+
+    // 2. Connected, with unacknowledged QoS 1 messages, taken by a connection on 4.
+    let mut connect = common::connect_packet(Protocol::V5, "inflight", false, 0);
+    connect.properties.session_expiry_interval = Some(600);
+    let (mut old, ack) = common::Raw::connect_with(r5, connect.clone()).await;
+    assert!(!ack.session_present);
+    old.subscribe(1, &[("inf/#", shardmq_codec::QoS::AtLeastOnce)])
+        .await;
+    routes_everywhere(&[&c.cores[0]], 2).await;
+    for i in 0..3 {
+        p1.publish(&format!("inf/{i}"), q1, false, format!("i{i}"))
+            .await;
+    }
+    for _ in 0..3 {
+        old.expect_publish().await; // never acknowledged
+    }
+    let (mut new, ack) = common::Raw::connect_with(r4, connect).await;
+    assert!(ack.session_present);
+    let closed = old.expect_closed(Duration::from_secs(5)).await;
+    match closed.as_slice() {
+        [.., Packet::Disconnect(d)] => assert_eq!(d.reason.0, 0x8E, "Session taken over"),
+        other => panic!("expected DISCONNECT 0x8E, got {other:?}"),
+    }
+    let mut again = Vec::new();
+    for _ in 0..3 {
+        let p = new.expect_publish().await;
+        assert!(p.dup, "sent before: DUP");
+        again.push(String::from_utf8_lossy(&p.payload).into_owned());
+    }
+    assert_eq!(again, ["i0", "i1", "i2"]);
+
+    // 3. Its old node killed: a new session, within the move timeout (3 s) and some slack.
+    let (mut lost, _) = common::V4::connect(r4, "orphan", false).await;
+    lost.subscribe("orph/#", q1).await;
+    lost.disconnect().await;
+    c.replicants[0].kill();
+    let started = std::time::Instant::now();
+    let (_lost, ack) = common::V4::connect(r5, "orphan", false).await;
+    let waited = started.elapsed();
+    assert!(!ack.session_present, "its node is down: a new session");
+    assert!(waited < Duration::from_secs(6), "answered in {waited:?}");
+    eprintln!("a CONNECT for a session on a killed node was answered in {waited:?}");
+}

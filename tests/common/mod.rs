@@ -651,7 +651,12 @@ impl<P: Debug> Inbox<P> {
 
     /// Waits (bounded) until the event loop stops; returns its error text.
     pub async fn closed(&mut self, within: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + within;
         let _ = self.wait_for(within, |_| None::<()>).await;
+        // The loop drops its sender just before its task ends.
+        while !self.task.is_finished() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         self.error.clone()
     }
 }

@@ -22,6 +22,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Notify};
+
+mod session_move;
 use tracing::{debug, info, warn};
 
 /// A node's cluster settings (the `[cluster]` section and `node.role`).
@@ -62,6 +64,8 @@ pub struct ClusterSettings {
     /// A node silent this long has its routes, sessions and retained index entries purged by
     /// the leader; `None` = never.
     pub node_down_purge: Option<Duration>,
+    /// Longest a session fetch from another node takes (`cluster.session_move_timeout_ms`).
+    pub session_move_timeout: Duration,
 }
 
 /// How often a node checks that the tables hold exactly its own routes, and repairs them.
@@ -79,6 +83,11 @@ enum NodeRequest {
     /// The retained messages the receiver holds as the index's owner, as `RetainedChunk`s and
     /// a final `RetainedEnd`.
     Retained,
+    /// Hand this client's session over to the asking node (its connection there has Clean
+    /// Start 0), as `SessionFrame`s.
+    TakeSession {
+        client_id: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -162,6 +171,10 @@ struct Inner {
         >,
     >,
     next_dump: AtomicU64,
+    /// Session move-outs asked of the data plane, by request id.
+    moves: Mutex<HashMap<u64, session_move::MoveOut>>,
+    next_move: AtomicU64,
+    move_stats: session_move::MoveStats,
 }
 
 /// A running cluster member. Cheap to clone.
@@ -244,6 +257,9 @@ impl ClusterNode {
                 extra_cores: Mutex::new(Vec::new()),
                 dumps: Mutex::new(HashMap::new()),
                 next_dump: AtomicU64::new(1),
+                moves: Mutex::new(HashMap::new()),
+                next_move: AtomicU64::new(1),
+                move_stats: Default::default(),
                 s,
             }),
         };
@@ -533,6 +549,14 @@ impl ClusterNode {
                             node: me,
                         });
                     }
+                    ToCluster::SessionFetch {
+                        client_id,
+                        shard,
+                        token,
+                    } => self.session_fetch(client_id, shard, token),
+                    ToCluster::SessionMovedOut { request, image } => {
+                        self.session_moved_out(request, image)
+                    }
                 }
             }
             if !awaited.is_empty() {
@@ -821,6 +845,12 @@ impl ClusterNode {
             Ok(Some(NodeRequest::Retained)) => {
                 if let Err(e) = self.send_retained(&mut stream).await {
                     debug!(peer, error = %e, "retained hand-over failed");
+                }
+                let _ = stream.finish();
+            }
+            Ok(Some(NodeRequest::TakeSession { client_id })) => {
+                if let Err(e) = self.serve_take_session(&mut stream, client_id).await {
+                    warn!(peer, error = %e, "session hand-over failed");
                 }
                 let _ = stream.finish();
             }
@@ -1378,7 +1408,8 @@ impl ClusterNode {
     pub fn samples(&self) -> Vec<(&'static str, &'static str, f64, bool)> {
         let f = &self.inner.forwarder.stats;
         let w = &self.inner.writer;
-        let counters: [(&'static str, &'static str, &AtomicU64); 10] = [
+        let m = &self.inner.move_stats;
+        let counters: [(&'static str, &'static str, &AtomicU64); 13] = [
             (
                 "shardmq_forward_sent",
                 "Messages forwarded to other nodes.",
@@ -1423,6 +1454,21 @@ impl ClusterNode {
                 "shardmq_cluster_write_timeouts",
                 "Batches whose SUBACKs were answered at cluster.write_timeout_ms.",
                 &w.timeouts,
+            ),
+            (
+                "shardmq_session_moves_in",
+                "Sessions fetched from another node for a Clean Start 0 CONNECT here.",
+                &m.moved_in,
+            ),
+            (
+                "shardmq_session_moves_out",
+                "Sessions handed over to another node.",
+                &m.moved_out,
+            ),
+            (
+                "shardmq_session_move_failures",
+                "Session fetches that got no session although the registry named another node (down, timed out, gone).",
+                &m.fetch_failed,
             ),
             (
                 "shardmq_cluster_write_dropped",
