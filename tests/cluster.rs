@@ -545,6 +545,26 @@ async fn ctl_metrics_and_joining_nodes() {
         assert!(metrics.contains("shardmq_rlog_state{"), "{metrics}");
         assert!(metrics.contains("shardmq_rlog_lag{"), "{metrics}");
         assert!(metrics.contains("shardmq_forward_sent"), "{metrics}");
+        // Idle, the replicant has caught up with the leader on every RLOG shard.
+        let addr = c.replicants[0].b().api_addr();
+        let caught_up = eventually(Duration::from_secs(5), || {
+            let addr = addr.clone();
+            async move {
+                let out = std::process::Command::new("curl")
+                    .arg("-s")
+                    .arg(format!("http://{addr}/metrics"))
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                let lags: Vec<&str> = out
+                    .lines()
+                    .filter(|l| l.starts_with("shardmq_rlog_lag{"))
+                    .collect();
+                lags.len() == 4 && lags.iter().all(|l| l.ends_with(" 0"))
+            }
+        })
+        .await;
+        assert!(caught_up, "replicant lag never reached 0");
     }
     // A core that is not in the seeds joins the core group at start-up.
     let core1 = c.cores[0]

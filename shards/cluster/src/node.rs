@@ -1369,8 +1369,21 @@ impl ClusterNode {
             Backend::Replicant(r) => {
                 let states = r.states();
                 let up = r.upstream.locked().map(|(n, _)| n);
-                let core_seqs =
-                    up.and_then(|n| self.inner.seen.locked().get(&n).map(|(_, p)| p.seqs));
+                // Lag is measured against the Raft leader's seq (its upstream core may itself
+                // trail the leader), falling back on the upstream's when no leader is known.
+                let core_seqs = {
+                    let seen = self.inner.seen.locked();
+                    let seqs_of = |n: NodeId| seen.get(&n).map(|(_, p)| p.seqs);
+                    let leader = up
+                        .and_then(|n| seen.get(&n))
+                        .and_then(|(_, p)| p.leader)
+                        .or_else(|| seen.values().find_map(|(_, p)| p.leader));
+                    let (l, u) = (leader.and_then(seqs_of), up.and_then(seqs_of));
+                    match (l, u) {
+                        (Some(l), Some(u)) => Some(std::array::from_fn(|i| l[i].max(u[i]))),
+                        (l, u) => l.or(u),
+                    }
+                };
                 RlogShard::ALL
                     .iter()
                     .map(|&s| {
