@@ -22,9 +22,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Notify};
+use tracing::{debug, info, warn};
 
 mod session_move;
-use tracing::{debug, info, warn};
 
 /// A node's cluster settings (the `[cluster]` section and `node.role`).
 #[derive(Debug, Clone)]
