@@ -477,6 +477,71 @@ async fn a_shared_group_across_nodes_gets_each_message_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_group_across_nodes_is_balanced_by_members_per_node() {
+    let c = Cluster::start();
+    c.formed().await;
+    // Three members on node 4, one on node 5.
+    let mut on4 = Vec::new();
+    for i in 0..3 {
+        let (mut m, _) = V5::connect(c.replicants[0].port(), &format!("w4-{i}"), true).await;
+        m.subscribe("$share/w/b/#", QoS::AtLeastOnce).await;
+        on4.push(m);
+    }
+    let (mut m5, _) = V5::connect(c.replicants[1].port(), "w5-0", true).await;
+    m5.subscribe("$share/w/b/#", QoS::AtLeastOnce).await;
+    routes_everywhere(&[&c.cores[0]], 1).await;
+    let (mut p5, _) = V5::connect(c.replicants[1].port(), "w-pub-5", true).await;
+    let (mut p1, _) = V5::connect(c.cores[0].port(), "w-pub-1", true).await;
+    // Until node 5 knows node 4's weight it keeps the group's messages (its own member is the
+    // only one it counts online); once it does, most go to node 4.
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let mut weighted = false;
+    for probe in 0.. {
+        if weighted || std::time::Instant::now() > until {
+            break;
+        }
+        p5.publish(&format!("b/probe/{probe}"), QoS::AtLeastOnce, false, "p")
+            .await;
+        for m in on4.iter_mut() {
+            weighted |= m.next_publish(Duration::from_millis(100)).await.is_some();
+        }
+    }
+    assert!(weighted, "node 5 never sent a group message to node 4");
+    let quiet = Duration::from_millis(1500);
+    for m in on4.iter_mut().chain([&mut m5]) {
+        while m.next_publish(quiet).await.is_some() {}
+    }
+    // From the node with one member, and from a node with none: 3 of 4 messages to node 4.
+    for i in 0..400 {
+        p5.publish(&format!("b/x/{i}"), QoS::AtLeastOnce, false, "x")
+            .await;
+        p1.publish(&format!("b/y/{i}"), QoS::AtLeastOnce, false, "y")
+            .await;
+    }
+    let mut got4 = Vec::new();
+    for m in on4.iter_mut() {
+        while let Some(p) = m.next_publish(quiet).await {
+            got4.push(String::from_utf8_lossy(&p.topic).into_owned());
+        }
+    }
+    let mut got5 = Vec::new();
+    while let Some(p) = m5.next_publish(quiet).await {
+        got5.push(String::from_utf8_lossy(&p.topic).into_owned());
+    }
+    let all: BTreeSet<&String> = got4.iter().chain(&got5).collect();
+    assert_eq!(got4.len() + got5.len(), 800, "each message once");
+    assert_eq!(all.len(), 800, "each message once");
+    for phase in ["b/x/", "b/y/"] {
+        let to4 = got4.iter().filter(|t| t.starts_with(phase)).count();
+        eprintln!("{phase}: {to4} of 400 to node 4 (3 of 4 members)");
+        assert!(
+            (260..=340).contains(&to4),
+            "{phase}: {to4} of 400 went to node 4's three members (want ~300 of 400)"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_id_connecting_on_another_node_takes_the_session_over() {
     use shardmq_codec::{Packet, Protocol};
     let c = Cluster::start();

@@ -262,6 +262,11 @@ impl GroupRoute {
         self.shards.is_empty()
     }
 
+    /// Members online on every shard together.
+    pub fn online(&self) -> u32 {
+        self.shards.iter().map(|(_, c)| c.online).sum()
+    }
+
     /// Chooses the shard for one message, never one whose bit is set in `exclude` (shards that
     /// already found no member): among shards with online members, weighted by their number,
     /// else among shards with offline members. `None` when no member is left.
@@ -305,6 +310,132 @@ impl GroupRoute {
             unreachable!("index below the total weight");
         }
         None
+    }
+}
+
+/// Where one message of a group goes in a cluster: to this node's members, or to another node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NodeChoice {
+    /// This node (its [`GroupRoute`] then picks the shard).
+    Here,
+    /// The node with this id.
+    Node(u64),
+}
+
+/// One shared group as a publishing shard sees the other nodes of the cluster: the nodes with
+/// members (their routes) and how many members each has online (the weight it announced).
+///
+/// A message of the group goes to one node, chosen among this node and the others with the
+/// node's [`SharedStrategy`], each weighted by its members online, so a group's load spreads by
+/// member count rather than staying on the publisher's node. When no member is online anywhere
+/// (as far as the weights tell), this node's offline members come first, then another node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteGroup {
+    share: ByteStr,
+    /// (node, members online), ascending by node.
+    nodes: SmallVec<[(u64, u32); 2]>,
+    turn: u64,
+    sticky: Option<NodeChoice>,
+}
+
+impl RemoteGroup {
+    /// A group known by its routed filter (`$share/{group}/{filter}`), no node yet.
+    pub fn new(share: ByteStr) -> RemoteGroup {
+        RemoteGroup {
+            share,
+            nodes: SmallVec::new(),
+            turn: 0,
+            sticky: None,
+        }
+    }
+
+    /// The routed filter.
+    pub fn share(&self) -> &ByteStr {
+        &self.share
+    }
+
+    /// `node` has the route (weight 0 until it says otherwise). False if it had it.
+    pub fn add_node(&mut self, node: u64) -> bool {
+        match self.nodes.binary_search_by_key(&node, |(n, _)| *n) {
+            Ok(_) => false,
+            Err(i) => {
+                self.nodes.insert(i, (node, 0));
+                true
+            }
+        }
+    }
+
+    /// `node` no longer has the route.
+    pub fn remove_node(&mut self, node: u64) {
+        self.nodes.retain(|(n, _)| *n != node);
+    }
+
+    /// `node`'s members online; ignored for a node without the route.
+    pub fn set_weight(&mut self, node: u64, online: u32) {
+        if let Ok(i) = self.nodes.binary_search_by_key(&node, |(n, _)| *n) {
+            self.nodes[i].1 = online;
+        }
+    }
+
+    /// (node, members online), ascending by node.
+    pub fn nodes(&self) -> &[(u64, u32)] {
+        &self.nodes
+    }
+
+    /// No other node has the route.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Chooses the node of one message. `here_online`: this node's members online (every
+    /// shard's), `here_any`: whether this node has members at all. `None`: no member anywhere.
+    pub fn pick(
+        &mut self,
+        strategy: SharedStrategy,
+        hash: u64,
+        here_online: u32,
+        here_any: bool,
+    ) -> Option<NodeChoice> {
+        let total =
+            u64::from(here_online) + self.nodes.iter().map(|(_, w)| u64::from(*w)).sum::<u64>();
+        if total == 0 {
+            if here_any {
+                return Some(NodeChoice::Here);
+            }
+            if self.nodes.is_empty() {
+                return None;
+            }
+            let i = choose(strategy, &mut self.turn, hash, self.nodes.len() as u64);
+            return Some(NodeChoice::Node(self.nodes[i as usize].0));
+        }
+        if strategy == SharedStrategy::Sticky {
+            let alive = |c: NodeChoice| match c {
+                NodeChoice::Here => here_online > 0,
+                NodeChoice::Node(n) => self.nodes.iter().any(|&(m, w)| m == n && w > 0),
+            };
+            if let Some(c) = self.sticky.filter(|&c| alive(c)) {
+                return Some(c);
+            }
+        }
+        let mut index = choose(strategy, &mut self.turn, hash, total);
+        let choice = if index < u64::from(here_online) {
+            NodeChoice::Here
+        } else {
+            index -= u64::from(here_online);
+            let mut chosen = None;
+            for &(node, w) in &self.nodes {
+                if index < u64::from(w) {
+                    chosen = Some(NodeChoice::Node(node));
+                    break;
+                }
+                index -= u64::from(w);
+            }
+            chosen.expect("index below the total weight")
+        };
+        if strategy == SharedStrategy::Sticky {
+            self.sticky = Some(choice);
+        }
+        Some(choice)
     }
 }
 
@@ -411,6 +542,77 @@ mod tests {
     use super::*;
     use shardmq_codec::{QoS, SubscriptionOptions};
     use std::collections::BTreeMap;
+
+    fn picks(
+        g: &mut RemoteGroup,
+        strategy: SharedStrategy,
+        here: (u32, bool),
+        n: u64,
+    ) -> BTreeMap<Option<NodeChoice>, u64> {
+        let mut got = BTreeMap::new();
+        for i in 0..n {
+            let hash = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            *got.entry(g.pick(strategy, hash, here.0, here.1))
+                .or_default() += 1;
+        }
+        got
+    }
+
+    #[test]
+    fn a_group_across_nodes_is_balanced_by_members_online() {
+        let mut g = RemoteGroup::new(ByteStr::from_static("$share/g/t"));
+        assert_eq!(g.pick(SharedStrategy::RoundRobin, 0, 0, false), None);
+        g.add_node(7);
+        g.add_node(2);
+        g.set_weight(2, 1);
+        g.set_weight(7, 4);
+        g.set_weight(9, 5); // no route: ignored
+                            // Round robin: exactly by weight, 3 here, 1 on node 2, 4 on node 7.
+        let rr = picks(&mut g, SharedStrategy::RoundRobin, (3, true), 800);
+        assert_eq!(rr[&Some(NodeChoice::Here)], 300);
+        assert_eq!(rr[&Some(NodeChoice::Node(2))], 100);
+        assert_eq!(rr[&Some(NodeChoice::Node(7))], 400);
+        // Hashing spreads by weight too (within 20 % of the share here).
+        let h = picks(&mut g, SharedStrategy::HashTopic, (3, true), 8000);
+        for (c, want) in [
+            (NodeChoice::Here, 3000),
+            (NodeChoice::Node(2), 1000),
+            (NodeChoice::Node(7), 4000),
+        ] {
+            let got = h[&Some(c)];
+            assert!(
+                got.abs_diff(want) < want / 5,
+                "{c:?}: {got} of 8000, want ~{want}"
+            );
+        }
+        // The same hash, the same node.
+        let a = g.pick(SharedStrategy::HashTopic, 12345, 3, true);
+        assert_eq!(g.pick(SharedStrategy::HashTopic, 12345, 3, true), a);
+        // Sticky stays on its first choice while it has members online.
+        let first = g.pick(SharedStrategy::Sticky, 0, 3, true).unwrap();
+        let st = picks(&mut g, SharedStrategy::Sticky, (3, true), 50);
+        assert_eq!(st.get(&Some(first)), Some(&50));
+        // Nobody online: this node's offline members, else another node's route.
+        let mut g = RemoteGroup::new(ByteStr::from_static("$share/g/t"));
+        g.add_node(4);
+        assert_eq!(
+            g.pick(SharedStrategy::RoundRobin, 1, 0, true),
+            Some(NodeChoice::Here)
+        );
+        assert_eq!(
+            g.pick(SharedStrategy::RoundRobin, 1, 0, false),
+            Some(NodeChoice::Node(4))
+        );
+        // A node online elsewhere beats offline members here.
+        g.set_weight(4, 1);
+        assert_eq!(
+            g.pick(SharedStrategy::RoundRobin, 1, 0, true),
+            Some(NodeChoice::Node(4))
+        );
+        g.remove_node(4);
+        assert!(g.is_empty());
+        assert_eq!(g.pick(SharedStrategy::RoundRobin, 1, 0, false), None);
+    }
 
     fn sub(qos: QoS) -> Subscription {
         Subscription {

@@ -11,6 +11,7 @@ use crate::rpc::{RpcRequest, RpcResponse};
 use crate::transport::{FramedStream, StreamKind, Transport, TransportConfig};
 use crate::Locked;
 use serde::{Deserialize, Serialize};
+use shardmq_broker::shared::is_shared;
 use shardmq_codec::ByteStr;
 use shardmq_link::{ControlPlaneLink, FromCluster, SendError, ShardId, ToCluster};
 use shardmq_rlog::status::{ClusterStatus, MemberStatus, RlogStatus, ShardStatus};
@@ -25,6 +26,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, info, warn};
 
 mod session_move;
+mod share_weights;
 
 /// A node's cluster settings (the `[cluster]` section and `node.role`).
 #[derive(Debug, Clone)]
@@ -441,7 +443,24 @@ impl ClusterNode {
 
     async fn uplink_loop(self, mut uplink: mpsc::Receiver<Vec<ToCluster>>) {
         let me = self.me();
-        while let Some(batch) = uplink.recv().await {
+        let mut weights = share_weights::ShareWeights::default();
+        loop {
+            // Shared-group weights are written when due, between batches.
+            let batch = match weights.deadline() {
+                Some(at) => tokio::select! {
+                    b = uplink.recv() => b.map(Some),
+                    _ = tokio::time::sleep_until(at.into()) => Some(None),
+                },
+                None => uplink.recv().await.map(Some),
+            };
+            for op in weights.poll(Instant::now(), me) {
+                self.enqueue(op);
+            }
+            let batch = match batch {
+                None => return,
+                Some(None) => continue,
+                Some(Some(b)) => b,
+            };
             let mut commits: Vec<(ShardId, u64)> = Vec::new();
             // Writes that SUBACKs now wait for: answered at cluster.write_timeout_ms at the
             // latest, even while earlier writes are still retrying.
@@ -492,6 +511,9 @@ impl ClusterNode {
                             r.shards = r.shards.saturating_sub(1);
                             if r.shards == 0 {
                                 routes.remove(filter.as_str());
+                                if is_shared(&filter) {
+                                    weights.forget(&filter);
+                                }
                                 self.enqueue(Op::RouteDel {
                                     filter: filter.to_string(),
                                     node: me,
@@ -499,6 +521,11 @@ impl ClusterNode {
                             }
                         }
                     }
+                    ToCluster::ShareOnline {
+                        share,
+                        shard,
+                        online,
+                    } => weights.set(Instant::now(), &share, shard, online),
                     ToCluster::Forward { nodes, msg } => {
                         for n in nodes {
                             self.inner.forwarder.send(n, &msg, None);
@@ -724,16 +751,23 @@ impl ClusterNode {
     async fn apply_changes(self, mut rx: mpsc::UnboundedReceiver<Vec<Change>>) {
         let me = self.me();
         while let Some(changes) = rx.recv().await {
-            let mut routes: Vec<(ByteStr, NodeId, bool)> = Vec::new();
+            let mut routes: Vec<(ByteStr, NodeId, RouteNote)> = Vec::new();
             let mut evict: Vec<ByteStr> = Vec::new();
             let mut members_changed = false;
             for c in changes {
                 match c {
                     Change::RouteAdded { filter, node } if node != me => {
-                        routes.push((ByteStr::from(filter), node, true))
+                        routes.push((ByteStr::from(filter), node, RouteNote::Added))
                     }
                     Change::RouteRemoved { filter, node } if node != me => {
-                        routes.push((ByteStr::from(filter), node, false))
+                        routes.push((ByteStr::from(filter), node, RouteNote::Removed))
+                    }
+                    Change::ShareWeight {
+                        filter,
+                        node,
+                        online,
+                    } if node != me => {
+                        routes.push((ByteStr::from(filter), node, RouteNote::Weight(online)))
                     }
                     Change::SessionOwner {
                         client_id,
@@ -756,19 +790,7 @@ impl ClusterNode {
             self.broadcast(|| {
                 let mut batch: Vec<FromCluster> = routes
                     .iter()
-                    .map(|(filter, node, added)| {
-                        if *added {
-                            FromCluster::RouteAdded {
-                                filter: filter.clone(),
-                                node: *node,
-                            }
-                        } else {
-                            FromCluster::RouteRemoved {
-                                filter: filter.clone(),
-                                node: *node,
-                            }
-                        }
-                    })
+                    .map(|(filter, node, note)| note.message(filter.clone(), *node))
                     .collect();
                 batch.extend(evict.iter().map(|c| FromCluster::SessionTakenOver {
                     client_id: c.clone(),
@@ -1287,12 +1309,17 @@ impl ClusterNode {
 
     async fn resync_shards(&self, changes: Vec<Change>) {
         let me = self.me();
-        let routes: Vec<(ByteStr, NodeId)> = changes
+        let routes: Vec<(ByteStr, NodeId, RouteNote)> = changes
             .into_iter()
             .filter_map(|c| match c {
                 Change::RouteAdded { filter, node } if node != me => {
-                    Some((ByteStr::from(filter), node))
+                    Some((ByteStr::from(filter), node, RouteNote::Added))
                 }
+                Change::ShareWeight {
+                    filter,
+                    node,
+                    online,
+                } if node != me => Some((ByteStr::from(filter), node, RouteNote::Weight(online))),
                 _ => None,
             })
             .collect();
@@ -1300,10 +1327,7 @@ impl ClusterNode {
         self.broadcast(|| {
             let mut b: Vec<FromCluster> = routes
                 .iter()
-                .map(|(f, n)| FromCluster::RouteAdded {
-                    filter: f.clone(),
-                    node: *n,
-                })
+                .map(|(f, n, note)| note.message(f.clone(), *n))
                 .collect();
             b.push(FromCluster::Peers(peers.clone()));
             b
@@ -1544,6 +1568,28 @@ impl Deliver for ClusterNode {
     }
 }
 
+/// A route change for the shards, kept in table order (a weight follows its route).
+#[derive(Clone, Copy)]
+enum RouteNote {
+    Added,
+    Removed,
+    Weight(u32),
+}
+
+impl RouteNote {
+    fn message(self, filter: ByteStr, node: NodeId) -> FromCluster {
+        match self {
+            RouteNote::Added => FromCluster::RouteAdded { filter, node },
+            RouteNote::Removed => FromCluster::RouteRemoved { filter, node },
+            RouteNote::Weight(online) => FromCluster::ShareWeight {
+                share: filter,
+                node,
+                online,
+            },
+        }
+    }
+}
+
 fn topic_hash(topic: &str) -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = ahash::RandomState::with_seeds(5, 6, 7, 8).build_hasher();
@@ -1562,6 +1608,14 @@ fn initial_changes(t: &Tables) -> Vec<Change> {
             })
         })
         .collect();
+    out.extend(
+        t.all_share_weights()
+            .map(|(f, node, online)| Change::ShareWeight {
+                filter: f.to_string(),
+                node,
+                online,
+            }),
+    );
     out.extend(t.members().iter().map(|(n, m)| Change::MemberChanged {
         node: *n,
         member: Some(m.clone()),

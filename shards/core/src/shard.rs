@@ -17,7 +17,7 @@ use shardmq_broker::session::{
     accept_connect, connack_for, connack_refusal, server_disconnect_for, Accepted, Action, Close,
     Delivery, Session, SessionStats, Subscription, EXPIRY_NEVER,
 };
-use shardmq_broker::shared::{is_shared, LocalGroup, SharedKey};
+use shardmq_broker::shared::{is_shared, LocalGroup, NodeChoice, RemoteGroup, SharedKey};
 use shardmq_broker::topic::filter_matches;
 use shardmq_broker::trie::SubscriptionTrie;
 use shardmq_broker::will::{will_delay, DelayedWills};
@@ -341,8 +341,9 @@ pub struct ClusterShard {
     pub out: Vec<ToCluster>,
     /// Replica of the other nodes' routes: filter → nodes.
     remote: SubscriptionTrie<NodeSet>,
-    /// Replica of the other nodes' shared groups: filter → (group, nodes with members).
-    remote_shared: SubscriptionTrie<SmallVec<[(ByteStr, NodeSet); 1]>>,
+    /// Replica of the other nodes' shared groups: filter → groups, each with its nodes and
+    /// their members online.
+    remote_shared: SubscriptionTrie<SmallVec<[RemoteGroup; 1]>>,
     /// The other nodes (retained messages go to all of them).
     peers: Vec<NodeId>,
     /// Messages forwarded to other nodes (one per destination node).

@@ -53,6 +53,17 @@ pub enum ToCluster {
         /// Shard unsubscribing.
         shard: ShardId,
     },
+    /// The shard's members online of the shared group routed as `share`
+    /// (`$share/{group}/{filter}`) changed: now `online`. The node sums its shards' and writes
+    /// the sum as its weight of the group (at most once per `SHARE_WEIGHT_PERIOD` a group).
+    ShareOnline {
+        /// The shared route.
+        share: ByteStr,
+        /// Shard reporting.
+        shard: ShardId,
+        /// Its members online.
+        online: u32,
+    },
     /// Forward `msg` to `nodes`, once per node.
     Forward {
         /// Destination nodes (never this one).
@@ -138,6 +149,16 @@ pub enum FromCluster {
         filter: ByteStr,
         /// The node.
         node: NodeId,
+    },
+    /// `node`, which has the shared route `share`, has `online` members of it online: its
+    /// weight when a message of the group picks its node.
+    ShareWeight {
+        /// The shared route (`$share/{group}/{filter}`).
+        share: ByteStr,
+        /// The node.
+        node: NodeId,
+        /// Its members online.
+        online: u32,
     },
     /// The other nodes of the cluster (retained messages go to all of them).
     Peers(Vec<NodeId>),

@@ -214,13 +214,28 @@ pub enum Op {
         /// Value.
         value: String,
     },
+    /// Records how many members of the shared group `filter` (`$share/{group}/{filter}`) are
+    /// online at `node`: the weight of `node` when a message of the group picks its node.
+    /// Applied only while `node` has the route `filter` (a route removed or purged takes its
+    /// weight with it); 0 forgets the weight.
+    ShareWeight {
+        /// The shared subscription filter, as routed.
+        filter: String,
+        /// Node with members.
+        node: NodeId,
+        /// Members online there.
+        online: u32,
+    },
 }
 
 impl Op {
     /// The shard whose table this op changes.
     pub fn shard(&self) -> RlogShard {
         match self {
-            Op::RouteAdd { .. } | Op::RouteDel { .. } | Op::RoutePurge { .. } => RlogShard::Route,
+            Op::RouteAdd { .. }
+            | Op::RouteDel { .. }
+            | Op::RoutePurge { .. }
+            | Op::ShareWeight { .. } => RlogShard::Route,
             Op::SessionSet { .. } | Op::SessionDel { .. } | Op::SessionPurge { .. } => {
                 RlogShard::Session
             }
@@ -271,6 +286,16 @@ pub enum Change {
         filter: String,
         /// Node.
         node: NodeId,
+    },
+    /// `node`, which has the shared route `filter`, now has `online` members of it online
+    /// (0 after [`Change::RouteAdded`] until told otherwise; a removed route has none).
+    ShareWeight {
+        /// Shared subscription filter.
+        filter: String,
+        /// Node.
+        node: NodeId,
+        /// Members online there.
+        online: u32,
     },
     /// The session of `client_id` is now at `node` (`None`: registered nowhere).
     SessionOwner {

@@ -20,6 +20,8 @@ pub struct Tables {
     members: BTreeMap<NodeId, Member>,
     config: BTreeMap<String, String>,
     seqs: [u64; RlogShard::COUNT],
+    /// Shared route → node → members online there (never 0; only for pairs in `route`).
+    weight: BTreeMap<String, BTreeMap<NodeId, u32>>,
 }
 
 /// Ops that recreate one shard's table, valid at `seq`.
@@ -97,6 +99,15 @@ impl Tables {
                         });
                     }
                 }
+                for (filter, nodes) in &self.weight {
+                    for (&node, &online) in nodes {
+                        ops.push(Op::ShareWeight {
+                            filter: filter.clone(),
+                            node,
+                            online,
+                        });
+                    }
+                }
             }
             RlogShard::Session => {
                 for (client_id, &node) in &self.sessions {
@@ -139,7 +150,10 @@ impl Tables {
     /// Number of ops [`Tables::snapshot_shard`] produces for `shard`.
     pub fn op_count(&self, shard: RlogShard) -> usize {
         match shard {
-            RlogShard::Route => self.route.values().map(BTreeSet::len).sum(),
+            RlogShard::Route => {
+                self.route.values().map(BTreeSet::len).sum::<usize>()
+                    + self.weight.values().map(BTreeMap::len).sum::<usize>()
+            }
             _ => self.key_count(shard),
         }
     }
@@ -172,6 +186,9 @@ impl Tables {
                 let new = std::mem::take(&mut src.route);
                 diff_sets(&self.route, &new, changes);
                 self.route = new;
+                let new = std::mem::take(&mut src.weight);
+                diff_weights(&self.weight, &new, &self.route, changes);
+                self.weight = new;
             }
             RlogShard::Session => {
                 let new = std::mem::take(&mut src.sessions);
@@ -225,6 +242,18 @@ impl Tables {
     /// Number of filters with at least one node.
     pub fn route_count(&self) -> usize {
         self.route.len()
+    }
+
+    /// Members online of the shared route `filter` at each node that reported some.
+    pub fn share_weights(&self, filter: &str) -> Option<&BTreeMap<NodeId, u32>> {
+        self.weight.get(filter)
+    }
+
+    /// Every reported weight: (shared route, node, members online), in filter order.
+    pub fn all_share_weights(&self) -> impl Iterator<Item = (&str, NodeId, u32)> {
+        self.weight
+            .iter()
+            .flat_map(|(f, n)| n.iter().map(move |(&node, &w)| (f.as_str(), node, w)))
     }
 
     /// Nodes with a subscriber on exactly `filter`.
@@ -286,7 +315,7 @@ impl Tables {
     pub fn shard_eq(&self, other: &Tables, shard: RlogShard) -> bool {
         self.seq(shard) == other.seq(shard)
             && match shard {
-                RlogShard::Route => self.route == other.route,
+                RlogShard::Route => self.route == other.route && self.weight == other.weight,
                 RlogShard::Session => self.sessions == other.sessions,
                 RlogShard::Retain => self.retain == other.retain,
                 RlogShard::Config => self.members == other.members && self.config == other.config,
@@ -300,7 +329,10 @@ impl Tables {
         #[allow(deprecated)]
         let mut h = std::hash::SipHasher::new();
         match shard {
-            RlogShard::Route => self.route.hash(&mut h),
+            RlogShard::Route => {
+                self.route.hash(&mut h);
+                self.weight.hash(&mut h);
+            }
             RlogShard::Session => self.sessions.hash(&mut h),
             RlogShard::Retain => self.retain.hash(&mut h),
             RlogShard::Config => {
@@ -330,6 +362,7 @@ impl Tables {
                 }
             }
             Op::RouteDel { filter, node } => {
+                self.forget_weight(filter, *node);
                 if let Some(nodes) = self.route.get_mut(filter.as_str()) {
                     if nodes.remove(node) {
                         emit(Change::RouteRemoved {
@@ -343,6 +376,10 @@ impl Tables {
                 }
             }
             Op::RoutePurge { node } => {
+                self.weight.retain(|_, nodes| {
+                    nodes.remove(node);
+                    !nodes.is_empty()
+                });
                 self.route.retain(|filter, nodes| {
                     if nodes.remove(node) {
                         emit(Change::RouteRemoved {
@@ -411,6 +448,83 @@ impl Tables {
             }
             Op::ConfigSet { key, value } => {
                 self.config.insert(key.clone(), value.clone());
+            }
+            Op::ShareWeight {
+                filter,
+                node,
+                online,
+            } => {
+                let routed = self
+                    .route
+                    .get(filter.as_str())
+                    .is_some_and(|n| n.contains(node));
+                if !routed {
+                    return;
+                }
+                let old = if *online == 0 {
+                    self.forget_weight(filter, *node)
+                } else {
+                    self.weight
+                        .entry(filter.clone())
+                        .or_default()
+                        .insert(*node, *online)
+                        .unwrap_or(0)
+                };
+                if old != *online {
+                    emit(Change::ShareWeight {
+                        filter: filter.clone(),
+                        node: *node,
+                        online: *online,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Drops `node`'s weight of `filter`; returns it (0 if it had none).
+    fn forget_weight(&mut self, filter: &str, node: NodeId) -> u32 {
+        let Some(nodes) = self.weight.get_mut(filter) else {
+            return 0;
+        };
+        let old = nodes.remove(&node).unwrap_or(0);
+        if nodes.is_empty() {
+            self.weight.remove(filter);
+        }
+        old
+    }
+}
+
+/// Emits `ShareWeight` for every (filter, node) whose weight differs between `old` and `new`,
+/// for pairs still routed in `routes` (a removed route's weight goes with its `RouteRemoved`).
+fn diff_weights(
+    old: &BTreeMap<String, BTreeMap<NodeId, u32>>,
+    new: &BTreeMap<String, BTreeMap<NodeId, u32>>,
+    routes: &BTreeMap<String, BTreeSet<NodeId>>,
+    changes: &mut Vec<Change>,
+) {
+    let empty = BTreeMap::new();
+    let routed = |f: &str, n: &NodeId| routes.get(f).is_some_and(|s| s.contains(n));
+    for (filter, nodes) in old {
+        let now = new.get(filter).unwrap_or(&empty);
+        for node in nodes.keys().filter(|n| !now.contains_key(*n)) {
+            if routed(filter, node) {
+                changes.push(Change::ShareWeight {
+                    filter: filter.clone(),
+                    node: *node,
+                    online: 0,
+                });
+            }
+        }
+    }
+    for (filter, nodes) in new {
+        let had = old.get(filter).unwrap_or(&empty);
+        for (node, &online) in nodes {
+            if had.get(node) != Some(&online) && routed(filter, node) {
+                changes.push(Change::ShareWeight {
+                    filter: filter.clone(),
+                    node: *node,
+                    online,
+                });
             }
         }
     }

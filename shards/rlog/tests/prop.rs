@@ -2,7 +2,9 @@
 //! bootstraps, then follows the live stream ends with the core's tables, and its changes
 //! rebuild the core's route table.
 
-use std::collections::BTreeSet;
+mod common;
+use common::RouteView;
+use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 use shardmq_rlog::{
@@ -17,7 +19,8 @@ fn op_strategy() -> impl Strategy<Value = Op> {
     let topic = (0u8..5).prop_map(|i| format!("t/{i}"));
     prop_oneof![
         4 => (filter.clone(), node.clone()).prop_map(|(filter, node)| Op::RouteAdd { filter, node }),
-        2 => (filter, node.clone()).prop_map(|(filter, node)| Op::RouteDel { filter, node }),
+        2 => (filter.clone(), node.clone()).prop_map(|(filter, node)| Op::RouteDel { filter, node }),
+        3 => (filter, node.clone(), 0u32..3).prop_map(|(filter, node, online)| Op::ShareWeight { filter, node, online }),
         1 => node.clone().prop_map(|node| Op::RoutePurge { node }),
         2 => (client.clone(), node.clone()).prop_map(|(client_id, node)| Op::SessionSet { client_id, node }),
         1 => (client, node.clone()).prop_map(|(client_id, node)| Op::SessionDel { client_id, node }),
@@ -48,13 +51,9 @@ impl Rng {
     }
 }
 
-fn apply_route_changes(routes: &mut BTreeSet<(String, NodeId)>, changes: &mut Vec<Change>) {
+fn apply_route_changes(v: &mut RouteView, changes: &mut Vec<Change>) {
     for c in changes.drain(..) {
-        match c {
-            Change::RouteAdded { filter, node } => assert!(routes.insert((filter, node))),
-            Change::RouteRemoved { filter, node } => assert!(routes.remove(&(filter, node))),
-            _ => {}
-        }
+        v.apply(c);
     }
 }
 
@@ -97,7 +96,7 @@ proptest! {
         let mut core = Tables::default();
         let mut tails: Vec<ShardTail> = RlogShard::ALL.iter().map(|&s| ShardTail::new(s, cap)).collect();
         let mut rt = Tables::default();
-        let mut routes = BTreeSet::new();
+        let mut routes = RouteView::default();
         let mut ch = Vec::new();
         for (i, op) in ops[..k].iter().enumerate() {
             let e = core.apply(op.clone(), &mut Vec::new());
@@ -135,7 +134,12 @@ proptest! {
             .routes()
             .flat_map(|(f, ns)| ns.iter().map(move |&n| (f.to_string(), n)))
             .collect();
-        prop_assert_eq!(routes, want);
+        prop_assert_eq!(routes.routes, want);
+        let want: BTreeMap<(String, NodeId), u32> = core
+            .all_share_weights()
+            .map(|(f, n, w)| ((f.to_string(), n), w))
+            .collect();
+        prop_assert_eq!(routes.weights, want);
     }
 }
 

@@ -836,3 +836,66 @@ fn try_on_live_reports_a_jump() {
     assert_eq!(srv.try_on_live(e2), Ok(()));
     assert_eq!(srv.pending(), 1);
 }
+
+#[test]
+fn a_share_weight_lives_with_its_route() {
+    let w = |node, online| Op::ShareWeight {
+        filter: "$share/g/t".into(),
+        node,
+        online,
+    };
+    let weight = |node, online| Change::ShareWeight {
+        filter: "$share/g/t".into(),
+        node,
+        online,
+    };
+    let mut t = Tables::default();
+    let mut ch = Vec::new();
+    // Not routed: ignored.
+    t.apply(w(1, 3), &mut ch);
+    assert!(ch.is_empty() && t.share_weights("$share/g/t").is_none());
+    t.apply(radd("$share/g/t", 1), &mut ch);
+    t.apply(radd("$share/g/t", 2), &mut ch);
+    ch.clear();
+    t.apply(w(1, 3), &mut ch);
+    t.apply(w(1, 3), &mut ch);
+    t.apply(w(2, 1), &mut ch);
+    assert_eq!(
+        ch,
+        vec![weight(1, 3), weight(2, 1)],
+        "a repeated weight is no change"
+    );
+    // The weights travel in the route shard's snapshot, and a replaced shard reports them.
+    let mut other = Tables::default();
+    let mut got = Vec::new();
+    other.replace_shard(t.snapshot_shard(RlogShard::Route), &mut got);
+    assert!(other.shard_eq(&t, RlogShard::Route));
+    assert_eq!(
+        t.shard_digest(RlogShard::Route),
+        other.shard_digest(RlogShard::Route)
+    );
+    assert!(got.contains(&weight(1, 3)) && got.contains(&weight(2, 1)));
+    // A removed route takes its weight; a purge takes the node's.
+    ch.clear();
+    t.apply(
+        Op::RouteDel {
+            filter: "$share/g/t".into(),
+            node: 1,
+        },
+        &mut ch,
+    );
+    t.apply(Op::RoutePurge { node: 2 }, &mut ch);
+    assert!(t.share_weights("$share/g/t").is_none());
+    t.apply(w(1, 2), &mut ch);
+    assert!(
+        t.all_share_weights().next().is_none(),
+        "a stale weight after the route left"
+    );
+    // Weight 0 forgets.
+    t.apply(radd("$share/g/t", 3), &mut ch);
+    t.apply(w(3, 2), &mut ch);
+    ch.clear();
+    t.apply(w(3, 0), &mut ch);
+    assert_eq!(ch, vec![weight(3, 0)]);
+    assert!(t.share_weights("$share/g/t").is_none());
+}

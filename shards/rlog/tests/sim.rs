@@ -11,6 +11,8 @@
 //! `SIM_SEED=<n>` replays one seed (with a summary); `SIM_SEEDS=<n>` sets how many seeds the
 //! default run covers (200) and `SIM_SEED_FROM=<n>` the first of them (0).
 
+mod common;
+use common::RouteView;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -90,7 +92,7 @@ impl Core {
 /// What the data plane of a replicant knows, built only from `Change`s.
 #[derive(Default, PartialEq, Debug)]
 struct DataPlane {
-    routes: BTreeSet<(String, NodeId)>,
+    route: RouteView,
     sessions: BTreeMap<String, NodeId>,
     members: BTreeMap<NodeId, Member>,
 }
@@ -108,13 +110,10 @@ impl DataPlane {
     }
     fn apply(&mut self, changes: &mut Vec<Change>) {
         for c in changes.drain(..) {
+            let Some(c) = self.route.apply(c) else {
+                continue;
+            };
             match c {
-                Change::RouteAdded { filter, node } => {
-                    assert!(self.routes.insert((filter, node)), "route added twice")
-                }
-                Change::RouteRemoved { filter, node } => {
-                    assert!(self.routes.remove(&(filter, node)), "absent route removed")
-                }
                 Change::SessionOwner { client_id, node } => match node {
                     Some(n) => assert_ne!(self.sessions.insert(client_id, n), Some(n)),
                     None => assert!(self.sessions.remove(&client_id).is_some()),
@@ -123,6 +122,7 @@ impl DataPlane {
                     Some(m) => assert_ne!(self.members.insert(node, m.clone()), Some(m)),
                     None => assert!(self.members.remove(&node).is_some()),
                 },
+                route => unreachable!("a route change left over: {route:?}"),
             }
         }
     }
@@ -313,6 +313,11 @@ impl Sim {
                 value: format!("v{}", r.below(5)),
             }),
             550..=554 => ops.push(Op::SessionPurge { node }),
+            555..=599 => ops.push(Op::ShareWeight {
+                filter: format!("r/{}", r.below(30)),
+                node,
+                online: r.below(4) as u32,
+            }),
             _ => {}
         }
         for op in ops {

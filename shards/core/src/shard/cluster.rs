@@ -1,6 +1,7 @@
 //! The shard's side of the cluster: the other nodes' routes, forwarding publishes to the
 //! nodes that route them, and what the control plane says ([`FromCluster`]).
 
+use super::shared::shared_hash;
 use super::*;
 
 impl ShardCore {
@@ -26,12 +27,18 @@ impl ShardCore {
 
     /// Sends `msg` to the other nodes that route its topic (all of them if it is retained,
     /// so every node's retained store has it). `$SYS` topics stay on their node.
-    pub(super) fn forward(&mut self, msg: &Arc<Message>) {
+    ///
+    /// Each shared group that other nodes have members of picks one node for the message,
+    /// this one included, weighted by members online ([`RemoteGroup::pick`]). Returns the
+    /// groups this node has members of whose message went to another node: this node's
+    /// [`Self::route_shared`] skips them.
+    pub(super) fn forward(&mut self, msg: &Arc<Message>) -> SmallVec<[SharedKey; 1]> {
+        let mut elsewhere = SmallVec::new();
         let Some(c) = self.cluster.as_mut() else {
-            return;
+            return elsewhere;
         };
         if msg.topic.starts_with("$SYS/") {
-            return;
+            return elsewhere;
         }
         let mut nodes = NodeSet::new();
         if msg.retain {
@@ -47,23 +54,36 @@ impl ShardCore {
         }
         let mut shared: SmallVec<[(NodeId, ByteStr); 1]> = SmallVec::new();
         if !c.remote_shared.is_empty() {
-            // A shared group takes each message once in the cluster: on this node if it has
-            // members here, else on one node that has some (by topic hash).
-            let local = &self.shared_routes;
-            let hash = self.hasher.hash_one(msg.topic.as_str());
+            // A shared group takes each message once in the cluster, on the node its pick
+            // chooses (this one or another).
+            let mut matched: SmallVec<[ByteStr; 2]> = SmallVec::new();
             c.remote_shared.for_each_match(&msg.topic, |groups| {
-                for (share, nodes) in groups {
-                    let Some(key) = SharedKey::of(share) else {
-                        continue;
-                    };
-                    let here = local
-                        .get(&key.filter)
-                        .is_some_and(|fg| fg.has_group(&key.group));
-                    if !here && !nodes.is_empty() {
-                        shared.push((nodes[(hash % nodes.len() as u64) as usize], share.clone()));
-                    }
-                }
+                matched.extend(groups.iter().map(|g| g.share().clone()))
             });
+            let strategy = self.cfg.shared_strategy;
+            let hash = shared_hash(strategy, &self.hasher, msg);
+            for share in matched {
+                let Some(key) = SharedKey::of(&share) else {
+                    continue;
+                };
+                let (online, any) = self
+                    .shared_routes
+                    .get(&key.filter)
+                    .map_or((0, false), |fg| fg.members_here(&key.group));
+                let Some(group) = c
+                    .remote_shared
+                    .get_mut(&key.filter)
+                    .and_then(|gs| gs.iter_mut().find(|g| *g.share() == share))
+                else {
+                    continue;
+                };
+                if let Some(NodeChoice::Node(node)) = group.pick(strategy, hash, online, any) {
+                    if any {
+                        elsewhere.push(key);
+                    }
+                    shared.push((node, share));
+                }
+            }
         }
         if !nodes.is_empty() {
             c.forwarded_out += nodes.len() as u64;
@@ -82,6 +102,7 @@ impl ShardCore {
                 msg: msg.clone(),
             });
         }
+        elsewhere
     }
 
     /// Handles one message from the control plane.
@@ -95,10 +116,15 @@ impl ShardCore {
                     let groups = c
                         .remote_shared
                         .entry_or_insert_with(&key.filter, SmallVec::new);
-                    match groups.iter_mut().find(|(s, _)| *s == filter) {
-                        Some((_, nodes)) if nodes.contains(&node) => {}
-                        Some((_, nodes)) => nodes.push(node),
-                        None => groups.push((filter, smallvec::smallvec![node])),
+                    match groups.iter_mut().find(|g| *g.share() == filter) {
+                        Some(g) => {
+                            g.add_node(node);
+                        }
+                        None => {
+                            let mut g = RemoteGroup::new(filter);
+                            g.add_node(node);
+                            groups.push(g);
+                        }
                     }
                 }
                 None => {
@@ -113,12 +139,25 @@ impl ShardCore {
                     return;
                 };
                 if let Some(groups) = c.remote_shared.get_mut(&key.filter) {
-                    for (_, nodes) in groups.iter_mut().filter(|(s, _)| *s == filter) {
-                        nodes.retain(|n| *n != node);
+                    for g in groups.iter_mut().filter(|g| *g.share() == filter) {
+                        g.remove_node(node);
                     }
-                    groups.retain(|(_, nodes)| !nodes.is_empty());
+                    groups.retain(|g| !g.is_empty());
                     if groups.is_empty() {
                         c.remote_shared.remove(&key.filter);
+                    }
+                }
+            }
+            FromCluster::ShareWeight {
+                share,
+                node,
+                online,
+            } => {
+                if let Some(key) = SharedKey::of(&share) {
+                    if let Some(groups) = c.remote_shared.get_mut(&key.filter) {
+                        for g in groups.iter_mut().filter(|g| *g.share() == share) {
+                            g.set_weight(node, online);
+                        }
                     }
                 }
             }

@@ -16,7 +16,7 @@ impl ShardCore {
             Some(key) => self
                 .shared_routes
                 .get(&key.filter)
-                .is_some_and(|fg| fg.has_group(&key.group)),
+                .is_some_and(|fg| fg.members_here(&key.group).1),
             None => self
                 .routes
                 .get(filter)

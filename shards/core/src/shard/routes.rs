@@ -300,17 +300,18 @@ impl ShardCore {
                     ToCluster::RetainSet { topic }
                 });
             }
-            self.forward(&msg);
+            let elsewhere = self.forward(&msg);
+            return self.route_here(now, msg, &elsewhere);
         }
-        self.route_here(now, msg);
+        self.route_here(now, msg, &[]);
     }
 
     /// Routes a message on this node only: retained store, then every shard with a matching
-    /// filter, then the shared groups.
-    pub(super) fn route_here(&mut self, now: Instant, msg: Arc<Message>) {
+    /// filter, then the shared groups but those in `elsewhere` (placed on another node).
+    pub(super) fn route_here(&mut self, now: Instant, msg: Arc<Message>, elsewhere: &[SharedKey]) {
         self.route_plain(now, &msg);
         if !self.shared_routes.is_empty() {
-            self.route_shared(now, &msg);
+            self.route_shared(now, &msg, elsewhere);
         }
     }
 

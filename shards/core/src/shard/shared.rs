@@ -28,11 +28,25 @@ pub struct FilterGroups {
 }
 
 impl FilterGroups {
-    /// Whether `group` has members on this node (online or offline).
-    pub(super) fn has_group(&self, group: &ByteStr) -> bool {
+    /// `group`'s members online on this node, and whether it has any (online or offline).
+    pub(super) fn members_here(&self, group: &ByteStr) -> (u32, bool) {
         self.groups
             .iter()
-            .any(|g| g.group() == group && !g.is_empty())
+            .find(|g| g.group() == group && !g.is_empty())
+            .map_or((0, false), |g| (g.online(), true))
+    }
+}
+
+/// The hash a message of a shared group is placed by, for `strategy`.
+pub(super) fn shared_hash(
+    strategy: SharedStrategy,
+    hasher: &ahash::RandomState,
+    msg: &Message,
+) -> u64 {
+    match strategy {
+        SharedStrategy::HashTopic => hasher.hash_one(msg.topic.as_str()),
+        SharedStrategy::HashClientId => hasher.hash_one(msg.publisher.as_str()),
+        SharedStrategy::RoundRobin | SharedStrategy::Sticky => 0,
     }
 }
 
@@ -103,10 +117,15 @@ impl ShardCore {
     /// Tells every shard this shard's members of `key` (applied here at once, so a message
     /// placed next already sees them); `sync` as for `RouteAdd`.
     pub(super) fn announce_shared(&mut self, key: SharedKey, sync: Option<u64>) {
+        let shard = self.id;
         let counts = match self.shared_local.get(&key) {
             Some((_, g)) if g.is_empty() => {
                 if let Some((share, _)) = self.shared_local.remove(&key) {
-                    let shard = self.id;
+                    self.tell_cluster(ToCluster::ShareOnline {
+                        share: share.clone(),
+                        shard,
+                        online: 0,
+                    });
                     self.tell_cluster(ToCluster::RouteDel {
                         filter: share,
                         shard,
@@ -114,7 +133,18 @@ impl ShardCore {
                 }
                 MemberCounts::default()
             }
-            Some((_, g)) => g.counts(),
+            Some((share, g)) => {
+                let counts = g.counts();
+                if self.cluster.is_some() {
+                    let share = share.clone();
+                    self.tell_cluster(ToCluster::ShareOnline {
+                        share,
+                        shard,
+                        online: counts.online,
+                    });
+                }
+                counts
+            }
             None => MemberCounts::default(),
         };
         let me = self.id;
@@ -183,14 +213,25 @@ impl ShardCore {
         }
     }
 
-    /// A published message: one copy for each shared group whose filter matches.
-    pub(super) fn route_shared(&mut self, now: Instant, msg: &Arc<Message>) {
+    /// A published message: one copy for each shared group whose filter matches, but for the
+    /// groups in `elsewhere` (whose copy went to another node).
+    pub(super) fn route_shared(
+        &mut self,
+        now: Instant,
+        msg: &Arc<Message>,
+        elsewhere: &[SharedKey],
+    ) {
         let mut keys: SmallVec<[SharedKey; 2]> = SmallVec::new();
         self.shared_routes.for_each_match(&msg.topic, |fg| {
-            keys.extend(fg.groups.iter().map(|g| SharedKey {
-                group: g.group().clone(),
-                filter: fg.filter.clone(),
-            }))
+            keys.extend(
+                fg.groups
+                    .iter()
+                    .map(|g| SharedKey {
+                        group: g.group().clone(),
+                        filter: fg.filter.clone(),
+                    })
+                    .filter(|k| !elsewhere.contains(k)),
+            )
         });
         for key in keys {
             self.shared_dispatch(now, key, msg.clone());
@@ -200,11 +241,7 @@ impl ShardCore {
     /// Places one message of the group `key`: with a member here, or on the shard the strategy
     /// picks. Dropped (and counted) when the group has no member left.
     pub(super) fn shared_dispatch(&mut self, now: Instant, key: SharedKey, msg: Arc<Message>) {
-        let hash = match self.cfg.shared_strategy {
-            SharedStrategy::HashTopic => self.hasher.hash_one(msg.topic.as_str()),
-            SharedStrategy::HashClientId => self.hasher.hash_one(msg.publisher.as_str()),
-            SharedStrategy::RoundRobin | SharedStrategy::Sticky => 0,
-        };
+        let hash = shared_hash(self.cfg.shared_strategy, &self.hasher, &msg);
         let sp = SharedPublish {
             key,
             msg,
