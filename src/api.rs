@@ -672,6 +672,7 @@ fn standalone_cluster(state: &ApiState) -> ClusterStatus {
         }],
         routes: 0,
         sessions: 0,
+        pending_writes: 0,
     }
 }
 
@@ -917,6 +918,7 @@ mod tests {
                     members: vec![],
                     routes: 7,
                     sessions: 3,
+                    pending_writes: 0,
                 })
             })
         }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{bounded, eventually, Broker, V5};
+use common::{bounded, cluster_env, eventually, http, Broker, V5};
 use rumqttc::v5::mqttbytes::QoS;
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -69,28 +69,11 @@ impl Node {
             quic.replace([':', '.'], "_")
         ));
         let _ = std::fs::remove_dir_all(&dir);
-        let env = vec![
-            ("SHARDMQ_CLUSTER__ENABLED", "true".to_string()),
-            ("SHARDMQ_CLUSTER__NODE_ID", id.to_string()),
-            ("SHARDMQ_NODE__ROLE", role.to_string()),
-            ("SHARDMQ_NODE__CPUS", cpu.to_string()),
-            ("SHARDMQ_CLUSTER__LISTEN", quic.to_string()),
-            ("SHARDMQ_CLUSTER__SEEDS", seeds.to_string()),
-            ("SHARDMQ_CLUSTER__COOKIE", cookie.to_string()),
-            ("SHARDMQ_CLUSTER__DATA_DIR", dir.display().to_string()),
-            ("SHARDMQ_CLUSTER__HEARTBEAT_MS", "100".to_string()),
-            ("SHARDMQ_CLUSTER__ELECTION_TIMEOUT_MS", "500".to_string()),
-            ("SHARDMQ_CLUSTER__REPLICA_PERSIST_MS", "200".to_string()),
-            ("SHARDMQ_CLUSTER__NODE_DOWN_PURGE_MS", "3000".to_string()),
-            ("SHARDMQ_CLUSTER__WRITE_TIMEOUT_MS", "1000".to_string()),
-            (
-                "RUST_LOG",
-                "warn,shardmq=info,shardmq_cluster=info".to_string(),
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+        let env = cluster_env(id, role, quic, seeds, cookie, &dir);
+        let env = [("SHARDMQ_NODE__CPUS".to_string(), cpu.to_string())]
+            .into_iter()
+            .chain(env)
+            .collect();
         let mut n = Node {
             id,
             broker: None,
@@ -167,23 +150,6 @@ impl Drop for Node {
         self.broker = None;
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// A tiny HTTP/1.1 client: the JSON body, or None on any failure.
-fn http(addr: &str, method: &str, path: &str) -> Option<Value> {
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let body = if method == "POST" { "{}" } else { "" };
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let (_, body) = out.split_once("\r\n\r\n")?;
-    serde_json::from_str(body).ok()
 }
 
 struct Cluster {

@@ -1127,3 +1127,65 @@ pub async fn shard_connections(port: u16, nshards: usize) -> HashMap<usize, u64>
     }
     figures
 }
+
+// ---- clusters -------------------------------------------------------------------------------
+
+/// The environment of cluster node `id` (`role` "core" or "replicant") on QUIC address `quic`
+/// with `seeds` (`id@addr,…`) and its cluster data under `dir`: the test timings (heartbeat
+/// 100 ms, election 500 ms, purge of a node down 3 s, write timeout 1 s).
+pub fn cluster_env(
+    id: u64,
+    role: &str,
+    quic: &str,
+    seeds: &str,
+    cookie: &str,
+    dir: &std::path::Path,
+) -> Vec<(String, String)> {
+    [
+        ("SHARDMQ_CLUSTER__ENABLED", "true"),
+        ("SHARDMQ_CLUSTER__NODE_ID", &id.to_string()),
+        ("SHARDMQ_NODE__ROLE", role),
+        ("SHARDMQ_CLUSTER__LISTEN", quic),
+        ("SHARDMQ_CLUSTER__SEEDS", seeds),
+        ("SHARDMQ_CLUSTER__COOKIE", cookie),
+        ("SHARDMQ_CLUSTER__DATA_DIR", &dir.display().to_string()),
+        ("SHARDMQ_CLUSTER__HEARTBEAT_MS", "100"),
+        ("SHARDMQ_CLUSTER__ELECTION_TIMEOUT_MS", "500"),
+        ("SHARDMQ_CLUSTER__REPLICA_PERSIST_MS", "200"),
+        ("SHARDMQ_CLUSTER__NODE_DOWN_PURGE_MS", "3000"),
+        ("SHARDMQ_CLUSTER__WRITE_TIMEOUT_MS", "1000"),
+        ("RUST_LOG", "warn,shardmq=info,shardmq_cluster=info"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// A tiny HTTP/1.1 client: the JSON body, or None on any failure.
+pub fn http(addr: &str, method: &str, path: &str) -> Option<serde_json::Value> {
+    http_with_key(addr, method, path, None)
+}
+
+/// [`http`] with an API key (`Authorization: Bearer KEY`).
+pub fn http_with_key(
+    addr: &str,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+) -> Option<serde_json::Value> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let body = if method == "POST" { "{}" } else { "" };
+    let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (_, body) = out.split_once("\r\n\r\n")?;
+    serde_json::from_str(body).ok()
+}

@@ -132,6 +132,8 @@ struct Writer {
     waiters: Mutex<HashMap<u64, Vec<(ShardId, u64)>>>,
     /// Write id → the filter whose first `RouteAdd` it is, until committed.
     pending_routes: Mutex<HashMap<u64, String>>,
+    /// Ops of the batch being written (0 between batches).
+    in_flight: AtomicU64,
     writes: AtomicU64,
     ops: AtomicU64,
     failures: AtomicU64,
@@ -243,6 +245,7 @@ impl ClusterNode {
                     next_id: AtomicU64::new(1),
                     waiters: Mutex::new(HashMap::new()),
                     pending_routes: Mutex::new(HashMap::new()),
+                    in_flight: AtomicU64::new(0),
                     writes: AtomicU64::new(0),
                     ops: AtomicU64::new(0),
                     failures: AtomicU64::new(0),
@@ -646,6 +649,7 @@ impl ClusterNode {
             }
             let ids: Vec<u64> = batch.iter().map(|(id, _)| *id).collect();
             let ops: Vec<Op> = batch.into_iter().map(|(_, op)| op).collect();
+            w.in_flight.store(ops.len() as u64, Ordering::Relaxed);
             let mut backoff = Duration::from_millis(50);
             let seqs = loop {
                 match self.write(ops.clone()).await {
@@ -660,6 +664,7 @@ impl ClusterNode {
             };
             w.writes.fetch_add(1, Ordering::Relaxed);
             w.ops.fetch_add(ops.len() as u64, Ordering::Relaxed);
+            w.in_flight.store(0, Ordering::Relaxed);
             self.wait_applied(seqs).await;
             self.committed(&ids);
             self.release(&ids).await;
@@ -1371,7 +1376,14 @@ impl ClusterNode {
             members,
             routes,
             sessions,
+            pending_writes: self.pending_writes(),
         }
+    }
+
+    /// Ops queued or being written and not committed yet.
+    fn pending_writes(&self) -> u64 {
+        let w = &self.inner.writer;
+        w.queue.locked().len() as u64 + w.in_flight.load(Ordering::Relaxed)
     }
 
     /// `ctl rlog status`.

@@ -76,6 +76,10 @@ pub struct ClusterStatus {
     pub routes: u64,
     /// Registered sessions.
     pub sessions: u64,
+    /// Ops this node has queued or is writing to the tables and that are not committed yet
+    /// (0: everything it wrote is in; a partitioned node keeps them until it can write).
+    #[serde(default)]
+    pub pending_writes: u64,
 }
 
 impl ShardStatus {
