@@ -1128,6 +1128,49 @@ fn session_on(node: &Node, client_id: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// A node restarted after its client moved on (the client got a new session on another node
+/// while this one was down) drops the session it restored instead of claiming it back, which
+/// would end the client's live connection elsewhere with 0x8E.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_after_its_client_moved_on_drops_its_restored_copy() {
+    let mut c = Cluster::start();
+    let storage = c.replicants[0].dir.join("storage");
+    c.replicants[0].set_env("SHARDMQ_STORAGE__DIR", &storage.display().to_string());
+    c.replicants[0].restart();
+    c.formed().await;
+    let q1 = rumqttc::QoS::AtLeastOnce;
+    let (mut m, ack) = common::V4::connect(c.replicants[0].port(), "mover", false).await;
+    assert!(!ack.session_present);
+    assert_eq!(m.subscribe("mv/#", q1).await, Some(q1));
+    m.disconnect().await;
+    c.replicants[0].terminate();
+    // Node 4 is down: a new session on node 5, and the client stays there.
+    let (mut m, ack) = common::V4::connect(c.replicants[1].port(), "mover", false).await;
+    assert!(!ack.session_present, "its node is down: a new session");
+    assert_eq!(m.subscribe("mv/#", q1).await, Some(q1));
+    c.replicants[0].restart();
+    c.formed().await;
+    let restored = c.replicants[0]
+        .get("/api/v1/storage")
+        .unwrap_or(Value::Null);
+    assert_eq!(restored["restored_sessions"], 1, "{restored}");
+    let dropped = eventually(Duration::from_secs(10), || async {
+        c.replicants[0]
+            .get("/api/v1/sessions/mover?local=true")
+            .is_some_and(|v| v.get("clientid").is_none())
+    })
+    .await;
+    assert!(dropped, "node 4 still holds its stale copy");
+    // The live session on node 5 kept its connection and its route.
+    let (mut p1, _) = common::V4::connect(c.cores[0].port(), "mv-pub", true).await;
+    p1.publish("mv/after", q1, false, "x").await;
+    let got = m.expect_publish().await;
+    assert_eq!(got.topic, "mv/after");
+    let live = session_on(&c.replicants[1], "mover");
+    assert_eq!(live["connected"], true, "{live}");
+    assert_eq!(live["node"], 5, "{live}");
+}
+
 /// Issue 13's first "done when": a persistent subscriber (rumqttc, MQTT 3.1.1) leaves one
 /// replicant, messages are published while it is away, it comes back on the other replicant
 /// and gets every one; a connected MQTT 5.0 session moves with its unacknowledged messages

@@ -101,6 +101,10 @@ enum RetainedFrame {
     End,
 }
 
+/// Longest a restarted node waits for its tables to catch up with the cores before checking
+/// the sessions it restored against them.
+const RESTORE_CHECK_WAIT: Duration = Duration::from_secs(5);
+
 /// Bytes of retained PUBLISH packets per frame when a node hands its retained messages over.
 const RETAINED_CHUNK_BYTES: usize = 1 << 20;
 
@@ -177,6 +181,9 @@ struct Inner {
     next_dump: AtomicU64,
     /// Session move-outs asked of the data plane, by request id.
     moves: Mutex<HashMap<u64, session_move::MoveOut>>,
+    /// Sessions restored from storage before this node's tables were synced, waiting for
+    /// the check against the tables; `None` once synced (restores are then checked at once).
+    restored: Mutex<Option<Vec<(ShardId, ByteStr)>>>,
     next_move: AtomicU64,
     move_stats: session_move::MoveStats,
 }
@@ -263,6 +270,7 @@ impl ClusterNode {
                 dumps: Mutex::new(HashMap::new()),
                 next_dump: AtomicU64::new(1),
                 moves: Mutex::new(HashMap::new()),
+                restored: Mutex::new(Some(Vec::new())),
                 next_move: AtomicU64::new(1),
                 move_stats: Default::default(),
                 s,
@@ -584,6 +592,18 @@ impl ClusterNode {
                         shard,
                         token,
                     } => self.session_fetch(client_id, shard, token),
+                    ToCluster::SessionRestored { client_id, shard } => {
+                        let now = match self.inner.restored.locked().as_mut() {
+                            Some(waiting) => {
+                                waiting.push((shard, client_id));
+                                None
+                            }
+                            None => Some((shard, client_id)),
+                        };
+                        if let Some(r) = now {
+                            self.check_restored(vec![r]).await;
+                        }
+                    }
                     ToCluster::SessionMovedOut { request, image } => {
                         self.session_moved_out(request, image)
                     }
@@ -958,7 +978,38 @@ impl ClusterNode {
                 break;
             }
         }
+        // At least as new as what the cores that answered a ping since this start had applied
+        // (so a session that moved while this node was down is seen to have moved).
+        let newest = async {
+            loop {
+                let seqs = {
+                    let seen = self.inner.seen.locked();
+                    seen.values()
+                        .filter(|(_, p)| p.role == Role::Core)
+                        .map(|(_, p)| p.seqs)
+                        .reduce(|a, b| std::array::from_fn(|i| a[i].max(b[i])))
+                };
+                match seqs {
+                    Some(s) => break self.wait_applied(s).await,
+                    None => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        };
         let me = self.me();
+        let other_cores = self.tables(|t| {
+            t.members()
+                .iter()
+                .any(|(&n, m)| n != me && m.role == Role::Core)
+        });
+        if other_cores
+            && tokio::time::timeout(RESTORE_CHECK_WAIT, newest)
+                .await
+                .is_err()
+        {
+            warn!("tables not caught up with the cores within {RESTORE_CHECK_WAIT:?}; checking restored sessions against them anyway");
+        }
+        let waiting = self.inner.restored.locked().take().unwrap_or_default();
+        self.check_restored(waiting).await;
         let owners: BTreeMap<NodeId, SocketAddr> = self.tables(|t| {
             t.retained_owners()
                 .filter(|&n| n != me)
@@ -970,6 +1021,40 @@ impl ClusterNode {
                 Ok(n) => info!(node, messages = n, "retained messages fetched"),
                 Err(e) => warn!(node, error = %e, "cannot fetch retained messages"),
             }
+        }
+    }
+
+    /// Sessions restored from storage, checked against the synced tables: registered here,
+    /// unless the tables place the session on another node that is still a member (its client
+    /// moved on while this node was down), whose shard then drops its stale copy.
+    async fn check_restored(&self, restored: Vec<(ShardId, ByteStr)>) {
+        let me = self.me();
+        let mut stale = 0usize;
+        for (shard, client_id) in restored {
+            let elsewhere = self.tables(|t| {
+                t.session_owner(&client_id)
+                    .filter(|&n| n != me && t.members().contains_key(&n))
+            });
+            match elsewhere {
+                Some(owner) => {
+                    stale += 1;
+                    debug!(client_id = %client_id, owner, "restored session lives on another node");
+                    self.send_shard(shard, vec![FromCluster::SessionStale { client_id }])
+                        .await;
+                }
+                None => {
+                    self.enqueue(Op::SessionSet {
+                        client_id: client_id.to_string(),
+                        node: me,
+                    });
+                }
+            }
+        }
+        if stale > 0 {
+            info!(
+                stale,
+                "restored sessions dropped: their clients moved to other nodes"
+            );
         }
     }
 

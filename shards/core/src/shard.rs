@@ -30,7 +30,7 @@ use smallvec::SmallVec;
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tracing::{debug, trace, warn};
+use tracing::{debug, info, trace, warn};
 
 mod cluster;
 mod connections;

@@ -123,6 +123,16 @@ pub enum ToCluster {
         /// The claim's token, given back in the answer.
         token: u64,
     },
+    /// The shard restored `client_id`'s session from storage at start-up. Once this node's
+    /// tables are synced, the node registers it ([`ToCluster::SessionSet`]) unless the tables
+    /// place the session on another node (its client moved on while this node was down): then
+    /// it answers [`FromCluster::SessionStale`].
+    SessionRestored {
+        /// Client identifier.
+        client_id: ByteStr,
+        /// Shard holding the restored session.
+        shard: ShardId,
+    },
     /// Answer to [`FromCluster::SessionMoveOut`]: the session, encoded for the wire (`None`:
     /// this shard does not hold it).
     SessionMovedOut {
@@ -191,6 +201,12 @@ pub enum FromCluster {
     /// `client_id` connected on another node: end its session here (MQTT 5.0: DISCONNECT
     /// 0x8E Session taken over).
     SessionTakenOver {
+        /// Client identifier.
+        client_id: ByteStr,
+    },
+    /// Answer to [`ToCluster::SessionRestored`]: the session lives on another node now; drop
+    /// the restored copy without publishing its will (its client is alive elsewhere).
+    SessionStale {
         /// Client identifier.
         client_id: ByteStr,
     },

@@ -198,7 +198,8 @@ fn member(node: NodeId, v: u64) -> Member {
 }
 
 impl Sim {
-    fn new(seed: u64) -> Self {
+    /// `replicants` replicants (2 or 3, from the seed, for `None`).
+    fn with_replicants(seed: u64, replicants: Option<usize>) -> Self {
         let mut rng = Rng(seed);
         let tail_cap = 4 + rng.below(28) as usize;
         let cores = (0..CORES)
@@ -215,7 +216,7 @@ impl Sim {
             })
             .collect();
         let replay_max = 32 + rng.below(480) as usize;
-        let n_reps = 2 + rng.below(2) as usize;
+        let n_reps = replicants.unwrap_or_else(|| 2 + rng.below(2) as usize);
         let reps = (0..n_reps)
             .map(|i| Replicant {
                 node: 10 + i as u64,
@@ -719,7 +720,11 @@ impl Sim {
 }
 
 fn run_seed(seed: u64) -> Stats {
-    let mut sim = Sim::new(seed);
+    run_seed_with(seed, None)
+}
+
+fn run_seed_with(seed: u64, replicants: Option<usize>) -> Stats {
+    let mut sim = Sim::with_replicants(seed, replicants);
     let r = catch_unwind(AssertUnwindSafe(|| sim.run()));
     match r {
         Ok(stats) => stats,
@@ -761,4 +766,20 @@ fn simulation() {
         total.resumes > total.bootstraps / 4,
         "resumes are rare: {total:?}"
     );
+}
+
+/// 23 nodes: the 3 cores and 20 replicants, with every fault, converge (`SIM_BIG_SEEDS`, 20).
+#[test]
+fn twenty_three_nodes_converge() {
+    let seeds: u64 = std::env::var("SIM_BIG_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let mut total = Stats::default();
+    for seed in 0..seeds {
+        total += run_seed_with(1_000_000 + seed, Some(20));
+    }
+    eprintln!("{seeds} seeds of 3 cores + 20 replicants: {total:?}");
+    assert!(total.replicant_restarts > 0 && total.partitions > 0 && total.core_restarts > 0);
+    assert!(total.resumes > 0 && total.bootstraps > 0 && total.stream_errors > 0);
 }

@@ -209,6 +209,7 @@ impl ShardCore {
             }
             FromCluster::RouteCommitted { token } => self.route_acked(now, token),
             FromCluster::SessionTakenOver { client_id } => self.evict(now, &client_id),
+            FromCluster::SessionStale { client_id } => self.drop_stale(&client_id),
             FromCluster::SessionFetched {
                 client_id,
                 token,

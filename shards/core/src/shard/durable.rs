@@ -176,8 +176,10 @@ impl ShardCore {
                 token,
             },
         );
-        self.tell_cluster(ToCluster::SessionSet {
+        let shard = self.id;
+        self.tell_cluster(ToCluster::SessionRestored {
             client_id: client_id.clone(),
+            shard,
         });
         for (filter, sub) in subscriptions {
             if self.trie_insert(&filter, skey, sub) {

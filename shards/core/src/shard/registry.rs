@@ -55,6 +55,23 @@ impl ShardCore {
         self.end_session(skey);
     }
 
+    /// The restored session of `client_id` is stale: the tables place it on another node (its
+    /// client moved on while this node was down). Dropped without its will, unless a client
+    /// connected here meanwhile (then the session is live and stays).
+    pub(super) fn drop_stale(&mut self, client_id: &ByteStr) {
+        let Some(skey) = self.by_client.get(client_id).copied() else {
+            return;
+        };
+        if self.sessions[skey].conn.is_some() {
+            return;
+        }
+        info!(shard = self.id, client_id = %client_id, "restored session is stale: it lives on another node");
+        let _ = self.delayed_wills.cancel(client_id);
+        let _ = self.sessions[skey].session.take_will();
+        self.sessions[skey].session.detach();
+        self.end_session(skey);
+    }
+
     /// Closes session `skey`'s connection (if any) with 0x8E Session taken over, for a client
     /// now connected on another node; the will it held, for the caller to publish or not.
     pub(super) fn close_for_other_node(&mut self, skey: SessionKey) -> Option<LastWill> {
