@@ -165,6 +165,11 @@ static NEXT_NET: AtomicU8 = AtomicU8::new(0);
 impl Net {
     /// Cores 1..=`cores`, then replicants, each in its namespace, started and not yet formed.
     fn start(cores: usize, replicants: usize) -> Net {
+        Net::start_with_purge(cores, replicants, 60_000)
+    }
+
+    /// [`Net::start`] with `cluster.node_down_purge_ms` = `purge_ms`.
+    fn start_with_purge(cores: usize, replicants: usize, purge_ms: u64) -> Net {
         tools();
         let pid = std::process::id();
         let t = NEXT_NET.fetch_add(1, Ordering::Relaxed);
@@ -239,8 +244,7 @@ impl Net {
                         dir.join("store").display().to_string(),
                     ),
                     ("SHARDMQ_NODE__CPUS", (i % 2).to_string()),
-                    // Longer than any cut here: a cut node keeps its routes and sessions.
-                    ("SHARDMQ_CLUSTER__NODE_DOWN_PURGE_MS", "60000".to_string()),
+                    ("SHARDMQ_CLUSTER__NODE_DOWN_PURGE_MS", purge_ms.to_string()),
                     ("SHARDMQ_API__KEYS_FILE", keys.display().to_string()),
                     ("NO_COLOR", "1".to_string()),
                     (
@@ -561,4 +565,55 @@ async fn a_partition_during_a_route_storm_heals_to_the_same_tables() {
     assert_eq!(receive(&mut s1, 1, Duration::from_secs(10)).await.len(), 1);
     assert_eq!(receive(&mut s4, 1, Duration::from_secs(10)).await.len(), 1);
     assert_eq!(receive(&mut s3, 1, Duration::from_secs(10)).await.len(), 1);
+}
+
+/// A core cut off for longer than `cluster.node_down_purge_ms` is purged by the majority (its
+/// routes and sessions leave the tables; messages for it are no longer forwarded). After the
+/// heal it writes its routes and its sessions back at once, without waiting for the route
+/// audit (every 15 s), and messages reach its subscriber again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_core_cut_longer_than_the_purge_grace_writes_its_routes_and_sessions_back() {
+    let net = Net::start_with_purge(3, 1, 2000);
+    net.formed(3).await;
+    let mut on3 = net.node(3).client("long-3").await;
+    on3.subscribe("l/#", QoS::AtLeastOnce).await;
+    net.converged("before the cut").await;
+    let routes = net.node(1).routes();
+    let sessions = net.node(1).cluster()["sessions"].as_u64();
+    assert!(
+        sessions.is_some_and(|s| s >= 1),
+        "{}",
+        net.node(1).cluster()
+    );
+
+    net.cut(3, &[1, 2, 4]);
+    let purged = eventually(Duration::from_secs(15), || async {
+        net.node(1).routes() < routes && net.node(1).cluster()["sessions"].as_u64() < sessions
+    })
+    .await;
+    if !purged {
+        net.dump();
+        panic!("core 3 was not purged");
+    }
+    net.heal(3, &[1, 2, 4]);
+    let healed = Instant::now();
+    let back = eventually(Duration::from_secs(12), || async {
+        net.node(1).routes() == routes && net.node(1).cluster()["sessions"].as_u64() == sessions
+    })
+    .await;
+    if !back {
+        net.dump();
+        panic!("core 3's routes and sessions are not back");
+    }
+    eprintln!(
+        "core 3's routes and sessions back {:?} after the heal",
+        healed.elapsed()
+    );
+    net.converged("after the heal").await;
+    let mut p1 = net.node(1).client("long-pub-1").await;
+    p1.publish("l/after", QoS::AtLeastOnce, false, "x").await;
+    assert_eq!(
+        receive(&mut on3, 1, Duration::from_secs(10)).await,
+        BTreeSet::from(["l/after".to_string()])
+    );
 }

@@ -778,6 +778,8 @@ impl ClusterNode {
         while let Some(changes) = rx.recv().await {
             let mut routes: Vec<(ByteStr, NodeId, RouteNote)> = Vec::new();
             let mut evict: Vec<ByteStr> = Vec::new();
+            let mut unclaimed: Vec<ByteStr> = Vec::new();
+            let mut readd: Vec<String> = Vec::new();
             let mut members_changed = false;
             for c in changes {
                 match c {
@@ -797,7 +799,23 @@ impl ClusterNode {
                     Change::SessionOwner {
                         client_id,
                         node: Some(node),
+                        ..
                     } if node != me => evict.push(ByteStr::from(client_id)),
+                    // Ours, unregistered by a purge (this node was down or cut off): the
+                    // shard holding it registers it again. After a SessionDel of our own the
+                    // shards no longer hold it and ignore this.
+                    Change::SessionOwner {
+                        client_id,
+                        node: None,
+                        previous: Some(p),
+                    } if p == me => unclaimed.push(ByteStr::from(client_id)),
+                    // Ours, removed by a purge while this node still has subscribers: written
+                    // again at once rather than at the next route audit.
+                    Change::RouteRemoved { filter, node }
+                        if node == me && self.inner.routes.locked().contains_key(&filter) =>
+                    {
+                        readd.push(filter)
+                    }
                     Change::MemberChanged { node, member } => {
                         members_changed = true;
                         if node != me {
@@ -811,6 +829,21 @@ impl ClusterNode {
                     _ => {}
                 }
             }
+            if !readd.is_empty() {
+                info!(
+                    routes = readd.len(),
+                    "this node's routes were purged while it has subscribers: writing them again"
+                );
+                for filter in readd {
+                    self.enqueue(Op::RouteAdd { filter, node: me });
+                }
+            }
+            if !unclaimed.is_empty() {
+                info!(
+                    sessions = unclaimed.len(),
+                    "this node's sessions were purged: registering those it still holds again"
+                );
+            }
             let peers = members_changed.then(|| self.peer_ids());
             self.broadcast(|| {
                 let mut batch: Vec<FromCluster> = routes
@@ -818,6 +851,9 @@ impl ClusterNode {
                     .map(|(filter, node, note)| note.message(filter.clone(), *node))
                     .collect();
                 batch.extend(evict.iter().map(|c| FromCluster::SessionTakenOver {
+                    client_id: c.clone(),
+                }));
+                batch.extend(unclaimed.iter().map(|c| FromCluster::SessionUnclaimed {
                     client_id: c.clone(),
                 }));
                 if let Some(p) = &peers {

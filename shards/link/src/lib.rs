@@ -204,6 +204,12 @@ pub enum FromCluster {
         /// Client identifier.
         client_id: ByteStr,
     },
+    /// The tables no longer place `client_id` anywhere although this node registered it last
+    /// (it was purged while down or cut off): register it again if this shard still holds it.
+    SessionUnclaimed {
+        /// Client identifier.
+        client_id: ByteStr,
+    },
     /// Answer to [`ToCluster::SessionRestored`]: the session lives on another node now; drop
     /// the restored copy without publishing its will (its client is alive elsewhere).
     SessionStale {

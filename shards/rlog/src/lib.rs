@@ -303,6 +303,10 @@ pub enum Change {
         client_id: String,
         /// New owner.
         node: Option<NodeId>,
+        /// Owner before (`None`: registered nowhere). A node that finds itself here with
+        /// `node: None` and has not ended the session was purged (it was down or cut off for
+        /// `cluster.node_down_purge_ms`) and registers it again.
+        previous: Option<NodeId>,
     },
     /// Member `node` was added or changed (`Some`) or removed (`None`).
     MemberChanged {

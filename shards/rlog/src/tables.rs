@@ -192,10 +192,11 @@ impl Tables {
             }
             RlogShard::Session => {
                 let new = std::mem::take(&mut src.sessions);
-                diff_maps(&self.sessions, &new, |client_id, node| {
+                diff_maps(&self.sessions, &new, |client_id, old, node| {
                     changes.push(Change::SessionOwner {
                         client_id: client_id.clone(),
                         node: node.copied(),
+                        previous: old.copied(),
                     })
                 });
                 self.sessions = new;
@@ -205,7 +206,7 @@ impl Tables {
             }
             RlogShard::Config => {
                 let new = std::mem::take(&mut src.members);
-                diff_maps(&self.members, &new, |&node, member| {
+                diff_maps(&self.members, &new, |&node, _, member| {
                     changes.push(Change::MemberChanged {
                         node,
                         member: member.cloned(),
@@ -391,10 +392,12 @@ impl Tables {
                 });
             }
             Op::SessionSet { client_id, node } => {
-                if self.sessions.insert(client_id.clone(), *node) != Some(*node) {
+                let previous = self.sessions.insert(client_id.clone(), *node);
+                if previous != Some(*node) {
                     emit(Change::SessionOwner {
                         client_id: client_id.clone(),
                         node: Some(*node),
+                        previous,
                     });
                 }
             }
@@ -404,6 +407,7 @@ impl Tables {
                     emit(Change::SessionOwner {
                         client_id: client_id.clone(),
                         node: None,
+                        previous: Some(*node),
                     });
                 }
             }
@@ -413,6 +417,7 @@ impl Tables {
                         emit(Change::SessionOwner {
                             client_id: client_id.clone(),
                             node: None,
+                            previous: Some(*node),
                         });
                         false
                     } else {
@@ -557,20 +562,22 @@ fn diff_sets(
     }
 }
 
-/// Calls `emit(key, new_value)` for every key whose value differs between `old` and `new`.
+/// Calls `emit(key, old_value, new_value)` for every key whose value differs between `old` and
+/// `new`.
 fn diff_maps<K: Ord, V: PartialEq>(
     old: &BTreeMap<K, V>,
     new: &BTreeMap<K, V>,
-    mut emit: impl FnMut(&K, Option<&V>),
+    mut emit: impl FnMut(&K, Option<&V>, Option<&V>),
 ) {
-    for k in old.keys() {
+    for (k, v) in old {
         if !new.contains_key(k) {
-            emit(k, None);
+            emit(k, Some(v), None);
         }
     }
     for (k, v) in new {
-        if old.get(k) != Some(v) {
-            emit(k, Some(v));
+        let was = old.get(k);
+        if was != Some(v) {
+            emit(k, was, Some(v));
         }
     }
 }

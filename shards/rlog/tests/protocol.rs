@@ -215,7 +215,8 @@ fn purge_removes_a_node_everywhere() {
             },
             Change::SessionOwner {
                 client_id: "c1".into(),
-                node: None
+                node: None,
+                previous: Some(1)
             },
             Change::MemberChanged {
                 node: 1,
@@ -278,7 +279,8 @@ fn session_del_only_by_owner() {
         ch,
         vec![Change::SessionOwner {
             client_id: "c".into(),
-            node: None
+            node: None,
+            previous: Some(2)
         }]
     );
 }
@@ -381,11 +383,13 @@ fn replace_shard_emits_the_diff() {
             },
             Change::SessionOwner {
                 client_id: "d".into(),
-                node: None
+                node: None,
+                previous: Some(2)
             },
             Change::SessionOwner {
                 client_id: "c".into(),
-                node: Some(1)
+                node: Some(1),
+                previous: Some(2)
             },
             Change::MemberChanged {
                 node: 1,

@@ -114,7 +114,9 @@ impl DataPlane {
                 continue;
             };
             match c {
-                Change::SessionOwner { client_id, node } => match node {
+                Change::SessionOwner {
+                    client_id, node, ..
+                } => match node {
                     Some(n) => assert_ne!(self.sessions.insert(client_id, n), Some(n)),
                     None => assert!(self.sessions.remove(&client_id).is_some()),
                 },

@@ -210,6 +210,11 @@ impl ShardCore {
             FromCluster::RouteCommitted { token } => self.route_acked(now, token),
             FromCluster::SessionTakenOver { client_id } => self.evict(now, &client_id),
             FromCluster::SessionStale { client_id } => self.drop_stale(&client_id),
+            FromCluster::SessionUnclaimed { client_id } => {
+                if self.by_client.contains_key(&client_id) {
+                    self.tell_cluster(ToCluster::SessionSet { client_id });
+                }
+            }
             FromCluster::SessionFetched {
                 client_id,
                 token,
