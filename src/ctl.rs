@@ -15,6 +15,7 @@
 //! shardmq ctl api-key delete grafana                # by id or name
 //! shardmq ctl clients list --clientid sensor         # and sessions, subs, retained,
 //! shardmq ctl trace client sensor-1                  # publish: see [`manage`]
+//! shardmq ctl node evacuate --to 2,3 --rate 200      # and --status, --stop
 //! ```
 //!
 //! The API key comes from `--api-key` or `SHARDMQ_API_KEY` and is sent as
@@ -73,6 +74,12 @@ pub struct CtlArgs {
 /// `shardmq ctl <area>`.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum CtlCommand {
+    /// This node: evacuation (moving its clients to the other nodes).
+    Node {
+        /// What to do.
+        #[command(subcommand)]
+        action: NodeAction,
+    },
     /// Cluster membership.
     Cluster {
         /// What to do.
@@ -163,6 +170,28 @@ pub enum ClusterAction {
     },
     /// Leave the cluster.
     Leave,
+}
+
+/// `shardmq ctl node <action>`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum NodeAction {
+    /// Move this node's clients to the other nodes at a bounded rate (MQTT 5.0: DISCONNECT
+    /// 0x9C Use another server with the new node's address; 3.x: closed) and refuse new
+    /// ones, until --stop or a restart. Their sessions follow them.
+    Evacuate {
+        /// Node ids clients may go to, e.g. 2,3 (default: every other running node).
+        #[arg(long, value_delimiter = ',', value_name = "NODES")]
+        to: Option<Vec<u64>>,
+        /// Clients sent away per second (1 to 100000).
+        #[arg(long, value_name = "N", default_value_t = crate::evacuate::RATE_DEFAULT)]
+        rate: u32,
+        /// Show how the evacuation stands instead of starting one.
+        #[arg(long, conflicts_with_all = ["stop", "to"])]
+        status: bool,
+        /// Stop the evacuation: CONNECTs are accepted again.
+        #[arg(long, conflicts_with_all = ["status", "to"])]
+        stop: bool,
+    },
 }
 
 /// `shardmq ctl storage <action>`.
@@ -369,6 +398,33 @@ pub fn run(endpoint: &Endpoint, args: &CtlArgs) -> anyhow::Result<String> {
                 "left the cluster\n".to_owned()
             })
         }
+        CtlCommand::Node {
+            action:
+                NodeAction::Evacuate {
+                    to,
+                    rate,
+                    status,
+                    stop,
+                },
+        } => {
+            let path = "/api/v1/node/evacuate";
+            let answer = if *status {
+                client.get(path)?
+            } else if *stop {
+                client.delete(path)?
+            } else {
+                let mut body = json!({ "rate": rate });
+                if let Some(to) = to {
+                    body["to"] = json!(to);
+                }
+                client.post(path, Some(&body))?
+            };
+            Ok(if json {
+                pretty(&answer)
+            } else {
+                render_evacuation(&answer)
+            })
+        }
         CtlCommand::Rlog {
             action: RlogAction::Status,
         } => {
@@ -533,6 +589,65 @@ pub(crate) fn tls_config(ca_file: Option<&Path>) -> anyhow::Result<ureq::tls::Tl
         .root_certs(RootCerts::new_with_certs(&certs))
         .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .build())
+}
+
+/// `ctl node evacuate`'s answer: the state, then the figures and where clients went.
+fn render_evacuation(answer: &Value) -> String {
+    let mut out = String::new();
+    let node = cell(answer.get("node"));
+    let total = cell(answer.get("evacuated_total"));
+    let e = answer.get("evacuation").filter(|e| !e.is_null());
+    let Some(e) = e else {
+        let _ = writeln!(out, "node {node}: not evacuating (never since it started)");
+        return out;
+    };
+    let state = e.get("state").and_then(Value::as_str).unwrap_or("-");
+    let to = match e.get("to").and_then(Value::as_array) {
+        Some(ids) => ids
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        None => "any other node".to_owned(),
+    };
+    let _ = writeln!(out, "node {node}: {state}");
+    let _ = writeln!(
+        out,
+        "rate {}/s to {to}, started {}, {} ms ago",
+        cell(e.get("rate")),
+        cell(e.get("started")),
+        cell(e.get("elapsed_ms"))
+    );
+    let _ = writeln!(
+        out,
+        "sent {} (since start-up {total}), connections left {}",
+        cell(e.get("sent")),
+        cell(e.get("left"))
+    );
+    let sent_to = e.get("sent_to").and_then(Value::as_object);
+    let mut rows = Vec::new();
+    for t in e
+        .get("targets")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let id = cell(t.get("node"));
+        let sent = sent_to
+            .and_then(|m| m.get(&id))
+            .map_or("0".to_owned(), |v| v.to_string());
+        rows.push(vec![
+            id,
+            cell(t.get("address")),
+            cell(t.get("connections")),
+            sent,
+        ]);
+    }
+    if !rows.is_empty() {
+        out.push('\n');
+        out.push_str(&table(&["NODE", "ADDRESS", "CONNECTIONS", "SENT"], &rows));
+    }
+    out
 }
 
 fn pretty(value: &Value) -> String {
@@ -744,6 +859,30 @@ mod tests {
             ],
         );
         assert_eq!(text, "A          LONGER\nwide cell  1\nx\n");
+    }
+
+    #[test]
+    fn evacuation_status_reads_as_lines_and_a_table() {
+        let text = render_evacuation(&json!({
+            "node": 1, "evacuating": true, "evacuated_total": 7,
+            "evacuation": {
+                "state": "evacuating", "rate": 50, "to": [2], "started": "2026-12-03T12:00:00Z",
+                "elapsed_ms": 140, "sent": 7, "left": 3, "sent_to": {"2": 7},
+                "targets": [{"node": 2, "address": "127.0.0.2:1883", "connections": 9}]
+            }
+        }));
+        assert_eq!(
+            text,
+            "node 1: evacuating\n\
+             rate 50/s to 2, started 2026-12-03T12:00:00Z, 140 ms ago\n\
+             sent 7 (since start-up 7), connections left 3\n\
+             \n\
+             NODE  ADDRESS         CONNECTIONS  SENT\n\
+             2     127.0.0.2:1883  9            7\n"
+        );
+        let never =
+            render_evacuation(&json!({"node": 3, "evacuated_total": 0, "evacuation": null}));
+        assert_eq!(never, "node 3: not evacuating (never since it started)\n");
     }
 
     #[test]

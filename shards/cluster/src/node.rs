@@ -24,7 +24,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, info, warn};
 
+mod clients;
 mod session_move;
+
+pub use clients::{ClientFacing, ClientNode};
 
 /// A node's cluster settings (the `[cluster]` section and `node.role`).
 #[derive(Debug, Clone)]
@@ -66,6 +69,8 @@ pub struct ClusterSettings {
     pub node_down_purge: Option<Duration>,
     /// Longest a session fetch from another node takes (`cluster.session_move_timeout_ms`).
     pub session_move_timeout: Duration,
+    /// What this node's pings tell the others about its clients (`cluster.client_address`).
+    pub clients: ClientFacing,
 }
 
 /// How often a node checks that the tables hold exactly its own routes, and repairs them.
@@ -108,6 +113,7 @@ struct Pong {
     leader: Option<NodeId>,
     replicants: u64,
     seqs: [u64; RlogShard::COUNT],
+    clients: clients::ClientsPong,
 }
 
 enum Backend {
@@ -992,6 +998,7 @@ impl ClusterNode {
             leader: self.leader(),
             replicants: self.inner.serve_stats.replicants[0].load(Ordering::Relaxed),
             seqs: self.local_seqs(),
+            clients: self.inner.s.clients.pong(),
         }
     }
 
