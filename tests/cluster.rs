@@ -1208,6 +1208,13 @@ async fn a_persistent_session_follows_its_client_to_another_node() {
     eprintln!("a CONNECT for a session on a killed node was answered in {waited:?}");
 }
 
+/// A CONNECT for an MQTT 5.0 persistent session (Clean Start 0, expiry 600 s).
+fn persistent_v5(client_id: &str) -> shardmq_codec::Connect {
+    let mut c = common::connect_packet(shardmq_codec::Protocol::V5, client_id, false, 0);
+    c.properties.session_expiry_interval = Some(600);
+    c
+}
+
 /// `shardmq ctl --api API args...` → (success, stdout and stderr).
 fn ctl_try(api: &str, args: &[&str]) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardmq"))
@@ -1237,15 +1244,10 @@ async fn an_evacuated_node_sends_its_clients_to_the_other_node_at_a_bounded_rate
     let (a, b) = two_nodes(51).await;
     let api = a.b().api_addr();
     let to_b = format!("127.0.0.1:{}", b.port());
-    let v5_connect = |id: &str| {
-        let mut c = common::connect_packet(Protocol::V5, id, false, 0);
-        c.properties.session_expiry_interval = Some(600);
-        c
-    };
     let mut v5 = Vec::new();
     for i in 0..V5_CLIENTS {
         let (mut raw, ack) =
-            common::Raw::connect_with(a.port(), v5_connect(&format!("ev5-{i}"))).await;
+            common::Raw::connect_with(a.port(), persistent_v5(&format!("ev5-{i}"))).await;
         assert_eq!(ack.code.0, 0, "{ack:?}");
         if i == 0 {
             assert_eq!(raw.subscribe(1, &[("ev/5/#", Q::AtLeastOnce)]).await, [1]);
@@ -1306,7 +1308,7 @@ async fn an_evacuated_node_sends_its_clients_to_the_other_node_at_a_bounded_rate
     eprintln!("evacuated {total} clients at {RATE}/s in {took:?} (at least {least:?})");
 
     // New clients are refused and pointed at node 2.
-    let (_, ack) = common::Raw::connect_with(a.port(), v5_connect("late")).await;
+    let (_, ack) = common::Raw::connect_with(a.port(), persistent_v5("late")).await;
     assert_eq!(ack.code.0, 0x9C, "{ack:?}");
     assert_eq!(
         ack.properties.server_reference.as_deref(),
@@ -1347,7 +1349,7 @@ async fn an_evacuated_node_sends_its_clients_to_the_other_node_at_a_bounded_rate
         session_on(&a, "ev4-0")
     );
     // ... and come along when the clients connect where they were sent.
-    let (mut back5, ack) = common::Raw::connect_with(b.port(), v5_connect("ev5-0")).await;
+    let (mut back5, ack) = common::Raw::connect_with(b.port(), persistent_v5("ev5-0")).await;
     assert_eq!(ack.code.0, 0, "{ack:?}");
     assert!(ack.session_present, "the v5 session followed");
     let mut got = Vec::new();
@@ -1363,7 +1365,7 @@ async fn an_evacuated_node_sends_its_clients_to_the_other_node_at_a_bounded_rate
         got.push(String::from_utf8_lossy(&p.payload).into_owned());
     }
     assert_eq!(got, ["four0", "four1", "four2", "four3", "four4"]);
-    let (_, ack) = common::Raw::connect_with(b.port(), v5_connect("ev5-3")).await;
+    let (_, ack) = common::Raw::connect_with(b.port(), persistent_v5("ev5-3")).await;
     assert!(ack.session_present, "a session without subscriptions too");
 
     // A target that is no member, or a rate out of bounds, is refused; the run goes on.
@@ -1383,7 +1385,131 @@ async fn an_evacuated_node_sends_its_clients_to_the_other_node_at_a_bounded_rate
     // Stopped: node 1 takes clients again.
     let (ok, text) = ctl_try(&api, &["node", "evacuate", "--stop"]);
     assert!(ok && text.contains("node 1: stopped"), "{text}");
-    let (_, ack) = common::Raw::connect_with(a.port(), v5_connect("after-stop")).await;
+    let (_, ack) = common::Raw::connect_with(a.port(), persistent_v5("after-stop")).await;
     assert_eq!(ack.code.0, 0, "{ack:?}");
     assert_eq!(metric(&a, "shardmq_evacuating"), Some(0.0));
+}
+
+/// Issue 13 deliverable 6, rebalance: 10 MQTT 5.0 clients on node 1 and none on node 2;
+/// `ctl cluster rebalance --rate 10` (asked of node 2) moves 5 of them, no faster than 10 a
+/// second, each with DISCONNECT 0x9C naming node 2, and leaves the other 5 alone; the moved
+/// ones find their sessions on node 2; afterwards the cluster is even, node 1's part is done
+/// and it still takes clients; a second rebalance finds nothing to move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_moves_clients_from_the_fuller_node_until_even() {
+    use shardmq_codec::Packet;
+    const CLIENTS: usize = 10;
+    const RATE: u32 = 10;
+    let (a, b) = two_nodes(61).await;
+    let to_b = format!("127.0.0.1:{}", b.port());
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let (raw, ack) =
+            common::Raw::connect_with(a.port(), persistent_v5(&format!("rb-{i}"))).await;
+        assert_eq!(ack.code.0, 0, "{ack:?}");
+        clients.push(raw);
+    }
+    // Node 2 sees node 1's count in its pings.
+    let counted = eventually(Duration::from_secs(10), || async {
+        let (_, text) = ctl_try(
+            &b.b().api_addr(),
+            &["--json", "cluster", "rebalance", "--status"],
+        );
+        let s: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        s["nodes"][0]["connections"] == 10 && s["nodes"][1]["node"] == 2
+    })
+    .await;
+    assert!(counted, "node 2 never saw node 1's 10 connections");
+
+    let started = std::time::Instant::now();
+    let (ok, text) = ctl_try(
+        &b.b().api_addr(),
+        &["cluster", "rebalance", "--rate", &RATE.to_string()],
+    );
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("moving 5 client(s) from node 1 to node 2"),
+        "{text}"
+    );
+    // Every client watched at once for 6 s: who is sent away, with what.
+    let mut watchers = Vec::new();
+    for (i, mut raw) in clients.into_iter().enumerate() {
+        watchers.push(tokio::spawn(async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(6);
+            let mut last = None;
+            loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                match raw.next(left).await {
+                    common::Next::Packet(p) => last = Some(p),
+                    common::Next::Closed => {
+                        return (i, raw, Some((last, std::time::Instant::now())))
+                    }
+                    common::Next::Timeout => return (i, raw, None),
+                    common::Next::Garbage(e) => panic!("rb-{i}: {e}"),
+                }
+            }
+        }));
+    }
+    let mut moved = Vec::new();
+    let mut stayed = Vec::new();
+    let mut last_at = started;
+    for w in watchers {
+        let (i, raw, outcome) = w.await.expect("watcher");
+        if outcome.is_none() {
+            stayed.push(raw); // still connected to node 1: kept open
+            continue;
+        }
+        if let Some((last, at)) = outcome {
+            match last {
+                Some(Packet::Disconnect(d)) => {
+                    assert_eq!(d.reason.0, 0x9C, "rb-{i}");
+                    assert_eq!(
+                        d.properties.server_reference.as_deref(),
+                        Some(to_b.as_str())
+                    );
+                }
+                other => panic!("rb-{i}: DISCONNECT 0x9C expected, got {other:?}"),
+            }
+            moved.push(i);
+            last_at = last_at.max(at);
+        }
+    }
+    assert_eq!(moved.len(), 5, "half of them move: {moved:?}");
+    let took = last_at - started;
+    // 5 clients at 10/s with a bucket of one: the last cannot go before 0.4 s.
+    assert!(took >= Duration::from_millis(400), "took {took:?}");
+    eprintln!("rebalance moved 5 of 10 clients at {RATE}/s in {took:?}");
+
+    let mut back = Vec::new();
+    for i in &moved {
+        let (raw, ack) =
+            common::Raw::connect_with(b.port(), persistent_v5(&format!("rb-{i}"))).await;
+        assert_eq!(ack.code.0, 0, "{ack:?}");
+        assert!(ack.session_present, "rb-{i}'s session followed");
+        back.push(raw);
+    }
+    assert_eq!(stayed.len() + back.len(), CLIENTS);
+    let even = eventually(Duration::from_secs(10), || async {
+        let (_, text) = ctl_try(
+            &a.b().api_addr(),
+            &["--json", "cluster", "rebalance", "--status"],
+        );
+        let s: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        s["even"] == true
+            && s["nodes"][0]["connections"] == 5
+            && s["nodes"][1]["connections"] == 5
+            && s["nodes"][0]["run"]["state"] == "done"
+            && s["nodes"][0]["run"]["sent"] == 5
+    })
+    .await;
+    let (_, status) = ctl_try(&a.b().api_addr(), &["cluster", "rebalance", "--status"]);
+    assert!(even, "{status}");
+    assert!(status.contains("rebalance done"), "{status}");
+    // Node 1 still takes clients; nothing more to move.
+    let (_new, ack) = common::Raw::connect_with(a.port(), persistent_v5("rb-new")).await;
+    assert_eq!(ack.code.0, 0, "{ack:?}");
+    let (ok, text) = ctl_try(&a.b().api_addr(), &["cluster", "rebalance"]);
+    assert!(ok && text.starts_with("even"), "{text}");
+    let (ok, text) = ctl_try(&a.b().api_addr(), &["cluster", "rebalance", "--stop"]);
+    assert!(ok && text.contains("no rebalance was running"), "{text}");
 }

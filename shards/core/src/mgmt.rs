@@ -146,15 +146,17 @@ pub enum Request {
     },
     /// Puts reloaded settings in force (`POST /api/v1/config/reload`, SIGHUP).
     Configure(Box<LiveSettings>),
-    /// One step of the node's evacuation (`POST /api/v1/node/evacuate`): from now on every
-    /// CONNECT is refused with CONNACK 0x9C Use another server naming `refuse_with` (MQTT 3.x:
-    /// return code 3 Server unavailable), and up to `send.len()` connected clients are sent
-    /// away, the i-th with DISCONNECT 0x9C and Server Reference `send[i]` (3.x: closed).
+    /// One step of the node's evacuation (`POST /api/v1/node/evacuate`) or of its part in a
+    /// rebalance: with `refuse_with`, from now on every CONNECT is refused with CONNACK 0x9C
+    /// Use another server naming it (MQTT 3.x: return code 3 Server unavailable); and up to
+    /// `send.len()` connected clients are sent away, the i-th with DISCONNECT 0x9C and Server
+    /// Reference `send[i]` (3.x: closed).
     /// Answered with [`Reply::Evacuated`]. Costs the shard a walk of its connections up to
     /// the last one sent away.
     Evacuate {
-        /// The Server Reference new CONNECTs are refused with.
-        refuse_with: ByteStr,
+        /// The Server Reference new CONNECTs are refused with (`None`: they are not; a
+        /// rebalance).
+        refuse_with: Option<ByteStr>,
         /// One Server Reference per client to send away now.
         send: Vec<ByteStr>,
     },

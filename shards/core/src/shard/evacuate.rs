@@ -29,14 +29,20 @@ pub(super) fn connack(reference: Option<&ByteStr>, protocol: Protocol) -> Option
 }
 
 impl ShardCore {
-    /// One step of the evacuation: refuse new CONNECTs with `refuse_with` from now on, send
-    /// one connected client away per reference in `send`. Visits the connections up to the
-    /// last one sent away (or all of them when fewer are connected).
-    pub(super) fn evacuate_step(&mut self, refuse_with: ByteStr, send: &[ByteStr]) -> Reply {
-        if self.evacuating.is_none() {
-            tracing::info!(shard = self.id, to = %refuse_with, "node evacuating: CONNECTs refused with 0x9C");
+    /// One step of the evacuation: refuse new CONNECTs with `refuse_with` from now on (if
+    /// given), send one connected client away per reference in `send`. Visits the
+    /// connections up to the last one sent away (or all of them when fewer are connected).
+    pub(super) fn evacuate_step(
+        &mut self,
+        refuse_with: Option<ByteStr>,
+        send: &[ByteStr],
+    ) -> Reply {
+        if let Some(refuse_with) = refuse_with {
+            if self.evacuating.is_none() {
+                tracing::info!(shard = self.id, to = %refuse_with, "node evacuating: CONNECTs refused with 0x9C");
+            }
+            self.evacuating = Some(refuse_with);
         }
-        self.evacuating = Some(refuse_with);
         let mut sent = 0usize;
         let mut references = send.iter();
         for (_, conn) in self.conns.iter_mut() {
@@ -110,14 +116,42 @@ mod tests {
     }
 
     fn step(c: &mut ShardCore, now: Instant, send: &[&str]) -> (usize, usize) {
+        step_refusing(c, now, send, true)
+    }
+
+    fn step_refusing(
+        c: &mut ShardCore,
+        now: Instant,
+        send: &[&str],
+        refuse: bool,
+    ) -> (usize, usize) {
         let request = Request::Evacuate {
-            refuse_with: ByteStr::from("b:1883"),
+            refuse_with: refuse.then(|| ByteStr::from("b:1883")),
             send: send.iter().map(|s| ByteStr::from(*s)).collect(),
         };
         match c.handle_mgmt(now, request) {
             Reply::Evacuated { sent, left } => (sent, left),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_rebalance_step_sends_clients_away_and_refuses_nobody() {
+        let now = Instant::now();
+        let mut c = super::super::test_core(now, Duration::from_secs(60), Limits::default());
+        let first = connect(&mut c, now, "first", Protocol::V5);
+        let _ = output(&mut c, first);
+        assert_eq!(step_refusing(&mut c, now, &["b:1883"], false), (1, 0));
+        assert!(
+            matches!(output(&mut c, first).as_slice(), [Packet::Disconnect(d)] if d.reason == ReasonCode::USE_ANOTHER_SERVER)
+        );
+        c.conn_closed(now, first);
+        let next = connect(&mut c, now, "next", Protocol::V5);
+        assert_eq!(
+            c.conns[next].phase,
+            Phase::Active,
+            "CONNECTs still accepted"
+        );
     }
 
     #[test]
