@@ -51,6 +51,7 @@ use auth::{Authenticator, KeyRing};
 pub mod alarms;
 pub mod auth;
 pub mod dashboard;
+pub mod evacuate;
 pub mod keys;
 pub mod manage;
 pub mod tls;
@@ -98,6 +99,11 @@ pub trait ClusterApi: Send + Sync + 'static {
     fn leave(&self) -> BoxFuture<'static, anyhow::Result<()>>;
     /// Extra metrics for `/metrics` (forwarding counters and the like).
     fn samples(&self) -> BoxFuture<'static, Vec<Sample>>;
+    /// This node and the running members, with their client addresses and connection
+    /// counts (from the last pings), by id; for evacuation and rebalance.
+    fn client_nodes(&self) -> Vec<shardmq_cluster::ClientNode> {
+        Vec::new()
+    }
 }
 
 /// One extra metric value for `/metrics`. Samples with the same name form one metric family
@@ -147,6 +153,8 @@ pub struct ApiState {
     /// How this node asks its peers' APIs: over HTTPS trusting the certificates of its own
     /// `api.tls_cert_file` when its API speaks HTTPS (`None`: plain HTTP).
     pub peer_tls: Option<ureq::tls::TlsConfig>,
+    /// The node's evacuation (`/api/v1/node/evacuate`).
+    pub evacuation: Arc<crate::evacuate::Evacuation>,
 }
 
 /// What the API needs of the data plane.
@@ -158,6 +166,8 @@ pub struct DataPlane {
     pub figures: Arc<FigureBoard>,
     /// The shards' management inboxes.
     pub management: Option<Arc<shardmq_shards::Management>>,
+    /// The node's evacuation, whose flag the cluster's pings also read.
+    pub evacuation: Arc<crate::evacuate::Evacuation>,
 }
 
 impl ApiState {
@@ -192,6 +202,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/reload", post(reload))
         .route("/api/v1/config/reload", post(reload))
         .merge(manage::routes())
+        .merge(evacuate::routes())
         .fallback(not_found)
         .with_state(Arc::new(state))
         .layer(axum::middleware::from_fn_with_state(
@@ -390,6 +401,7 @@ async fn metrics(State(state): State<Shared>) -> Response {
         uptime,
     );
     register_samples(&mut registry, figure_samples(&state.figures.shards()));
+    register_samples(&mut registry, evacuation_samples(&state.evacuation));
     register_samples(&mut registry, crate::storage::samples());
     if let Some(cluster) = &state.cluster {
         match within(STATUS_TIMEOUT_MS, "the RLOG status", cluster.rlog_status()).await {
@@ -416,6 +428,39 @@ async fn metrics(State(state): State<Shared>) -> Response {
         text,
     )
         .into_response()
+}
+
+/// `shardmq_evacuated_clients_total`, `shardmq_evacuating` and
+/// `shardmq_evacuation_clients_left`.
+fn evacuation_samples(e: &crate::evacuate::Evacuation) -> Vec<Sample> {
+    let left = e.status().filter(|_| e.running()).map_or(0, |s| s.left);
+    let sample = |name: &str, help: &str, value: u64, counter| Sample {
+        name: name.into(),
+        help: help.into(),
+        labels: Vec::new(),
+        value: value as f64,
+        counter,
+    };
+    vec![
+        sample(
+            "shardmq_evacuated_clients",
+            "Clients this node sent to other nodes by evacuation since it started",
+            e.evacuated_total(),
+            true,
+        ),
+        sample(
+            "shardmq_evacuating",
+            "1 while this node evacuates (new clients refused)",
+            u64::from(e.running()),
+            false,
+        ),
+        sample(
+            "shardmq_evacuation_clients_left",
+            "Connections left on this node during its evacuation",
+            left,
+            false,
+        ),
+    ]
 }
 
 /// The data plane's figures as samples, labelled by shard: sessions and subscriptions, and
@@ -861,6 +906,7 @@ where
                     max_connections,
                     alarms: Default::default(),
                     peer_tls,
+                    evacuation: plane.evacuation,
                 };
                 if let Err(e) = serve(listener, state, tls).await {
                     tracing::error!(error = %format!("{e:#}"), "management API stopped");
@@ -990,6 +1036,7 @@ mod tests {
             max_connections: 0,
             alarms: Default::default(),
             peer_tls: None,
+            evacuation: Default::default(),
         };
         tokio::spawn(serve(listener, state, None));
         addr

@@ -35,6 +35,10 @@ pub fn settings(config: &Config) -> ClusterSettings {
             .then(|| Duration::from_millis(c.node_down_purge_ms)),
         session_move_timeout: Duration::from_millis(c.session_move_timeout_ms),
         api: config.api.listen.clone(),
+        clients: shardmq_cluster::ClientFacing {
+            address: c.client_address_for(&config.listener),
+            ..Default::default()
+        },
     }
 }
 
@@ -66,6 +70,10 @@ impl ClusterApi for ClusterHandle {
     fn leave(&self) -> BoxFuture<'static, anyhow::Result<()>> {
         let node = self.0.clone();
         Box::pin(async move { node.leave().await.map_err(anyhow::Error::msg) })
+    }
+
+    fn client_nodes(&self) -> Vec<shardmq_cluster::ClientNode> {
+        self.0.client_nodes()
     }
 
     fn samples(&self) -> BoxFuture<'static, Vec<Sample>> {

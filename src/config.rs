@@ -252,6 +252,10 @@ pub struct ClusterConfig {
     /// Longest a Clean Start 0 CONNECT waits for the node holding its session to hand it over;
     /// then the client gets a new session. At least 1.
     pub session_move_timeout_ms: u64,
+    /// `host:port` MQTT clients use to reach this node: the Server Reference other nodes give
+    /// the clients they send here (evacuation, rebalance). `""` = derived:
+    /// [`ClusterConfig::client_address_for`].
+    pub client_address: String,
 }
 
 impl fmt::Debug for ClusterConfig {
@@ -276,6 +280,7 @@ impl fmt::Debug for ClusterConfig {
             .field("replica_persist_ms", &self.replica_persist_ms)
             .field("node_down_purge_ms", &self.node_down_purge_ms)
             .field("session_move_timeout_ms", &self.session_move_timeout_ms)
+            .field("client_address", &self.client_address)
             .finish()
     }
 }
@@ -283,6 +288,24 @@ impl fmt::Debug for ClusterConfig {
 impl ClusterConfig {
     /// Shortest `cookie` accepted when the cluster is enabled, in bytes.
     pub const COOKIE_MIN_BYTES: usize = 16;
+
+    /// The address clients reach this node at (`client_address`): as configured, else the
+    /// first client listener of `listener` (plain TCP, else TLS), with a wildcard IP replaced
+    /// by the IP of `listen` (the address the other nodes reach this one at). `""` when the
+    /// node has neither.
+    pub fn client_address_for(&self, listener: &ListenerConfig) -> String {
+        let given = self.client_address.trim();
+        if !given.is_empty() {
+            return given.to_string();
+        }
+        let Some(mut addr) = listener.bind.or(listener.tls.bind) else {
+            return String::new();
+        };
+        if addr.ip().is_unspecified() {
+            addr.set_ip(self.listen.ip());
+        }
+        addr.to_string()
+    }
 
     /// The seeds as `(node id, address)`; entries that do not parse are skipped (the
     /// configuration refuses them at load when the cluster is enabled).
@@ -1181,6 +1204,18 @@ impl Config {
                 ));
             }
         }
+        let address = c.client_address.trim();
+        if !address.is_empty() {
+            let port = address
+                .rsplit_once(':')
+                .map(|(host, port)| (host, port.parse::<u16>()));
+            if !matches!(port, Some((host, Ok(p))) if !host.is_empty() && p > 0) {
+                return Err(ConfigError::value(
+                    "cluster.client_address",
+                    format!("{address:?} is not host:port"),
+                ));
+            }
+        }
         if c.election_timeout_ms <= c.heartbeat_ms {
             return Err(ConfigError::value(
                 "cluster.election_timeout_ms",
@@ -1358,7 +1393,29 @@ mod tests {
         assert_eq!(k.replica_persist_ms, 1000);
         assert_eq!(k.node_down_purge_ms, 30_000);
         assert_eq!(k.session_move_timeout_ms, 3_000);
+        assert_eq!(k.client_address, "");
         assert_eq!(Config::default(), c);
+    }
+
+    #[test]
+    fn the_client_address_is_derived_from_the_first_listener_and_checked() {
+        let c = defaults();
+        // listener.bind 0.0.0.0:1883, cluster.listen 127.0.0.1:4370.
+        assert_eq!(c.cluster.client_address_for(&c.listener), "127.0.0.1:1883");
+        let mut l = c.listener.clone();
+        l.bind = None;
+        assert_eq!(c.cluster.client_address_for(&l), "", "no listener: none");
+        l.tls.bind = Some("10.0.0.5:8883".parse().unwrap());
+        assert_eq!(c.cluster.client_address_for(&l), "10.0.0.5:8883");
+        let mut k = c.cluster.clone();
+        k.client_address = "mqtt-2.example:1883".into();
+        assert_eq!(k.client_address_for(&l), "mqtt-2.example:1883");
+        for bad in ["mqtt-2.example", ":1883", "h:0", "h:x"] {
+            let e = load_from(None, env(&[("SHARDMQ_CLUSTER__CLIENT_ADDRESS", bad)]))
+                .expect_err(bad)
+                .to_string();
+            assert!(e.contains("cluster.client_address"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //! shardmq ctl api-key delete grafana                # by id or name
 //! shardmq ctl clients list --clientid sensor         # and sessions, subs, retained,
 //! shardmq ctl trace client sensor-1                  # publish: see [`manage`]
+//! shardmq ctl node evacuate --to 2,3 --rate 200      # and --status, --stop
+//! shardmq ctl cluster rebalance --rate 200 --threshold 10   # and --status, --stop
 //! ```
 //!
 //! The API key comes from `--api-key` or `SHARDMQ_API_KEY` and is sent as
@@ -73,6 +75,12 @@ pub struct CtlArgs {
 /// `shardmq ctl <area>`.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum CtlCommand {
+    /// This node: evacuation (moving its clients to the other nodes).
+    Node {
+        /// What to do.
+        #[command(subcommand)]
+        action: NodeAction,
+    },
     /// Cluster membership.
     Cluster {
         /// What to do.
@@ -163,6 +171,45 @@ pub enum ClusterAction {
     },
     /// Leave the cluster.
     Leave,
+    /// Even the connections across the nodes: when some node is further from the mean than
+    /// --threshold per cent, clients move from the nodes above it to those below (MQTT 5.0:
+    /// DISCONNECT 0x9C with the new node's address) until each is within one of the mean.
+    Rebalance {
+        /// Clients moved per second, for the whole cluster (1 to 100000).
+        #[arg(long, value_name = "N", default_value_t = crate::evacuate::RATE_DEFAULT)]
+        rate: u32,
+        /// How far from the mean a node may be and count as even, per cent (0 to 100).
+        #[arg(long, value_name = "PCT", default_value_t = crate::evacuate::THRESHOLD_DEFAULT_PCT)]
+        threshold: u32,
+        /// Show each node's connections and its part, instead of starting.
+        #[arg(long, conflicts_with = "stop")]
+        status: bool,
+        /// Stop every node's part of the rebalance.
+        #[arg(long)]
+        stop: bool,
+    },
+}
+
+/// `shardmq ctl node <action>`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum NodeAction {
+    /// Move this node's clients to the other nodes at a bounded rate (MQTT 5.0: DISCONNECT
+    /// 0x9C Use another server with the new node's address; 3.x: closed) and refuse new
+    /// ones, until --stop or a restart. Their sessions follow them.
+    Evacuate {
+        /// Node ids clients may go to, e.g. 2,3 (default: every other running node).
+        #[arg(long, value_delimiter = ',', value_name = "NODES")]
+        to: Option<Vec<u64>>,
+        /// Clients sent away per second (1 to 100000).
+        #[arg(long, value_name = "N", default_value_t = crate::evacuate::RATE_DEFAULT)]
+        rate: u32,
+        /// Show how the evacuation stands instead of starting one.
+        #[arg(long, conflicts_with_all = ["stop", "to"])]
+        status: bool,
+        /// Stop the evacuation: CONNECTs are accepted again.
+        #[arg(long, conflicts_with_all = ["status", "to"])]
+        stop: bool,
+    },
 }
 
 /// `shardmq ctl storage <action>`.
@@ -369,6 +416,57 @@ pub fn run(endpoint: &Endpoint, args: &CtlArgs) -> anyhow::Result<String> {
                 "left the cluster\n".to_owned()
             })
         }
+        CtlCommand::Node {
+            action:
+                NodeAction::Evacuate {
+                    to,
+                    rate,
+                    status,
+                    stop,
+                },
+        } => {
+            let path = "/api/v1/node/evacuate";
+            let answer = if *status {
+                client.get(path)?
+            } else if *stop {
+                client.delete(path)?
+            } else {
+                let mut body = json!({ "rate": rate });
+                if let Some(to) = to {
+                    body["to"] = json!(to);
+                }
+                client.post(path, Some(&body))?
+            };
+            Ok(if json {
+                pretty(&answer)
+            } else {
+                render_evacuation(&answer)
+            })
+        }
+        CtlCommand::Cluster {
+            action:
+                ClusterAction::Rebalance {
+                    rate,
+                    threshold,
+                    status,
+                    stop,
+                },
+        } => {
+            let path = "/api/v1/cluster/rebalance";
+            let answer = if *status {
+                client.get(&format!("{path}?threshold={threshold}"))?
+            } else if *stop {
+                client.delete(path)?
+            } else {
+                let body = json!({ "rate": rate, "threshold": threshold });
+                client.post(path, Some(&body))?
+            };
+            Ok(if json {
+                pretty(&answer)
+            } else {
+                render_rebalance(&answer)
+            })
+        }
         CtlCommand::Rlog {
             action: RlogAction::Status,
         } => {
@@ -533,6 +631,130 @@ pub(crate) fn tls_config(ca_file: Option<&Path>) -> anyhow::Result<ureq::tls::Tl
         .root_certs(RootCerts::new_with_certs(&certs))
         .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .build())
+}
+
+/// The elements of the array `value[key]` (none when it is not an array).
+fn items<'a>(value: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
+    value
+        .get(key)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+}
+
+/// `ctl node evacuate`'s answer: the state, then the figures and where clients went.
+fn render_evacuation(answer: &Value) -> String {
+    let mut out = String::new();
+    let node = cell(answer.get("node"));
+    let total = cell(answer.get("evacuated_total"));
+    let e = answer.get("evacuation").filter(|e| !e.is_null());
+    let Some(e) = e else {
+        let _ = writeln!(out, "node {node}: not evacuating (never since it started)");
+        return out;
+    };
+    let state = e.get("state").and_then(Value::as_str).unwrap_or("-");
+    let to = match e.get("to").and_then(Value::as_array) {
+        Some(ids) => ids
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        None => "any other node".to_owned(),
+    };
+    let _ = writeln!(out, "node {node}: {state}");
+    let _ = writeln!(
+        out,
+        "rate {}/s to {to}, started {}, {} ms ago",
+        cell(e.get("rate")),
+        cell(e.get("started")),
+        cell(e.get("elapsed_ms"))
+    );
+    let _ = writeln!(
+        out,
+        "sent {} (since start-up {total}), connections left {}",
+        cell(e.get("sent")),
+        cell(e.get("left"))
+    );
+    let sent_to = e.get("sent_to").and_then(Value::as_object);
+    let mut rows = Vec::new();
+    for t in items(e, "targets") {
+        let id = cell(t.get("node"));
+        let sent = sent_to
+            .and_then(|m| m.get(&id))
+            .map_or("0".to_owned(), |v| v.to_string());
+        rows.push(vec![
+            id,
+            cell(t.get("address")),
+            cell(t.get("connections")),
+            sent,
+        ]);
+    }
+    if !rows.is_empty() {
+        out.push('\n');
+        out.push_str(&table(&["NODE", "ADDRESS", "CONNECTIONS", "SENT"], &rows));
+    }
+    out
+}
+
+/// `ctl cluster rebalance`'s answers: the plan, each node's part, or what was stopped.
+fn render_rebalance(answer: &Value) -> String {
+    let mut out = String::new();
+    if let Some(stopped) = answer.get("stopped").and_then(Value::as_array) {
+        let ids: Vec<String> = stopped.iter().map(Value::to_string).collect();
+        let _ = match ids.is_empty() {
+            true => writeln!(out, "no rebalance was running"),
+            false => writeln!(out, "rebalance stopped on node(s) {}", ids.join(",")),
+        };
+        return out;
+    }
+    let mean = answer.get("mean").and_then(Value::as_f64).unwrap_or(0.0);
+    let band = answer.get("band").and_then(Value::as_f64).unwrap_or(0.0);
+    let even = answer.get("even").and_then(Value::as_bool).unwrap_or(false);
+    let _ = writeln!(
+        out,
+        "{} (mean {mean:.1} connections, even within ±{band:.1}: {}%)",
+        if even { "even" } else { "uneven" },
+        cell(answer.get("threshold"))
+    );
+    if let Some(moves) = answer.get("moves").and_then(Value::as_object) {
+        for (from, to) in moves {
+            for (target, n) in to.as_object().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "moving {n} client(s) from node {from} to node {target}"
+                );
+            }
+        }
+        if let Some(failed) = answer.get("failed").and_then(Value::as_object) {
+            for (node, why) in failed {
+                let _ = writeln!(out, "node {node} did not start: {}", cell(Some(why)));
+            }
+        }
+        if !even {
+            let _ = writeln!(out, "rate {}/s for the cluster", cell(answer.get("rate")));
+        }
+    }
+    let mut rows = Vec::new();
+    for n in items(answer, "nodes") {
+        let run = n.get("run").filter(|r| !r.is_null());
+        rows.push(vec![
+            cell(n.get("node")),
+            cell(n.get("address")),
+            cell(n.get("connections")),
+            run.map_or("-".to_owned(), |r| {
+                format!("{} {}", cell(r.get("kind")), cell(r.get("state")))
+            }),
+            run.map_or("-".to_owned(), |r| cell(r.get("sent"))),
+        ]);
+    }
+    if !rows.is_empty() && answer.get("moves").is_none() {
+        out.push('\n');
+        out.push_str(&table(
+            &["NODE", "ADDRESS", "CONNECTIONS", "RUN", "SENT"],
+            &rows,
+        ));
+    }
+    out
 }
 
 fn pretty(value: &Value) -> String {
@@ -744,6 +966,64 @@ mod tests {
             ],
         );
         assert_eq!(text, "A          LONGER\nwide cell  1\nx\n");
+    }
+
+    #[test]
+    fn evacuation_status_reads_as_lines_and_a_table() {
+        let text = render_evacuation(&json!({
+            "node": 1, "evacuating": true, "evacuated_total": 7,
+            "evacuation": {
+                "state": "evacuating", "rate": 50, "to": [2], "started": "2026-12-03T12:00:00Z",
+                "elapsed_ms": 140, "sent": 7, "left": 3, "sent_to": {"2": 7},
+                "targets": [{"node": 2, "address": "127.0.0.2:1883", "connections": 9}]
+            }
+        }));
+        assert_eq!(
+            text,
+            "node 1: evacuating\n\
+             rate 50/s to 2, started 2026-12-03T12:00:00Z, 140 ms ago\n\
+             sent 7 (since start-up 7), connections left 3\n\
+             \n\
+             NODE  ADDRESS         CONNECTIONS  SENT\n\
+             2     127.0.0.2:1883  9            7\n"
+        );
+        let never =
+            render_evacuation(&json!({"node": 3, "evacuated_total": 0, "evacuation": null}));
+        assert_eq!(never, "node 3: not evacuating (never since it started)\n");
+    }
+
+    #[test]
+    fn rebalance_answers_read_as_lines_and_a_table() {
+        let started = render_rebalance(&json!({
+            "even": false, "mean": 50.0, "band": 5.0, "threshold": 10, "rate": 100,
+            "moves": {"1": {"2": 50}}, "started": [1], "failed": {}, "nodes": []
+        }));
+        assert_eq!(
+            started,
+            "uneven (mean 50.0 connections, even within ±5.0: 10%)\n\
+             moving 50 client(s) from node 1 to node 2\n\
+             rate 100/s for the cluster\n"
+        );
+        let status = render_rebalance(&json!({
+            "even": true, "mean": 5.0, "band": 1.0, "threshold": 10,
+            "nodes": [
+                {"node": 1, "address": "a:1883", "connections": 5,
+                 "run": {"kind": "rebalance", "state": "done", "sent": 5}},
+                {"node": 2, "address": "b:1883", "connections": 5, "run": null}
+            ]
+        }));
+        assert_eq!(
+            status,
+            "even (mean 5.0 connections, even within ±1.0: 10%)\n\
+             \n\
+             NODE  ADDRESS  CONNECTIONS  RUN             SENT\n\
+             1     a:1883   5            rebalance done  5\n\
+             2     b:1883   5            -               -\n"
+        );
+        assert_eq!(
+            render_rebalance(&json!({"stopped": []})),
+            "no rebalance was running\n"
+        );
     }
 
     #[test]

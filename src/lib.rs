@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod config;
 pub mod cpus;
 pub mod ctl;
+pub mod evacuate;
 mod node;
 pub mod reload;
 pub mod storage;

@@ -2,6 +2,7 @@
 
 use crate::config::Config;
 use crate::cpus::{online_cpus, pin_current_thread, CpuSpec};
+use crate::evacuate::Evacuation;
 use anyhow::Context;
 use shardmq_broker::auth::{Authenticators, HmacSha256Auth};
 use shardmq_broker::redirect::Redirect;
@@ -11,11 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// What the management API needs of the running data plane.
-fn data_plane(node: &Node) -> crate::api::DataPlane {
+fn data_plane(node: &Node, evacuation: &Arc<Evacuation>) -> crate::api::DataPlane {
     crate::api::DataPlane {
         connections: node.connections(),
         figures: node.figures(),
         management: Some(node.management()),
+        evacuation: evacuation.clone(),
     }
 }
 
@@ -421,6 +423,7 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
     tracing::info!(node = %rt.core.node_name, cpus = ?rt.cpus, listeners = ?binds, "starting shardmq {}", env!("CARGO_PKG_VERSION"));
     // Control plane (src/api.rs): the management API and, in a cluster, the cluster node on
     // the `shardmq-control` thread; an api.listen that cannot be bound stops the node here.
+    let evacuation = Arc::new(Evacuation::default());
     let node = if config.cluster.enabled {
         let (data, control) =
             shardmq_shards::link(rt.cpus.len()).context("linking the data and control planes")?;
@@ -429,16 +432,22 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
             crate::storage::set(storage);
         }
         arm_reload(&config, config_path, &security, &node)?;
-        let settings = crate::cluster::settings(&config);
+        let mut settings = crate::cluster::settings(&config);
+        settings.clients.connections = node.connections();
+        settings.clients.evacuating = evacuation.flag();
         tracing::info!(node_id = settings.node_id, role = ?settings.role, listen = %settings.listen, seeds = ?settings.seeds, "joining the cluster");
-        crate::api::start_with(&config, data_plane(&node), move || async move {
-            let cluster = shardmq_cluster::ClusterNode::start(settings, control)
-                .await
-                .context("starting the cluster node (cluster.*)")?;
-            let handle: Arc<dyn crate::api::ClusterApi> =
-                Arc::new(crate::cluster::ClusterHandle(cluster));
-            Ok(Some(handle))
-        })?;
+        crate::api::start_with(
+            &config,
+            data_plane(&node, &evacuation),
+            move || async move {
+                let cluster = shardmq_cluster::ClusterNode::start(settings, control)
+                    .await
+                    .context("starting the cluster node (cluster.*)")?;
+                let handle: Arc<dyn crate::api::ClusterApi> =
+                    Arc::new(crate::cluster::ClusterHandle(cluster));
+                Ok(Some(handle))
+            },
+        )?;
         node
     } else {
         let node = Node::start(rt).context("starting the data plane")?;
@@ -446,7 +455,7 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
             crate::storage::set(storage);
         }
         arm_reload(&config, config_path, &security, &node)?;
-        crate::api::start(&config, data_plane(&node), None)?;
+        crate::api::start(&config, data_plane(&node, &evacuation), None)?;
         node
     };
     tracing::info!("shardmq ready");

@@ -1281,3 +1281,309 @@ async fn a_persistent_session_follows_its_client_to_another_node() {
     assert!(waited < Duration::from_secs(6), "answered in {waited:?}");
     eprintln!("a CONNECT for a session on a killed node was answered in {waited:?}");
 }
+
+/// A CONNECT for an MQTT 5.0 persistent session (Clean Start 0, expiry 600 s).
+fn persistent_v5(client_id: &str) -> shardmq_codec::Connect {
+    let mut c = common::connect_packet(shardmq_codec::Protocol::V5, client_id, false, 0);
+    c.properties.session_expiry_interval = Some(600);
+    c
+}
+
+/// `shardmq ctl --api API args...` → (success, stdout and stderr).
+fn ctl_try(api: &str, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardmq"))
+        .args(["ctl", "--api", api])
+        .args(args)
+        .output()
+        .expect("run shardmq ctl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Issue 13 deliverable 6: `ctl node evacuate --rate R` on node 1 sends its clients to node 2
+/// no faster than R a second: MQTT 5.0 clients get DISCONNECT 0x9C with node 2's client
+/// address as Server Reference, 3.1.1 clients (rumqttc) are closed, new CONNECTs are refused
+/// (0x9C with the reference; 3.1.1: return code 3); the clients' sessions, with what was
+/// queued for them meanwhile, follow them to node 2; `--status` and `--stop` see and end it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evacuated_node_sends_its_clients_to_the_other_node_at_a_bounded_rate() {
+    use shardmq_codec::{Packet, Protocol, QoS as Q};
+    const V5_CLIENTS: usize = 8;
+    const V4_CLIENTS: usize = 8;
+    const RATE: u32 = 8;
+    let (a, b) = two_nodes(51).await;
+    let api = a.b().api_addr();
+    let to_b = format!("127.0.0.1:{}", b.port());
+    let mut v5 = Vec::new();
+    for i in 0..V5_CLIENTS {
+        let (mut raw, ack) =
+            common::Raw::connect_with(a.port(), persistent_v5(&format!("ev5-{i}"))).await;
+        assert_eq!(ack.code.0, 0, "{ack:?}");
+        if i == 0 {
+            assert_eq!(raw.subscribe(1, &[("ev/5/#", Q::AtLeastOnce)]).await, [1]);
+        }
+        v5.push(raw);
+    }
+    let mut v4 = Vec::new();
+    for i in 0..V4_CLIENTS {
+        let (mut c, _) = common::V4::connect(a.port(), &format!("ev4-{i}"), false).await;
+        if i == 0 {
+            let q1 = rumqttc::QoS::AtLeastOnce;
+            assert_eq!(c.subscribe("ev/4/#", q1).await, Some(q1));
+        }
+        v4.push(c);
+    }
+    routes_everywhere(&[&b], 2).await;
+
+    // Node 1 learns node 2's client address from its pings (every second).
+    let mut started = std::time::Instant::now();
+    let mut answer = (false, String::new());
+    for _ in 0..50 {
+        started = std::time::Instant::now();
+        answer = ctl_try(
+            &api,
+            &["node", "evacuate", "--to", "2", "--rate", &RATE.to_string()],
+        );
+        if answer.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answer.0, "ctl node evacuate: {}", answer.1);
+    assert!(answer.1.contains("node 1: evacuating"), "{}", answer.1);
+
+    for (i, raw) in v5.iter_mut().enumerate() {
+        let got = raw.expect_closed(Duration::from_secs(20)).await;
+        match got.as_slice() {
+            [.., Packet::Disconnect(d)] => {
+                assert_eq!(d.reason.0, 0x9C, "ev5-{i}: Use another server");
+                assert_eq!(
+                    d.properties.server_reference.as_deref(),
+                    Some(to_b.as_str())
+                );
+            }
+            other => panic!("ev5-{i}: DISCONNECT 0x9C expected, got {other:?}"),
+        }
+    }
+    for (i, c) in v4.iter_mut().enumerate() {
+        let _ = c.inbox.closed(Duration::from_secs(20)).await;
+        assert!(c.inbox.finished(), "ev4-{i} closed");
+    }
+    let took = started.elapsed();
+    // 16 clients at 8/s with a bucket of one: the last cannot go before 15/8 s.
+    let total = (V5_CLIENTS + V4_CLIENTS) as f64;
+    let least = Duration::from_secs_f64((total - 1.0) / f64::from(RATE));
+    assert!(took >= least, "{total} clients at {RATE}/s took {took:?}");
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    eprintln!("evacuated {total} clients at {RATE}/s in {took:?} (at least {least:?})");
+
+    // New clients are refused and pointed at node 2.
+    let (_, ack) = common::Raw::connect_with(a.port(), persistent_v5("late")).await;
+    assert_eq!(ack.code.0, 0x9C, "{ack:?}");
+    assert_eq!(
+        ack.properties.server_reference.as_deref(),
+        Some(to_b.as_str())
+    );
+    let late3 = common::connect_packet(Protocol::V3_1_1, "late3", true, 0);
+    let (_, ack) = common::Raw::connect_with(a.port(), late3).await;
+    assert_eq!(ack.code.to_v3_connack(), 3, "Server unavailable: {ack:?}");
+
+    let drained = eventually(Duration::from_secs(5), || async {
+        let (_, text) = ctl_try(&api, &["--json", "node", "evacuate", "--status"]);
+        let s: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        s["evacuation"]["state"] == "drained" && s["evacuation"]["sent"] == 16
+    })
+    .await;
+    let (_, status) = ctl_try(&api, &["node", "evacuate", "--status"]);
+    assert!(drained, "{status}");
+    assert!(status.contains(&to_b), "{status}");
+    assert_eq!(metric(&a, "shardmq_evacuated_clients_total"), Some(total));
+    assert_eq!(metric(&a, "shardmq_evacuating"), Some(1.0));
+
+    // Messages for the sessions left behind queue on node 1 ...
+    let (mut p, _) = common::V4::connect(b.port(), "pub-on-2", true).await;
+    for i in 0..5 {
+        let q1 = rumqttc::QoS::AtLeastOnce;
+        p.publish("ev/5/x", q1, false, format!("five{i}")).await;
+        p.publish("ev/4/x", q1, false, format!("four{i}")).await;
+    }
+    let queued = eventually(Duration::from_secs(10), || async {
+        session_on(&a, "ev5-0")["queued"].as_u64() == Some(5)
+            && session_on(&a, "ev4-0")["queued"].as_u64() == Some(5)
+    })
+    .await;
+    assert!(
+        queued,
+        "{} / {}",
+        session_on(&a, "ev5-0"),
+        session_on(&a, "ev4-0")
+    );
+    // ... and come along when the clients connect where they were sent.
+    let (mut back5, ack) = common::Raw::connect_with(b.port(), persistent_v5("ev5-0")).await;
+    assert_eq!(ack.code.0, 0, "{ack:?}");
+    assert!(ack.session_present, "the v5 session followed");
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.push(String::from_utf8_lossy(&back5.expect_publish().await.payload).into_owned());
+    }
+    assert_eq!(got, ["five0", "five1", "five2", "five3", "five4"]);
+    let (mut back4, ack) = common::V4::connect(b.port(), "ev4-0", false).await;
+    assert!(ack.session_present, "the 3.1.1 session followed");
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        let p = back4.expect_publish().await;
+        got.push(String::from_utf8_lossy(&p.payload).into_owned());
+    }
+    assert_eq!(got, ["four0", "four1", "four2", "four3", "four4"]);
+    let (_, ack) = common::Raw::connect_with(b.port(), persistent_v5("ev5-3")).await;
+    assert!(ack.session_present, "a session without subscriptions too");
+
+    // A target that is no member, or a rate out of bounds, is refused; the run goes on.
+    let (ok, text) = ctl_try(&api, &["node", "evacuate", "--to", "7"]);
+    assert!(
+        !ok && text.contains("node 7 is not a running member"),
+        "{text}"
+    );
+    let (ok, text) = ctl_try(&api, &["node", "evacuate", "--rate", "0"]);
+    assert!(!ok && text.contains("rate: clients per second"), "{text}");
+    assert_eq!(metric(&a, "shardmq_evacuating"), Some(1.0));
+
+    // Node 2 cannot send clients to an evacuating node 1.
+    let (ok, text) = ctl_try(&b.b().api_addr(), &["node", "evacuate", "--to", "1"]);
+    assert!(!ok && text.contains("no node to evacuate to"), "{text}");
+
+    // Stopped: node 1 takes clients again.
+    let (ok, text) = ctl_try(&api, &["node", "evacuate", "--stop"]);
+    assert!(ok && text.contains("node 1: stopped"), "{text}");
+    let (_, ack) = common::Raw::connect_with(a.port(), persistent_v5("after-stop")).await;
+    assert_eq!(ack.code.0, 0, "{ack:?}");
+    assert_eq!(metric(&a, "shardmq_evacuating"), Some(0.0));
+}
+
+/// Issue 13 deliverable 6, rebalance: 10 MQTT 5.0 clients on node 1 and none on node 2;
+/// `ctl cluster rebalance --rate 10` (asked of node 2) moves 5 of them, no faster than 10 a
+/// second, each with DISCONNECT 0x9C naming node 2, and leaves the other 5 alone; the moved
+/// ones find their sessions on node 2; afterwards the cluster is even, node 1's part is done
+/// and it still takes clients; a second rebalance finds nothing to move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_moves_clients_from_the_fuller_node_until_even() {
+    use shardmq_codec::Packet;
+    const CLIENTS: usize = 10;
+    const RATE: u32 = 10;
+    let (a, b) = two_nodes(61).await;
+    let to_b = format!("127.0.0.1:{}", b.port());
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let (raw, ack) =
+            common::Raw::connect_with(a.port(), persistent_v5(&format!("rb-{i}"))).await;
+        assert_eq!(ack.code.0, 0, "{ack:?}");
+        clients.push(raw);
+    }
+    // Node 2 sees node 1's count in its pings.
+    let counted = eventually(Duration::from_secs(10), || async {
+        let (_, text) = ctl_try(
+            &b.b().api_addr(),
+            &["--json", "cluster", "rebalance", "--status"],
+        );
+        let s: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        s["nodes"][0]["connections"] == 10 && s["nodes"][1]["node"] == 2
+    })
+    .await;
+    assert!(counted, "node 2 never saw node 1's 10 connections");
+
+    let started = std::time::Instant::now();
+    let (ok, text) = ctl_try(
+        &b.b().api_addr(),
+        &["cluster", "rebalance", "--rate", &RATE.to_string()],
+    );
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("moving 5 client(s) from node 1 to node 2"),
+        "{text}"
+    );
+    // Every client watched at once for 6 s: who is sent away, with what.
+    let mut watchers = Vec::new();
+    for (i, mut raw) in clients.into_iter().enumerate() {
+        watchers.push(tokio::spawn(async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(6);
+            let mut last = None;
+            loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                match raw.next(left).await {
+                    common::Next::Packet(p) => last = Some(p),
+                    common::Next::Closed => {
+                        return (i, raw, Some((last, std::time::Instant::now())))
+                    }
+                    common::Next::Timeout => return (i, raw, None),
+                    common::Next::Garbage(e) => panic!("rb-{i}: {e}"),
+                }
+            }
+        }));
+    }
+    let mut moved = Vec::new();
+    let mut stayed = Vec::new();
+    let mut last_at = started;
+    for w in watchers {
+        let (i, raw, outcome) = w.await.expect("watcher");
+        if outcome.is_none() {
+            stayed.push(raw); // still connected to node 1: kept open
+            continue;
+        }
+        if let Some((last, at)) = outcome {
+            match last {
+                Some(Packet::Disconnect(d)) => {
+                    assert_eq!(d.reason.0, 0x9C, "rb-{i}");
+                    assert_eq!(
+                        d.properties.server_reference.as_deref(),
+                        Some(to_b.as_str())
+                    );
+                }
+                other => panic!("rb-{i}: DISCONNECT 0x9C expected, got {other:?}"),
+            }
+            moved.push(i);
+            last_at = last_at.max(at);
+        }
+    }
+    assert_eq!(moved.len(), 5, "half of them move: {moved:?}");
+    let took = last_at - started;
+    // 5 clients at 10/s with a bucket of one: the last cannot go before 0.4 s.
+    assert!(took >= Duration::from_millis(400), "took {took:?}");
+    eprintln!("rebalance moved 5 of 10 clients at {RATE}/s in {took:?}");
+
+    let mut back = Vec::new();
+    for i in &moved {
+        let (raw, ack) =
+            common::Raw::connect_with(b.port(), persistent_v5(&format!("rb-{i}"))).await;
+        assert_eq!(ack.code.0, 0, "{ack:?}");
+        assert!(ack.session_present, "rb-{i}'s session followed");
+        back.push(raw);
+    }
+    assert_eq!(stayed.len() + back.len(), CLIENTS);
+    let even = eventually(Duration::from_secs(10), || async {
+        let (_, text) = ctl_try(
+            &a.b().api_addr(),
+            &["--json", "cluster", "rebalance", "--status"],
+        );
+        let s: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        s["even"] == true
+            && s["nodes"][0]["connections"] == 5
+            && s["nodes"][1]["connections"] == 5
+            && s["nodes"][0]["run"]["state"] == "done"
+            && s["nodes"][0]["run"]["sent"] == 5
+    })
+    .await;
+    let (_, status) = ctl_try(&a.b().api_addr(), &["cluster", "rebalance", "--status"]);
+    assert!(even, "{status}");
+    assert!(status.contains("rebalance done"), "{status}");
+    // Node 1 still takes clients; nothing more to move.
+    let (_new, ack) = common::Raw::connect_with(a.port(), persistent_v5("rb-new")).await;
+    assert_eq!(ack.code.0, 0, "{ack:?}");
+    let (ok, text) = ctl_try(&a.b().api_addr(), &["cluster", "rebalance"]);
+    assert!(ok && text.starts_with("even"), "{text}");
+    let (ok, text) = ctl_try(&a.b().api_addr(), &["cluster", "rebalance", "--stop"]);
+    assert!(ok && text.contains("no rebalance was running"), "{text}");
+}

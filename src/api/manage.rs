@@ -66,7 +66,7 @@ type Params = Query<HashMap<String, String>>;
 // ---- the cluster around this node -----------------------------------------------------------
 
 /// The running members with an API, other than this node, by id; `(id, api)`.
-async fn peers(state: &Shared) -> Vec<(u64, String)> {
+pub(super) async fn peers(state: &Shared) -> Vec<(u64, String)> {
     let Some(cluster) = &state.cluster else {
         return Vec::new();
     };
@@ -100,7 +100,7 @@ fn local_only(q: &HashMap<String, String>) -> bool {
 
 /// A peer's answer to `method path_and_query`, as JSON with its status; errors are peers that
 /// did not answer.
-async fn peer_call(
+pub(super) async fn peer_call(
     tls: Option<ureq::tls::TlsConfig>,
     api: &str,
     method: &'static str,
@@ -140,7 +140,7 @@ async fn peer_call(
 
 /// `GET path` on every peer at once (a dead peer costs one [`PEER_TIMEOUT_MS`], not one
 /// each); the answers by node id.
-async fn get_peers(
+pub(super) async fn get_peers(
     state: &Shared,
     auth: Option<String>,
     path: String,
@@ -167,7 +167,7 @@ fn with_auth<B>(r: ureq::RequestBuilder<B>, auth: &Option<String>) -> ureq::Requ
     }
 }
 
-fn authorization(headers: &HeaderMap) -> Option<String> {
+pub(super) fn authorization(headers: &HeaderMap) -> Option<String> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

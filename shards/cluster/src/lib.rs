@@ -26,7 +26,7 @@ impl<T> Locked<T> for std::sync::Mutex<T> {
         self.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
-pub use node::{ClusterNode, ClusterSettings};
+pub use node::{ClientFacing, ClientNode, ClusterNode, ClusterSettings};
 pub use raft::{
     ClusterError, CoreConfig, CoreGroup, CoreMetrics, EntrySubscription, WriteBatch, WriteResult,
 };

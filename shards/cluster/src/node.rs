@@ -25,8 +25,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, info, warn};
 
+mod clients;
 mod session_move;
 mod share_weights;
+
+pub use clients::{ClientFacing, ClientNode};
 
 /// A node's cluster settings (the `[cluster]` section and `node.role`).
 #[derive(Debug, Clone)]
@@ -68,6 +71,8 @@ pub struct ClusterSettings {
     pub node_down_purge: Option<Duration>,
     /// Longest a session fetch from another node takes (`cluster.session_move_timeout_ms`).
     pub session_move_timeout: Duration,
+    /// What this node's pings tell the others about its clients (`cluster.client_address`).
+    pub clients: ClientFacing,
 }
 
 /// How often a node checks that the tables hold exactly its own routes, and repairs them.
@@ -114,6 +119,7 @@ struct Pong {
     leader: Option<NodeId>,
     replicants: u64,
     seqs: [u64; RlogShard::COUNT],
+    clients: clients::ClientsPong,
 }
 
 enum Backend {
@@ -1140,6 +1146,7 @@ impl ClusterNode {
             leader: self.leader(),
             replicants: self.inner.serve_stats.replicants[0].load(Ordering::Relaxed),
             seqs: self.local_seqs(),
+            clients: self.inner.s.clients.pong(),
         }
     }
 

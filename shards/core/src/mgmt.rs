@@ -10,7 +10,7 @@
 
 use crate::bus::ShardId;
 use bytes::Bytes;
-use shardmq_codec::{Protocol, QoS};
+use shardmq_codec::{ByteStr, Protocol, QoS};
 use std::time::{Duration, SystemTime};
 
 /// Most items one page holds.
@@ -146,6 +146,23 @@ pub enum Request {
     },
     /// Puts reloaded settings in force (`POST /api/v1/config/reload`, SIGHUP).
     Configure(Box<LiveSettings>),
+    /// One step of the node's evacuation (`POST /api/v1/node/evacuate`) or of its part in a
+    /// rebalance: with `refuse_with`, from now on every CONNECT is refused with CONNACK 0x9C
+    /// Use another server naming it (MQTT 3.x: return code 3 Server unavailable); and up to
+    /// `send.len()` connected clients are sent away, the i-th with DISCONNECT 0x9C and Server
+    /// Reference `send[i]` (3.x: closed).
+    /// Answered with [`Reply::Evacuated`]. Costs the shard a walk of its connections up to
+    /// the last one sent away.
+    Evacuate {
+        /// The Server Reference new CONNECTs are refused with (`None`: they are not; a
+        /// rebalance).
+        refuse_with: Option<ByteStr>,
+        /// One Server Reference per client to send away now.
+        send: Vec<ByteStr>,
+    },
+    /// Ends the evacuation: CONNECTs are accepted again (clients already sent away stay
+    /// gone). Answered with `Done(was evacuating)`.
+    EvacuateStop,
 }
 
 /// The settings a running shard takes from a configuration reload. Connections keep what
@@ -232,6 +249,14 @@ pub enum Reply {
     },
     /// The request cannot be served (e.g. too many traces).
     Refused(String),
+    /// What an [`Request::Evacuate`] step did.
+    Evacuated {
+        /// Clients sent away by this step.
+        sent: usize,
+        /// Connections still open here, not counting those just sent away (clients before
+        /// their CONNECT included: they are refused when it comes).
+        left: usize,
+    },
 }
 
 /// A connected client.

@@ -35,6 +35,7 @@ use tracing::{debug, info, trace, warn};
 mod cluster;
 mod connections;
 mod durable;
+mod evacuate;
 mod figures;
 mod inspect;
 mod mgmt;
@@ -323,6 +324,9 @@ pub struct ShardCore {
     moved: bool,
     /// The node's move trigger was pulled ([`pull_move`](ShardCore::pull_move)).
     move_pulled: bool,
+    /// The node is being evacuated: CONNECTs are refused with CONNACK 0x9C naming this
+    /// Server Reference (`evacuate.rs`).
+    evacuating: Option<ByteStr>,
     /// The shard's side of the cluster, when the node is in one.
     pub cluster: Option<Box<ClusterShard>>,
     /// The shard's durable log (`[storage]`); `None` with `durability = "off"`.
@@ -446,6 +450,7 @@ impl ShardCore {
             actions_scratch: Vec::new(),
             moved: false,
             move_pulled: false,
+            evacuating: None,
             cluster: None,
             durable: None,
             traces: None,
@@ -689,6 +694,34 @@ fn test_core(now: Instant, connect_timeout: Duration, limits: Limits) -> ShardCo
         ahash::RandomState::with_seeds(1, 2, 3, 4),
         [7; 32],
     )
+}
+
+/// Opens a connection and gives it a CONNECT as `client_id` (keep-alive off, no will; v5
+/// with a Session Expiry Interval of an hour), for the unit tests of the shard's parts.
+#[cfg(test)]
+fn test_connect(
+    c: &mut ShardCore,
+    now: Instant,
+    client_id: &str,
+    protocol: Protocol,
+    clean_start: bool,
+) -> ConnKey {
+    let key = c.open_conn(now, None, crate::ListenerKind::Tcp, 1, 0).0;
+    let connect = Connect {
+        protocol,
+        clean_start,
+        keep_alive: 0,
+        client_id: ByteStr::from(client_id),
+        will: None,
+        username: None,
+        password: None,
+        properties: shardmq_codec::ConnectProperties {
+            session_expiry_interval: protocol.is_v5().then_some(3600),
+            ..Default::default()
+        },
+    };
+    c.on_packet(now, key, Packet::Connect(Box::new(connect)));
+    key
 }
 
 /// A retained QoS 0 message on `topic`, for the unit tests of the shard's parts.

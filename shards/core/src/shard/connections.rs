@@ -229,6 +229,12 @@ impl ShardCore {
             conn.phase = Phase::Closing;
             return;
         }
+        if let Some(ack) = evacuate::connack(self.evacuating.as_ref(), connect.protocol) {
+            debug!(shard = id, client_id = %connect.client_id, "node evacuating; CONNECT refused");
+            encode(&Packet::ConnAck(ack), connect.protocol, &mut conn.out);
+            conn.phase = Phase::Closing;
+            return;
+        }
         if conn.over_limit {
             warn!(shard = id, client_id = %connect.client_id, "max_connections reached; refusing");
             refuse(conn, ReasonCode::SERVER_BUSY);

@@ -320,6 +320,8 @@ impl ShardCore {
                     .then(|| TokenBucket::share_of(s.max_connection_rate, self.nshards));
                 Reply::Done(true)
             }
+            Request::Evacuate { refuse_with, send } => self.evacuate_step(refuse_with, &send),
+            Request::EvacuateStop => Reply::Done(self.evacuate_stop()),
             Request::TraceStop { client_id } => {
                 let removed = self
                     .traces

@@ -108,10 +108,7 @@ impl ShardCore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shardmq_codec::{
-        Connect, ConnectProperties, Decoder, Protocol, Subscribe, SubscribeFilter,
-        SubscriptionOptions,
-    };
+    use shardmq_codec::{Decoder, Protocol, Subscribe, SubscribeFilter, SubscriptionOptions};
 
     fn node(now: Instant) -> ShardCore {
         let mut c = super::super::test_core(now, Duration::from_secs(5), Limits::default());
@@ -142,22 +139,7 @@ mod tests {
     }
 
     fn connect(c: &mut ShardCore, now: Instant, id: &str, clean_start: bool) -> ConnKey {
-        let key = c.open_conn(now, None, crate::ListenerKind::Tcp, 1, 0).0;
-        let connect = Connect {
-            protocol: Protocol::V5,
-            clean_start,
-            keep_alive: 0,
-            client_id: ByteStr::from(id),
-            will: None,
-            username: None,
-            password: None,
-            properties: ConnectProperties {
-                session_expiry_interval: Some(3600),
-                ..Default::default()
-            },
-        };
-        c.on_packet(now, key, Packet::Connect(Box::new(connect)));
-        key
+        super::super::test_connect(c, now, id, Protocol::V5, clean_start)
     }
 
     /// The fetch a Clean Start 0 CONNECT asked for, answered with `image`.
