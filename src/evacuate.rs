@@ -29,9 +29,11 @@ pub const RATE_MAX: u32 = 100_000;
 /// How often the evacuation sends a batch of clients away (and refreshes its targets).
 pub const TICK: Duration = Duration::from_millis(100);
 
-/// Most clients one shard is asked to send away in one step: a step's walk of the shard's
-/// connections stays short even at [`RATE_MAX`].
-pub const STEP_MAX: usize = 10_000;
+/// Most clients one shard is asked to send away in one step (the shards' bound).
+pub const STEP_MAX: usize = shardmq_shards::mgmt::EVACUATE_STEP_MAX;
+
+/// Most clients a rebalance's part may send to one node.
+pub const SHED_MAX: u64 = 10_000_000;
 
 // One tick's worth at the highest rate fits a step.
 const _: () = assert!(RATE_MAX as u128 * TICK.as_millis() / 1000 <= STEP_MAX as u128);
@@ -369,8 +371,12 @@ impl Evacuation {
         })
     }
 
-    fn update(&self, f: impl FnOnce(&mut Status)) {
+    /// Changes the status of run `run`, unless another run (or a stop) came since.
+    fn update(&self, run: u64, f: impl FnOnce(&mut Status)) {
         let mut guard = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.current(run) {
+            return;
+        }
         if let Some((_, s)) = guard.as_mut() {
             f(s);
         }
@@ -378,6 +384,7 @@ impl Evacuation {
 
     /// Starts (or restarts with new settings) and returns the run's number for [`drive`].
     pub fn begin(&self, now: Instant, order: &Order) -> u64 {
+        let mut guard = self.status.lock().unwrap_or_else(|e| e.into_inner());
         let run = self.run.fetch_add(1, Ordering::SeqCst) + 1;
         self.flag.store(order.shed.is_none(), Ordering::SeqCst);
         self.active.store(true, Ordering::SeqCst);
@@ -398,7 +405,7 @@ impl Evacuation {
             sent_to: BTreeMap::new(),
             targets: Vec::new(),
         };
-        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = Some((now, status));
+        *guard = Some((now, status));
         run
     }
 
@@ -493,7 +500,7 @@ pub async fn drive(
             }
             if refuse_with.is_none() {
                 // No node has ever been a target: nobody can be pointed anywhere yet.
-                evacuation.update(|s| s.state = "no_target");
+                evacuation.update(run, |s| s.state = "no_target");
                 continue;
             }
         }
@@ -541,7 +548,7 @@ pub async fn drive(
             })
             .collect();
         let no_target = targets.is_empty();
-        evacuation.update(|s| {
+        evacuation.update(run, |s| {
             s.sent += sent as u64;
             s.left = left;
             for id in by_node {
@@ -774,7 +781,7 @@ mod tests {
         let run = e.begin(t0, &order(200, None));
         assert!(e.running() && e.flag().load(Ordering::Relaxed) && e.active());
         assert!(e.current(run));
-        e.update(|s| s.sent = 3);
+        e.update(run, |s| s.sent = 3);
         assert!(
             !e.end(t0, true),
             "a rebalance stop leaves an evacuation alone"
