@@ -1,13 +1,14 @@
-//! Evacuation: moving a node's clients to the other nodes at a bounded rate
-//! (`shardmq ctl node evacuate`, `POST /api/v1/node/evacuate`; docs/cluster.md, "Evacuation
-//! and rebalance").
+//! Evacuation and rebalance: moving a node's clients to the other nodes at a bounded rate
+//! (`shardmq ctl node evacuate`, `POST /api/v1/node/evacuate`; `shardmq ctl cluster
+//! rebalance`, `POST /api/v1/cluster/rebalance`; docs/cluster.md, "Evacuation and rebalance").
 //!
 //! The logic is pure and takes time as an argument: [`Pacer`] (how many clients may go now),
-//! [`Targets`] (which node each one goes to). [`Evacuation`] holds the state the API shows,
-//! and [`drive`] is the thin shell on the control thread: every [`TICK`] it asks the shards
-//! ([`Request::Evacuate`]) to send away as many clients as the pacer allows, each with the
-//! Server Reference of the next target, and to refuse new CONNECTs. The evacuation lives in
-//! memory: it runs until stopped or until the node restarts.
+//! [`Targets`] (which node each one goes to), [`plan_rebalance`] (who sends how many to whom).
+//! [`Evacuation`] holds the state the API shows, and [`drive`] is the thin shell on the
+//! control thread: every [`TICK`] it asks the shards ([`Request::Evacuate`]) to send away as
+//! many clients as the pacer allows, each with the Server Reference of the next target, and,
+//! when evacuating, to refuse new CONNECTs. A run lives in memory: an evacuation runs until
+//! stopped or until the node restarts; a rebalance's part ends once its clients are sent.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
