@@ -1,13 +1,14 @@
-//! Evacuation: moving a node's clients to the other nodes at a bounded rate
-//! (`shardmq ctl node evacuate`, `POST /api/v1/node/evacuate`; docs/cluster.md, "Evacuation
-//! and rebalance").
+//! Evacuation and rebalance: moving a node's clients to the other nodes at a bounded rate
+//! (`shardmq ctl node evacuate`, `POST /api/v1/node/evacuate`; `shardmq ctl cluster
+//! rebalance`, `POST /api/v1/cluster/rebalance`; docs/cluster.md, "Evacuation and rebalance").
 //!
 //! The logic is pure and takes time as an argument: [`Pacer`] (how many clients may go now),
-//! [`Targets`] (which node each one goes to). [`Evacuation`] holds the state the API shows,
-//! and [`drive`] is the thin shell on the control thread: every [`TICK`] it asks the shards
-//! ([`Request::Evacuate`]) to send away as many clients as the pacer allows, each with the
-//! Server Reference of the next target, and to refuse new CONNECTs. The evacuation lives in
-//! memory: it runs until stopped or until the node restarts.
+//! [`Targets`] (which node each one goes to), [`plan_rebalance`] (who sends how many to whom).
+//! [`Evacuation`] holds the state the API shows, and [`drive`] is the thin shell on the
+//! control thread: every [`TICK`] it asks the shards ([`Request::Evacuate`]) to send away as
+//! many clients as the pacer allows, each with the Server Reference of the next target, and,
+//! when evacuating, to refuse new CONNECTs. A run lives in memory: an evacuation runs until
+//! stopped or until the node restarts; a rebalance's part ends once its clients are sent.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,9 +30,11 @@ pub const RATE_MAX: u32 = 100_000;
 /// How often the evacuation sends a batch of clients away (and refreshes its targets).
 pub const TICK: Duration = Duration::from_millis(100);
 
-/// Most clients one shard is asked to send away in one step: a step's walk of the shard's
-/// connections stays short even at [`RATE_MAX`].
-pub const STEP_MAX: usize = 10_000;
+/// Most clients one shard is asked to send away in one step (the shards' bound).
+pub const STEP_MAX: usize = shardmq_shards::mgmt::EVACUATE_STEP_MAX;
+
+/// Most clients a rebalance's part may send to one node.
+pub const SHED_MAX: u64 = 10_000_000;
 
 // One tick's worth at the highest rate fits a step.
 const _: () = assert!(RATE_MAX as u128 * TICK.as_millis() / 1000 <= STEP_MAX as u128);
@@ -369,8 +372,12 @@ impl Evacuation {
         })
     }
 
-    fn update(&self, f: impl FnOnce(&mut Status)) {
+    /// Changes the status of run `run`, unless another run (or a stop) came since.
+    fn update(&self, run: u64, f: impl FnOnce(&mut Status)) {
         let mut guard = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.current(run) {
+            return;
+        }
         if let Some((_, s)) = guard.as_mut() {
             f(s);
         }
@@ -378,6 +385,7 @@ impl Evacuation {
 
     /// Starts (or restarts with new settings) and returns the run's number for [`drive`].
     pub fn begin(&self, now: Instant, order: &Order) -> u64 {
+        let mut guard = self.status.lock().unwrap_or_else(|e| e.into_inner());
         let run = self.run.fetch_add(1, Ordering::SeqCst) + 1;
         self.flag.store(order.shed.is_none(), Ordering::SeqCst);
         self.active.store(true, Ordering::SeqCst);
@@ -398,7 +406,7 @@ impl Evacuation {
             sent_to: BTreeMap::new(),
             targets: Vec::new(),
         };
-        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = Some((now, status));
+        *guard = Some((now, status));
         run
     }
 
@@ -493,7 +501,7 @@ pub async fn drive(
             }
             if refuse_with.is_none() {
                 // No node has ever been a target: nobody can be pointed anywhere yet.
-                evacuation.update(|s| s.state = "no_target");
+                evacuation.update(run, |s| s.state = "no_target");
                 continue;
             }
         }
@@ -541,7 +549,7 @@ pub async fn drive(
             })
             .collect();
         let no_target = targets.is_empty();
-        evacuation.update(|s| {
+        evacuation.update(run, |s| {
             s.sent += sent as u64;
             s.left = left;
             for id in by_node {
@@ -774,7 +782,7 @@ mod tests {
         let run = e.begin(t0, &order(200, None));
         assert!(e.running() && e.flag().load(Ordering::Relaxed) && e.active());
         assert!(e.current(run));
-        e.update(|s| s.sent = 3);
+        e.update(run, |s| s.sent = 3);
         assert!(
             !e.end(t0, true),
             "a rebalance stop leaves an evacuation alone"

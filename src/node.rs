@@ -436,18 +436,15 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
         settings.clients.connections = node.connections();
         settings.clients.evacuating = evacuation.flag();
         tracing::info!(node_id = settings.node_id, role = ?settings.role, listen = %settings.listen, seeds = ?settings.seeds, "joining the cluster");
-        crate::api::start_with(
-            &config,
-            data_plane(&node, &evacuation),
-            move || async move {
-                let cluster = shardmq_cluster::ClusterNode::start(settings, control)
-                    .await
-                    .context("starting the cluster node (cluster.*)")?;
-                let handle: Arc<dyn crate::api::ClusterApi> =
-                    Arc::new(crate::cluster::ClusterHandle(cluster));
-                Ok(Some(handle))
-            },
-        )?;
+        let plane = data_plane(&node, &evacuation);
+        crate::api::start_with(&config, plane, move || async move {
+            let cluster = shardmq_cluster::ClusterNode::start(settings, control)
+                .await
+                .context("starting the cluster node (cluster.*)")?;
+            let handle: Arc<dyn crate::api::ClusterApi> =
+                Arc::new(crate::cluster::ClusterHandle(cluster));
+            Ok(Some(handle))
+        })?;
         node
     } else {
         let node = Node::start(rt).context("starting the data plane")?;

@@ -1586,4 +1586,16 @@ async fn a_rebalance_moves_clients_from_the_fuller_node_until_even() {
     assert!(ok && text.starts_with("even"), "{text}");
     let (ok, text) = ctl_try(&a.b().api_addr(), &["cluster", "rebalance", "--stop"]);
     assert!(ok && text.contains("no rebalance was running"), "{text}");
+    // A part no node could carry out is refused.
+    let huge = http_body(
+        &a.b().api_addr(),
+        "/api/v1/node/evacuate",
+        r#"{"shed": {"2": 99999999999}}"#,
+    );
+    assert!(
+        huge["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("more than")),
+        "{huge}"
+    );
 }

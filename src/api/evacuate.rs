@@ -106,6 +106,12 @@ fn start_order(state: &Shared, mut order: Order) -> Result<(), ApiError> {
                 "this node is evacuating: it takes no part in a rebalance".into(),
             ));
         }
+        if let Some((id, n)) = shed.iter().find(|(_, n)| **n > evacuate::SHED_MAX) {
+            return Err(bad(format!(
+                "shed: {n} clients for node {id}, more than {}",
+                evacuate::SHED_MAX
+            )));
+        }
         shed.retain(|_, n| *n > 0);
         if shed.is_empty() {
             return Err(bad("shed: at least one node and count".into()));
@@ -218,7 +224,8 @@ async fn rebalance(
     let mut started = Vec::new();
     let mut failed = BTreeMap::new();
     if !plan.even {
-        let part_rate = (rate / plan.moves.len() as u32).max(1);
+        let sources = u32::try_from(plan.moves.len()).unwrap_or(u32::MAX).max(1);
+        let part_rate = (rate / sources).max(1);
         let apis: HashMap<u64, String> = peers(&state).await.into_iter().collect();
         let auth = authorization(&headers);
         for (source, shed) in &plan.moves {

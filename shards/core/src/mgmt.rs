@@ -28,6 +28,10 @@ pub const TRACE_MAX_PACKETS: usize = 10_000;
 /// Clients traced at once per shard; beyond it a new trace is refused.
 pub const TRACES_MAX: usize = 16;
 
+/// Most clients one [`Request::Evacuate`] step sends away: the step's walk of the shard's
+/// connections stays short.
+pub const EVACUATE_STEP_MAX: usize = 10_000;
+
 /// What the management API asks a shard.
 #[derive(Debug, Clone)]
 pub enum Request {
@@ -157,7 +161,8 @@ pub enum Request {
         /// The Server Reference new CONNECTs are refused with (`None`: they are not; a
         /// rebalance).
         refuse_with: Option<ByteStr>,
-        /// One Server Reference per client to send away now.
+        /// One Server Reference per client to send away now; at most
+        /// [`EVACUATE_STEP_MAX`].
         send: Vec<ByteStr>,
     },
     /// Ends the evacuation: CONNECTs are accepted again (clients already sent away stay

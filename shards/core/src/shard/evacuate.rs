@@ -37,6 +37,10 @@ impl ShardCore {
         refuse_with: Option<ByteStr>,
         send: &[ByteStr],
     ) -> Reply {
+        assert!(
+            send.len() <= crate::mgmt::EVACUATE_STEP_MAX,
+            "an evacuation step sends at most EVACUATE_STEP_MAX clients"
+        );
         if let Some(refuse_with) = refuse_with {
             if self.evacuating.is_none() {
                 tracing::info!(shard = self.id, to = %refuse_with, "node evacuating: CONNECTs refused with 0x9C");
