@@ -1216,6 +1216,9 @@ impl Config {
                 ));
             }
         }
+        if let Err(e) = shardmq_cluster::timeouts::check_purge(c.node_down_purge_ms) {
+            return Err(ConfigError::value("cluster.node_down_purge_ms", e));
+        }
         if c.election_timeout_ms <= c.heartbeat_ms {
             return Err(ConfigError::value(
                 "cluster.election_timeout_ms",
@@ -1873,6 +1876,10 @@ mod tests {
             (
                 &[("SHARDMQ_CLUSTER__ELECTION_TIMEOUT_MS", "250")],
                 "cluster.election_timeout_ms: 250 must be more than cluster.heartbeat_ms",
+            ),
+            (
+                &[("SHARDMQ_CLUSTER__NODE_DOWN_PURGE_MS", "2000")],
+                "cluster.node_down_purge_ms: 2000 must be 0 (never) or more than 3000 ms",
             ),
         ];
         for (vars, expected) in cases {

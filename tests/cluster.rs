@@ -648,7 +648,7 @@ async fn a_dead_node_has_its_routes_purged_after_the_grace_period() {
     routes_everywhere(&[&c.cores[0], &c.replicants[0]], 1).await;
     drop(sub);
     c.replicants[1].kill();
-    // node_down_purge_ms = 3000 in these tests; pings run every second.
+    // node_down_purge_ms = 3500 in these tests; pings run every second.
     let ok = eventually(Duration::from_secs(15), || async {
         c.cores.iter().all(|n| n.routes() == 0) && c.replicants[0].routes() == 0
     })

@@ -573,7 +573,7 @@ async fn a_partition_during_a_route_storm_heals_to_the_same_tables() {
 /// audit (every 15 s), and messages reach its subscriber again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_core_cut_longer_than_the_purge_grace_writes_its_routes_and_sessions_back() {
-    let net = Net::start_with_purge(3, 1, 2000);
+    let net = Net::start_with_purge(3, 1, 3500);
     net.formed(3).await;
     let mut on3 = net.node(3).client("long-3").await;
     on3.subscribe("l/#", QoS::AtLeastOnce).await;

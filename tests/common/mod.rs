@@ -1132,7 +1132,7 @@ pub async fn shard_connections(port: u16, nshards: usize) -> HashMap<usize, u64>
 
 /// The environment of cluster node `id` (`role` "core" or "replicant") on QUIC address `quic`
 /// with `seeds` (`id@addr,…`) and its cluster data under `dir`: the test timings (heartbeat
-/// 100 ms, election 500 ms, purge of a node down 3 s, write timeout 1 s).
+/// 100 ms, election 500 ms, purge of a node down 3.5 s, write timeout 1 s).
 pub fn cluster_env(
     id: u64,
     role: &str,
@@ -1152,7 +1152,7 @@ pub fn cluster_env(
         ("SHARDMQ_CLUSTER__HEARTBEAT_MS", "100"),
         ("SHARDMQ_CLUSTER__ELECTION_TIMEOUT_MS", "500"),
         ("SHARDMQ_CLUSTER__REPLICA_PERSIST_MS", "200"),
-        ("SHARDMQ_CLUSTER__NODE_DOWN_PURGE_MS", "3000"),
+        ("SHARDMQ_CLUSTER__NODE_DOWN_PURGE_MS", "3500"),
         ("SHARDMQ_CLUSTER__WRITE_TIMEOUT_MS", "1000"),
         ("RUST_LOG", "warn,shardmq=info,shardmq_cluster=info"),
     ]

@@ -10,6 +10,7 @@ pub mod node;
 pub mod raft;
 mod replica;
 pub mod rpc;
+pub mod timeouts;
 pub mod transport;
 
 pub use forward::ForwardStats;

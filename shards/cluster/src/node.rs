@@ -1208,7 +1208,7 @@ impl ClusterNode {
                 });
             }
             self.purge_down_nodes();
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(crate::timeouts::PING_INTERVAL).await;
         }
     }
 
@@ -1489,7 +1489,7 @@ impl ClusterNode {
                     api: m.api.clone(),
                     status: match seen.get(id) {
                         _ if *id == me => "running".into(),
-                        Some(at) if at.elapsed() < Duration::from_secs(3) => "running".into(),
+                        Some(at) if at.elapsed() < crate::timeouts::LIVENESS => "running".into(),
                         Some(_) => "stopped".into(),
                         None => "unknown".into(),
                     },

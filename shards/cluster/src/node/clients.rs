@@ -7,10 +7,6 @@
 use super::*;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 
-/// A node answering no ping for this long is not offered as a place for clients (the
-/// cluster status calls it stopped after the same time).
-const CLIENT_NODE_FRESH: Duration = Duration::from_secs(3);
-
 /// This node's client side, as its pings tell the others.
 #[derive(Debug, Clone, Default)]
 pub struct ClientFacing {
@@ -70,7 +66,7 @@ impl ClusterNode {
         let seen = self.inner.seen.locked();
         for id in members.into_iter().filter(|&id| id != me) {
             if let Some((at, pong)) = seen.get(&id) {
-                if at.elapsed() < CLIENT_NODE_FRESH {
+                if at.elapsed() < crate::timeouts::LIVENESS {
                     nodes.push(ClientNode {
                         node: id,
                         address: pong.clients.address.clone(),
