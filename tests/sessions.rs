@@ -280,8 +280,14 @@ async fn takeover_v5_disconnects_the_old_connection_with_0x8e() {
         publisher
             .publish("tk5/t", &i.to_be_bytes(), Q::AtLeastOnce, i + 1, false)
             .await;
-        let p = next.expect_publish().await;
-        assert_eq!(p.payload[..], i.to_be_bytes());
+        let mut p = next.expect_publish().await;
+        // As in the 3.1.1 test: a PUBACK still unread at the takeover leaves the previous
+        // message in flight, and it comes again as DUP (at-least-once; seen once in CI).
+        if i > 0 && p.dup && p.payload[..] == (i - 1).to_be_bytes() {
+            next.send(&puback(p.pkid)).await;
+            p = next.expect_publish().await;
+        }
+        assert_eq!(p.payload[..], i.to_be_bytes(), "takeover {i}");
         next.send(&puback(p.pkid)).await;
         current = next;
     }
