@@ -432,6 +432,33 @@ impl SubMap {
     }
 }
 
+/// What a session holds only while messages are on their way, in either direction: an idle
+/// session has none of it, so it lives behind one pointer ([`Session`]'s `flow`), allocated on
+/// first use and freed by [`Session::trim`] once empty again (on detach and on PINGREQ, which a
+/// client sends when it has nothing else to send). Freeing it also returns the capacity the
+/// queues grew to.
+#[derive(Debug, Default)]
+struct Flow {
+    /// Outgoing QoS 1/2 messages sent and not yet acknowledged, oldest first.
+    inflight: VecDeque<Outgoing>,
+    /// Messages waiting for the window or for the client to come back, oldest first.
+    queue: VecDeque<Queued>,
+    /// Incoming QoS 2 packet ids acknowledged with PUBREC, waiting for PUBREL.
+    awaiting_rel: SmallVec<[u16; 4]>,
+    /// Topic aliases of the current connection (reset on attach and detach, never carried).
+    aliases_in: InboundAliases,
+}
+
+impl Flow {
+    /// Whether dropping it changes nothing (an empty alias table behaves as a fresh one).
+    fn is_empty(&self) -> bool {
+        self.inflight.is_empty()
+            && self.queue.is_empty()
+            && self.awaiting_rel.is_empty()
+            && self.aliases_in.is_empty()
+    }
+}
+
 /// Counters a session keeps for the shard's metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SessionStats {
@@ -451,14 +478,12 @@ pub struct Session {
     protocol: Protocol,
     expiry_secs: u32,
     subscriptions: SubMap,
-    inflight: VecDeque<Outgoing>,
-    queue: VecDeque<Queued>,
-    awaiting_rel: SmallVec<[u16; 4]>,
+    /// Messages in flight and the inbound topic aliases; `None` while there are none (see
+    /// [`Flow`]).
+    flow: Option<Box<Flow>>,
     next_pkid: u16,
     will: Option<Box<LastWill>>,
     conn: Option<ConnParams>,
-    /// Topic aliases of the current connection (reset on attach and detach, never carried).
-    aliases_in: InboundAliases,
     /// `None` while the client takes no topic aliases (most clients; the table is ~96 B).
     aliases_out: Option<Box<OutboundAliases>>,
     stats: SessionStats,
@@ -477,13 +502,10 @@ impl Session {
             protocol,
             expiry_secs,
             subscriptions: SubMap::new(),
-            inflight: VecDeque::new(),
-            queue: VecDeque::new(),
-            awaiting_rel: SmallVec::new(),
+            flow: None,
             next_pkid: 0,
             will: None,
             conn: None,
-            aliases_in: InboundAliases::default(),
             aliases_out: None,
             stats: SessionStats::default(),
             journal: None,
@@ -540,12 +562,44 @@ impl Session {
 
     /// Outgoing QoS 1/2 messages awaiting acknowledgement.
     pub fn inflight_len(&self) -> usize {
-        self.inflight.len()
+        self.flow.as_deref().map_or(0, |f| f.inflight.len())
     }
 
     /// Messages waiting for the window or for the client to come back.
     pub fn queued_len(&self) -> usize {
-        self.queue.len()
+        self.flow.as_deref().map_or(0, |f| f.queue.len())
+    }
+
+    /// Whether the session holds the state of messages in flight (inflight, queued, QoS 2
+    /// awaiting PUBREL) or inbound topic aliases. An idle session, once trimmed, holds none:
+    /// see [`Session::trim`].
+    pub fn holds_flow_state(&self) -> bool {
+        self.flow.is_some()
+    }
+
+    /// Frees the flow state if nothing is in it (no message inflight, queued or awaiting
+    /// PUBREL, no inbound topic alias). No behaviour changes: it is allocated again on first
+    /// use. The session calls it on detach and on PINGREQ; the runtime may call it whenever a
+    /// session goes idle.
+    pub fn trim(&mut self) {
+        if self.flow.as_deref().is_some_and(Flow::is_empty) {
+            self.flow = None;
+        }
+    }
+
+    /// The flow state, allocated if the session has none.
+    fn flow_mut(&mut self) -> &mut Flow {
+        self.flow.get_or_insert_with(Box::default)
+    }
+
+    /// Outgoing messages inflight, oldest first (none without flow state).
+    fn inflight(&self) -> impl Iterator<Item = &Outgoing> {
+        self.flow.iter().flat_map(|f| f.inflight.iter())
+    }
+
+    /// Incoming QoS 2 packet ids waiting for PUBREL.
+    fn awaiting_rel(&self) -> &[u16] {
+        self.flow.as_deref().map_or(&[], |f| &f.awaiting_rel[..])
     }
 
     /// Counters.
@@ -587,7 +641,9 @@ impl Session {
         });
         self.conn = Some(accepted.params);
         // A new connection starts with no topic aliases in either direction (MQTT-3.3.2-7).
-        self.aliases_in = InboundAliases::default();
+        if let Some(flow) = self.flow.as_deref_mut() {
+            flow.aliases_in = InboundAliases::default();
+        }
         let alias_max = if accepted.protocol.is_v5() {
             accepted.params.topic_alias_max
         } else {
@@ -598,20 +654,22 @@ impl Session {
         // A PUBLISH too large for this connection is discarded as if it had been sent
         // (MQTT-3.1.2-25); the previous connection may have allowed larger packets.
         let max = accepted.params.max_packet_size;
-        let before = self.inflight.len();
         let mut discarded: SmallVec<[(u16, Arc<Message>); 1]> = SmallVec::new();
-        self.inflight.retain(|out| {
-            let keep = out.state == OutState::Released || !too_large(protocol, &out.item, now, max);
-            if !keep {
-                discarded.push((out.pkid, out.item.msg.clone()));
-            }
-            keep
-        });
+        if let Some(flow) = self.flow.as_deref_mut() {
+            flow.inflight.retain(|out| {
+                let keep =
+                    out.state == OutState::Released || !too_large(protocol, &out.item, now, max);
+                if !keep {
+                    discarded.push((out.pkid, out.item.msg.clone()));
+                }
+                keep
+            });
+        }
+        self.stats.dropped += discarded.len() as u64;
         for (pkid, msg) in discarded {
             self.journal_push(|| Change::Completed { pkid, msg });
         }
-        self.stats.dropped += (before - self.inflight.len()) as u64;
-        for out in &self.inflight {
+        for out in self.inflight() {
             match out.state {
                 OutState::Published => {
                     write_publish(protocol, &out.item, out.pkid, true, now, None, wire);
@@ -624,12 +682,16 @@ impl Session {
         self.fill_window(now, limits, wire);
     }
 
-    /// The connection went away. Subscriptions, inflight and queued messages stay.
+    /// The connection went away. Subscriptions, inflight and queued messages stay; the flow
+    /// state is freed if nothing else is in it ([`Session::trim`]).
     pub fn detach(&mut self) {
         self.journal_push(|| Change::Detached);
         self.conn = None;
-        self.aliases_in = InboundAliases::default();
+        if let Some(flow) = self.flow.as_deref_mut() {
+            flow.aliases_in = InboundAliases::default();
+        }
         self.aliases_out = None;
+        self.trim();
     }
 
     /// Handles one packet from the connected client.
@@ -659,7 +721,7 @@ impl Session {
                 match self.inflight_position(ack.pkid, OutState::Published, QoS::ExactlyOnce) {
                     Some(i) if ack.reason.is_error() => {
                         // The receiver refused the message: the flow ends here (MQTT-4.3.3).
-                        if let Some(out) = self.inflight.remove(i) {
+                        if let Some(out) = self.flow_mut().inflight.remove(i) {
                             let pkid = ack.pkid;
                             let msg = out.item.msg;
                             self.journal_push(|| Change::Completed { pkid, msg });
@@ -667,7 +729,7 @@ impl Session {
                         self.fill_window(now, limits, wire);
                     }
                     Some(i) => {
-                        self.inflight[i].state = OutState::Released;
+                        self.flow_mut().inflight[i].state = OutState::Released;
                         let pkid = ack.pkid;
                         self.journal_push(|| Change::Released { pkid });
                         encode(&pubrel(ack.pkid, ReasonCode::SUCCESS), protocol, wire);
@@ -691,9 +753,9 @@ impl Session {
                 Ok(())
             }
             Packet::PubRel(ack) => {
-                let reason = match self.awaiting_rel.iter().position(|&p| p == ack.pkid) {
+                let reason = match self.awaiting_rel().iter().position(|&p| p == ack.pkid) {
                     Some(i) => {
-                        self.awaiting_rel.swap_remove(i);
+                        self.flow_mut().awaiting_rel.swap_remove(i);
                         let pkid = ack.pkid;
                         self.journal_push(|| Change::RelDone { pkid });
                         ReasonCode::SUCCESS
@@ -721,6 +783,9 @@ impl Session {
             }
             Packet::PingReq => {
                 encode(&Packet::PingResp, protocol, wire);
+                // The client had nothing else to send: a good moment to free what idle
+                // sessions do not need.
+                self.trim();
                 Ok(())
             }
             Packet::Disconnect(d) => {
@@ -772,7 +837,15 @@ impl Session {
         } else {
             0
         };
-        match self.aliases_in.resolve(&publish.topic, alias, max_alias) {
+        // Without an alias the topic is the PUBLISH's own: no table needed (nor allocated).
+        let resolved = match alias {
+            None => Ok(publish.topic.clone()),
+            Some(_) => self
+                .flow_mut()
+                .aliases_in
+                .resolve(&publish.topic, alias, max_alias),
+        };
+        match resolved {
             Ok(topic) => publish.topic = topic,
             Err(AliasError::Invalid) => {
                 // MQTT-3.3.2-8, -9: 0 or above the Topic Alias Maximum we announced.
@@ -809,7 +882,7 @@ impl Session {
                 "retain not available",
             ));
         }
-        if publish.qos == QoS::ExactlyOnce && self.awaiting_rel.contains(&publish.pkid) {
+        if publish.qos == QoS::ExactlyOnce && self.awaiting_rel().contains(&publish.pkid) {
             // A resent QoS 2 PUBLISH we already own: acknowledge again, do not route twice.
             encode(
                 &Packet::PubRec(ack_with(publish.pkid, ReasonCode::SUCCESS)),
@@ -819,7 +892,7 @@ impl Session {
             return Ok(());
         }
         if publish.qos == QoS::ExactlyOnce
-            && self.awaiting_rel.len() >= usize::from(limits.max_awaiting_rel)
+            && self.awaiting_rel().len() >= usize::from(limits.max_awaiting_rel)
         {
             return Err(Close::new(
                 ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
@@ -883,7 +956,7 @@ impl Session {
             QoS::AtLeastOnce => encode(&Packet::PubAck(ack), protocol, wire),
             QoS::ExactlyOnce => {
                 if !reason.is_error() {
-                    self.awaiting_rel.push(pkid);
+                    self.flow_mut().awaiting_rel.push(pkid);
                     self.journal_push(|| Change::RelAwaited { pkid });
                 }
                 encode(&Packet::PubRec(ack), protocol, wire)
@@ -1060,16 +1133,18 @@ impl Session {
             }
             _ => true,
         };
-        self.inflight.retain(|out| {
-            let pkid = out.pkid;
-            let msg = out.item.msg.clone();
-            out.state == OutState::Released || take(&out.item, Change::Completed { pkid, msg })
-        });
-        self.queue.retain(|item| {
-            let seq = item.seq;
-            let msg = item.msg.clone();
-            take(item, Change::Dropped { seq, msg })
-        });
+        if let Some(flow) = self.flow.as_deref_mut() {
+            flow.inflight.retain(|out| {
+                let pkid = out.pkid;
+                let msg = out.item.msg.clone();
+                out.state == OutState::Released || take(&out.item, Change::Completed { pkid, msg })
+            });
+            flow.queue.retain(|item| {
+                let seq = item.seq;
+                let msg = item.msg.clone();
+                take(item, Change::Dropped { seq, msg })
+            });
+        }
         for change in gone {
             self.journal_push(|| change);
         }
@@ -1118,7 +1193,7 @@ impl Session {
             self.stats.sent += 1;
             return Delivery::Sent;
         }
-        if !self.queue.is_empty() || self.inflight.len() >= self.window(limits) {
+        if self.queued_len() > 0 || self.inflight_len() >= self.window(limits) {
             return self.enqueue(item, limits);
         }
         self.send_inflight(now, item, wire);
@@ -1150,16 +1225,17 @@ impl Session {
             return self.dropped(DropReason::QueueFull);
         }
         let mut result = Delivery::Queued;
-        if self.queue.len() >= limits.max_queued_messages {
+        if self.queued_len() >= limits.max_queued_messages {
             // Policy: QoS 0 messages go first (a queued one, else the incoming one); among
             // QoS 1/2 the newest wins and the oldest queued message makes room.
-            match self.queue.iter().position(|q| q.qos == QoS::AtMostOnce) {
+            let queue = &mut self.flow_mut().queue;
+            match queue.iter().position(|q| q.qos == QoS::AtMostOnce) {
                 Some(i) => {
-                    self.queue.remove(i);
+                    queue.remove(i);
                 }
                 None if item.qos == QoS::AtMostOnce => return self.dropped(DropReason::QueueFull),
                 None => {
-                    if let Some(old) = self.queue.pop_front() {
+                    if let Some(old) = queue.pop_front() {
                         self.journal_dropped(&old);
                     }
                 }
@@ -1169,7 +1245,7 @@ impl Session {
         }
         let mut item = item;
         self.journal_enqueued(&mut item);
-        self.queue.push_back(item);
+        self.flow_mut().queue.push_back(item);
         result
     }
 
@@ -1183,7 +1259,7 @@ impl Session {
         self.journal_sent(&mut item, pkid);
         self.write_new(now, &item, pkid, wire);
         self.stats.sent += 1;
-        self.inflight.push_back(Outgoing {
+        self.flow_mut().inflight.push_back(Outgoing {
             pkid,
             state: OutState::Published,
             item,
@@ -1193,7 +1269,7 @@ impl Session {
     /// Moves queued messages to the connection while the window has room.
     fn fill_window(&mut self, now: Instant, limits: &Limits, wire: &mut BytesMut) {
         let Some(conn) = self.conn else { return };
-        while let Some(item) = self.queue.pop_front() {
+        while let Some(item) = self.flow.as_deref_mut().and_then(|f| f.queue.pop_front()) {
             if item.msg.is_expired(now) {
                 self.stats.dropped += 1;
                 self.journal_dropped(&item);
@@ -1209,8 +1285,8 @@ impl Session {
                 self.stats.sent += 1;
                 continue;
             }
-            if self.inflight.len() >= self.window(limits) {
-                self.queue.push_front(item);
+            if self.inflight_len() >= self.window(limits) {
+                self.flow_mut().queue.push_front(item);
                 break;
             }
             self.send_inflight(now, item, wire);
@@ -1219,13 +1295,13 @@ impl Session {
 
     fn next_free_pkid(&mut self) -> u16 {
         assert!(
-            self.inflight.len() < usize::from(u16::MAX),
+            self.inflight_len() < usize::from(u16::MAX),
             "inflight window exceeds packet id space"
         );
         loop {
             self.next_pkid = self.next_pkid.wrapping_add(1).max(1);
             let candidate = self.next_pkid;
-            if !self.inflight.iter().any(|o| o.pkid == candidate) {
+            if !self.inflight().any(|o| o.pkid == candidate) {
                 return candidate;
             }
         }
@@ -1251,7 +1327,7 @@ impl Session {
     ) {
         match self.inflight_position(pkid, state, qos) {
             Some(i) => {
-                if let Some(out) = self.inflight.remove(i) {
+                if let Some(out) = self.flow_mut().inflight.remove(i) {
                     let msg = out.item.msg;
                     self.journal_push(|| Change::Completed { pkid, msg });
                 }
@@ -1264,8 +1340,7 @@ impl Session {
     }
 
     fn inflight_position(&self, pkid: u16, state: OutState, qos: QoS) -> Option<usize> {
-        self.inflight
-            .iter()
+        self.inflight()
             .position(|o| o.pkid == pkid && o.state == state && o.item.qos == qos)
     }
 }

@@ -14,7 +14,7 @@
 //! QoS 0 messages are not journaled: a QoS 0 message queued for an offline session is lost on
 //! a restart, which MQTT allows (at most once).
 
-use super::{OutState, Outgoing, Queued, Session, SubMap, Subscription};
+use super::{Flow, OutState, Outgoing, Queued, Session, SubMap, Subscription};
 use crate::message::Message;
 use shardmq_codec::{ByteStr, LastWill, Protocol, QoS};
 use smallvec::SmallVec;
@@ -284,17 +284,19 @@ impl Session {
             return;
         }
         let mut journal = Box::<Journal>::default();
-        let items = self
-            .inflight
-            .iter_mut()
-            .map(|o| &mut o.item)
-            .chain(self.queue.iter_mut());
-        for item in items {
-            if item.seq == 0 {
-                journal.last_seq += 1;
-                item.seq = journal.last_seq;
-            } else {
-                journal.last_seq = journal.last_seq.max(item.seq);
+        if let Some(flow) = self.flow.as_deref_mut() {
+            let items = flow
+                .inflight
+                .iter_mut()
+                .map(|o| &mut o.item)
+                .chain(flow.queue.iter_mut());
+            for item in items {
+                if item.seq == 0 {
+                    journal.last_seq += 1;
+                    item.seq = journal.last_seq;
+                } else {
+                    journal.last_seq = journal.last_seq.max(item.seq);
+                }
             }
         }
         self.journal = Some(journal);
@@ -337,8 +339,7 @@ impl Session {
                 .map(|(f, s)| (f.clone(), *s))
                 .collect(),
             inflight: self
-                .inflight
-                .iter()
+                .inflight()
                 .filter(|o| o.item.qos != QoS::AtMostOnce)
                 .map(|o| InflightMessage {
                     pkid: o.pkid,
@@ -347,12 +348,13 @@ impl Session {
                 })
                 .collect(),
             queue: self
-                .queue
+                .flow
                 .iter()
+                .flat_map(|f| f.queue.iter())
                 .filter(|q| q.qos != QoS::AtMostOnce)
                 .map(queued_message)
                 .collect(),
-            awaiting_rel: self.awaiting_rel.to_vec(),
+            awaiting_rel: self.awaiting_rel().to_vec(),
             will: self.will.as_deref().cloned(),
             last_seq: self.journal.as_ref().map_or(0, |j| j.last_seq),
         }
@@ -367,31 +369,41 @@ impl Session {
             subs.insert(f, sub);
         }
         s.subscriptions = subs;
-        s.inflight = image
-            .inflight
-            .into_iter()
-            .map(|m| Outgoing {
-                pkid: m.pkid,
-                state: if m.released {
-                    OutState::Released
-                } else {
-                    OutState::Published
-                },
-                item: queued(m.message),
-            })
-            .collect::<VecDeque<_>>();
-        s.next_pkid = s.inflight.back().map_or(0, |o| o.pkid);
-        s.queue = image.queue.into_iter().map(queued).collect();
-        s.awaiting_rel = SmallVec::from_vec(image.awaiting_rel);
+        let flow = Flow {
+            inflight: image
+                .inflight
+                .into_iter()
+                .map(|m| Outgoing {
+                    pkid: m.pkid,
+                    state: if m.released {
+                        OutState::Released
+                    } else {
+                        OutState::Published
+                    },
+                    item: queued(m.message),
+                })
+                .collect::<VecDeque<_>>(),
+            queue: image.queue.into_iter().map(queued).collect(),
+            awaiting_rel: SmallVec::from_vec(image.awaiting_rel),
+            aliases_in: Default::default(),
+        };
+        s.next_pkid = flow.inflight.back().map_or(0, |o| o.pkid);
         s.will = image.will.map(Box::new);
         let mut journal = Box::new(Journal {
             changes: Vec::new(),
             last_seq: image.last_seq,
         });
-        for item in s.inflight.iter().map(|o| &o.item).chain(s.queue.iter()) {
+        for item in flow
+            .inflight
+            .iter()
+            .map(|o| &o.item)
+            .chain(flow.queue.iter())
+        {
             journal.last_seq = journal.last_seq.max(item.seq);
         }
         s.journal = Some(journal);
+        // A session with nothing in flight is stored and restored without flow state.
+        s.flow = (!flow.is_empty()).then(|| Box::new(flow));
         s
     }
 
