@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, info, trace, warn};
 
+mod client_index;
 mod cluster;
 mod connections;
 mod durable;
@@ -74,40 +75,140 @@ pub enum Phase {
 
 /// A connection as the shard sees it. The driver task owns the socket; the shard owns the
 /// write buffer so routing can append to it without touching the task.
+///
+/// One lives per connection, idle ones included, so it is kept small (88 B): keys and timeouts
+/// as `u32`, an IPv4 peer inline, and what few connections use (enhanced authentication, the
+/// verified identity, a certificate name, durability gates, an IPv6 peer) in one box, `cold`.
 pub struct Conn {
     pub id: u64,
-    pub phase: Phase,
     pub out: BytesMut,
     /// The connection's own key in the shard's slab.
     key: u32,
     /// What the driver asked [`ShardCore::poll_conn`] to hand back with the key (its slot).
     pub io_token: u32,
-    /// On the list [`ShardCore::poll_conn`] drains: set once until polled.
-    io_wanted: bool,
     /// When bytes last came from the client (ms since the core started; `bytes_in`).
     last_in_ms: u32,
     /// The bucket of the timer table the connection is armed in (`timers::NO_BUCKET`: none).
     timer_bucket: u32,
-    pub session: Option<SessionKey>,
+    /// The attached session's key ([`NO_SESSION`]: none).
+    session: u32,
+    /// Read timeout the driver should apply (connect timeout, then 1.5 × keep-alive), in
+    /// milliseconds; 0: none.
+    read_timeout_ms: u32,
+    /// The client's address when it is IPv4 (the socket's peer, or what a PROXY header said);
+    /// an IPv6 one is in `cold`.
+    peer_v4: Option<std::net::SocketAddrV4>,
+    cold: Option<Box<ConnCold>>,
+    pub phase: Phase,
+    /// On the list [`ShardCore::poll_conn`] drains: set once until polled.
+    io_wanted: bool,
     pub protocol: Option<Protocol>,
-    /// Read timeout the driver should apply (connect timeout, then 1.5 × keep-alive).
-    pub read_timeout: Option<Duration>,
     /// Set when the node is over `max_connections`: the CONNECT is refused.
     over_limit: bool,
     /// The connection ended with a DISCONNECT from the client (no will, unless asked).
     graceful: Option<bool>,
-    /// Enhanced authentication, for connections whose CONNECT named a method.
-    auth: Option<Box<ConnAuth>>,
-    /// The client's address: the socket's peer, or what a PROXY header said.
-    pub peer: Option<std::net::SocketAddr>,
-    /// The client certificate's name (`listener.tls.peer_cert_as_username`), after the handshake.
-    pub cert_name: Option<Box<str>>,
-    /// Who the auth workers said the client is, and its ACL; `None` when `[auth]` is off.
-    ident: Option<Box<ConnIdent>>,
-    /// `storage.durability = "sync"`: output held until what it acknowledges is durable.
-    pub gates: Option<Box<crate::durable::ConnGates>>,
     /// The listener it came in on.
     pub listener: crate::ListenerKind,
+}
+
+/// `Conn::session` of a connection without a session.
+const NO_SESSION: u32 = u32::MAX;
+
+/// The parts of a connection that most connections never use.
+#[derive(Default)]
+struct ConnCold {
+    /// Enhanced authentication, for connections whose CONNECT named a method.
+    auth: Option<Box<ConnAuth>>,
+    /// Who the auth workers said the client is, and its ACL (without `[auth]`: the username
+    /// only, for the management API).
+    ident: Option<Box<ConnIdent>>,
+    /// The client certificate's name (`listener.tls.peer_cert_as_username`), after the handshake.
+    cert_name: Option<Box<str>>,
+    /// `storage.durability = "sync"`: output held until what it acknowledges is durable.
+    gates: Option<Box<crate::durable::ConnGates>>,
+    /// The client's address when it is not IPv4.
+    peer: Option<std::net::SocketAddr>,
+}
+
+impl Conn {
+    /// The attached session.
+    pub fn session(&self) -> Option<SessionKey> {
+        (self.session != NO_SESSION).then_some(self.session as SessionKey)
+    }
+
+    fn set_session(&mut self, session: Option<SessionKey>) {
+        self.session = match session {
+            Some(s) => u32::try_from(s).expect("fewer than 2^32 sessions per shard"),
+            None => NO_SESSION,
+        };
+    }
+
+    /// Read timeout the driver should apply (connect timeout, then 1.5 × keep-alive).
+    pub fn read_timeout(&self) -> Option<Duration> {
+        (self.read_timeout_ms != 0).then(|| Duration::from_millis(u64::from(self.read_timeout_ms)))
+    }
+
+    /// Sets the read timeout, in whole milliseconds (at least 1, at most `u32::MAX`: 49 days).
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) {
+        self.read_timeout_ms = timeout.map_or(0, |t| {
+            u32::try_from(t.as_millis()).unwrap_or(u32::MAX).max(1)
+        });
+    }
+
+    /// The client's address: the socket's peer, or what a PROXY header said.
+    pub fn peer(&self) -> Option<std::net::SocketAddr> {
+        match self.peer_v4 {
+            Some(v4) => Some(v4.into()),
+            None => self.cold.as_ref().and_then(|c| c.peer),
+        }
+    }
+
+    /// Sets the client's address (the driver, after a PROXY header).
+    pub fn set_peer(&mut self, peer: Option<std::net::SocketAddr>) {
+        match peer {
+            Some(std::net::SocketAddr::V4(v4)) => {
+                self.peer_v4 = Some(v4);
+                if let Some(c) = self.cold.as_mut() {
+                    c.peer = None;
+                }
+            }
+            other => {
+                self.peer_v4 = None;
+                if other.is_some() || self.cold.is_some() {
+                    self.cold_mut().peer = other;
+                }
+            }
+        }
+    }
+
+    /// The client certificate's name, after the TLS handshake.
+    pub fn cert_name(&self) -> Option<&str> {
+        self.cold.as_ref().and_then(|c| c.cert_name.as_deref())
+    }
+
+    /// Sets the client certificate's name (`listener.tls.peer_cert_as_username`).
+    pub fn set_cert_name(&mut self, name: Option<Box<str>>) {
+        if name.is_some() || self.cold.is_some() {
+            self.cold_mut().cert_name = name;
+        }
+    }
+
+    /// Whether output waits on durability gates (`storage.durability = "sync"`).
+    pub fn gated(&self) -> bool {
+        self.cold.as_ref().is_some_and(|c| c.gates.is_some())
+    }
+
+    fn auth(&self) -> Option<&ConnAuth> {
+        self.cold.as_ref().and_then(|c| c.auth.as_deref())
+    }
+
+    fn ident(&self) -> Option<&ConnIdent> {
+        self.cold.as_ref().and_then(|c| c.ident.as_deref())
+    }
+
+    fn cold_mut(&mut self) -> &mut ConnCold {
+        self.cold.get_or_insert_with(Default::default)
+    }
 }
 
 /// A verified client: its username and what it may do.
@@ -239,11 +340,13 @@ pub struct ShardCore {
     started: Instant,
     pub conns: Slab<Conn>,
     sessions: Slab<SessionSlot>,
-    by_client: ahash::AHashMap<ByteStr, SessionKey>,
+    by_client: client_index::ClientIndex,
     subs: SubscriptionTrie<Subscribers>,
     routes: SubscriptionTrie<ShardSet>,
     retained: RetainedStore<Arc<Message>>,
-    registry: ahash::AHashMap<ByteStr, RegEntry>,
+    /// Keyed by a copy of the id (`Box<str>`: 16 B, against 32 B for a `ByteStr`, whose clone
+    /// would also keep a shared header alive).
+    registry: ahash::AHashMap<Box<str>, RegEntry>,
     pending_connects: ahash::AHashMap<u64, PendingConnect>,
     /// CONNECTs whose credentials the auth workers are checking, by token.
     pending_auth: ahash::AHashMap<u64, PendingAuth>,
@@ -736,4 +839,62 @@ fn test_message(topic: &ByteStr) -> Arc<Message> {
         expires_at: None,
         publisher: ByteStr::from("p"),
     })
+}
+
+#[cfg(test)]
+mod conn_tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+
+    /// One `Conn` lives per connection, idle ones included: a field that grows it should be
+    /// cold (in `ConnCold`) or earn its bytes.
+    #[test]
+    fn a_connection_is_at_most_88_bytes() {
+        assert!(
+            std::mem::size_of::<Conn>() <= 88,
+            "Conn is {} B",
+            std::mem::size_of::<Conn>()
+        );
+    }
+
+    #[test]
+    fn an_idle_plain_connection_holds_nothing_cold_and_keeps_its_fields() {
+        let now = Instant::now();
+        let mut c = test_core(now, Duration::from_secs(10), Limits::default());
+        let v4 = SocketAddr::from((Ipv4Addr::new(10, 1, 2, 3), 4567));
+        let key = c.open_conn(now, Some(v4), crate::ListenerKind::Tcp, 1, 0).0;
+        let conn = &mut c.conns[key];
+        assert_eq!(conn.peer(), Some(v4));
+        assert!(conn.cold.is_none(), "an IPv4 peer stays inline");
+        assert_eq!(conn.read_timeout(), Some(Duration::from_secs(10)));
+        assert_eq!(conn.session(), None);
+        conn.set_cert_name(None);
+        assert!(conn.cold.is_none(), "no name, nothing allocated");
+        assert!(!conn.gated());
+
+        conn.set_session(Some(7));
+        assert_eq!(conn.session(), Some(7));
+        conn.set_session(None);
+        assert_eq!(conn.session(), None);
+        conn.set_read_timeout(None);
+        assert_eq!(conn.read_timeout(), None);
+        conn.set_read_timeout(Some(Duration::from_micros(10)));
+        assert_eq!(
+            conn.read_timeout(),
+            Some(Duration::from_millis(1)),
+            "rounded up, never 0"
+        );
+
+        // An IPv6 peer (a PROXY header's) goes cold, and back inline for IPv4.
+        let v6 = SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::LOCALHOST, 9, 0, 0));
+        conn.set_peer(Some(v6));
+        assert_eq!(conn.peer(), Some(v6));
+        conn.set_cert_name(Some("device-7".into()));
+        assert_eq!(conn.cert_name(), Some("device-7"));
+        conn.set_peer(Some(v4));
+        assert_eq!(conn.peer(), Some(v4));
+        assert_eq!(conn.cert_name(), Some("device-7"));
+        conn.set_peer(None);
+        assert_eq!(conn.peer(), None);
+    }
 }

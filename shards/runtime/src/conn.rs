@@ -157,7 +157,7 @@ impl Future for ConnDriver {
                     result
                 }
             };
-            if taken > 0 && conn.gates.is_some() {
+            if taken > 0 && conn.gated() {
                 shard.wrote(key, taken);
             }
             if let Some(bytes) = traced {
@@ -204,9 +204,9 @@ impl Future for ConnDriver {
                 if !this.identity_told && t.ready() {
                     this.identity_told = true;
                     if let Some(peer) = t.peer_addr() {
-                        conn.peer = Some(peer);
+                        conn.set_peer(Some(peer));
                     }
-                    conn.cert_name = t.peer_cert_name().map(Box::from);
+                    conn.set_cert_name(t.peer_cert_name().map(Box::from));
                 }
             }
             match conn.phase {
@@ -266,7 +266,7 @@ impl Future for ConnDriver {
                         Some(t) => {
                             if let Err(e) = t.on_wire_in(&scratch[..n], &mut this.rbuf) {
                                 let conn = &shard.core.conns[key];
-                                warn!(shard = shard.core.id, conn = conn.id, peer = ?conn.peer, error = %e, what = e.description(), "transport error; closing");
+                                warn!(shard = shard.core.id, conn = conn.id, peer = ?conn.peer(), error = %e, what = e.description(), "transport error; closing");
                                 this.broken = true;
                             }
                         }

@@ -603,7 +603,7 @@ impl Driver {
                     Some(t) => {
                         if let Err(e) = t.on_wire_in(data, slot.bufs.rbuf()) {
                             let conn = &shard.core.conns[slot.conn as usize];
-                            warn!(shard = shard.core.id, conn = conn.id, peer = ?conn.peer, error = %e, what = e.description(), "transport error; closing");
+                            warn!(shard = shard.core.id, conn = conn.id, peer = ?conn.peer(), error = %e, what = e.description(), "transport error; closing");
                             slot.broken = true;
                         }
                     }
@@ -719,7 +719,7 @@ impl Driver {
                     self.submit_send(idx, now);
                 }
             }
-            if taken > 0 && shard.core.conns[key].gates.is_some() {
+            if taken > 0 && shard.core.conns[key].gated() {
                 shard.wrote(key, taken);
             }
             if let Some(bytes) = traced {
@@ -755,9 +755,9 @@ impl Driver {
                 if !slot.identity_told && t.ready() {
                     slot.identity_told = true;
                     if let Some(peer) = t.peer_addr() {
-                        conn.peer = Some(peer);
+                        conn.set_peer(Some(peer));
                     }
-                    conn.cert_name = t.peer_cert_name().map(Box::from);
+                    conn.set_cert_name(t.peer_cert_name().map(Box::from));
                 }
             }
             match conn.phase {

@@ -211,7 +211,7 @@ impl ShardCore {
             FromCluster::SessionTakenOver { client_id } => self.evict(now, &client_id),
             FromCluster::SessionStale { client_id } => self.drop_stale(&client_id),
             FromCluster::SessionUnclaimed { client_id } => {
-                if self.by_client.contains_key(&client_id) {
+                if self.session_of(&client_id).is_some() {
                     self.tell_cluster(ToCluster::SessionSet { client_id });
                 }
             }

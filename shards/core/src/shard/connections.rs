@@ -24,25 +24,25 @@ impl ShardCore {
         let key_u32 = u32::try_from(key).expect("fewer than 2^32 connections per shard");
         let inserted = self.conns.insert(Conn {
             id,
-            phase: Phase::AwaitConnect,
             out: BytesMut::new(),
             key: key_u32,
             io_token,
-            io_wanted: false,
             last_in_ms: self.ms(now),
             timer_bucket: timers::NO_BUCKET,
-            session: None,
+            session: NO_SESSION,
+            read_timeout_ms: 0,
+            peer_v4: None,
+            cold: None,
+            phase: Phase::AwaitConnect,
+            io_wanted: false,
             protocol: None,
-            read_timeout: Some(self.connect_timeout),
             over_limit: n > self.max_connections,
             graceful: None,
-            auth: None,
-            peer,
-            cert_name: None,
-            ident: None,
-            gates: None,
             listener,
         });
+        let conn = &mut self.conns[key];
+        conn.set_read_timeout(Some(self.connect_timeout));
+        conn.set_peer(peer);
         assert_eq!(inserted, key, "the slab fills its vacant key");
         self.arm_conn_timer(now, key);
         (key, id)
@@ -56,7 +56,7 @@ impl ShardCore {
         }
         if conn.protocol == Some(Protocol::V5) && conn.phase == Phase::Active {
             let params = conn
-                .session
+                .session()
                 .and_then(|s| self.sessions.get(s))
                 .and_then(|slot| slot.session.conn_params());
             encode(
@@ -73,7 +73,7 @@ impl ShardCore {
     /// the client said goodbye, start the expiry clock or end the session.
     pub fn conn_closed(&mut self, now: Instant, key: ConnKey) {
         let conn = self.conns.remove(key);
-        let Some(skey) = conn.session else { return };
+        let Some(skey) = conn.session() else { return };
         let slot = &mut self.sessions[skey];
         slot.conn = None;
         slot.session.detach();
@@ -156,11 +156,11 @@ impl ShardCore {
             Phase::Verifying | Phase::Claiming | Phase::Closing => {
                 debug!(shard = self.id, "packet while not active ignored");
             }
-            Phase::Active if conn.auth.is_some() && matches!(packet, Packet::Auth(_)) => {
+            Phase::Active if conn.auth().is_some() && matches!(packet, Packet::Auth(_)) => {
                 self.on_reauth(key, packet)
             }
             Phase::Active => {
-                let Some(skey) = conn.session else { return };
+                let Some(skey) = conn.session() else { return };
                 let mut actions = std::mem::take(&mut self.actions_scratch);
                 let slot = &mut self.sessions[skey];
                 let before = slot.session.stats();
@@ -265,7 +265,7 @@ impl ShardCore {
         }
         if let Some(username) = &connect.username {
             // Kept for the management API only (no ACL applies without `[auth]`).
-            conn.ident = Some(Box::new(ConnIdent {
+            conn.cold_mut().ident = Some(Box::new(ConnIdent {
                 username: Some(username.to_string()),
                 authorizer: None,
             }));
@@ -279,7 +279,7 @@ impl ShardCore {
     pub(super) fn verify(&mut self, key: ConnKey, connect: &Connect, accepted: Accepted) {
         let token = self.token();
         let conn = &mut self.conns[key];
-        let username = match &conn.cert_name {
+        let username = match conn.cert_name() {
             Some(name) => Some(name.to_string()),
             None => connect.username.as_ref().map(|u| u.to_string()),
         };
@@ -288,10 +288,10 @@ impl ShardCore {
             username,
             password: connect.password.clone(),
             peer: conn
-                .peer
+                .peer()
                 .map(|p| p.ip())
                 .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
-            cert_name: conn.cert_name.as_ref().map(|n| n.to_string()),
+            cert_name: conn.cert_name().map(str::to_string),
             protocol_version: connect.protocol.level(),
         };
         conn.phase = Phase::Verifying;
@@ -373,22 +373,22 @@ impl ShardCore {
                 };
                 if !will_denied {
                     trace!(shard = self.id, client_id = %accepted.client_id, ?username, "credentials accepted");
-                    conn.ident = Some(Box::new(ConnIdent {
+                    conn.cold_mut().ident = Some(Box::new(ConnIdent {
                         username,
                         authorizer,
                     }));
                     self.begin_session(key, connect, accepted);
                     return;
                 }
-                warn!(shard = self.id, client_id = %accepted.client_id, peer = ?conn.peer, "the will's topic is denied by the ACL; refusing");
+                warn!(shard = self.id, client_id = %accepted.client_id, peer = ?conn.peer(), "the will's topic is denied by the ACL; refusing");
                 ReasonCode::NOT_AUTHORIZED
             }
             Verdict::BadCredentials => {
-                warn!(shard = self.id, client_id = %accepted.client_id, peer = ?conn.peer, "bad username or password; refusing");
+                warn!(shard = self.id, client_id = %accepted.client_id, peer = ?conn.peer(), "bad username or password; refusing");
                 ReasonCode::BAD_USER_NAME_OR_PASSWORD
             }
             Verdict::NotAuthorized | Verdict::Busy => {
-                warn!(shard = self.id, client_id = %accepted.client_id, peer = ?conn.peer, "not authorized; refusing");
+                warn!(shard = self.id, client_id = %accepted.client_id, peer = ?conn.peer(), "not authorized; refusing");
                 ReasonCode::NOT_AUTHORIZED
             }
         };
@@ -434,11 +434,11 @@ impl ShardCore {
                         trace!(shard = id, client_id = %accepted.client_id, "CONNECT accepted; authenticating");
                         encode(&Packet::Auth(challenge), Protocol::V5, &mut conn.out);
                         auth.accepted = Some(accepted);
-                        conn.auth = Some(auth);
+                        conn.cold_mut().auth = Some(auth);
                         conn.phase = Phase::Authenticating;
                         return;
                     }
-                    AuthOutcome::Success(_) => conn.auth = Some(auth),
+                    AuthOutcome::Success(_) => conn.cold_mut().auth = Some(auth),
                     AuthOutcome::Fail(code) => {
                         warn!(shard = id, client_id = %connect.client_id, reason = ?code, "authentication failed");
                         refuse(conn, code);
@@ -460,8 +460,9 @@ impl ShardCore {
         let id = self.id;
         let conn = &mut self.conns[key];
         let auth = conn
-            .auth
+            .cold
             .as_mut()
+            .and_then(|c| c.auth.as_mut())
             .expect("an authenticating connection has an exchange");
         let step = match packet {
             Packet::Auth(a) => auth
@@ -512,8 +513,9 @@ impl ShardCore {
         let id = self.id;
         let conn = &mut self.conns[key];
         let auth = conn
-            .auth
+            .cold
             .as_mut()
+            .and_then(|c| c.auth.as_mut())
             .expect("re-authentication needs an exchange");
         let close = match auth
             .exchange

@@ -168,9 +168,9 @@ impl ShardCore {
             connected_at: 0,
             clean_start: false,
         });
-        self.by_client.insert(client_id.clone(), skey);
+        self.by_client.insert(&self.sessions, skey);
         self.registry.insert(
-            client_id.clone(),
+            Box::from(client_id.as_str()),
             RegEntry {
                 shard: self.id,
                 token,
@@ -364,9 +364,10 @@ impl ShardCore {
             let (pass, retained) = d.log.begin_compaction();
             let mut sessions: Vec<ByteStr> = self
                 .by_client
-                .iter()
-                .filter(|(_, &k)| self.sessions[k].session.is_journaled())
-                .map(|(c, _)| c.clone())
+                .keys()
+                .map(|k| &self.sessions[k].session)
+                .filter(|s| s.is_journaled())
+                .map(|s| s.client_id().clone())
                 .collect();
             sessions.extend(d.moved_out.keys().cloned());
             info!(
@@ -392,8 +393,8 @@ impl ShardCore {
             if let Some(client_id) = work.sessions.pop() {
                 let slot = self
                     .by_client
-                    .get(&client_id)
-                    .and_then(|&k| self.sessions.get(k))
+                    .get(&self.sessions, &client_id)
+                    .and_then(|k| self.sessions.get(k))
                     .filter(|s| s.session.is_journaled());
                 if let Some(slot) = slot {
                     let image = slot.session.image();
@@ -564,7 +565,7 @@ impl ShardCore {
         }
         for (key, id) in gated {
             if let Some(conn) = self.conns.get_mut(key).filter(|c| c.id == id) {
-                if let Some(g) = &mut conn.gates {
+                if let Some(g) = conn.cold.as_mut().and_then(|c| c.gates.as_mut()) {
                     g.listed = false;
                 }
                 Self::wake_conn(&mut self.ready, conn);
@@ -591,7 +592,10 @@ impl ShardCore {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let g = conn.gates.get_or_insert_with(Box::<ConnGates>::default);
+        let g = conn
+            .cold_mut()
+            .gates
+            .get_or_insert_with(Box::<ConnGates>::default);
         let start = g.taken + start as u64;
         let full = g.gates.len() >= CONN_GATES_MAX;
         match g.gates.back_mut() {
@@ -615,7 +619,8 @@ impl ShardCore {
     /// How many bytes of connection `key`'s output may be written now (`None`: all).
     pub fn write_limit(&mut self, key: ConnKey) -> Option<usize> {
         let conn = &mut self.conns[key];
-        let g = conn.gates.as_mut()?;
+        let cold = conn.cold.as_mut()?;
+        let g = cold.gates.as_mut()?;
         let d = self
             .durable
             .as_deref_mut()
@@ -624,7 +629,7 @@ impl ShardCore {
             g.gates.pop_front();
         }
         let Some(front) = g.gates.front() else {
-            conn.gates = None;
+            cold.gates = None;
             return None;
         };
         assert!(front.start >= g.taken, "output written past a gate");
@@ -637,7 +642,7 @@ impl ShardCore {
 
     /// The driver wrote `n` bytes of connection `key`'s output.
     pub fn wrote(&mut self, key: ConnKey, n: usize) {
-        if let Some(g) = &mut self.conns[key].gates {
+        if let Some(g) = self.conns[key].cold.as_mut().and_then(|c| c.gates.as_mut()) {
             g.taken += n as u64;
         }
     }

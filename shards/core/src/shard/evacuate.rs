@@ -184,7 +184,7 @@ mod tests {
         assert_eq!(c.conns[other].phase, Phase::Active, "only as many as asked");
         c.conn_closed(now, v5);
         c.conn_closed(now, v3);
-        assert!(c.by_client.contains_key("v5"), "the session stays");
+        assert!(c.session_of("v5").is_some(), "the session stays");
 
         // A new CONNECT is refused and pointed elsewhere; a 3.1.1 one gets return code 3.
         let late = connect(&mut c, now, "late", Protocol::V5);

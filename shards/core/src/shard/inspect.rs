@@ -37,7 +37,7 @@ impl ShardCore {
 
     /// The filters of `client_id`'s session on this shard, if it has one here.
     pub fn session_filters(&self, client_id: &str) -> Option<Vec<String>> {
-        let &skey = self.by_client.get(client_id)?;
+        let skey = self.session_of(client_id)?;
         let slot = self.sessions.get(skey)?;
         Some(
             slot.session

@@ -213,9 +213,8 @@ impl ShardCore {
                 connected,
             } => self.list_sessions(now, after, limit, client_id.as_deref(), connected),
             Request::Session { client_id } => Reply::Session(
-                self.by_client
-                    .get(client_id.as_str())
-                    .map(|&skey| self.session_info(now, skey)),
+                self.session_of(&client_id)
+                    .map(|skey| self.session_info(now, skey)),
             ),
             Request::DeleteSession { client_id } => {
                 Reply::Done(self.delete_session(now, &client_id))
@@ -340,7 +339,7 @@ impl ShardCore {
 
     /// The connected client `client_id`, if its session is here and attached.
     fn client_info(&self, client_id: &str) -> Option<(SessionKey, ClientInfo)> {
-        let &skey = self.by_client.get(client_id)?;
+        let skey = self.session_of(client_id)?;
         let conn_key = self.sessions[skey].conn?;
         let conn = self.conns.get(conn_key)?;
         Some((skey, self.describe_client(conn, skey)?))
@@ -354,9 +353,9 @@ impl ShardCore {
         let session = &slot.session;
         Some(ClientInfo {
             client_id: session.client_id().to_string(),
-            username: conn.ident.as_ref().and_then(|i| i.username.clone()),
+            username: conn.ident().and_then(|i| i.username.clone()),
             shard: self.id,
-            address: conn.peer,
+            address: conn.peer(),
             protocol: session.protocol(),
             keep_alive: session.conn_params().map_or(0, |p| p.keep_alive_secs),
             connected_at: SystemTime::UNIX_EPOCH
@@ -382,7 +381,7 @@ impl ShardCore {
                 break;
             }
             last = Some(key);
-            let Some(info) = conn.session.and_then(|s| self.describe_client(conn, s)) else {
+            let Some(info) = conn.session().and_then(|s| self.describe_client(conn, s)) else {
                 continue;
             };
             if filter
@@ -484,7 +483,7 @@ impl ShardCore {
         };
         if let Some(id) = client_id {
             // One session: its subscriptions sorted, paged by position.
-            let Some(&skey) = self.by_client.get(id) else {
+            let Some(skey) = self.session_of(id) else {
                 return Reply::Subscriptions {
                     items: Vec::new(),
                     next: None,
@@ -565,9 +564,8 @@ impl ShardCore {
     /// Closes the client's connection (v5: DISCONNECT 0x98); its session stays.
     fn kick(&mut self, client_id: &str) -> bool {
         let Some(conn) = self
-            .by_client
-            .get(client_id)
-            .and_then(|&s| self.sessions[s].conn)
+            .session_of(client_id)
+            .and_then(|s| self.sessions[s].conn)
         else {
             return false;
         };
@@ -588,7 +586,7 @@ impl ShardCore {
     /// Ends the session: a connected client is closed first (no will), and the session ends
     /// when its connection does.
     fn delete_session(&mut self, now: Instant, client_id: &str) -> bool {
-        let Some(&skey) = self.by_client.get(client_id) else {
+        let Some(skey) = self.session_of(client_id) else {
             return false;
         };
         info!(
@@ -663,9 +661,8 @@ impl ShardCore {
             ));
         }
         let protocol = self
-            .by_client
-            .get(client_id.as_str())
-            .map(|&s| self.sessions[s].session.protocol());
+            .session_of(&client_id)
+            .map(|s| self.sessions[s].session.protocol());
         let traces = self.traces.get_or_insert_with(Default::default);
         traces.by_client.insert(
             ByteStr::from(client_id),
@@ -683,7 +680,7 @@ impl ShardCore {
     /// The client id of the connection at `key`, for a trace: its session's, or the CONNECT's.
     fn traced_id(&self, key: usize, packet: Option<&Packet>) -> Option<ByteStr> {
         let conn = self.conns.get(key)?;
-        match (conn.session, packet) {
+        match (conn.session(), packet) {
             (Some(s), _) => Some(self.sessions.get(s)?.session.client_id().clone()),
             (None, Some(Packet::Connect(c))) => Some(c.client_id.clone()),
             _ => None,

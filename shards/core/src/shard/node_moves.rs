@@ -67,9 +67,7 @@ impl ShardCore {
     /// Another node asks for `client_id`'s session: hand it over if it is here.
     pub(super) fn session_move_out(&mut self, now: Instant, request: u64, client_id: ByteStr) {
         let image = self
-            .by_client
-            .get(&client_id)
-            .copied()
+            .session_of(&client_id)
             .map(|skey| self.move_out(now, skey, &client_id));
         self.tell_cluster(ToCluster::SessionMovedOut { request, image });
     }

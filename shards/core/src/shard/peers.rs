@@ -91,7 +91,7 @@ impl ShardCore {
             } => {
                 let prev = self
                     .registry
-                    .insert(client_id.clone(), RegEntry { shard, token });
+                    .insert(Box::from(client_id.as_str()), RegEntry { shard, token });
                 if prev.is_none() && !clean_start && self.cluster.is_some() {
                     // Perhaps on another node: the control plane fetches it, and the
                     // connection's shard registers it once it has it (node_moves.rs).
@@ -134,10 +134,10 @@ impl ShardCore {
             } => {
                 if self
                     .registry
-                    .get(&client_id)
+                    .get(client_id.as_str())
                     .is_some_and(|e| e.shard == shard && e.token == token)
                 {
-                    self.registry.remove(&client_id);
+                    self.registry.remove(client_id.as_str());
                     self.tell_cluster(ToCluster::SessionDel { client_id });
                 }
             }

@@ -14,7 +14,7 @@ impl ShardCore {
         let conn_id = conn.id;
         trace!(shard = id, client_id = %accepted.client_id, "CONNECT accepted; claiming");
         conn.phase = Phase::Claiming;
-        conn.read_timeout = None;
+        conn.set_read_timeout(None);
         let token = self.token();
         let client_id = accepted.client_id.clone();
         let clean_start = accepted.clean_start;
@@ -41,7 +41,7 @@ impl ShardCore {
     /// `client_id` connected on another node: its connection here (if any) is closed with
     /// 0x8E Session taken over, its will published, and its session ended.
     pub(super) fn evict(&mut self, now: Instant, client_id: &ByteStr) {
-        let Some(skey) = self.by_client.get(client_id).copied() else {
+        let Some(skey) = self.session_of(client_id) else {
             return;
         };
         debug!(shard = self.id, client_id = %client_id, "session taken over by another node");
@@ -59,7 +59,7 @@ impl ShardCore {
     /// client moved on while this node was down). Dropped without its will, unless a client
     /// connected here meanwhile (then the session is live and stays).
     pub(super) fn drop_stale(&mut self, client_id: &ByteStr) {
-        let Some(skey) = self.by_client.get(client_id).copied() else {
+        let Some(skey) = self.session_of(client_id) else {
             return;
         };
         if self.sessions[skey].conn.is_some() {
@@ -83,7 +83,7 @@ impl ShardCore {
                 why: "taken over by a connection on another node",
             },
         );
-        self.conns[ckey].session = None;
+        self.conns[ckey].set_session(None);
         self.sessions[skey].session.take_will()
     }
 
@@ -116,14 +116,14 @@ impl ShardCore {
             return;
         }
         // The session is still arriving from a move here: it moves on once that is done.
-        if let Some(skey) = self.by_client.get(&client_id).copied() {
+        if let Some(skey) = self.session_of(&client_id) {
             if !discard && self.defer_in_window(skey, &client_id, to, token, replaces) {
                 return;
             }
         }
         let mut handled = None;
         let mut held = None;
-        let session = match self.by_client.get(&client_id).copied() {
+        let session = match self.session_of(&client_id) {
             Some(skey) => {
                 if let Some(ckey) = self.sessions[skey].conn {
                     debug!(shard = self.id, client_id = %client_id, "session taken over");
@@ -139,7 +139,7 @@ impl ShardCore {
                     // (MQTT 5.0 §3.1.3.2.2).
                     let will = self.sessions[skey].session.take_will();
                     let conn = &mut self.conns[ckey];
-                    conn.session = None;
+                    conn.set_session(None);
                     if let Some(will) = will {
                         if discard || will.properties.will_delay_interval.unwrap_or(0) == 0 {
                             self.publish_will(now, client_id.clone(), will);
@@ -233,7 +233,7 @@ impl ShardCore {
             connected_at: 0,
             clean_start: false,
         });
-        self.by_client.insert(client_id.clone(), skey);
+        self.by_client.insert(&self.sessions, skey);
         self.durable_install(now, skey, accepted.expiry_secs != 0, moved_in);
         // The inherited subscriptions become routable everywhere before CONNACK, so a publish
         // sent after it (from any shard) reaches this session here, not the shard it left.
@@ -311,10 +311,10 @@ impl ShardCore {
         let conn = &mut self.conns[cs.conn];
         let accepted = cs.accepted;
         conn.phase = Phase::Active;
-        conn.session = Some(cs.session);
-        conn.read_timeout = accepted.params.read_timeout();
+        conn.set_session(Some(cs.session));
+        conn.set_read_timeout(accepted.params.read_timeout());
         let mut connack = connack_for(&accepted, cs.session_present, &self.limits);
-        if let Some(auth) = &mut conn.auth {
+        if let Some(auth) = conn.cold.as_mut().and_then(|c| c.auth.as_mut()) {
             auth.exchange.complete_connack(&mut connack);
         }
         let gate_at = conn.out.len();
@@ -325,7 +325,7 @@ impl ShardCore {
             unix_secs(self.wall_started + now.saturating_duration_since(self.started));
         slot.clean_start = accepted.clean_start;
         let before = slot.session.stats();
-        let authorizer = conn.ident.as_ref().and_then(|i| i.authorizer.clone());
+        let authorizer = conn.ident().and_then(|i| i.authorizer.clone());
         slot.session
             .set_authorizer(authorizer, self.cfg.acl_deny_action);
         slot.session
@@ -333,8 +333,8 @@ impl ShardCore {
         // The queue an offline session kept goes out here.
         self.stats.count_session(before, slot.session.stats());
         Self::wake_conn(&mut self.ready, conn);
-        let username = conn.ident.as_ref().and_then(|i| i.username.as_deref());
-        debug!(shard = self.id, client_id = %accepted.client_id, ?username, peer = ?conn.peer, session_present = cs.session_present, "client connected");
+        let username = conn.ident().and_then(|i| i.username.as_deref());
+        debug!(shard = self.id, client_id = %accepted.client_id, ?username, peer = ?conn.peer(), session_present = cs.session_present, "client connected");
         self.shared_set_online(cs.session, true);
         self.arm_conn_timer(now, cs.conn);
         self.journal_flush(now, cs.session);

@@ -90,7 +90,7 @@ impl ShardCore {
         let Some(conn) = self.conns.get_mut(rs.conn) else {
             return;
         };
-        if conn.id != rs.conn_id || conn.session != Some(rs.session) {
+        if conn.id != rs.conn_id || conn.session() != Some(rs.session) {
             return;
         }
         let protocol = self.sessions[rs.session].session.protocol();
@@ -138,7 +138,7 @@ impl ShardCore {
         let alive = self
             .conns
             .get(walk.conn)
-            .is_some_and(|c| c.id == walk.conn_id && c.session == Some(walk.session));
+            .is_some_and(|c| c.id == walk.conn_id && c.session() == Some(walk.session));
         if !alive {
             return None;
         }

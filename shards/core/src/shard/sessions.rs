@@ -3,6 +3,11 @@
 use super::*;
 
 impl ShardCore {
+    /// The key of `client_id`'s session, if it lives on this shard.
+    pub(super) fn session_of(&self, client_id: &str) -> Option<SessionKey> {
+        self.by_client.get(&self.sessions, client_id)
+    }
+
     /// Removes a session for good: its subscriptions leave the trie, the registry forgets it.
     pub(super) fn end_session(&mut self, skey: SessionKey) {
         self.durable_end(skey);
@@ -10,7 +15,7 @@ impl ShardCore {
         let mut slot = self.sessions.remove(skey);
         let client_id = slot.session.client_id().clone();
         debug!(shard = self.id, client_id = %client_id, "session ended");
-        self.by_client.remove(&client_id);
+        self.by_client.remove(&client_id, skey);
         if let Some(at) = slot.expires_at {
             self.offline.remove(&(at, skey, slot.reg_token));
         }
@@ -35,7 +40,7 @@ impl ShardCore {
     pub(super) fn extract_session(&mut self, skey: SessionKey) -> Session {
         self.move_session_gone(skey);
         let slot = self.sessions.remove(skey);
-        self.by_client.remove(slot.session.client_id());
+        self.by_client.remove(slot.session.client_id(), skey);
         if let Some(at) = slot.expires_at {
             self.offline.remove(&(at, skey, slot.reg_token));
         }
@@ -80,8 +85,6 @@ impl ShardCore {
         self.route(now, Arc::new(msg));
     }
 
-    /// Expires offline sessions whose time has come, after publishing the delayed wills that
-    /// are due (a will is never due later than its session's end).
     /// Gives back the capacity that a burst left in the tables of work in progress (pending
     /// CONNECTs and their auth checks, route and connect syncs, deferred takeovers): hash
     /// tables never shrink by themselves, and after a connect storm of 10,000 clients the
@@ -104,9 +107,11 @@ impl ShardCore {
         shrink(&mut self.moving_in);
     }
 
+    /// Expires offline sessions whose time has come, after publishing the delayed wills that
+    /// are due (a will is never due later than its session's end).
     pub fn expire_sessions(&mut self, now: Instant) {
         while let Some((client_id, will)) = self.delayed_wills.pop_due(now) {
-            if let Some(&skey) = self.by_client.get(&client_id) {
+            if let Some(skey) = self.session_of(&client_id) {
                 // Out now: the session (and its stored image) forgets it.
                 self.sessions[skey].session.take_will();
                 self.journal_flush(now, skey);

@@ -24,10 +24,14 @@ const _: () = assert!(TIMER_RECHECK.as_millis() > TIMER_BUCKET.as_millis());
 pub(super) const NO_BUCKET: u32 = u32::MAX;
 
 /// Deadlines of connections, by bucket. An entry names the connection by key and id (a key
-/// is reused after a close; the id is not).
+/// is reused after a close; the id tells the connections on it apart).
 #[derive(Debug, Default)]
 pub(super) struct ConnTimers {
-    buckets: BTreeMap<u32, Vec<(u32, u64)>>,
+    /// Per bucket: each connection's key and the low 32 bits of its id (8 B an entry, one per
+    /// connection). An entry left from an earlier connection on the same key that matches a
+    /// later one by those bits (and by bucket) only has that one's deadline checked early:
+    /// `conn_timer_due` re-arms a connection that is not due.
+    buckets: BTreeMap<u32, Vec<(u32, u32)>>,
 }
 
 impl ConnTimers {
@@ -37,7 +41,7 @@ impl ConnTimers {
         self.buckets
             .entry(bucket)
             .or_default()
-            .push((conn.key, conn.id));
+            .push((conn.key, conn.id as u32));
     }
 }
 
@@ -73,7 +77,7 @@ impl ShardCore {
         let Some(conn) = self.conns.get(key) else {
             return;
         };
-        let Some(timeout) = conn.read_timeout else {
+        let Some(timeout) = conn.read_timeout() else {
             return;
         };
         let since = self.started + Duration::from_millis(u64::from(conn.last_in_ms));
@@ -111,7 +115,9 @@ impl ShardCore {
             for (key, id) in due {
                 let key = key as ConnKey;
                 match self.conns.get_mut(key) {
-                    Some(c) if c.id == id && c.timer_bucket == bucket => c.timer_bucket = NO_BUCKET,
+                    Some(c) if c.id as u32 == id && c.timer_bucket == bucket => {
+                        c.timer_bucket = NO_BUCKET
+                    }
                     _ => continue,
                 }
                 self.conn_timer_due(now, now_ms, key);
@@ -122,7 +128,7 @@ impl ShardCore {
     fn conn_timer_due(&mut self, now: Instant, now_ms: u32, key: ConnKey) {
         let congested = self.congested();
         let conn = &self.conns[key];
-        let Some(timeout) = conn.read_timeout else {
+        let Some(timeout) = conn.read_timeout() else {
             return;
         };
         // Not read now: the broker is the one waiting (verifier, registry, a client that does
@@ -151,7 +157,7 @@ impl ShardCore {
         warn!(
             shard = self.id,
             conn = conn.id,
-            peer = ?conn.peer,
+            peer = ?conn.peer(),
             phase = ?conn.phase,
             "keep-alive or connect timeout; closing"
         );
