@@ -9,6 +9,9 @@ use shardmq::config::{self, Config, LogFormat};
 use shardmq::cpus;
 use tracing_subscriber::EnvFilter;
 
+// `--features system-alloc` leaves the C library's allocator in place, for heap profilers that
+// hook malloc (heaptrack, valgrind): `bench/why-idle-heap.sh`.
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
