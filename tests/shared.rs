@@ -301,7 +301,11 @@ async fn an_offline_persistent_member_is_skipped_while_another_is_online() {
     }
     let (mut p, ack) = V5::connect_opts(persistent()).await;
     assert!(ack.session_present);
-    let got = drain(&mut p).await;
+    let mut got = drain(&mut p).await;
+    // As a set: a publish that reached the online member's shard while its DISCONNECT was
+    // being handled is handed back to the group from there, after later ones went straight to
+    // the offline member (order holds per member, not across a member leaving; seen once in CI).
+    got.sort();
     let want: Vec<String> = (10..15).map(|i| i.to_string()).collect();
     assert_eq!(
         got, want,
