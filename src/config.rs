@@ -694,9 +694,9 @@ pub struct ShardConfig {
     /// (see docs/benchmarks.md). At most 10,000.
     pub spin_before_park_us: u32,
     /// Milliseconds between wake-ups of a shard's park guard while the shard moves client
-    /// bytes, the bound on how long glommio 0.9 can leave runnable tasks stranded in a park
-    /// (docs/decisions/0003); the guard backs off to 200 ms while idle. 0 = no guard. At most
-    /// 1,000.
+    /// bytes, a bound on how long a park can leave runnable tasks stranded (glommio 0.9.0 could,
+    /// docs/decisions/0003; the vendored glommio cannot, 0005); the guard backs off to 200 ms
+    /// while idle. 0 = no guard (the default). At most 1,000.
     pub park_guard_ms: u32,
     /// How a shard drives its client connections (docs/decisions/0004).
     pub driver: ShardDriver,
@@ -1367,7 +1367,7 @@ mod tests {
         assert_eq!(c.shard.channel_capacity, 1024);
         assert_eq!(c.shard.batch_max, 256);
         assert_eq!(c.shard.spin_before_park_us, 0);
-        assert_eq!(c.shard.park_guard_ms, 10);
+        assert_eq!(c.shard.park_guard_ms, 0);
         assert_eq!(c.shard.driver, ShardDriver::Uring);
         assert_eq!(c.sys.interval_ms, 1000);
         assert_eq!(c.log.level, "info");
