@@ -43,6 +43,7 @@ free_port() {
 # BROKER_API (e.g. 127.0.0.1:18083) turns shardmq's management API on there (off by default).
 # BROKER_KIND=mosquitto starts Debian's mosquitto instead (the peer in docs/performance.md),
 # anonymous, no connection limit, persistence off; its log is $WORK/broker.log too.
+# BROKER_KIND=flashmq starts FLASHMQ=path configured as bench/compare does (flashmq_conf).
 # BROKER_KIND=rumqttd starts target/peers/bin/rumqttd (installed by bench/compare) configured
 # as bench/compare does. BROKER_KIND=floor:HOLD starts `shardmq-capacity floor --hold HOLD` (glommio alone, on the
 # broker's CPUs: see bench/capacity/src/floor.rs).
@@ -54,6 +55,10 @@ start_broker() {
   elif [[ "${BROKER_KIND:-shardmq}" == floor:* ]]; then
     "$CAPACITY" floor --bind "127.0.0.1:$PORT" --hold "${BROKER_KIND#floor:}" \
       ${BROKER_CPUS:+--cpus "$BROKER_CPUS"} >"$WORK/broker.log" 2>&1 &
+  elif [[ "${BROKER_KIND:-shardmq}" == flashmq ]]; then
+    flashmq_conf "$PORT" >"$WORK/flashmq.conf"
+    "${FLASHMQ:?BROKER_KIND=flashmq needs FLASHMQ=path/to/flashmq}" \
+      --config-file "$WORK/flashmq.conf" >"$WORK/broker.log" 2>&1 &
   elif [[ "${BROKER_KIND:-shardmq}" == mosquitto ]]; then
     printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_connections -1\npersistence false\nset_tcp_nodelay true\nlog_dest stderr\nlog_type error\nlog_type warning\n' \
       "$PORT" >"$WORK/mosquitto.conf"
@@ -79,6 +84,27 @@ start_broker() {
   done
   echo "broker did not listen on $PORT within 10s" >&2
   return 1
+}
+
+# FlashMQ's configuration as bench/compare runs it, for 127.0.0.1:$1: no persistence, one
+# worker thread per CPU (FLASHMQ_THREADS), at most 10,000 QoS messages pending per client.
+flashmq_conf() {
+  cat <<EOF
+thread_count ${FLASHMQ_THREADS:-$(nproc)}
+allow_anonymous true
+log_file $WORK/flashmq.file.log
+log_level warning
+max_qos_msg_pending_per_client 10000
+max_qos_bytes_pending_per_client 10240000
+rlimit_nofile 20000
+listen {
+  protocol mqtt
+  inet_protocol ip4
+  inet4_bind_address 127.0.0.1
+  port $1
+  tcp_nodelay true
+}
+EOF
 }
 
 # rumqttd's configuration as bench/compare runs it, for 127.0.0.1:$1 and at most $2

@@ -1,7 +1,7 @@
 //! The connection driver without a task per connection (`shard.driver = "uring"`, the
 //! default): each shard drives every one of its client sockets through one io_uring of its
 //! own, next to glommio's. A multishot accept per listener, one multishot receive per
-//! connection drawing from the shard's pool of provided buffers, one send in flight per
+//! connection drawing from the shard's ring of provided buffers, one send in flight per
 //! connection, keep-alive, connect and send timeouts in a coarse timer wheel. An idle
 //! connection is a [`Slot`] in a slab and the shard's `Conn`: no future, no task, no timer
 //! object, no buffer.
@@ -47,6 +47,7 @@ const WIRE_BATCH_BYTES: usize = 64 * 1024;
 const RING_ENTRIES: u32 = 256;
 /// The shard's receive pool: buffers and their size. Shared by all of the shard's connections;
 /// a connection holds one only between the completion that fills it and the copy out of it.
+/// A power of two (the buffer ring's size).
 const BUFS: u16 = 64;
 const BUF_LEN: usize = 2048;
 const GROUP: u16 = 1;
@@ -60,7 +61,6 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 const K_ACCEPT: u64 = 1 << 56;
 const K_RECV: u64 = 2 << 56;
 const K_SEND: u64 = 3 << 56;
-const K_PROVIDE: u64 = 4 << 56;
 const K_CANCEL: u64 = 5 << 56;
 const K_MASK: u64 = 0xff << 56;
 
@@ -79,11 +79,11 @@ pub(crate) const CLOSE_DRAIN_BYTES: u32 = 1024 * 1024;
 
 // The limits' relations, checked when the crate compiles: a received buffer fits in a wire
 // batch and a plaintext chunk; the wheel ticks within a drain and within the core's timer
-// resolution; the ring holds every buffer's ProvideBuffers entry; the kinds fit the tag bits.
+// resolution; the buffer ring's size is a power of two; the kinds fit the tag bits.
 const _: () = assert!(WIRE_BATCH_BYTES >= BUF_LEN && PLAIN_CHUNK_BYTES >= BUF_LEN);
 const _: () = assert!(TICK.as_millis() < CLOSE_DRAIN.as_millis());
 const _: () = assert!(TICK.as_millis() <= shardmq_core::TIMER_BUCKET.as_millis());
-const _: () = assert!(RING_ENTRIES as usize >= BUFS as usize);
+const _: () = assert!(BUFS.is_power_of_two());
 const _: () = assert!(K_CANCEL & !K_MASK == 0 && ROUNDS_MAX > 0);
 
 /// One connection, as the driver sees it.
@@ -182,13 +182,79 @@ struct Listen {
     retry_at: Option<Instant>,
 }
 
+/// The receive pool's buffer ring (`IORING_REGISTER_PBUF_RING`): the kernel takes a buffer from
+/// its head for each receive, the driver gives it back at its tail with two stores, no
+/// submission and no completion (`ProvideBuffers` cost one of each per receive).
+struct BufRing {
+    /// `BUFS` entries in a page of their own (the kernel requires page alignment).
+    entries: *mut types::BufRingEntry,
+    /// Our tail: buffers given so far (wrapping); published with each `give`.
+    tail: u16,
+}
+
+const BUF_RING_BYTES: usize = BUFS as usize * std::mem::size_of::<types::BufRingEntry>();
+
+impl BufRing {
+    fn new() -> io::Result<BufRing> {
+        // SAFETY: an anonymous private mapping; the result is checked.
+        let at = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                BUF_RING_BYTES,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if at == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(BufRing {
+            entries: at.cast(),
+            tail: 0,
+        })
+    }
+
+    /// Hands buffer `bid` of the pool at `base` (to the kernel, once registered).
+    fn give(&mut self, base: *mut u8, bid: u16) {
+        let at = usize::from(self.tail & (BUFS - 1));
+        // SAFETY: `at` < BUFS entries of the mapping; the kernel reads an entry only once the
+        // tail below covers it, and never writes one. The buffer lies inside the pool, which
+        // lives as long as the driver.
+        unsafe {
+            let e = &mut *self.entries.add(at);
+            e.set_addr(base.add(usize::from(bid) * BUF_LEN) as u64);
+            e.set_len(BUF_LEN as u32);
+            e.set_bid(bid);
+        }
+        self.tail = self.tail.wrapping_add(1);
+        // SAFETY: the tail is the first entry's reserved field, a u16 that the kernel only
+        // reads; the release store publishes the entry written above.
+        unsafe {
+            let tail = types::BufRingEntry::tail(self.entries).cast_mut();
+            std::sync::atomic::AtomicU16::from_ptr(tail)
+                .store(self.tail, std::sync::atomic::Ordering::Release);
+        }
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: our mapping, unmapped once; the ring that used it is closed (field order).
+        unsafe { libc::munmap(self.entries.cast(), BUF_RING_BYTES) };
+    }
+}
+
 /// The shard's connection driver: the ring, the slots, the receive pool, the timer wheel.
 pub(crate) struct Driver {
     ring: IoUring,
     slots: Slab<Slot>,
     listeners: Vec<Listen>,
-    /// `BUFS` buffers of `BUF_LEN` bytes, lent to the kernel.
+    /// `BUFS` buffers of `BUF_LEN` bytes, lent to the kernel through `bufs`.
     pool: Box<[u8]>,
+    /// After `ring`: unmapped when the ring is gone.
+    bufs: BufRing,
     /// Tick → slots to look at then.
     wheel: BTreeMap<u32, Vec<(u32, u32)>>,
     epoch: Instant,
@@ -271,9 +337,22 @@ impl Driver {
         max_packet_size: u32,
         send_timeout: Duration,
     ) -> io::Result<(Driver, OwnedFd)> {
+        // Cooperative task running: a completion that the network stack produces while the
+        // shard runs in user space is not signalled with an interrupt (an IPI, a VM exit on a
+        // virtual machine); the shard runs it at its next syscall, or at its next `submit`,
+        // which the task-run flag asks for. A sleeping shard is still woken. The shard's
+        // thread is the ring's only submitter.
         let ring = IoUring::builder()
             .setup_cqsize(RING_ENTRIES * 4)
-            .build(RING_ENTRIES)?;
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
+            .setup_single_issuer()
+            .build(RING_ENTRIES)
+            .or_else(|_| {
+                IoUring::builder()
+                    .setup_cqsize(RING_ENTRIES * 4)
+                    .build(RING_ENTRIES)
+            })?;
         // SAFETY: plain syscall; the result is checked.
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         if efd < 0 {
@@ -296,6 +375,7 @@ impl Driver {
                 })
                 .collect(),
             pool: vec![0u8; usize::from(BUFS) * BUF_LEN].into_boxed_slice(),
+            bufs: BufRing::new()?,
             wheel: BTreeMap::new(),
             epoch: Instant::now(),
             serial: 0,
@@ -306,11 +386,15 @@ impl Driver {
             _eventfd: efd,
         };
         let base = d.pool.as_mut_ptr();
-        d.push(
-            opcode::ProvideBuffers::new(base, BUF_LEN as i32, BUFS, GROUP, 0)
-                .build()
-                .user_data(K_PROVIDE),
-        );
+        for bid in 0..BUFS {
+            d.bufs.give(base, bid);
+        }
+        // SAFETY: the ring's memory is mapped until `bufs` is dropped, after `ring`.
+        unsafe {
+            d.ring
+                .submitter()
+                .register_buf_ring_with_flags(d.bufs.entries as u64, BUFS, GROUP, 0)?;
+        }
         for i in 0..d.listeners.len() {
             d.arm_accept(i);
         }
@@ -480,8 +564,10 @@ impl Driver {
     }
 
     fn submit(&mut self) {
-        let sq_empty = self.ring.submission().is_empty();
-        if !sq_empty || self.ring.submission().cq_overflow() {
+        let sq = self.ring.submission();
+        let enter = !sq.is_empty() || sq.cq_overflow() || sq.taskrun();
+        drop(sq);
+        if enter {
             match self.ring.submit() {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
@@ -490,11 +576,27 @@ impl Driver {
         }
     }
 
+    /// Whether the ring signals its eventfd on each completion. Only a driver about to sleep
+    /// needs it: an awake one reaps the queue anyway, and each signal is an eventfd write
+    /// in the kernel's completion path. The kernel reads the flag after publishing a
+    /// completion without a full barrier, so a completion that races the re-enable can go
+    /// unsignalled; the ticker's turn (every [`TICK`]) reaps it then.
+    fn signal_completions(&mut self, on: bool) {
+        let cq = self.ring.completion();
+        if on {
+            cq.enable_eventfd();
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        } else {
+            cq.disable_eventfd();
+        }
+    }
+
     /// Whether a completion or a woken connection waits (the loop must not sleep).
     fn has_work(&mut self) -> bool {
         !self.ready.is_empty()
             || !self.cqes.is_empty()
             || !self.ring.completion().is_empty()
+            || self.ring.submission().taskrun()
             || WOKEN.with(|w| !w.borrow().slots.is_empty())
     }
 
@@ -504,9 +606,6 @@ impl Driver {
             K_ACCEPT => self.accepted(shard, now, idx, res, flags),
             K_RECV => self.received(shard, now, idx, res, flags),
             K_SEND => self.sent(shard, now, idx, res),
-            K_PROVIDE if res < 0 => {
-                error!(error = %io::Error::from_raw_os_error(-res), "io_uring provide buffers failed");
-            }
             _ => {}
         }
     }
@@ -609,13 +708,7 @@ impl Driver {
                     }
                 }
             }
-            // SAFETY: the buffer is inside the pool, which outlives the ring's use of it.
-            let buf = unsafe { self.pool.as_mut_ptr().add(usize::from(bid) * BUF_LEN) };
-            self.push(
-                opcode::ProvideBuffers::new(buf, BUF_LEN as i32, 1, GROUP, bid)
-                    .build()
-                    .user_data(K_PROVIDE),
-            );
+            self.bufs.give(self.pool.as_mut_ptr(), bid);
         }
         let slot = &mut self.slots[idx];
         match res {
@@ -971,8 +1064,14 @@ pub(crate) async fn run(shard: Rc<RefCell<Shard>>, driver: Rc<RefCell<Driver>>, 
                     w.task = Some(cx.waker().clone());
                 }
             });
-            if driver.borrow_mut().has_work() {
-                return Poll::Ready(());
+            {
+                // Signals on first, then the check: a completion after the check signals.
+                let mut d = driver.borrow_mut();
+                d.signal_completions(true);
+                if d.has_work() {
+                    d.signal_completions(false);
+                    return Poll::Ready(());
+                }
             }
             let fut = wait.get_or_insert_with(|| {
                 let f = efd.clone();
@@ -986,6 +1085,7 @@ pub(crate) async fn run(shard: Rc<RefCell<Shard>>, driver: Rc<RefCell<Driver>>, 
             match fut.as_mut().poll(cx) {
                 Poll::Ready(()) => {
                     wait = None;
+                    driver.borrow_mut().signal_completions(false);
                     Poll::Ready(())
                 }
                 Poll::Pending => Poll::Pending,
