@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What a broker spends per message at saturation: CPU time, syscalls, context switches.
 #
-# Usage: bench/why-cpu.sh              (BROKERS="shardmq flashmq" with FLASHMQ=path, else shardmq)
+# Usage: bench/why-cpu.sh              (BROKERS="shardmq flashmq" with FLASHMQ=path, else shardmq;
+#                                      shardmq-1: shardmq on one shard, CPU 0)
 # Knobs: QOS="0 1 2" (the rows: 1:1, N pairs, 16 B, at saturation), N=16, SECS=6, ROUNDS=2
 # (brokers alternated within each round), BROKER=path (shardmq binary), SKIP_BUILD=1,
 # RECORD=1 (also `perf record` each shardmq row into $WORK/perf-q$QOS-r$ROUND.data).
@@ -34,13 +35,16 @@ printf '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
 for q in $QOS; do
   for round in $(seq "$ROUNDS"); do
     for kind in $BROKERS; do
-      use_broker "$kind"
+      case "$kind" in
+        shardmq-1) use_broker "shardmq 1 shard" ;;
+        *) use_broker "$kind" ;;
+      esac
       start_broker >/dev/null
       timeout 120 "$BENCH" pubsub -h 127.0.0.1 -p "$PORT" --pubs "$N" --subs "$N" -t 'bench/%i' \
         -q "$q" -s 16 --duration-secs "$SECS" --json >"$WORK/bench.json" 2>"$WORK/bench.err" &
       BENCH_PID=$!
       sleep 1
-      if [[ -n "${RECORD:-}" && "$kind" == shardmq ]]; then
+      if [[ -n "${RECORD:-}" && "$kind" == shardmq* ]]; then
         perf record -q -F 2000 -g -p "$BROKER_PID" -o "$WORK/perf-q$q-r$round.data" -- sleep "$WINDOW" \
           2>/dev/null || true
         perf stat -x, -e "$EVENTS" -p "$BROKER_PID" -- sleep 0.1 2>/dev/null || true

@@ -9,9 +9,9 @@
 //! glommio stays the executor: one task ([`run`]) reaps this ring's completions, drives the
 //! connections they concern (and those the shard woke), and submits; when there is nothing to
 //! do it waits for the ring's eventfd through a read on glommio's own ring, so either ring's
-//! work wakes the shard's thread. A connection never waits on glommio's I/O, so glommio's park
-//! bug (decision 0003) can delay the whole loop by at most the park guard's period but can no
-//! longer strand one connection.
+//! work wakes the shard's thread. A connection never waits on glommio's I/O, and the vendored
+//! glommio no longer parks with runnable tasks (decision 0005; 0.9.0's bug, 0003, could strand
+//! the whole loop until the park guard's timer).
 //!
 //! What a connection does with its bytes is the same as in the task driver (`conn.rs`): the
 //! transport layers (PROXY, TLS, WebSocket), the decoder, the shard's packet handlers, the
@@ -391,9 +391,12 @@ impl Driver {
         }
         // SAFETY: the ring's memory is mapped until `bufs` is dropped, after `ring`.
         unsafe {
-            d.ring
-                .submitter()
-                .register_buf_ring_with_flags(d.bufs.entries as u64, BUFS, GROUP, 0)?;
+            d.ring.submitter().register_buf_ring_with_flags(
+                d.bufs.entries as u64,
+                BUFS,
+                GROUP,
+                0,
+            )?;
         }
         for i in 0..d.listeners.len() {
             d.arm_accept(i);

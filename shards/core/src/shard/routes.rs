@@ -404,10 +404,13 @@ impl ShardCore {
                 i = j;
                 continue;
             }
-            let own = self
-                .sessions
-                .get(skey as usize)
-                .is_some_and(|s| *s.session.client_id() == msg.publisher);
+            // The publisher's own session matters only to a No Local subscription: the client
+            // id comparison is skipped for the others.
+            let own = matches[i..j].iter().any(|(_, sub)| sub.options.no_local)
+                && self
+                    .sessions
+                    .get(skey as usize)
+                    .is_some_and(|s| *s.session.client_id() == msg.publisher);
             // One copy per session, from the subscriptions that allow it (a No Local one does
             // not, for the publisher's own messages): the highest QoS, Retain As Published if
             // any asks for it, and every such subscription's identifier.
