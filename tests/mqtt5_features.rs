@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 /// A QoS 0 PUBLISH with `topic` (possibly empty) and `alias`.
 fn aliased(topic: &str, alias: Option<u16>, payload: &'static [u8]) -> Packet {
-    Packet::Publish(Publish {
+    Packet::Publish(Box::new(Publish {
         dup: false,
         qos: Q::AtMostOnce,
         retain: false,
@@ -25,7 +25,7 @@ fn aliased(topic: &str, alias: Option<u16>, payload: &'static [u8]) -> Packet {
             ..Default::default()
         },
         payload: Bytes::from_static(payload),
-    })
+    }))
 }
 
 fn v5(client_id: &str) -> Connect {

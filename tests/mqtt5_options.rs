@@ -73,7 +73,7 @@ fn publish_with(
     retain: bool,
     properties: PublishProperties,
 ) -> Packet {
-    Packet::Publish(Publish {
+    Packet::Publish(Box::new(Publish {
         dup: false,
         qos,
         retain,
@@ -81,7 +81,7 @@ fn publish_with(
         pkid: if qos == Q::AtMostOnce { 0 } else { pkid },
         properties,
         payload: Bytes::copy_from_slice(payload),
-    })
+    }))
 }
 
 /// The server's DISCONNECT before it closed the connection.

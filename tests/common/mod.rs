@@ -312,7 +312,7 @@ pub fn connect_packet(
 
 /// A PUBLISH (`pkid` is ignored for QoS 0).
 pub fn publish_packet(topic: &str, payload: &[u8], qos: QoS, pkid: u16, retain: bool) -> Packet {
-    Packet::Publish(Publish {
+    Packet::Publish(Box::new(Publish {
         dup: false,
         qos,
         retain,
@@ -320,7 +320,7 @@ pub fn publish_packet(topic: &str, payload: &[u8], qos: QoS, pkid: u16, retain: 
         pkid: if qos == QoS::AtMostOnce { 0 } else { pkid },
         properties: PublishProperties::default(),
         payload: Bytes::copy_from_slice(payload),
-    })
+    }))
 }
 
 /// A SUBSCRIBE for `filters`, each with its maximum QoS.
@@ -425,7 +425,7 @@ impl Raw {
         let mut raw = Raw::open(port, connect.protocol).await;
         raw.send(&Packet::Connect(Box::new(connect))).await;
         match raw.next(WAIT).await {
-            Next::Packet(Packet::ConnAck(ack)) => (raw, ack),
+            Next::Packet(Packet::ConnAck(ack)) => (raw, *ack),
             other => panic!("expected CONNACK, got {other:?}"),
         }
     }
@@ -506,7 +506,7 @@ impl Raw {
     /// The next PUBLISH, answering nothing; panics if another packet comes first.
     pub async fn expect_publish(&mut self) -> Publish {
         match self.expect(WAIT).await {
-            Packet::Publish(p) => p,
+            Packet::Publish(p) => *p,
             other => panic!("expected PUBLISH, got {other:?}"),
         }
     }

@@ -16,9 +16,9 @@ use crate::shared;
 use crate::topic::{validate_topic_filter, validate_topic_name, TopicError};
 use bytes::BytesMut;
 use shardmq_codec::{
-    encode, encode_publish, encoded_len, Ack, AckProperties, ByteStr, ConnAck, ConnAckProperties,
-    Connect, Disconnect, DisconnectProperties, LastWill, Packet, Protocol, Publish,
-    PublishProperties, QoS, ReasonCode, SubAck, Subscribe, SubscriptionOptions, UnsubAck,
+    encode, encode_publish_out, encoded_len, publish_out_len, Ack, AckProperties, ByteStr, ConnAck,
+    ConnAckProperties, Connect, Disconnect, DisconnectProperties, LastWill, Packet, Protocol,
+    Publish, PublishOut, QoS, ReasonCode, SubAck, Subscribe, SubscriptionOptions, UnsubAck,
     Unsubscribe,
 };
 use smallvec::SmallVec;
@@ -823,7 +823,7 @@ impl Session {
     fn handle_publish(
         &mut self,
         now: Instant,
-        publish: Publish,
+        publish: Box<Publish>,
         limits: &Limits,
         wire: &mut BytesMut,
         actions: &mut Vec<Action>,
@@ -1373,30 +1373,34 @@ fn pubrel(pkid: u16, reason: ReasonCode) -> Packet {
     Packet::PubRel(ack_with(pkid, reason))
 }
 
-fn outgoing_publish(
+/// The PUBLISH for `item`, borrowed from its message: the message's topic (or `topic`, when
+/// an alias replaces it), payload and properties, with the expiry left, `topic_alias` and the
+/// matching subscriptions' identifiers (5.0 only; 3.x writes no properties).
+fn outgoing_publish<'a>(
     protocol: Protocol,
-    item: &Queued,
+    item: &'a Queued,
     pkid: u16,
     dup: bool,
     now: Instant,
-) -> Publish {
+    topic: &'a str,
+    topic_alias: Option<u16>,
+) -> PublishOut<'a> {
     let msg = &item.msg;
-    let properties = if protocol.is_v5() {
-        let mut p = msg.properties.clone();
-        p.message_expiry_interval = msg.remaining_expiry_secs(now);
-        p.subscription_identifiers = item.sub_ids.clone();
-        p
-    } else {
-        PublishProperties::default()
-    };
-    Publish {
+    PublishOut {
         dup,
         qos: item.qos,
         retain: item.retain,
-        topic: msg.topic.clone(),
+        topic,
         pkid,
-        properties,
-        payload: msg.payload.clone(),
+        properties: &msg.properties,
+        message_expiry_interval: if protocol.is_v5() {
+            msg.remaining_expiry_secs(now)
+        } else {
+            None
+        },
+        topic_alias,
+        subscription_identifiers: &item.sub_ids,
+        payload: &msg.payload,
     }
 }
 
@@ -1411,16 +1415,14 @@ fn write_publish(
     aliases: Option<&mut OutboundAliases>,
     wire: &mut BytesMut,
 ) {
-    let mut publish = outgoing_publish(protocol, item, pkid, dup, now);
-    match aliases.map_or(OutAlias::None, |a| a.alias_for(&publish.topic)) {
-        OutAlias::None => {}
-        OutAlias::Assign(alias) => publish.properties.topic_alias = Some(alias),
-        OutAlias::Reuse(alias) => {
-            publish.properties.topic_alias = Some(alias);
-            publish.topic = ByteStr::default();
-        }
-    }
-    encode_publish(&publish, protocol, wire);
+    let topic = &item.msg.topic;
+    let (topic, alias) = match aliases.map_or(OutAlias::None, |a| a.alias_for(topic)) {
+        OutAlias::None => (&**topic, None),
+        OutAlias::Assign(alias) => (&**topic, Some(alias)),
+        OutAlias::Reuse(alias) => ("", Some(alias)),
+    };
+    let publish = outgoing_publish(protocol, item, pkid, dup, now, topic, alias);
+    encode_publish_out(&publish, protocol, wire);
 }
 
 /// Whether the PUBLISH for `item` exceeds the client's Maximum Packet Size. Clients that set
@@ -1431,10 +1433,8 @@ fn too_large(protocol: Protocol, item: &Queued, now: Instant, max: u32) -> bool 
     }
     // Packet id 1 stands for any non-zero id: the length is the same.
     let pkid = u16::from(item.qos != QoS::AtMostOnce);
-    encoded_len(
-        &Packet::Publish(outgoing_publish(protocol, item, pkid, false, now)),
-        protocol,
-    ) > max as usize
+    let publish = outgoing_publish(protocol, item, pkid, false, now, &item.msg.topic, None);
+    publish_out_len(&publish, protocol) > max as usize
 }
 
 #[cfg(test)]

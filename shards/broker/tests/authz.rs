@@ -52,7 +52,7 @@ fn attached(protocol: Protocol, deny: DenyAction) -> (Session, Limits, BytesMut)
 }
 
 fn publish(qos: QoS, topic: &str) -> Packet {
-    Packet::Publish(Publish {
+    Packet::Publish(Box::new(Publish {
         dup: false,
         qos,
         retain: false,
@@ -60,7 +60,7 @@ fn publish(qos: QoS, topic: &str) -> Packet {
         pkid: 7,
         properties: Default::default(),
         payload: Bytes::from_static(b"x"),
-    })
+    }))
 }
 
 fn packets(protocol: Protocol, wire: &mut BytesMut) -> Vec<Packet> {

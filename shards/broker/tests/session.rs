@@ -264,7 +264,7 @@ impl Client {
         self.sent()
             .into_iter()
             .map(|p| match p {
-                Packet::Publish(p) => p,
+                Packet::Publish(p) => *p,
                 other => panic!("expected PUBLISH, got {other:?}"),
             })
             .collect()
@@ -353,10 +353,14 @@ fn v5_empty_client_id_is_assigned_and_announced() {
 
     // The CONNACK survives the wire as it is.
     let mut wire = BytesMut::new();
-    encode(&Packet::ConnAck(connack.clone()), Protocol::V5, &mut wire);
+    encode(
+        &Packet::ConnAck(Box::new(connack.clone())),
+        Protocol::V5,
+        &mut wire,
+    );
     assert_eq!(
         decode_all(Protocol::V5, &mut wire),
-        vec![Packet::ConnAck(connack)]
+        vec![Packet::ConnAck(Box::new(connack))]
     );
 }
 
@@ -609,7 +613,12 @@ fn server_disconnect_carries_the_reason_string_unless_the_client_declined_it() {
 #[test]
 fn qos0_publish_is_routed_without_an_ack() {
     let mut c = Client::new(Protocol::V5, Limits::default());
-    let actions = c.handle_ok(Packet::Publish(inbound(QoS::AtMostOnce, 0, "a/b", b"x")));
+    let actions = c.handle_ok(Packet::Publish(Box::new(inbound(
+        QoS::AtMostOnce,
+        0,
+        "a/b",
+        b"x",
+    ))));
     assert!(matches!(&actions[..], [Action::Publish(m)] if m.qos == QoS::AtMostOnce));
     assert!(c.sent().is_empty());
 }
@@ -620,7 +629,7 @@ fn qos1_publish_is_acked_and_routed() {
     let mut p = inbound(QoS::AtLeastOnce, 7, "a/b", b"hello");
     p.properties.message_expiry_interval = Some(30);
     p.properties.user_properties = vec![("k".into(), "v".into())];
-    let actions = c.handle_ok(Packet::Publish(p));
+    let actions = c.handle_ok(Packet::Publish(Box::new(p)));
 
     let [Action::Publish(msg)] = &actions[..] else {
         panic!("expected one Publish action, got {actions:?}");
@@ -641,21 +650,31 @@ fn qos1_publish_is_acked_and_routed() {
 #[test]
 fn qos2_publish_is_routed_once_and_released() {
     let mut c = Client::new(Protocol::V5, Limits::default());
-    let actions = c.handle_ok(Packet::Publish(inbound(QoS::ExactlyOnce, 9, "a", b"x")));
+    let actions = c.handle_ok(Packet::Publish(Box::new(inbound(
+        QoS::ExactlyOnce,
+        9,
+        "a",
+        b"x",
+    ))));
     assert!(matches!(&actions[..], [Action::Publish(_)]));
     assert_eq!(c.sent(), vec![Packet::PubRec(ack(9))]);
 
     // The client did not get the PUBREC and resends: acknowledged again, not routed again.
     let mut resend = inbound(QoS::ExactlyOnce, 9, "a", b"x");
     resend.dup = true;
-    assert!(c.handle_ok(Packet::Publish(resend)).is_empty());
+    assert!(c.handle_ok(Packet::Publish(Box::new(resend))).is_empty());
     assert_eq!(c.sent(), vec![Packet::PubRec(ack(9))]);
 
     assert!(c.handle_ok(Packet::PubRel(ack(9))).is_empty());
     assert_eq!(c.sent(), vec![Packet::PubComp(ack(9))]);
 
     // Released: the same packet id now starts a new message.
-    let actions = c.handle_ok(Packet::Publish(inbound(QoS::ExactlyOnce, 9, "a", b"y")));
+    let actions = c.handle_ok(Packet::Publish(Box::new(inbound(
+        QoS::ExactlyOnce,
+        9,
+        "a",
+        b"y",
+    ))));
     assert!(matches!(&actions[..], [Action::Publish(m)] if &m.payload[..] == b"y"));
     assert_eq!(c.sent(), vec![Packet::PubRec(ack(9))]);
 }
@@ -675,7 +694,12 @@ fn unknown_pubrel_is_answered_with_packet_identifier_not_found() {
 fn more_qos2_awaiting_release_than_receive_maximum_closes() {
     let mut c = Client::new(Protocol::V5, limits_with(|l| l.max_awaiting_rel = 2));
     for pkid in [1, 2] {
-        c.handle_ok(Packet::Publish(inbound(QoS::ExactlyOnce, pkid, "a", b"x")));
+        c.handle_ok(Packet::Publish(Box::new(inbound(
+            QoS::ExactlyOnce,
+            pkid,
+            "a",
+            b"x",
+        ))));
     }
     assert_eq!(
         c.sent(),
@@ -683,14 +707,29 @@ fn more_qos2_awaiting_release_than_receive_maximum_closes() {
     );
     // A resend of one it holds is no new message.
     assert!(c
-        .handle_ok(Packet::Publish(inbound(QoS::ExactlyOnce, 1, "a", b"x")))
+        .handle_ok(Packet::Publish(Box::new(inbound(
+            QoS::ExactlyOnce,
+            1,
+            "a",
+            b"x"
+        ))))
         .is_empty());
     c.sent();
     // QoS 1 is acknowledged at once and takes no slot.
-    c.handle_ok(Packet::Publish(inbound(QoS::AtLeastOnce, 5, "a", b"x")));
+    c.handle_ok(Packet::Publish(Box::new(inbound(
+        QoS::AtLeastOnce,
+        5,
+        "a",
+        b"x",
+    ))));
     c.sent();
     assert_eq!(
-        c.closes(Packet::Publish(inbound(QoS::ExactlyOnce, 3, "a", b"x"))),
+        c.closes(Packet::Publish(Box::new(inbound(
+            QoS::ExactlyOnce,
+            3,
+            "a",
+            b"x"
+        )))),
         ReasonCode::RECEIVE_MAXIMUM_EXCEEDED
     );
 
@@ -698,8 +737,13 @@ fn more_qos2_awaiting_release_than_receive_maximum_closes() {
     c.handle_ok(Packet::PubRel(ack(1)));
     c.sent();
     assert_eq!(
-        c.handle_ok(Packet::Publish(inbound(QoS::ExactlyOnce, 3, "a", b"x")))
-            .len(),
+        c.handle_ok(Packet::Publish(Box::new(inbound(
+            QoS::ExactlyOnce,
+            3,
+            "a",
+            b"x"
+        ))))
+        .len(),
         1
     );
 }
@@ -709,20 +753,35 @@ fn publish_to_an_invalid_topic_closes() {
     let mut c = Client::new(Protocol::V5, Limits::default());
     for topic in ["a/+", "a/#", "#", "+/b"] {
         assert_eq!(
-            c.closes(Packet::Publish(inbound(QoS::AtLeastOnce, 1, topic, b"x"))),
+            c.closes(Packet::Publish(Box::new(inbound(
+                QoS::AtLeastOnce,
+                1,
+                topic,
+                b"x"
+            )))),
             ReasonCode::TOPIC_NAME_INVALID,
             "{topic:?}"
         );
     }
     assert_eq!(
-        c.closes(Packet::Publish(inbound(QoS::AtLeastOnce, 1, "", b"x"))),
+        c.closes(Packet::Publish(Box::new(inbound(
+            QoS::AtLeastOnce,
+            1,
+            "",
+            b"x"
+        )))),
         ReasonCode::PROTOCOL_ERROR,
         "empty topic without an alias"
     );
     let deep = limits_with(|l| l.max_topic_levels = 2);
     let mut c = Client::new(Protocol::V5, deep);
     assert_eq!(
-        c.closes(Packet::Publish(inbound(QoS::AtMostOnce, 0, "a/b/c", b"x"))),
+        c.closes(Packet::Publish(Box::new(inbound(
+            QoS::AtMostOnce,
+            0,
+            "a/b/c",
+            b"x"
+        )))),
         ReasonCode::TOPIC_NAME_INVALID
     );
 }
@@ -730,7 +789,7 @@ fn publish_to_an_invalid_topic_closes() {
 fn aliased(topic: &str, alias: u16) -> Packet {
     let mut p = inbound(QoS::AtMostOnce, 0, topic, b"x");
     p.properties.topic_alias = Some(alias);
-    Packet::Publish(p)
+    Packet::Publish(Box::new(p))
 }
 
 fn routed_topic(actions: &[Action]) -> String {
@@ -859,12 +918,12 @@ fn retained_publish_closes_when_retain_is_unavailable() {
     p.retain = true;
     let mut c = Client::new(Protocol::V5, limits_with(|l| l.retain_available = false));
     assert_eq!(
-        c.closes(Packet::Publish(p.clone())),
+        c.closes(Packet::Publish(Box::new(p.clone()))),
         ReasonCode::RETAIN_NOT_SUPPORTED
     );
 
     let mut c = Client::new(Protocol::V5, Limits::default());
-    let actions = c.handle_ok(Packet::Publish(p));
+    let actions = c.handle_ok(Packet::Publish(Box::new(p)));
     assert!(matches!(&actions[..], [Action::Publish(m)] if m.retain));
 }
 
@@ -874,7 +933,7 @@ fn payload_not_matching_its_format_indicator_is_refused_and_not_routed() {
     let bad = |qos, pkid| {
         let mut p = inbound(qos, pkid, "a", b"\xc3\x28");
         p.properties.payload_format_indicator = Some(1);
-        Packet::Publish(p)
+        Packet::Publish(Box::new(p))
     };
 
     // Refused with 0x99 and a Reason String saying why.
@@ -899,7 +958,7 @@ fn payload_not_matching_its_format_indicator_is_refused_and_not_routed() {
 
     let mut good = inbound(QoS::AtLeastOnce, 3, "a", "héllo".as_bytes());
     good.properties.payload_format_indicator = Some(1);
-    assert_eq!(c.handle_ok(Packet::Publish(good)).len(), 1);
+    assert_eq!(c.handle_ok(Packet::Publish(Box::new(good))).len(), 1);
     assert_eq!(c.sent(), vec![Packet::PubAck(ack(3))]);
 }
 
@@ -1713,7 +1772,7 @@ fn packets_a_client_must_not_send_close_with_protocol_error() {
         Packet::Connect(Box::new(connect(Protocol::V5, "c1"))),
         Packet::Auth(Auth::default()),
         Packet::PingResp,
-        Packet::ConnAck(ConnAck::default()),
+        Packet::ConnAck(Box::default()),
         Packet::SubAck(SubAck::default()),
     ];
     for packet in packets {

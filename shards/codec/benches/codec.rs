@@ -9,7 +9,7 @@ use shardmq_codec::{
 };
 
 fn publish(qos: QoS, size: usize) -> Packet {
-    Packet::Publish(Publish {
+    Packet::Publish(Box::new(Publish {
         dup: false,
         qos,
         retain: false,
@@ -17,7 +17,7 @@ fn publish(qos: QoS, size: usize) -> Packet {
         pkid: if qos == QoS::AtMostOnce { 0 } else { 4242 },
         properties: PublishProperties::default(),
         payload: Bytes::from(vec![0xA5u8; size]),
-    })
+    }))
 }
 
 fn connect(protocol: Protocol) -> Packet {

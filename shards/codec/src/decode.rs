@@ -140,8 +140,8 @@ fn parse(first: u8, proto: Protocol, r: &mut Reader) -> Result<Packet, DecodeErr
     use packets::*;
     Ok(match first >> 4 {
         1 => Packet::Connect(Box::new(connect::read(r)?)),
-        2 => Packet::ConnAck(connack::read(r, proto)?),
-        3 => Packet::Publish(publish::read(r, first & 0x0F, proto)?),
+        2 => Packet::ConnAck(Box::new(connack::read(r, proto)?)),
+        3 => Packet::Publish(Box::new(publish::read(r, first & 0x0F, proto)?)),
         4 => Packet::PubAck(ack::read(r, proto, allowed::puback)?),
         5 => Packet::PubRec(ack::read(r, proto, allowed::puback)?),
         6 => Packet::PubRel(ack::read(r, proto, allowed::pubrel)?),

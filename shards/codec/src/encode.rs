@@ -3,7 +3,7 @@
 //! Panics (caller bugs, never network input): binary data longer than 65,535 bytes, a packet
 //! longer than the 268,435,455-byte remaining length limit, a Subscription Identifier above it.
 
-use crate::packet::{Packet, Publish};
+use crate::packet::{Packet, Publish, PublishOut};
 use crate::packets::*;
 use crate::types::Protocol;
 use crate::wire::total_len;
@@ -46,6 +46,17 @@ pub fn encode(packet: &Packet, protocol: Protocol, buf: &mut BytesMut) {
 /// clone. The broker's fan-out path.
 pub fn encode_publish(p: &Publish, protocol: Protocol, buf: &mut BytesMut) {
     publish::write(p, protocol, buf);
+}
+
+/// Appends a PUBLISH from borrowed parts ([`PublishOut`]): the bytes [`encode_publish`] writes
+/// for the equivalent [`Publish`], with nothing cloned.
+pub fn encode_publish_out(p: &PublishOut, protocol: Protocol, buf: &mut BytesMut) {
+    publish::write_out(p, protocol, buf);
+}
+
+/// The exact number of bytes [`encode_publish_out`] would append.
+pub fn publish_out_len(p: &PublishOut, protocol: Protocol) -> usize {
+    total_len(publish::layout_out(p, protocol).0)
 }
 
 /// The exact number of bytes [`encode`] would append.

@@ -30,7 +30,7 @@ mod types;
 mod wire;
 
 pub use decode::Decoder;
-pub use encode::{encode, encode_publish, encoded_len};
+pub use encode::{encode, encode_publish, encode_publish_out, encoded_len, publish_out_len};
 pub use error::DecodeError;
 pub use packet::*;
 pub use types::*;

@@ -425,6 +425,47 @@ property_set!(PublishProperties, "PUBLISH", {
     USER_PROPERTY => user_properties: User,
 });
 
+/// Bytes of a [`PublishOut`]'s properties on the wire (without the Property Length prefix).
+pub(crate) fn publish_out_len(p: &PublishOut) -> usize {
+    let b = p.properties;
+    Flag::len(&b.payload_format_indicator)
+        + U32::len(&p.message_expiry_interval)
+        + U16::len(&p.topic_alias)
+        + Str::len(&b.response_topic)
+        + Bin::len(&b.correlation_data)
+        + p.subscription_identifiers
+            .iter()
+            .map(|&v| 1 + varint_len(v as usize))
+            .sum::<usize>()
+        + Str::len(&b.content_type)
+        + User::len(&b.user_properties)
+}
+
+/// Writes a [`PublishOut`]'s properties, without the Property Length prefix, in the order of
+/// [`PublishProperties`]' own writer (the same bytes).
+pub(crate) fn publish_out_write(buf: &mut BytesMut, p: &PublishOut) {
+    let b = p.properties;
+    Flag::write(
+        buf,
+        ids::PAYLOAD_FORMAT_INDICATOR,
+        &b.payload_format_indicator,
+    );
+    U32::write(
+        buf,
+        ids::MESSAGE_EXPIRY_INTERVAL,
+        &p.message_expiry_interval,
+    );
+    U16::write(buf, ids::TOPIC_ALIAS, &p.topic_alias);
+    Str::write(buf, ids::RESPONSE_TOPIC, &b.response_topic);
+    Bin::write(buf, ids::CORRELATION_DATA, &b.correlation_data);
+    for &v in p.subscription_identifiers {
+        put_id(buf, ids::SUBSCRIPTION_IDENTIFIER);
+        put_varint(buf, v as usize);
+    }
+    Str::write(buf, ids::CONTENT_TYPE, &b.content_type);
+    User::write(buf, ids::USER_PROPERTY, &b.user_properties);
+}
+
 property_set!(AckProperties, "an acknowledgement", {
     REASON_STRING => reason_string: Str,
     USER_PROPERTY => user_properties: User,

@@ -221,11 +221,11 @@ fn connack(proto: Protocol) -> impl Strategy<Value = Packet> {
         );
     let codes = if proto.is_v5() { CONNACK } else { CONNACK_V3 };
     (any::<bool>(), reason(codes), v5_only(proto, props)).prop_map(move |(sp, code, properties)| {
-        Packet::ConnAck(ConnAck {
+        Packet::ConnAck(Box::new(ConnAck {
             session_present: sp && code == ReasonCode::SUCCESS && proto != Protocol::V3_1,
             code,
             properties,
-        })
+        }))
     })
 }
 
@@ -268,7 +268,7 @@ fn publish(proto: Protocol) -> impl Strategy<Value = Packet> {
             } else {
                 topic
             };
-            Packet::Publish(Publish {
+            Packet::Publish(Box::new(Publish {
                 dup: dup && !qos0,
                 qos,
                 retain,
@@ -276,7 +276,7 @@ fn publish(proto: Protocol) -> impl Strategy<Value = Packet> {
                 pkid: if qos0 { 0 } else { pkid },
                 properties,
                 payload,
-            })
+            }))
         })
 }
 
@@ -452,6 +452,44 @@ proptest! {
         let got = dec.decode(&mut buf);
         prop_assert_eq!(got, Ok(Some(packet)));
         prop_assert!(buf.is_empty());
+    }
+
+    /// The delivery encoder writes, from a message's parts and three per-delivery properties,
+    /// exactly the bytes of the `Publish` with those properties set, and says its length.
+    #[test]
+    fn publish_out_writes_the_bytes_of_the_equivalent_publish(
+        (proto, packet) in protocol().prop_flat_map(|p| (Just(p), publish(p))),
+        // The message's own values of the three: whatever they are, the given ones win.
+        stale in (of(any::<u32>()), of(1u16..), vec(1u32..=268_435_455, 0..3)),
+        given in (of(any::<u32>()), of(1u16..), vec(1u32..=268_435_455, 0..3)),
+    ) {
+        let Packet::Publish(mut p) = packet else { unreachable!() };
+        let mut message = p.properties.clone();
+        (message.message_expiry_interval, message.topic_alias) = (stale.0, stale.1);
+        message.subscription_identifiers = stale.2.into_iter().collect();
+        let out = PublishOut {
+            dup: p.dup,
+            qos: p.qos,
+            retain: p.retain,
+            topic: &p.topic,
+            pkid: p.pkid,
+            properties: &message,
+            message_expiry_interval: given.0,
+            topic_alias: given.1,
+            subscription_identifiers: &given.2,
+            payload: &p.payload,
+        };
+        let mut got = BytesMut::new();
+        encode_publish_out(&out, proto, &mut got);
+        prop_assert_eq!(got.len(), publish_out_len(&out, proto));
+        if proto.is_v5() {
+            p.properties.message_expiry_interval = given.0;
+            p.properties.topic_alias = given.1;
+            p.properties.subscription_identifiers = given.2.iter().copied().collect();
+        }
+        let mut want = BytesMut::new();
+        encode_publish(&p, proto, &mut want);
+        prop_assert_eq!(got, want);
     }
 
     #[test]

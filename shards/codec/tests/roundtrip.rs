@@ -110,11 +110,11 @@ fn v3_encoding_drops_what_3x_cannot_carry() {
     encode(&suback, proto, &mut buf);
     assert_eq!(&buf[..], &[0x90, 4, 0, 1, 0x01, 0x80]);
     // CONNACK: reason code through to_v3_connack.
-    let connack = Packet::ConnAck(ConnAck {
+    let connack = Packet::ConnAck(Box::new(ConnAck {
         session_present: false,
         code: ReasonCode::BANNED,
         properties: ConnAckProperties::default(),
-    });
+    }));
     let mut buf = BytesMut::new();
     encode(&connack, proto, &mut buf);
     assert_eq!(&buf[..], &[0x20, 2, 0, 5]);

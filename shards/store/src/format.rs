@@ -341,7 +341,7 @@ fn write_body(record: &Record, out: &mut BytesMut) {
                 properties: message.properties.clone(),
                 payload: message.payload.clone(),
             };
-            encode(&Packet::Publish(publish), Protocol::V5, out);
+            encode(&Packet::Publish(Box::new(publish)), Protocol::V5, out);
         }
         Record::RetainedSet {
             topic,

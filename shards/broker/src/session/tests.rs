@@ -3,7 +3,7 @@
 
 use super::*;
 use bytes::Bytes;
-use shardmq_codec::Connect;
+use shardmq_codec::{Connect, PublishProperties};
 
 #[test]
 fn a_session_is_at_most_128_bytes() {
@@ -95,7 +95,7 @@ fn publish(qos: QoS, pkid: u16, topic: &str, alias: Option<u16>) -> Packet {
         topic_alias: alias,
         ..Default::default()
     };
-    Packet::Publish(Publish {
+    Packet::Publish(Box::new(Publish {
         dup: false,
         qos,
         retain: false,
@@ -103,7 +103,7 @@ fn publish(qos: QoS, pkid: u16, topic: &str, alias: Option<u16>) -> Packet {
         pkid,
         properties,
         payload: Bytes::from_static(b"x"),
-    })
+    }))
 }
 
 #[test]

@@ -7,10 +7,10 @@
 
 use super::read_pkid;
 use crate::error::{malformed, protocol, Result};
-use crate::packet::{Publish, PublishProperties};
-use crate::properties::{self, Properties};
+use crate::packet::{Publish, PublishOut, PublishProperties};
+use crate::properties;
 use crate::types::{Protocol, QoS};
-use crate::wire::{put_header, put_str, str_len, total_len, Reader};
+use crate::wire::{bin_len, put_bin, put_header, put_varint, total_len, Reader};
 use bytes::{BufMut, BytesMut};
 
 /// Parses the body; `flags` are the fixed header's low four bits, already validated.
@@ -41,31 +41,58 @@ pub(crate) fn read(r: &mut Reader, flags: u8, proto: Protocol) -> Result<Publish
     })
 }
 
+/// A [`Publish`]'s parts, as the writer takes them.
+fn parts(p: &Publish) -> PublishOut<'_> {
+    PublishOut {
+        dup: p.dup,
+        qos: p.qos,
+        retain: p.retain,
+        topic: &p.topic,
+        pkid: p.pkid,
+        properties: &p.properties,
+        message_expiry_interval: p.properties.message_expiry_interval,
+        topic_alias: p.properties.topic_alias,
+        subscription_identifiers: &p.properties.subscription_identifiers,
+        payload: &p.payload,
+    }
+}
+
 /// (remaining length, properties length).
 pub(crate) fn layout(p: &Publish, proto: Protocol) -> (usize, usize) {
-    let mut n = str_len(&p.topic) + p.payload.len();
+    layout_out(&parts(p), proto)
+}
+
+pub(crate) fn write(p: &Publish, proto: Protocol, buf: &mut BytesMut) {
+    write_out(&parts(p), proto, buf);
+}
+
+/// (remaining length, properties length) of a [`PublishOut`].
+pub(crate) fn layout_out(p: &PublishOut, proto: Protocol) -> (usize, usize) {
+    let mut n = bin_len(p.topic.as_bytes()) + p.payload.len();
     if p.qos != QoS::AtMostOnce {
         n += 2;
     }
     let mut plen = 0;
     if proto.is_v5() {
-        plen = p.properties.len();
+        plen = properties::publish_out_len(p);
         n += properties::wire_len(plen);
     }
     (n, plen)
 }
 
-pub(crate) fn write(p: &Publish, proto: Protocol, buf: &mut BytesMut) {
-    let (remaining, plen) = layout(p, proto);
+/// Writes a [`PublishOut`]: the bytes [`write`] writes for the equivalent [`Publish`].
+pub(crate) fn write_out(p: &PublishOut, proto: Protocol, buf: &mut BytesMut) {
+    let (remaining, plen) = layout_out(p, proto);
     buf.reserve(total_len(remaining));
     let first = 0x30 | (u8::from(p.dup) << 3) | ((p.qos as u8) << 1) | u8::from(p.retain);
     put_header(buf, first, remaining);
-    put_str(buf, &p.topic);
+    put_bin(buf, p.topic.as_bytes());
     if p.qos != QoS::AtMostOnce {
         buf.put_u16(p.pkid);
     }
     if proto.is_v5() {
-        properties::write(buf, &p.properties, plen);
+        put_varint(buf, plen);
+        properties::publish_out_write(buf, p);
     }
-    buf.put_slice(&p.payload);
+    buf.put_slice(p.payload);
 }

@@ -102,7 +102,7 @@ pub fn samples(proto: Protocol) -> Vec<Packet> {
     let v5 = proto.is_v5();
     let mut out = vec![
         Packet::Connect(Box::new(connect(proto))),
-        Packet::ConnAck(ConnAck {
+        Packet::ConnAck(Box::new(ConnAck {
             session_present: proto != Protocol::V3_1,
             code: ReasonCode::SUCCESS,
             properties: if v5 {
@@ -128,13 +128,13 @@ pub fn samples(proto: Protocol) -> Vec<Packet> {
             } else {
                 ConnAckProperties::default()
             },
-        }),
-        Packet::ConnAck(ConnAck {
+        })),
+        Packet::ConnAck(Box::new(ConnAck {
             session_present: false,
             code: ReasonCode::NOT_AUTHORIZED,
             properties: ConnAckProperties::default(),
-        }),
-        Packet::Publish(Publish {
+        })),
+        Packet::Publish(Box::new(Publish {
             dup: true,
             qos: QoS::ExactlyOnce,
             retain: true,
@@ -155,8 +155,8 @@ pub fn samples(proto: Protocol) -> Vec<Packet> {
                 PublishProperties::default()
             },
             payload: Bytes::from(vec![0xAB; 300]),
-        }),
-        Packet::Publish(Publish {
+        })),
+        Packet::Publish(Box::new(Publish {
             dup: false,
             qos: QoS::AtMostOnce,
             retain: false,
@@ -164,7 +164,7 @@ pub fn samples(proto: Protocol) -> Vec<Packet> {
             pkid: 0,
             properties: PublishProperties::default(),
             payload: Bytes::new(),
-        }),
+        })),
     ];
     let reason = |v5_code: ReasonCode| if v5 { v5_code } else { ReasonCode::SUCCESS };
     let ack = |code: ReasonCode| Ack {

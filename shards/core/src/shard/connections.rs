@@ -196,7 +196,7 @@ impl ShardCore {
             // MQTT-3.1.2-2: CONNACK 0x84 (3.x: return code 1), then close.
             // The level is one we do not speak, so answer in the 3.1.1 layout (return code 1).
             encode(
-                &Packet::ConnAck(connack_refusal(reason)),
+                &Packet::ConnAck(Box::new(connack_refusal(reason))),
                 Protocol::V3_1_1,
                 &mut conn.out,
             );
@@ -216,7 +216,7 @@ impl ShardCore {
         conn.protocol = Some(connect.protocol);
         let refuse = |conn: &mut Conn, code: ReasonCode| {
             encode(
-                &Packet::ConnAck(connack_refusal(code)),
+                &Packet::ConnAck(Box::new(connack_refusal(code))),
                 connect.protocol,
                 &mut conn.out,
             );
@@ -225,13 +225,21 @@ impl ShardCore {
         let moved = self.move_pulled;
         if let Some(ack) = self.cfg.redirect.connack(moved, connect.protocol) {
             debug!(shard = id, client_id = %connect.client_id, reason = ?ack.code, "redirecting");
-            encode(&Packet::ConnAck(ack), connect.protocol, &mut conn.out);
+            encode(
+                &Packet::ConnAck(Box::new(ack)),
+                connect.protocol,
+                &mut conn.out,
+            );
             conn.phase = Phase::Closing;
             return;
         }
         if let Some(ack) = evacuate::connack(self.evacuating.as_ref(), connect.protocol) {
             debug!(shard = id, client_id = %connect.client_id, "node evacuating; CONNECT refused");
-            encode(&Packet::ConnAck(ack), connect.protocol, &mut conn.out);
+            encode(
+                &Packet::ConnAck(Box::new(ack)),
+                connect.protocol,
+                &mut conn.out,
+            );
             conn.phase = Phase::Closing;
             return;
         }
@@ -403,7 +411,7 @@ impl ShardCore {
         code: ReasonCode,
     ) {
         encode(
-            &Packet::ConnAck(connack_refusal(code)),
+            &Packet::ConnAck(Box::new(connack_refusal(code))),
             protocol,
             &mut conn.out,
         );
@@ -498,7 +506,7 @@ impl ShardCore {
         };
         // Before CONNACK the refusal is a CONNACK (MQTT 5.0 §4.13.1); only 5.0 authenticates.
         encode(
-            &Packet::ConnAck(connack_refusal(code)),
+            &Packet::ConnAck(Box::new(connack_refusal(code))),
             Protocol::V5,
             &mut conn.out,
         );
@@ -562,7 +570,7 @@ impl ShardCore {
                 Phase::Active => {}
                 Phase::Verifying | Phase::Authenticating | Phase::Claiming => {
                     if let Some(ack) = self.cfg.redirect.connack(true, protocol) {
-                        encode(&Packet::ConnAck(ack), protocol, &mut conn.out);
+                        encode(&Packet::ConnAck(Box::new(ack)), protocol, &mut conn.out);
                     }
                 }
             }

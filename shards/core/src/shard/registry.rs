@@ -318,7 +318,11 @@ impl ShardCore {
             auth.exchange.complete_connack(&mut connack);
         }
         let gate_at = conn.out.len();
-        encode(&Packet::ConnAck(connack), accepted.protocol, &mut conn.out);
+        encode(
+            &Packet::ConnAck(Box::new(connack)),
+            accepted.protocol,
+            &mut conn.out,
+        );
         let slot = &mut self.sessions[cs.session];
         slot.conn = Some(cs.conn);
         slot.connected_at =

@@ -819,7 +819,7 @@ impl World {
         let lg = self.links[l].lineage;
         match packet {
             Packet::ConnAck(ack) => self.on_connack(l, ack.code, ack.session_present),
-            Packet::Publish(p) => self.on_publish(l, p),
+            Packet::Publish(p) => self.on_publish(l, *p),
             Packet::PubAck(a) => {
                 let out = &mut self.lineages[lg].out;
                 if out.get(&a.pkid).is_some_and(|o| o.1 == QoS::AtLeastOnce) {
@@ -935,7 +935,7 @@ impl World {
                 let packet = if released {
                     Packet::PubRel(ack(pkid))
                 } else {
-                    Packet::Publish(self.publish_packet(m, qos, pkid, true))
+                    Packet::Publish(Box::new(self.publish_packet(m, qos, pkid, true)))
                 };
                 self.send(l, packet);
             }
@@ -1365,7 +1365,7 @@ impl World {
             TOPICS[topic]
         );
         let packet = self.publish_packet(m, qos, pkid, false);
-        self.send(l, Packet::Publish(packet));
+        self.send(l, Packet::Publish(Box::new(packet)));
     }
 
     fn subscribe(&mut self, c: usize, l: usize, candidates: &[usize]) {

@@ -209,7 +209,7 @@ fn qos2_both_directions_are_journaled() {
         properties: Default::default(),
         payload: Bytes::from_static(b"x"),
     };
-    h.handle(Packet::Publish(publish));
+    h.handle(Packet::Publish(Box::new(publish)));
     h.check();
     assert_eq!(h.replay.awaiting_rel, vec![9]);
     h.handle(Packet::PubRel(ack(9)));
@@ -346,7 +346,7 @@ proptest! {
                 Op::Rec(p) => { h.handle(Packet::PubRec(ack(p))); }
                 Op::Comp(p) => { h.handle(Packet::PubComp(ack(p))); }
                 Op::InboundQos2(p) => {
-                    h.handle(Packet::Publish(Publish {
+                    h.handle(Packet::Publish(Box::new(Publish {
                         dup: false,
                         qos: QoS::ExactlyOnce,
                         retain: false,
@@ -354,7 +354,7 @@ proptest! {
                         pkid: p,
                         properties: Default::default(),
                         payload: Bytes::from_static(b"x"),
-                    }));
+                    })));
                 }
                 Op::Rel(p) => { h.handle(Packet::PubRel(ack(p))); }
                 Op::Subscribe(f) => { h.handle(subscribe(filters[f as usize], QoS::AtLeastOnce)); }
