@@ -86,3 +86,43 @@ fn the_guard_wakes_at_its_period_while_busy_and_backs_off_while_idle() {
     // Busy: every millisecond, less what a loaded machine delays.
     assert!(busy >= 100, "busy guard looked only {busy} times");
 }
+
+/// Patch 1 of the vendored glommio (PATCHES.md) replaced the `membarrier` an executor issued
+/// before it parks with SeqCst fences on both sides of its sleep flag. If that ordering were
+/// wrong, a send into a parking executor's channel could miss its wake-up, and the executor
+/// would sleep with a message waiting. Two executors bounce a counter back and forth over
+/// shared channels, one message in flight, so each side parks and must be woken for every
+/// message; a lost wake stalls the bounce (no timer would end that park) and fails the bound.
+#[test]
+fn every_send_into_a_parked_executor_wakes_it() {
+    use glommio::channels::shared_channel;
+    const ROUNDS: u32 = 20_000;
+    let (to_b, from_a) = shared_channel::new_bounded::<u32>(1);
+    let (to_a, from_b) = shared_channel::new_bounded::<u32>(1);
+    let (done, finished) = mpsc::channel();
+    let a = LocalExecutorBuilder::new(Placement::Unbound)
+        .spawn(move || async move {
+            let (tx, rx) = (to_b.connect().await, from_b.connect().await);
+            for i in 0..ROUNDS {
+                tx.send(i).await.expect("b is there");
+                assert_eq!(rx.recv().await, Some(i + 1));
+            }
+            let _ = done.send(());
+        })
+        .expect("executor a starts");
+    let b = LocalExecutorBuilder::new(Placement::Unbound)
+        .spawn(move || async move {
+            let (rx, tx) = (from_a.connect().await, to_a.connect().await);
+            while let Some(i) = rx.recv().await {
+                if tx.send(i + 1).await.is_err() {
+                    break;
+                }
+            }
+        })
+        .expect("executor b starts");
+    finished
+        .recv_timeout(Duration::from_secs(120))
+        .expect("20,000 round trips between parking executors finished");
+    a.join().unwrap();
+    b.join().unwrap();
+}
