@@ -366,6 +366,11 @@ async fn a_node_that_leaves_has_its_routes_removed() {
                 .is_some_and(|m| m.len() == 4)
     })
     .await;
+    if !ok {
+        for n in [&c.cores[0], r5] {
+            eprintln!("node {} log:\n{}", n.id, n.b().log());
+        }
+    }
     assert!(ok, "routes of node 5 not removed: {}", c.cores[0].cluster());
     // Node 5's subscriber no longer gets what is published on core 1.
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -109,6 +109,10 @@ enum RetainedFrame {
 /// Longest a restarted node waits for its tables to catch up with the cores before checking
 /// the sessions it restored against them.
 const RESTORE_CHECK_WAIT: Duration = Duration::from_secs(5);
+/// How long `leave` waits for this node's own queued and in-flight writes before it purges
+/// the node: a route write retried after a lost answer would otherwise land after the purge
+/// and put the node's routes back.
+const LEAVE_DRAIN_WAIT: Duration = Duration::from_secs(10);
 
 /// Bytes of retained PUBLISH packets per frame when a node hands its retained messages over.
 const RETAINED_CHUNK_BYTES: usize = 1 << 20;
@@ -1332,8 +1336,10 @@ impl ClusterNode {
     }
 
     /// No op is queued for a write.
+    /// Nothing queued and no batch in flight (a batch being retried counts).
     fn writer_idle(&self) -> bool {
-        self.inner.writer.queue.locked().is_empty()
+        let w = &self.inner.writer;
+        w.queue.locked().is_empty() && w.in_flight.load(Ordering::Relaxed) == 0
     }
 
     /// A replicant's core: the current upstream if it still answers, else the reachable core
@@ -1411,6 +1417,13 @@ impl ClusterNode {
     /// tables (a core also leaves the raft group); it goes on as a single node.
     pub async fn leave(&self) -> Result<(), String> {
         let me = self.me();
+        let drained_by = Instant::now() + LEAVE_DRAIN_WAIT;
+        while !self.writer_idle() && Instant::now() < drained_by {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if !self.writer_idle() {
+            warn!("leaving with cluster writes still pending: one that lands after the purge leaves a route of this node behind");
+        }
         let seqs = self.write(Op::purge_node(me)).await?;
         self.wait_applied(seqs).await;
         if let Backend::Core(core) = &self.inner.backend {
