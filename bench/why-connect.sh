@@ -32,25 +32,13 @@ for kind in "shardmq 2 shards" "shardmq 1 shard" "mosquitto"; do
     >"$WORK/bench.json" 2>"$WORK/bench.err" || true
   kill -INT "$PERF_PID" 2>/dev/null || true
   wait "$PERF_PID" 2>/dev/null || true
-  python3 - "$WORK/perf.csv" "$WORK/bench.json" "$kind" "$N" <<'EOF'
-import json, sys
+  python3 - "$WORK/perf.csv" "$WORK/bench.json" "$kind" "$N" "$ROOT/bench" <<'EOF'
+import sys
+sys.path.insert(0, sys.argv[5])
+from perfstat import bench_summary, perf_counts
 perf, bench, kind, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-counts = {}
-for line in open(perf):
-    parts = line.strip().split(",")
-    if len(parts) > 2:
-        try:
-            counts[parts[2]] = float(parts[0])
-        except ValueError:
-            pass
-b = {}
-for line in open(bench):
-    try:
-        o = json.loads(line)
-    except ValueError:
-        continue
-    if o.get("summary") or o.get("command") == "conn":
-        b = o
+counts = perf_counts(perf)
+b = bench_summary(bench, lambda o: o.get("summary") or o.get("command") == "conn")
 rate = b.get("connect_rate") or b.get("conn_rate") or b.get("rate") or "?"
 if isinstance(rate, float):
     rate = f"{rate:,.0f}"

@@ -55,26 +55,14 @@ for q in $QOS; do
       wait "$BENCH_PID" || true
       BENCH_PID=""
       check_broker
-      python3 - "$WORK/perf.csv" "$WORK/bench.json" "$q" "$kind" "$round" "$SECS" "$WINDOW" <<'EOF'
-import json, sys
+      python3 - "$WORK/perf.csv" "$WORK/bench.json" "$q" "$kind" "$round" "$SECS" "$WINDOW" "$ROOT/bench" <<'EOF'
+import sys
+sys.path.insert(0, sys.argv[8])
+from perfstat import bench_summary, perf_counts
 perf, bench, q, kind, rnd, secs, window = sys.argv[1:8]
 secs, window = float(secs), float(window)
-counts = {}
-for line in open(perf):
-    parts = line.strip().split(",")
-    if len(parts) > 2:
-        try:
-            counts[parts[2]] = float(parts[0])
-        except ValueError:
-            pass
-summary = {}
-for line in open(bench):
-    try:
-        o = json.loads(line)
-    except ValueError:
-        continue
-    if o.get("summary"):
-        summary = o
+counts = perf_counts(perf)
+summary = bench_summary(bench)
 rate = float(summary.get("received", 0)) / secs
 msgs = rate * window or 1.0  # received during the counting window, at the run's mean rate
 per = lambda *names: sum(counts.get(n, 0) for n in names) / msgs

@@ -35,22 +35,13 @@ for kind in "shardmq 2 shards" "shardmq 1 shard" "mosquitto"; do
   perf stat -x, -e "$EVENTS" -p "$BROKER_PID" -- sleep $((SECS - 2)) 2>"$WORK/perf.csv" || true
   wait "$BENCH_PID" || true
   BENCH_PID=""
-  python3 - "$WORK/perf.csv" "$WORK/bench.json" "$kind" "$RATE" "$((SECS - 2))" <<'EOF'
-import json, sys
+  python3 - "$WORK/perf.csv" "$WORK/bench.json" "$kind" "$RATE" "$((SECS - 2))" "$ROOT/bench" <<'EOF'
+import sys
+sys.path.insert(0, sys.argv[6])
+from perfstat import bench_summary, perf_counts
 perf, bench, kind, rate, secs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-counts = {}
-for line in open(perf):
-    parts = line.strip().split(",")
-    if len(parts) > 2 and parts[0].replace(".", "").isdigit():
-        counts[parts[2]] = float(parts[0])
-b = {}
-for line in open(bench):
-    try:
-        o = json.loads(line)
-    except ValueError:
-        continue
-    if o.get("summary"):
-        b = o
+counts = perf_counts(perf)
+b = bench_summary(bench)
 lat = b.get("latency_us") or b.get("latency") or {}
 msgs = rate * secs  # delivered during the counting window at the offered rate
 per = lambda *names: sum(counts.get(n, 0) for n in names) / msgs
